@@ -1,0 +1,51 @@
+# sensu-plugins-kvm: `make run` and `make test` each set up everything they need (Debian 12, root).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+URI ?= test:///default
+BIN := $(VENV)/bin
+# Debian packages the package itself needs (libvirt-python is built against libvirt-dev).
+DEB_BUILD := gcc pkg-config libvirt-dev python3-dev python3-venv
+
+.PHONY: run test setup lint unit bench clean
+
+run: setup
+	@echo "== check-kvm-domstate -u $(URI) -v" >&2
+	@$(BIN)/check-kvm-domstate -u '$(URI)' -v; status=$$?; \
+	  echo "== exit status $$status (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)" >&2
+
+setup: $(VENV)/.installed
+
+# The venv and the test tools, once; the package itself (a regular install, not editable, so that
+# the tests run what an operator installs) again whenever a source file changes.
+$(VENV)/.deps: setup.cfg pyproject.toml
+	@bash packaging/install-debs.sh $(DEB_BUILD)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip >/dev/null
+	@$(BIN)/pip install -q '.[test]'
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.deps $(shell find src checks handlers -name '*.py' 2>/dev/null) README.md
+	@$(BIN)/pip install -q --no-deps --force-reinstall .
+	@$(BIN)/check-kvm-domstate --version >/dev/null
+	@touch $@
+
+test: setup
+	@bash tests/rig/host-setup.sh
+	$(BIN)/ruff check .
+	$(BIN)/mypy src checks handlers
+	$(BIN)/pytest -q -ra
+
+unit: setup
+	$(BIN)/pytest -q tests/unit
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy src checks handlers
+
+bench: setup
+	@bash tests/rig/host-setup.sh
+	$(BIN)/python bench/bench_domstate.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

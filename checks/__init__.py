@@ -1,0 +1,1 @@
+"""The checks: one module each, installed as ``sensu_kvm.checks``."""

@@ -1,0 +1,157 @@
+"""check-kvm-domstate: is every KVM domain in the state it should be in?"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sensu_kvm import states, virt
+from sensu_kvm.errors import KvmError
+from sensu_kvm.output import Finding, Perf, Report, Status, judge, summarise, worst
+from sensu_kvm.plugin import CheckParser, build_parser, run_check, select
+
+NAME = "CheckKvmDomstate"
+
+EXAMPLES = """\
+  check-kvm-domstate                          every domain on qemu:///system
+  check-kvm-domstate -d kvm1                  one domain (CRITICAL when it is not running or missing)
+  check-kvm-domstate --match '^web' --exclude test --expect-running
+  check-kvm-domstate -c 2: -u qemu:///system  CRITICAL when fewer than 2 domains run
+  check-kvm-domstate -u test:///default -v    libvirt's embedded test hypervisor, every domain"""
+
+DESCRIPTION = """\
+Judge the state of KVM domains. Running is OK. Paused is CRITICAL when an I/O error paused it
+(each failing disk is named), else WARNING with the reason. Crashed is CRITICAL; shutting down and
+pmsuspended are WARNING. Shut off is CRITICAL when it crashed or failed, when the domain was named
+with -d, is marked autostart, or --expect-running is given; otherwise OK with the reason.
+-w/-c judge the number of running domains. Perfdata: the number of domains in each state."""
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What was read about one domain."""
+
+    name: str
+    state: int | None
+    reason: int = 0
+    autostart: bool = False
+    disk_errors: Mapping[str, int] | None = None
+    error: str | None = None
+
+
+def judge_domain(seen: Observed, *, named: bool, expect_running: bool) -> Finding:
+    """The verdict on one domain (pure)."""
+    if seen.state is None:
+        return Finding(seen.name, Status.UNKNOWN, f"{seen.name}: {seen.error or 'state unreadable'}")
+    state, reason = seen.state, seen.reason
+    text = f"{seen.name} {states.state_name(state)} ({states.reason_name(state, reason)})"
+    if state in (states.RUNNING, states.BLOCKED):
+        return Finding(seen.name, Status.OK, text)
+    if state == states.PAUSED:
+        if reason != states.PAUSED_IOERROR:
+            return Finding(seen.name, Status.WARNING, text)
+        if seen.disk_errors:
+            errors = ", ".join(f"{disk}: {states.disk_error_name(code)}" for disk, code in sorted(seen.disk_errors.items()))
+            text += f": {errors}"
+        elif seen.error:
+            text += f": disk errors unreadable: {seen.error}"
+        return Finding(seen.name, Status.CRITICAL, text)
+    if state == states.CRASHED:
+        return Finding(seen.name, Status.CRITICAL, text)
+    if state in (states.SHUTDOWN, states.PMSUSPENDED):
+        return Finding(seen.name, Status.WARNING, text)
+    if state == states.SHUTOFF:
+        if reason in (states.SHUTOFF_CRASHED, states.SHUTOFF_FAILED):
+            return Finding(seen.name, Status.CRITICAL, text)
+        why = [w for w, on in (("autostart is set", seen.autostart), ("named with -d", named),
+                               ("expected to run", expect_running)) if on]
+        if why:
+            return Finding(seen.name, Status.CRITICAL, f"{text}, {why[0]}")
+        return Finding(seen.name, Status.OK, text)
+    return Finding(seen.name, Status.UNKNOWN, text)
+
+
+def evaluate(observed: Sequence[Observed], missing: Sequence[str], options: argparse.Namespace) -> Report:
+    """All verdicts, the summary and the perfdata (pure)."""
+    findings = [judge_domain(o, named=o.name in options.domain, expect_running=options.expect_running) for o in observed]
+    findings += [Finding(name, Status.CRITICAL, f"{name} not found") for name in missing]
+    counts = Counter(o.state for o in observed if o.state is not None)
+    running = counts[states.RUNNING]
+    total = len(observed)
+    perf = [Perf(label, counts[state], minimum=0, maximum=total) for state, label in states.STATE_LABELS.items()]
+    perf[states.RUNNING] = Perf("running", running, "", options.warning, options.critical, 0, total)
+    perf.append(Perf("unreadable", sum(o.state is None for o in observed), minimum=0, maximum=total))
+    perf.append(Perf("missing", len(missing), minimum=0))
+
+    count_status = judge(running, options.warning, options.critical)
+    status, problems, details = summarise(findings, "domain", options.verbose)
+    if len(findings) == 1 and not (options.warning or options.critical):
+        summary = findings[0].text
+    elif problems:
+        summary = problems
+    else:
+        tally = ", ".join(f"{counts[s]} {states.state_name(s)}" for s in states.STATE_NAMES if counts[s])
+        summary = f"{total} domain{'s' if total != 1 else ''}: {tally}" if tally else "no domains defined"
+    if count_status is not Status.OK:
+        limit = options.critical if count_status is Status.CRITICAL else options.warning
+        summary = f"{running} running, outside {limit}; {summary}"
+        status = worst([status, count_status])
+    return Report(status, summary, perf, details)
+
+
+def gather(options: argparse.Namespace) -> tuple[list[Observed], list[str], bool]:
+    """Read the states: one bulk call, then autostart and disk errors only where they matter.
+
+    Returns the observations, the names given with -d that do not exist, and whether the
+    selection filters left nothing out of a non-empty host.
+    """
+    conn = virt.connect(options.uri)
+    try:
+        records = virt.gather(conn, ["state"])
+        by_name = {r.name: r for r in records}
+        chosen = select(list(by_name), options)
+        missing = [n for n in dict.fromkeys(options.domain) if n not in by_name]
+        autostart: set[str] = set()
+        if any(by_name[n].stats.get("state.state") == states.SHUTOFF for n in chosen):
+            autostart = virt.autostart_uuids(conn)
+        observed = []
+        for name in chosen:
+            record = by_name[name]
+            state = record.stats.get("state.state")
+            reason = record.stats.get("state.reason", 0)
+            errors: dict[str, int] | None = None
+            error = record.error
+            if state == states.PAUSED and reason == states.PAUSED_IOERROR:
+                try:
+                    errors = virt.disk_errors(record.dom, options.timeout / 4)
+                except KvmError as err:
+                    error = str(err)
+            observed.append(Observed(name, state, reason, record.uuid in autostart, errors, error))
+        filtered_out = bool(records) and not chosen and not options.domain
+        return observed, missing, filtered_out
+    finally:
+        conn.close()
+
+
+def check(options: argparse.Namespace) -> Report:
+    observed, missing, filtered_out = gather(options)
+    if filtered_out:
+        return Report(Status.UNKNOWN, "no domain matches --match/--exclude")
+    return evaluate(observed, missing, options)
+
+
+def parser() -> CheckParser:
+    p = build_parser("check-kvm-domstate", DESCRIPTION, EXAMPLES, thresholds="the number of running domains")
+    p.add_argument("--expect-running", action="store_true",
+                   help="every selected domain should run: shut off is CRITICAL")
+    return p
+
+
+def main() -> None:
+    run_check(NAME, parser(), check)
+
+
+if __name__ == "__main__":
+    main()

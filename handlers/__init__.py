@@ -1,0 +1,1 @@
+"""The handlers: one module each, installed as ``sensu_kvm.handlers``."""

@@ -1,0 +1,21 @@
+"""The project's own exceptions: each carries a message fit for one status line."""
+
+
+class KvmError(Exception):
+    """Anything that keeps a command from doing its job; the message is for people."""
+
+
+class ConnectError(KvmError):
+    """The hypervisor could not be reached (missing socket, refused, denied)."""
+
+
+class NotFound(KvmError):
+    """A domain or other object named by the user does not exist."""
+
+
+class LibvirtFailure(KvmError):
+    """A libvirt call failed; the message names the call and libvirt's reason."""
+
+
+class CallTimeout(KvmError):
+    """A call did not answer within its deadline."""

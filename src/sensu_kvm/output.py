@@ -1,0 +1,126 @@
+"""Statuses, perfdata and the rendering of a check's output (pure, no I/O)."""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sensu_kvm.ranges import Range
+
+
+class Status(enum.IntEnum):
+    """Nagios/Sensu exit codes; ``rank`` orders them OK < UNKNOWN < WARNING < CRITICAL."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+
+_RANK = {Status.OK: 0, Status.UNKNOWN: 1, Status.WARNING: 2, Status.CRITICAL: 3}
+
+
+def worst(statuses: Iterable[Status]) -> Status:
+    """The most severe status, OK for none."""
+    return max(statuses, key=lambda s: s.rank, default=Status.OK)
+
+
+def judge(value: float, warning: Range | None, critical: Range | None) -> Status:
+    """The status of one value against optional warning and critical ranges."""
+    if critical is not None and critical.violated(value):
+        return Status.CRITICAL
+    if warning is not None and warning.violated(value):
+        return Status.WARNING
+    return Status.OK
+
+
+_PLAIN_LABEL = re.compile(r"[A-Za-z0-9_]+\Z")
+
+
+def format_number(value: float) -> str:
+    """A perfdata number: integers as such, others with at most 3 decimals, never exponents."""
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, int):
+        return str(value)
+    if math.isinf(value) or math.isnan(value):
+        return ""
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+@dataclass(frozen=True)
+class Perf:
+    """One perfdata item: ``'label'=value[UOM];warn;crit;min;max``."""
+
+    label: str
+    value: float
+    uom: str = ""
+    warning: Range | None = None
+    critical: Range | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def __str__(self) -> str:
+        label = self.label
+        if not _PLAIN_LABEL.match(label):
+            label = "'" + label.replace("'", "''") + "'"
+        fields = [
+            format_number(self.value) + self.uom,
+            "" if self.warning is None else self.warning.text,
+            "" if self.critical is None else self.critical.text,
+            "" if self.minimum is None else format_number(self.minimum),
+            "" if self.maximum is None else format_number(self.maximum),
+        ]
+        return f"{label}={';'.join(fields).rstrip(';')}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The verdict on one subject (usually a domain): a status and one line of text."""
+
+    subject: str
+    status: Status
+    text: str
+
+
+@dataclass
+class Report:
+    """What a check prints: a status, a summary, perfdata and detail lines."""
+
+    status: Status
+    summary: str
+    perfdata: Sequence[Perf] = ()
+    details: Sequence[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        first = self.summary
+        if self.perfdata:
+            first += " | " + " ".join(str(p) for p in self.perfdata)
+        return "\n".join([first, *self.details])
+
+
+def summarise(findings: Sequence[Finding], noun: str, verbose: bool, shown: int = 3) -> tuple[Status, str, list[str]]:
+    """Worst status, a summary naming the worst findings, and one detail line per finding.
+
+    Detail lines cover the findings that are not OK (every finding with ``verbose``), worst first.
+    """
+    status = worst(f.status for f in findings)
+    ordered = sorted(findings, key=lambda f: (-f.status.rank, f.subject))
+    bad = [f for f in ordered if f.status is not Status.OK]
+    details = [f"{f.status.name}: {f.text}" for f in (ordered if verbose else bad)]
+    if not bad:
+        return status, "", details
+    head = "; ".join(f.text for f in bad[:shown])
+    more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
+    plural = noun if len(findings) == 1 else noun + "s"
+    return status, f"{len(bad)} of {len(findings)} {plural} not OK: {head}{more}", details

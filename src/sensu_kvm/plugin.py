@@ -1,0 +1,170 @@
+"""The base of every check: the shared option parser, the sensu-plugin adapter and the watchdog.
+
+sensu-plugin (decision D1) is used through this module only, and its defects stay here:
+
+* it parses with ``parse_known_args`` and ignores unknown options: we refuse them, exit 3;
+* argparse exits 2 on a bad option: our parser prints one line and exits 3;
+* a crash makes it print a list of traceback lines and exit 2: we catch everything and exit 3
+  with the exception's message;
+* ``import sensu_plugin`` runs its ``__init__``, which imports its handler and thereby
+  ``requests`` (~80 ms on every check run): checks load only the modules they use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import sys
+import threading
+import types
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from sensu_kvm import __version__, activity
+from sensu_kvm.errors import KvmError
+from sensu_kvm.output import Report, Status
+from sensu_kvm.ranges import Range, RangeError
+
+
+def _load_sensu_plugin_check() -> Any:
+    if "sensu_plugin" not in sys.modules:
+        spec = importlib.util.find_spec("sensu_plugin")
+        if spec is None or spec.submodule_search_locations is None:
+            raise ImportError("the sensu-plugin package is not installed")
+        package = types.ModuleType("sensu_plugin")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        sys.modules["sensu_plugin"] = package
+    from sensu_plugin.check import SensuPluginCheck  # noqa: PLC0415 (after the package stand-in)
+
+    return SensuPluginCheck
+
+
+SensuPluginCheck = _load_sensu_plugin_check()
+
+EXIT_USAGE = Status.UNKNOWN.value
+
+
+class CheckParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line and exits 3 (UNKNOWN)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message} (see --help)\n")
+        sys.exit(EXIT_USAGE)
+
+
+def range_arg(text: str) -> Range:
+    try:
+        return Range.parse(text)
+    except RangeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def regex_arg(text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as err:
+        raise argparse.ArgumentTypeError(f"invalid regular expression '{text}': {err}") from None
+
+
+def seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"'{text}' is not between 0 and 86400 seconds")
+    return value
+
+
+def build_parser(prog: str, description: str, examples: str, *, thresholds: str | None = None) -> CheckParser:
+    """The options every check shares; ``thresholds`` says what -w/-c judge (None: no -w/-c)."""
+    parser = CheckParser(
+        prog=prog,
+        description=description,
+        epilog="examples:\n" + examples.rstrip() + "\n\n"
+        "Ranges follow the monitoring-plugins grammar [@][start:][end]: '10' alerts outside 0..10,\n"
+        "'10:' below 10, '~:10' above 10, '@10:20' inside 10..20.\n"
+        "Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("-u", "--uri", help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
+    parser.add_argument("-d", "--domain", action="append", default=[], metavar="NAME",
+                        help="only this domain; repeat for more (a named domain that is missing is CRITICAL)")
+    parser.add_argument("--match", type=regex_arg, metavar="REGEX", help="only domains whose name matches REGEX")
+    parser.add_argument("--exclude", type=regex_arg, metavar="REGEX", help="skip domains whose name matches REGEX")
+    if thresholds is not None:
+        parser.add_argument("-w", "--warning", type=range_arg, metavar="RANGE", help=f"warning range for {thresholds}")
+        parser.add_argument("-c", "--critical", type=range_arg, metavar="RANGE", help=f"critical range for {thresholds}")
+    parser.add_argument("-t", "--timeout", type=seconds_arg, default=10.0, metavar="SECONDS",
+                        help="give up and report UNKNOWN after this long (default: 10)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="one line for every domain, not only those not OK")
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def select(names: Sequence[str], options: argparse.Namespace) -> list[str]:
+    """The names that -d, --match and --exclude let through, in the order given."""
+    chosen = [n for n in names if n in options.domain] if options.domain else list(names)
+    if options.match is not None:
+        chosen = [n for n in chosen if options.match.search(n)]
+    if options.exclude is not None:
+        chosen = [n for n in chosen if not options.exclude.search(n)]
+    return chosen
+
+
+def start_watchdog(name: str, seconds: float) -> threading.Timer:
+    """Print the UNKNOWN line and end the process after ``seconds``, whatever blocks.
+
+    A Python signal handler never runs while a libvirt C call blocks; a timer thread does.
+    """
+
+    def fire() -> None:
+        sys.stdout.write(f"{name} UNKNOWN: timed out after {seconds:g}s while {activity.current()}\n")
+        sys.stdout.flush()
+        os._exit(Status.UNKNOWN.value)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+Body = Callable[[argparse.Namespace], Report]
+
+
+class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
+    def __init__(self, name: str, parser: CheckParser, body: Body) -> None:
+        self._name = name
+        self._own_parser = parser
+        self._body = body
+        super().__init__(autorun=True)
+
+    def setup(self) -> None:
+        self.parser = self._own_parser
+
+    def run(self) -> None:
+        if self.remain:
+            self.parser.error(f"unrecognized arguments: {' '.join(self.remain)}")
+        self.check_name(self._name)
+        watchdog = start_watchdog(self._name, self.options.timeout)
+        try:
+            report = self._body(self.options)
+        except KvmError as err:
+            watchdog.cancel()
+            self.unknown(str(err))
+        except Exception as err:  # a bug must still give one UNKNOWN line, not a traceback
+            watchdog.cancel()
+            self.unknown(f"internal error: {type(err).__name__}: {err}")
+        watchdog.cancel()
+        getattr(self, report.status.name.lower())(report.render())
+
+
+def run_check(name: str, parser: CheckParser, body: Body) -> None:
+    """Run a check: parse, call ``body`` under the watchdog, print and exit with its status."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+    _Adapter(name, parser, body)
