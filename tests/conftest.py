@@ -1,0 +1,36 @@
+"""Shared test helpers: run the installed commands as real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+DATA = Path(__file__).parent / "data"
+FAULTS = Path(__file__).parent / "faults"
+
+
+def node_uri(name: str) -> str:
+    """A libvirt test driver URI for a node file under tests/data/nodes."""
+    return f"test://{DATA / 'nodes' / name}"
+
+
+def run(command: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
+        user: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run an installed command of this project and capture its output."""
+    argv = [str(BIN / command), *args]
+    if user is not None:
+        argv = ["runuser", "-u", user, "--", *argv]
+    full_env = {k: v for k, v in os.environ.items() if k != "LIBVIRT_DEFAULT_URI"}
+    full_env.update(env or {})
+    return subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def fault_env() -> dict[str, str]:
+    """Environment that loads tests/faults/sitecustomize.py into the command's process."""
+    return {"PYTHONPATH": str(FAULTS)}
