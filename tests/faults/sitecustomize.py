@@ -1,16 +1,46 @@
 """Fault injection for tests: loaded into a real command's process through PYTHONPATH.
 
-SPK_FAULT names the fault:
-  crash-in-gather   virt.gather raises an unexpected RuntimeError (a bug in our code)
+The faults stand in for failures that the real hypervisors here cannot be made to produce on
+demand. SPK_FAULT names one or more, comma-separated:
+  crash-in-gather      virt.gather raises an unexpected RuntimeError (a bug in our code)
+  bulk-stats-fail      virConnectGetAllDomainStats fails (an old or partial driver)
+  state-fails:NAME     virDomainGetState fails for the domain NAME
 """
 
 import os
 
-fault = os.environ.get("SPK_FAULT")
-if fault == "crash-in-gather":
+faults = [f for f in os.environ.get("SPK_FAULT", "").split(",") if f]
+
+if faults:
+    import libvirt
+
     from sensu_kvm import virt
 
-    def _broken(*_args, **_kwargs):
-        raise RuntimeError("injected fault: stats dict had no entries")
+    def _libvirt_error(message):
+        err = libvirt.libvirtError(message)
+        err.err = (libvirt.VIR_ERR_INTERNAL_ERROR, 0, message, 2, None, None, None, -1, -1)
+        return err
 
-    virt.gather = _broken
+    for fault in faults:
+        if fault == "crash-in-gather":
+            def _broken(*_args, **_kwargs):
+                raise RuntimeError("injected fault: stats dict had no entries")
+
+            virt.gather = _broken
+        elif fault == "bulk-stats-fail":
+            def _no_bulk(*_args, **_kwargs):
+                raise _libvirt_error("injected fault: this function is not supported by the connection driver")
+
+            libvirt.virConnect.getAllDomainStats = _no_bulk
+        elif fault.startswith("state-fails:"):
+            victim = fault.split(":", 1)[1]
+            real_state = libvirt.virDomain.state
+
+            def _state(dom, flags=0, _real=real_state, _victim=victim):
+                if dom.name() == _victim:
+                    raise _libvirt_error("injected fault: cannot read state")
+                return _real(dom, flags)
+
+            libvirt.virDomain.state = _state
+        else:
+            raise SystemExit(f"unknown SPK_FAULT {fault!r}")

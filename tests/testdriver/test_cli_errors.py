@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, run
+from tests.conftest import BIN, node_uri, run
 
 
 def one_line(text: str) -> str:
@@ -158,3 +158,15 @@ def test_permission_denied_is_unknown(traversable_checkout, tmp_path):
     line = one_line(result.stdout)
     assert line.startswith(f"CheckKvmDomstate UNKNOWN: cannot connect to {uri}: ")
     assert "Permission denied" in line
+
+
+def test_bulk_call_failing_falls_back_per_domain_and_isolates_a_broken_domain(fault_env):
+    """Injected faults: the bulk call fails, then one domain's own state call fails too."""
+    env = {**fault_env, "SPK_FAULT": "bulk-stats-fail,state-fails:web1"}
+    result = run("check-kvm-domstate", "-u", node_uri("mixed.xml"), "-v", env=env)
+    assert result.returncode == 2, result
+    lines = result.stdout.splitlines()
+    assert "UNKNOWN: web1: state statistics unreadable: injected fault: cannot read state" in lines
+    assert "CRITICAL: oops crashed (unknown)" in lines
+    assert "OK: db 1 running (unknown)" in lines
+    assert "unreadable=1;;;0;6" in lines[0]

@@ -1,0 +1,52 @@
+"""Fixtures for the real-hypervisor tier: libvirtd + QEMU (TCG) on qemu:///system.
+
+Every domain is named spk-test-*, and every one is destroyed and undefined at the end of the
+session, even when a test fails (and at the start, in case an earlier run was killed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from tests.rig import rig
+
+
+@pytest.fixture(scope="session")
+def conn() -> Iterator[libvirt.virConnect]:
+    rig.ensure_host()
+    connection = rig.connect()
+    rig.cleanup(connection)
+    yield connection
+    rig.cleanup(connection)
+    connection.close()
+
+
+@pytest.fixture(scope="session")
+def images(conn: libvirt.virConnect) -> Iterator[Path]:
+    with rig.image_dir() as path:
+        yield path
+        rig.cleanup(conn)  # before the images go
+
+
+@pytest.fixture(scope="session")
+def guest() -> tuple[Path, Path]:
+    """The tiny Linux guest's kernel and initrd (built once, cached)."""
+    return rig.ensure_guest()
+
+
+def define_noos(conn: libvirt.virConnect, images: Path, name: str) -> libvirt.virDomain:
+    disk = rig.make_qcow2(images / f"{name}.qcow2")
+    return conn.defineXML(rig.noos_domain_xml(name, disk))
+
+
+def record(name: str, payload: object) -> None:
+    """With SPK_RECORD_DIR set, keep what a real hypervisor returned as a unit-test fixture."""
+    folder = os.environ.get("SPK_RECORD_DIR")
+    if folder:
+        Path(folder, name).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
