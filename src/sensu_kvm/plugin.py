@@ -22,6 +22,7 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from sensu_kvm import STATE_DIR as DEFAULT_STATE_DIR
 from sensu_kvm import __version__, activity
 from sensu_kvm.errors import KvmError
 from sensu_kvm.output import Report, Status
@@ -79,8 +80,24 @@ def seconds_arg(text: str) -> float:
     return value
 
 
-def build_parser(prog: str, description: str, examples: str, *, thresholds: str | None = None) -> CheckParser:
-    """The options every check shares; ``thresholds`` says what -w/-c judge (None: no -w/-c)."""
+def add_thresholds(parser: argparse.ArgumentParser, short: tuple[str, str] | None, name: str, what: str,
+                   warning: str | None = None, critical: str | None = None) -> None:
+    """A pair of range options, ``--NAME-warning``/``--NAME-critical`` (or -w/-c), with defaults."""
+    for level, default, letter in (("warning", warning, short and short[0]), ("critical", critical, short and short[1])):
+        flags = [letter, f"--{level}"] if letter else [f"--{name}-{level}"]
+        shown = f" (default: {default})" if default else ""
+        parser.add_argument(*flags, type=range_arg, metavar="RANGE", default=None if default is None else Range.parse(default),
+                            dest=f"{name.replace('-', '_')}_{level}" if not letter else level,
+                            help=f"{level} range for {what}{shown}")
+
+
+def build_parser(prog: str, description: str, examples: str, *, thresholds: str | None = None,
+                 warning: str | None = None, critical: str | None = None, rates: bool = False) -> CheckParser:
+    """The options every check shares.
+
+    ``thresholds`` says what -w/-c judge (None: no -w/-c), with optional default ranges;
+    ``rates`` adds --state-dir and --interval for checks that compute rates between runs.
+    """
     parser = CheckParser(
         prog=prog,
         description=description,
@@ -97,8 +114,12 @@ def build_parser(prog: str, description: str, examples: str, *, thresholds: str 
     parser.add_argument("--match", type=regex_arg, metavar="REGEX", help="only domains whose name matches REGEX")
     parser.add_argument("--exclude", type=regex_arg, metavar="REGEX", help="skip domains whose name matches REGEX")
     if thresholds is not None:
-        parser.add_argument("-w", "--warning", type=range_arg, metavar="RANGE", help=f"warning range for {thresholds}")
-        parser.add_argument("-c", "--critical", type=range_arg, metavar="RANGE", help=f"critical range for {thresholds}")
+        add_thresholds(parser, ("-w", "-c"), "", thresholds, warning, critical)
+    if rates:
+        parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+                            help=f"where samples are kept between runs, for rates (default: {DEFAULT_STATE_DIR})")
+        parser.add_argument("--interval", type=seconds_arg, metavar="SECONDS",
+                            help="take two samples this far apart now instead of using the previous run's")
     parser.add_argument("-t", "--timeout", type=seconds_arg, default=10.0, metavar="SECONDS",
                         help="give up and report UNKNOWN after this long (default: 10)")
     parser.add_argument("-v", "--verbose", action="store_true", help="one line for every domain, not only those not OK")
