@@ -91,6 +91,16 @@ def add_thresholds(parser: argparse.ArgumentParser, short: tuple[str, str] | Non
                             help=f"{level} range for {what}{shown}")
 
 
+def count_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is below 0")
+    return value
+
+
 def build_parser(prog: str, description: str, examples: str, *, thresholds: str | None = None,
                  warning: str | None = None, critical: str | None = None, rates: bool = False) -> CheckParser:
     """The options every check shares.

@@ -90,10 +90,84 @@ def call_with_deadline(func: Callable[[], T], seconds: float, what: str) -> T:
     return box["value"]
 
 
-# Stats groups: libvirt's flag, the prefix of its keys, and a per-domain fallback.
+# Per-domain fallbacks, for drivers whose bulk call lacks a group; each returns the bulk call's keys.
 def _state_fallback(dom: libvirt.virDomain) -> dict[str, Any]:
     state, why = dom.state()
     return {"state.state": state, "state.reason": why}
+
+
+def _cpu_fallback(dom: libvirt.virDomain) -> dict[str, Any]:
+    try:
+        total = dom.getCPUStats(True)[0]
+    except libvirt.libvirtError:
+        return {"cpu.time": dom.info()[4]}
+    keys = {"cpu_time": "cpu.time", "user_time": "cpu.user", "system_time": "cpu.system"}
+    return {keys[k]: v for k, v in total.items() if k in keys}
+
+
+def _vcpu_fallback(dom: libvirt.virDomain) -> dict[str, Any]:
+    infos, _maps = dom.vcpus()
+    stats: dict[str, Any] = {"vcpu.current": len(infos)}
+    try:
+        stats["vcpu.maximum"] = dom.vcpusFlags(libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+    except libvirt.libvirtError:
+        stats["vcpu.maximum"] = len(infos)
+    for number, state, cpu_time, _cpu in infos:
+        stats[f"vcpu.{number}.state"] = state
+        stats[f"vcpu.{number}.time"] = cpu_time
+    return stats
+
+
+def _balloon_fallback(dom: libvirt.virDomain) -> dict[str, Any]:
+    stats = {f"balloon.{'current' if k == 'actual' else k.replace('_update', '-update')}": v
+             for k, v in dom.memoryStats().items()}
+    stats["balloon.maximum"] = dom.info()[1]
+    return stats
+
+
+def _devices(dom: libvirt.virDomain, kind: str) -> list[tuple[str, str]]:
+    """(target, source) of each disk or interface in the live XML."""
+    import xml.etree.ElementTree as ET  # noqa: PLC0415 (only the fallback path needs it)
+
+    root = ET.fromstring(dom.XMLDesc(0))
+    found = []
+    for dev in root.iterfind(f"devices/{kind}"):
+        target = dev.find("target")
+        if target is None or not target.get("dev"):
+            continue
+        source = dev.find("source")
+        path = "" if source is None else (source.get("file") or source.get("dev") or source.get("network") or "")
+        found.append((target.get("dev", ""), path))
+    return found
+
+
+def _block_fallback(dom: libvirt.virDomain) -> dict[str, Any]:
+    disks = _devices(dom, "disk")
+    stats: dict[str, Any] = {"block.count": len(disks)}
+    for n, (target, path) in enumerate(disks):
+        key = f"block.{n}."
+        stats[key + "name"] = target
+        if path:
+            stats[key + "path"] = path
+        try:
+            rd_reqs, rd_bytes, wr_reqs, wr_bytes, _errs = dom.blockStats(target)
+            stats.update({key + "rd.reqs": rd_reqs, key + "rd.bytes": rd_bytes,
+                          key + "wr.reqs": wr_reqs, key + "wr.bytes": wr_bytes})
+            capacity, allocation, physical = dom.blockInfo(target)
+            stats.update({key + "capacity": capacity, key + "allocation": allocation, key + "physical": physical})
+        except libvirt.libvirtError:
+            continue  # an empty CD-ROM drive, say: no statistics for this disk
+    return stats
+
+
+def _interface_fallback(dom: libvirt.virDomain) -> dict[str, Any]:
+    nics = _devices(dom, "interface")
+    stats: dict[str, Any] = {"net.count": len(nics)}
+    names = ("rx.bytes", "rx.pkts", "rx.errs", "rx.drop", "tx.bytes", "tx.pkts", "tx.errs", "tx.drop")
+    for n, (target, _source) in enumerate(nics):
+        stats[f"net.{n}.name"] = target
+        stats.update({f"net.{n}.{k}": v for k, v in zip(names, dom.interfaceStats(target))})
+    return stats
 
 
 @dataclass(frozen=True)
@@ -105,11 +179,11 @@ class Group:
 
 GROUPS: dict[str, Group] = {
     "state": Group(libvirt.VIR_DOMAIN_STATS_STATE, "state.", _state_fallback),
-    "cpu": Group(libvirt.VIR_DOMAIN_STATS_CPU_TOTAL, "cpu."),
-    "balloon": Group(libvirt.VIR_DOMAIN_STATS_BALLOON, "balloon."),
-    "vcpu": Group(libvirt.VIR_DOMAIN_STATS_VCPU, "vcpu."),
-    "interface": Group(libvirt.VIR_DOMAIN_STATS_INTERFACE, "net."),
-    "block": Group(libvirt.VIR_DOMAIN_STATS_BLOCK, "block."),
+    "cpu": Group(libvirt.VIR_DOMAIN_STATS_CPU_TOTAL, "cpu.", _cpu_fallback),
+    "balloon": Group(libvirt.VIR_DOMAIN_STATS_BALLOON, "balloon.", _balloon_fallback),
+    "vcpu": Group(libvirt.VIR_DOMAIN_STATS_VCPU, "vcpu.", _vcpu_fallback),
+    "interface": Group(libvirt.VIR_DOMAIN_STATS_INTERFACE, "net.", _interface_fallback),
+    "block": Group(libvirt.VIR_DOMAIN_STATS_BLOCK, "block.", _block_fallback),
 }
 
 
@@ -124,21 +198,31 @@ class DomainRecord:
     dom: Any = None
 
 
+_INACTIVE = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED)
+
+
 def _complete(record: DomainRecord, groups: Iterable[str]) -> None:
-    """Fill groups the bulk call left out through their per-domain fallback, if they have one."""
+    """Fill groups the bulk call left out through their per-domain fallback.
+
+    Only the state group is filled for a domain that does not run: the others have nothing to
+    say about it. On a driver whose bulk call has every group (QEMU), nothing is called here.
+    """
     for name in groups:
         group = GROUPS[name]
         if group.fallback is None or any(k.startswith(group.prefix) for k in record.stats):
+            continue
+        if name != "state" and record.stats.get("state.state") in _INACTIVE:
             continue
         try:
             record.stats.update(group.fallback(record.dom))
         except libvirt.libvirtError as err:
             record.error = f"{name} statistics unreadable: {reason(err)}"
+            return
 
 
 def gather(conn: libvirt.virConnect, groups: Iterable[str]) -> list[DomainRecord]:
     """Statistics of every domain for the given groups: one bulk call, per-domain fallback."""
-    wanted = list(groups)
+    wanted = sorted(dict.fromkeys(groups), key=lambda g: g != "state")  # state first: fallbacks need it
     flags = 0
     for name in wanted:
         flags |= GROUPS[name].flag

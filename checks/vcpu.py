@@ -1,0 +1,121 @@
+"""check-kvm-vcpu: how busy each domain's vCPUs are, and how long they wait for a host CPU."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from sensu_kvm import virt
+from sensu_kvm.domains import Verdict, choose, is_active, judge_each, report
+from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
+from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, count_arg, run_check
+from sensu_kvm.statefile import StateFile, exchange, rates
+
+NAME = "CheckKvmVcpu"
+
+EXAMPLES = """\
+  check-kvm-vcpu                               usage and steal of every running domain (defaults below)
+  check-kvm-vcpu -w 80 -c 95 -d kvm1           thresholds on one domain's vCPU usage in %
+  check-kvm-vcpu --steal-warning 5 --steal-critical 20
+  check-kvm-vcpu --expect-vcpus 2 --match '^web'
+  check-kvm-vcpu --interval 5                  sample twice, 5 s apart, instead of using the last run"""
+
+DESCRIPTION = """\
+vCPU usage of each running domain in % of its vCPUs (vCPU time over elapsed time and vCPU count),
+and steal: the time its vCPUs waited for a host CPU (vcpu.N.delay), in %, a sign of host
+overcommit. Rates need two samples: the previous run's (kept in --state-dir) or, with --interval,
+two taken now. The first run has no rate: it says so and is OK. A domain that restarted starts
+a new sample. Defaults: usage WARNING above 95%, steal WARNING above 10% and CRITICAL above 25%.
+Perfdata per domain: usage %, steal %, vCPUs current (max: maximum)."""
+
+NS = 1e9
+
+
+def sample(record: virt.DomainRecord, now: float) -> dict[str, Any]:
+    """The counters kept between runs for one domain."""
+    stats = record.stats
+    vcpus = int(stats.get("vcpu.current", 0))
+    times = [stats.get(f"vcpu.{n}.time") for n in range(vcpus)]
+    delays = [stats.get(f"vcpu.{n}.delay") for n in range(vcpus)]
+    entry: dict[str, Any] = {"t": now, "vcpus": vcpus}
+    if vcpus and all(isinstance(t, int) for t in times):
+        entry["time"] = sum(times)
+    elif "cpu.time" in stats:
+        entry["time"] = stats["cpu.time"]
+    if vcpus and all(isinstance(d, int) for d in delays):
+        entry["delay"] = sum(delays)
+    return entry
+
+
+def judge_domain(record: virt.DomainRecord, previous: dict[str, Any] | None, current: dict[str, Any],
+                 options: argparse.Namespace) -> Verdict:
+    """The verdict on one running domain from two samples (pure)."""
+    name = record.name
+    vcpus, maximum = current["vcpus"], record.stats.get("vcpu.maximum")
+    perf = [Perf(f"{name}_vcpus", vcpus, minimum=0, maximum=maximum)]
+    statuses = [Status.OK]
+    notes = []
+    if options.expect_vcpus is not None and vcpus != options.expect_vcpus:
+        statuses.append(Status.WARNING)
+        notes.append(f"{vcpus} vCPUs, expected {options.expect_vcpus}")
+    if "time" not in current or not vcpus:
+        return Verdict(Finding(name, Status.UNKNOWN, f"{name}: no vCPU statistics"), perf)
+    per_second = rates(previous, current, ["time", "delay"])
+    if per_second is None:
+        why = "first sample" if not previous else "counters reset (domain restarted), new sample"
+        text = f"{name} {why}, usage on the next run"
+        return Verdict(Finding(name, worst(statuses), "; ".join([text, *notes])), perf)
+    usage = per_second["time"] / NS / vcpus * 100
+    statuses.append(judge(usage, options.warning, options.critical))
+    text = f"{name} vCPU usage {usage:.1f}% of {vcpus} vCPU{'s' if vcpus != 1 else ''}"
+    perf.insert(0, Perf(f"{name}_vcpu_usage", round(usage, 3), "%", options.warning, options.critical, 0, 100))
+    if "delay" in per_second:
+        steal = per_second["delay"] / NS / vcpus * 100
+        statuses.append(judge(steal, options.steal_warning, options.steal_critical))
+        text += f", steal {steal:.1f}%"
+        perf.insert(1, Perf(f"{name}_vcpu_steal", round(steal, 3), "%", options.steal_warning,
+                            options.steal_critical, 0, 100))
+    return Verdict(Finding(name, worst(statuses), "; ".join([text, *notes])), perf)
+
+
+def check(options: argparse.Namespace) -> Report:
+    conn = virt.connect(options.uri)
+    uri = virt.resolve_uri(options.uri)
+    chosen: list[virt.DomainRecord] = []
+    missing: list[str] = []
+
+    def take() -> dict[str, dict[str, Any]]:
+        nonlocal chosen, missing
+        chosen, missing = choose(virt.gather(conn, ["state", "vcpu", "cpu"]), options)
+        now = time.time()
+        return {r.uuid: sample(r, now) for r in chosen if is_active(r) and not r.error}
+
+    try:
+        previous, current = exchange(StateFile(options.state_dir, "vcpu", uri), take, options.interval)
+    finally:
+        conn.close()
+    verdicts = judge_each(chosen, lambda r: judge_domain(r, previous.get(r.uuid), current[r.uuid], options))
+    busiest = max((p for v in verdicts for p in v.perfdata if p.label.endswith("_vcpu_usage")),
+                  key=lambda p: p.value, default=None)
+    measured = sum(1 for v in verdicts if any(p.label.endswith("_vcpu_usage") for p in v.perfdata))
+    if busiest is not None:
+        ok_summary = f"{measured} domains measured, busiest {busiest.label[:-len('_vcpu_usage')]} at {busiest.value:.1f}%"
+    else:
+        ok_summary = f"first sample of {len(current)} running domains taken, usage on the next run (or use --interval)"
+    return report(verdicts, missing, options, ok_summary)
+
+
+def parser() -> CheckParser:
+    p = build_parser("check-kvm-vcpu", DESCRIPTION, EXAMPLES, thresholds="vCPU usage in %", warning="95", rates=True)
+    add_thresholds(p, None, "steal", "steal (vCPU wait for a host CPU) in %", "10", "25")
+    p.add_argument("--expect-vcpus", type=count_arg, metavar="N", help="WARNING when a domain's current vCPU count is not N")
+    return p
+
+
+def main() -> None:
+    run_check(NAME, parser(), check)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""What every per-domain check shares: choosing the domains, and turning verdicts into a report."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sensu_kvm import states
+from sensu_kvm.output import Finding, Perf, Report, Status, summarise
+from sensu_kvm.plugin import select
+from sensu_kvm.virt import DomainRecord
+
+
+@dataclass
+class Verdict:
+    """One domain's finding and its perfdata."""
+
+    finding: Finding
+    perfdata: list[Perf] = field(default_factory=list)
+
+
+def choose(records: Sequence[DomainRecord], options: argparse.Namespace) -> tuple[list[DomainRecord], list[str]]:
+    """The records that -d/--match/--exclude select, and the names given with -d that do not exist."""
+    by_name = {r.name: r for r in records}
+    chosen = [by_name[n] for n in select(list(by_name), options)]
+    missing = [n for n in dict.fromkeys(options.domain) if n not in by_name]
+    return chosen, missing
+
+
+def is_active(record: DomainRecord) -> bool:
+    """Whether the domain has a running QEMU (running, blocked, paused, shutting down, pmsuspended)."""
+    return record.stats.get("state.state") not in (states.SHUTOFF, states.CRASHED, states.NOSTATE, None)
+
+
+def not_running(record: DomainRecord) -> Verdict:
+    state = record.stats.get("state.state")
+    word = states.state_name(state) if isinstance(state, int) else "in no known state"
+    return Verdict(Finding(record.name, Status.OK, f"{record.name} {word}: not measured"))
+
+
+def unreadable(record: DomainRecord) -> Verdict:
+    return Verdict(Finding(record.name, Status.UNKNOWN, f"{record.name}: {record.error}"))
+
+
+def judge_each(records: Iterable[DomainRecord], judge: Callable[[DomainRecord], Verdict],
+               active_only: bool = True) -> list[Verdict]:
+    """Judge every record; unreadable ones are UNKNOWN, inactive ones are not measured."""
+    verdicts = []
+    for record in records:
+        if record.error:
+            verdicts.append(unreadable(record))
+        elif active_only and not is_active(record):
+            verdicts.append(not_running(record))
+        else:
+            verdicts.append(judge(record))
+    return verdicts
+
+
+def report(verdicts: Sequence[Verdict], missing: Sequence[str], options: argparse.Namespace, ok_summary: str,
+           extra_perf: Sequence[Perf] = ()) -> Report:
+    """The check's report: worst status, the summary, a line per domain not OK, all perfdata."""
+    findings = [v.finding for v in verdicts] + [Finding(n, Status.CRITICAL, f"{n} not found") for n in missing]
+    status, problems, details = summarise(findings, "domain", options.verbose)
+    if len(findings) == 1:
+        summary = findings[0].text
+    elif problems:
+        summary = problems
+    elif not findings and (options.match or options.exclude):
+        return Report(Status.UNKNOWN, "no domain matches --match/--exclude")
+    elif not findings:
+        summary = "no domains defined"
+    else:
+        summary = ok_summary
+    perf = [p for v in verdicts for p in v.perfdata]
+    return Report(status, summary, [*perf, *extra_perf], details)
