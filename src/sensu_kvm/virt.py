@@ -256,3 +256,21 @@ def autostart_uuids(conn: libvirt.virConnect) -> set[str]:
 def disk_errors(dom: libvirt.virDomain, seconds: float) -> dict[str, int]:
     """virDomainGetDiskErrors for one domain, under a deadline."""
     return call_with_deadline(lambda: dict(dom.diskErrors()), seconds, f"{dom.name()}: disk errors")
+
+
+def node_cpu_stats(conn: libvirt.virConnect) -> dict[str, int]:
+    """The host's CPU time counters in ns (kernel, user, idle, iowait), summed over all CPUs."""
+    activity.doing("reading the host's CPU statistics")
+    try:
+        return dict(conn.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS))
+    except libvirt.libvirtError as err:
+        raise translate(err, "cannot read the host's CPU statistics") from err
+
+
+def node_memory_stats(conn: libvirt.virConnect) -> dict[str, int]:
+    """The host's memory in KiB (total, free, buffers, cached)."""
+    activity.doing("reading the host's memory statistics")
+    try:
+        return dict(conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS))
+    except libvirt.libvirtError as err:
+        raise translate(err, "cannot read the host's memory statistics") from err

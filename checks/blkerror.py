@@ -1,0 +1,63 @@
+"""check-kvm-blkerror: I/O errors that QEMU recorded on each domain's disks."""
+
+from __future__ import annotations
+
+import argparse
+
+from sensu_kvm import states, virt
+from sensu_kvm.domains import Verdict, choose, judge_each, report
+from sensu_kvm.errors import KvmError
+from sensu_kvm.output import Finding, Perf, Report, Status
+from sensu_kvm.plugin import CheckParser, build_parser, run_check
+
+NAME = "CheckKvmBlkerror"
+
+EXAMPLES = """\
+  check-kvm-blkerror                      every running domain
+  check-kvm-blkerror -d kvm1 -t 5         one domain, like 'virsh domblkerror kvm1'"""
+
+DESCRIPTION = """\
+Disk errors of each running domain (virDomainGetDiskErrors, as 'virsh domblkerror'): any error is
+CRITICAL, naming the disk and the error ('no space', 'unspecified error'); otherwise OK, 'no
+errors found'. A guest on a full disk is usually also paused (see check-kvm-domstate). libvirt has
+no bulk form of this call: it runs once per running domain, each under its own deadline (a
+quarter of -t), so one hung domain is UNKNOWN alone. Perfdata: the number of disks in error."""
+
+
+def judge_domain(name: str, errors: dict[str, int]) -> Verdict:
+    """The verdict on one domain from its disk errors (pure)."""
+    perf = [Perf(f"{name}_disk_errors", len(errors), minimum=0)]
+    if not errors:
+        return Verdict(Finding(name, Status.OK, f"{name}: no errors found"), perf)
+    text = ", ".join(f"{disk}: {states.disk_error_name(code)}" for disk, code in sorted(errors.items()))
+    return Verdict(Finding(name, Status.CRITICAL, f"{name}: {text}"), perf)
+
+
+def check(options: argparse.Namespace) -> Report:
+    conn = virt.connect(options.uri)
+    try:
+        chosen, missing = choose(virt.gather(conn, ["state"]), options)
+
+        def one(record: virt.DomainRecord) -> Verdict:
+            try:
+                return judge_domain(record.name, virt.disk_errors(record.dom, options.timeout / 4))
+            except KvmError as err:
+                return Verdict(Finding(record.name, Status.UNKNOWN, str(err)))
+
+        verdicts = judge_each(chosen, one)
+    finally:
+        conn.close()
+    measured = sum(1 for v in verdicts if v.perfdata)
+    return report(verdicts, missing, options, f"no errors found on {measured} running domains")
+
+
+def parser() -> CheckParser:
+    return build_parser("check-kvm-blkerror", DESCRIPTION, EXAMPLES)
+
+
+def main() -> None:
+    run_check(NAME, parser(), check)
+
+
+if __name__ == "__main__":
+    main()

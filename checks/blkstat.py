@@ -1,0 +1,167 @@
+"""check-kvm-blkstat: I/O rates, latency and allocation of each domain's disks."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sensu_kvm import virt
+from sensu_kvm.domains import Verdict, choose, is_active, judge_each, report
+from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
+from sensu_kvm.plugin import CheckParser, build_parser, run_check
+from sensu_kvm.ranges import Range
+from sensu_kvm.statefile import StateFile, exchange, rates
+
+NAME = "CheckKvmBlkstat"
+
+COUNTERS = ("rd.reqs", "rd.bytes", "rd.times", "wr.reqs", "wr.bytes", "wr.times", "fl.reqs", "fl.times")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    uom: str
+    text: str
+    rate: bool = True
+
+
+METRICS = {m.name: m for m in (
+    Metric("read_iops", "", "read operations per second"),
+    Metric("write_iops", "", "write operations per second"),
+    Metric("read_bps", "", "bytes read per second"),
+    Metric("write_bps", "", "bytes written per second"),
+    Metric("read_latency", "ms", "average read latency in ms"),
+    Metric("write_latency", "ms", "average write latency in ms"),
+    Metric("flush_latency", "ms", "average flush latency in ms"),
+    Metric("flushes", "", "flushes per second"),
+    Metric("allocation", "%", "allocation in % of capacity", rate=False),
+)}
+DEFAULTS = {"allocation": ("85", "95")}
+
+EXAMPLES = """\
+  check-kvm-blkstat                               allocation of every disk (WARNING 85%, CRITICAL 95%)
+  check-kvm-blkstat -m write_iops -w 500 -c 2000  write IOPS of every disk
+  check-kvm-blkstat -m read_latency -w 20 -c 100 -d db1 --device vdb
+  check-kvm-blkstat -m write_bps -c 100000000 --interval 5"""
+
+DESCRIPTION = f"""\
+Per disk of each running domain: read and write IOPS, read and write bytes/s, average read,
+write and flush latency in ms, flushes/s (rates between this run and the previous one, kept in
+--state-dir, or two samples --interval apart), and allocation in % of capacity (a thin qcow2
+nearing its virtual size). -m/--metric chooses what -w/-c judge; perfdata carries them all, labelled
+<domain>_<metric>_<disk>. The first run has no rates: it says so, judges allocation, and is OK.
+Metrics: {', '.join(METRICS)}. Default: allocation, WARNING above 85%, CRITICAL above 95%."""
+
+
+def disks(record: virt.DomainRecord) -> list[tuple[str, dict[str, Any]]]:
+    """(device, its block.N.* statistics) for each disk with a source."""
+    stats = record.stats
+    found = []
+    for n in range(int(stats.get("block.count", 0))):
+        prefix = f"block.{n}."
+        device = stats.get(prefix + "name")
+        if not device or (prefix + "path") not in stats:
+            continue  # an empty CD-ROM drive
+        found.append((device, {k[len(prefix):]: v for k, v in stats.items() if k.startswith(prefix)}))
+    return found
+
+
+def values(previous: dict[str, Any] | None, current: dict[str, Any], block: dict[str, Any]) -> dict[str, float]:
+    """Every metric that can be computed for one disk (allocation always, rates from two samples)."""
+    result: dict[str, float] = {}
+    capacity = block.get("capacity")
+    if capacity and "allocation" in block:
+        result["allocation"] = block["allocation"] / capacity * 100
+    per_second = rates(previous, current, list(COUNTERS))
+    if per_second is None:
+        return result
+
+    def latency(times: str, reqs: str) -> float:
+        ops = per_second.get(reqs, 0.0)
+        return per_second.get(times, 0.0) / ops / 1e6 if ops else 0.0
+
+    result.update({
+        "read_iops": per_second.get("rd.reqs", 0.0), "write_iops": per_second.get("wr.reqs", 0.0),
+        "read_bps": per_second.get("rd.bytes", 0.0), "write_bps": per_second.get("wr.bytes", 0.0),
+        "read_latency": latency("rd.times", "rd.reqs"), "write_latency": latency("wr.times", "wr.reqs"),
+        "flush_latency": latency("fl.times", "fl.reqs"), "flushes": per_second.get("fl.reqs", 0.0),
+    })
+    return result
+
+
+def judge_domain(record: virt.DomainRecord, previous: dict[str, Any], current: dict[str, Any],
+                 options: argparse.Namespace) -> Verdict:
+    """The verdict on one domain's disks (pure)."""
+    name, chosen = record.name, options.metric
+    statuses, parts, perf = [Status.OK], [], []
+    first = False
+    for device, block in disks(record):
+        if options.device and device not in options.device:
+            continue
+        key = f"{record.uuid}/{device}"
+        found = values(previous.get(key), current[key], block)
+        first = first or "read_iops" not in found
+        for metric in METRICS.values():
+            if metric.name not in found:
+                continue
+            judged = metric.name == chosen
+            perf.append(Perf(f"{name}_{metric.name}_{device}", round(found[metric.name], 3), metric.uom,
+                             options.warning if judged else None, options.critical if judged else None, 0,
+                             100 if metric.uom == "%" else None))
+        if chosen in found:
+            statuses.append(judge(found[chosen], options.warning, options.critical))
+            parts.append(f"{device} {chosen} {found[chosen]:.1f}{METRICS[chosen].uom}")
+    if not parts and not first:
+        return Verdict(Finding(name, Status.OK, f"{name}: no disks measured"), perf)
+    text = f"{name}: " + ", ".join(parts) if parts else f"{name}:"
+    if first:
+        text += ("; " if parts else " ") + "first sample, rates on the next run"
+    return Verdict(Finding(name, worst(statuses), text), perf)
+
+
+def check(options: argparse.Namespace) -> Report:
+    default = DEFAULTS.get(options.metric)
+    if default and options.warning is None and options.critical is None:
+        options.warning, options.critical = Range.parse(default[0]), Range.parse(default[1])
+    conn = virt.connect(options.uri)
+    uri = virt.resolve_uri(options.uri)
+    chosen: list[virt.DomainRecord] = []
+    missing: list[str] = []
+
+    def take() -> dict[str, dict[str, Any]]:
+        nonlocal chosen, missing
+        chosen, missing = choose(virt.gather(conn, ["state", "block"]), options)
+        now = time.time()
+        return {f"{r.uuid}/{device}": {"t": now, **{k: block[k] for k in COUNTERS if k in block}}
+                for r in chosen if is_active(r) and not r.error for device, block in disks(r)}
+
+    try:
+        previous, current = exchange(StateFile(options.state_dir, "blkstat", uri), take, options.interval)
+    finally:
+        conn.close()
+    verdicts = judge_each(chosen, lambda r: judge_domain(r, previous, current, options))
+    judged = [p for v in verdicts for p in v.perfdata if p.warning is not None or p.critical is not None]
+    top = max(judged, key=lambda p: p.value, default=None)
+    ok_summary = f"{len(judged)} disks measured" + (f", highest {top.label} {top.value:g}{top.uom}" if top else "")
+    if not judged and any("first sample" in v.finding.text for v in verdicts):
+        ok_summary = "first sample taken, rates on the next run (or use --interval)"
+    return report(verdicts, missing, options, ok_summary)
+
+
+def parser() -> CheckParser:
+    p = build_parser("check-kvm-blkstat", DESCRIPTION, EXAMPLES, thresholds="the metric chosen with -m", rates=True)
+    p.add_argument("-m", "--metric", choices=list(METRICS), default="allocation", metavar="NAME",
+                   help=f"what -w/-c judge: {', '.join(METRICS)} (default: allocation)")
+    p.add_argument("--device", action="append", default=[], metavar="DISK",
+                   help="only this disk (target name such as vda); repeat for more")
+    return p
+
+
+def main() -> None:
+    run_check(NAME, parser(), check)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""check-kvm-host: the hypervisor host itself: CPU, memory, swap, and the file systems of disk images."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlparse
+
+import psutil
+
+from sensu_kvm import virt
+from sensu_kvm.domains import choose
+from sensu_kvm.errors import KvmError
+from sensu_kvm.output import Finding, Perf, Report, Status, judge, summarise
+from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, run_check
+from sensu_kvm.statefile import StateFile, exchange, rates
+
+NAME = "CheckKvmHost"
+CPU_KEYS = ["kernel", "user", "idle", "iowait"]
+
+EXAMPLES = """\
+  check-kvm-host                                     CPU, memory, swap and image file systems (defaults below)
+  check-kvm-host --cpu-warning 80 --cpu-critical 95 --interval 2
+  check-kvm-host --fs-warning 70 --fs-critical 90    file systems that hold domain disk images
+  check-kvm-host -u qemu+ssh://kvm2/system           CPU and memory of a remote host (swap and file
+                                                     systems are only read on the local host)"""
+
+DESCRIPTION = """\
+The host's CPU busy % (libvirt's node CPU statistics, a rate between this run and the previous
+one, or two samples --interval apart), memory used % (libvirt's node memory statistics: total
+minus free, buffers and cache), swap used % (psutil) and the used % of every file system that
+holds a domain disk image (psutil): a full one pauses the guests on it. Each resource has its
+own thresholds. Defaults: CPU WARNING above 90%; memory WARNING above 90%, CRITICAL above 95%;
+swap WARNING above 50%, CRITICAL above 80%; file systems WARNING above 85%, CRITICAL above 95%."""
+
+
+def is_local(uri: str) -> bool:
+    """Whether the URI names this host (no host part), so that psutil sees the same machine."""
+    return not urlparse(uri).hostname
+
+
+def host_memory(conn: Any, local: bool) -> dict[str, int] | str:
+    """Node memory in KiB from libvirt; from psutil where the driver has none and the host is this one."""
+    try:
+        return virt.node_memory_stats(conn)
+    except KvmError as err:
+        if not local:
+            return str(err)
+    mem = psutil.virtual_memory()
+    return {k: getattr(mem, k, 0) // 1024 for k in ("total", "free", "buffers", "cached")}
+
+
+def cpu_sample(conn: Any) -> dict[str, Any]:
+    stats = virt.node_cpu_stats(conn)
+    return {"host": {"t": time.time(), **{k: stats[k] for k in CPU_KEYS if k in stats}}}
+
+
+def cpu_busy(previous: dict[str, Any] | None, current: dict[str, Any]) -> float | None:
+    """Busy % from two samples of the node's CPU counters; None without a usable previous one."""
+    per_second = rates(previous, current, CPU_KEYS)
+    if not per_second:
+        return None
+    total = sum(per_second.values())
+    return (per_second.get("kernel", 0.0) + per_second.get("user", 0.0)) / total * 100 if total else 0.0
+
+
+def mount_point(path: str) -> str:
+    path = os.path.realpath(path)
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def image_file_systems(paths: Iterable[str]) -> dict[str, list[str]]:
+    """Mount point -> the images on it, for the paths that are files on this host."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(set(paths)):
+        if os.path.exists(path):
+            found.setdefault(mount_point(path), []).append(path)
+    return found
+
+
+def evaluate(busy: float | None, memory: dict[str, int] | str, swap: Any, file_systems: dict[str, Any],
+             options: argparse.Namespace) -> Report:
+    """Findings and perfdata for every resource (pure)."""
+    findings, perf = [], []
+    if busy is None:
+        findings.append(Finding("cpu", Status.OK, "CPU: first sample, busy % on the next run"))
+    else:
+        findings.append(Finding("cpu", judge(busy, options.cpu_warning, options.cpu_critical), f"CPU {busy:.1f}% busy"))
+        perf.append(Perf("cpu_busy", round(busy, 3), "%", options.cpu_warning, options.cpu_critical, 0, 100))
+    if isinstance(memory, str):
+        findings.append(Finding("memory", Status.UNKNOWN, f"memory: {memory}"))
+    elif memory.get("total"):
+        total = memory["total"]
+        used = total - memory.get("free", 0) - memory.get("buffers", 0) - memory.get("cached", 0)
+        percent = used / total * 100
+        findings.append(Finding("memory", judge(percent, options.memory_warning, options.memory_critical),
+                                f"memory {percent:.1f}% used ({used // 1024} of {total // 1024} MiB)"))
+        perf += [Perf("memory_used", round(percent, 3), "%", options.memory_warning, options.memory_critical, 0, 100),
+                 Perf("memory_used_bytes", used * 1024, "B", minimum=0, maximum=total * 1024)]
+    if swap is not None:
+        if swap.total:
+            findings.append(Finding("swap", judge(swap.percent, options.swap_warning, options.swap_critical),
+                                    f"swap {swap.percent:.1f}% used"))
+            perf.append(Perf("swap_used", swap.percent, "%", options.swap_warning, options.swap_critical, 0, 100))
+        else:
+            findings.append(Finding("swap", Status.OK, "no swap"))
+    for mount, usage in sorted(file_systems.items()):
+        if isinstance(usage, str):
+            findings.append(Finding(mount, Status.UNKNOWN, f"file system {mount}: {usage}"))
+            continue
+        findings.append(Finding(mount, judge(usage.percent, options.fs_warning, options.fs_critical),
+                                f"file system {mount} {usage.percent:.1f}% used ({usage.free // 2**20} MiB free)"))
+        perf += [Perf(f"fs_{mount}_used", usage.percent, "%", options.fs_warning, options.fs_critical, 0, 100),
+                 Perf(f"fs_{mount}_free", usage.free, "B", minimum=0, maximum=usage.total)]
+    status, problems, details = summarise(findings, "resource", options.verbose)
+    summary = problems or ", ".join(f.text for f in findings)
+    return Report(status, summary, perf, details)
+
+
+def check(options: argparse.Namespace) -> Report:
+    uri = virt.resolve_uri(options.uri)
+    conn = virt.connect(options.uri)
+    try:
+        previous, current = exchange(StateFile(options.state_dir, "host", uri), lambda: cpu_sample(conn),
+                                     options.interval)
+        memory = host_memory(conn, is_local(uri))
+        paths: list[str] = []
+        if is_local(uri):
+            chosen, _missing = choose(virt.gather(conn, ["state", "block"]), options)
+            paths = [v for r in chosen for k, v in r.stats.items() if k.startswith("block.") and k.endswith(".path")]
+    finally:
+        conn.close()
+    swap = psutil.swap_memory() if is_local(uri) else None
+    file_systems: dict[str, Any] = {}
+    for mount in image_file_systems(paths):
+        try:
+            file_systems[mount] = psutil.disk_usage(mount)
+        except OSError as err:
+            file_systems[mount] = err.strerror or str(err)
+    return evaluate(cpu_busy(previous.get("host"), current["host"]), memory, swap, file_systems, options)
+
+
+def parser() -> CheckParser:
+    p = build_parser("check-kvm-host", DESCRIPTION, EXAMPLES, rates=True)
+    add_thresholds(p, None, "cpu", "CPU busy in %", "90", None)
+    add_thresholds(p, None, "memory", "memory used in %", "90", "95")
+    add_thresholds(p, None, "swap", "swap used in %", "50", "80")
+    add_thresholds(p, None, "fs", "used % of file systems holding disk images", "85", "95")
+    return p
+
+
+def main() -> None:
+    run_check(NAME, parser(), check)
+
+
+if __name__ == "__main__":
+    main()
