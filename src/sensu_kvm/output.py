@@ -95,12 +95,16 @@ class Finding:
 
 @dataclass
 class Report:
-    """What a check prints: a status, a summary, perfdata and detail lines."""
+    """What a check prints: a status, a summary, perfdata and detail lines.
+
+    ``raw`` reports (metrics) print the summary as it is, without the status prefix.
+    """
 
     status: Status
     summary: str
     perfdata: Sequence[Perf] = ()
     details: Sequence[str] = field(default_factory=list)
+    raw: bool = False
 
     def render(self) -> str:
         first = self.summary

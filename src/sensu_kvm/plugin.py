@@ -191,6 +191,9 @@ class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
             watchdog.cancel()
             self.unknown(f"internal error: {type(err).__name__}: {err}")
         watchdog.cancel()
+        if report.raw:  # metrics: the lines themselves, no status prefix
+            print(report.render())
+            sys.exit(report.status.value)
         getattr(self, report.status.name.lower())(report.render())
 
 

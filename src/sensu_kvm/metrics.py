@@ -1,0 +1,243 @@
+"""Metric points from libvirt statistics, and their four text formats (pure, no I/O).
+
+One model, four renderings: a Point has a measurement (domain, vcpu, block, net, host), tags and
+numeric fields in base units (bytes, seconds), each field a counter or a gauge.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+NS = 1e-9
+KIB = 1024
+
+
+@dataclass(frozen=True)
+class Field:
+    """How one libvirt statistic becomes a field: its name, kind, scale and help text."""
+
+    key: str
+    name: str
+    counter: bool
+    scale: float
+    help: str
+
+
+def _f(key: str, name: str, counter: bool, scale: float, text: str) -> Field:
+    return Field(key, name, counter, scale, text)
+
+
+DOMAIN_FIELDS = (
+    _f("state.state", "state", False, 1, "libvirt domain state (1 running, 3 paused, 5 shut off, 6 crashed)"),
+    _f("state.reason", "state_reason", False, 1, "libvirt reason code for the state"),
+    _f("cpu.time", "cpu_seconds", True, NS, "CPU time used by the domain"),
+    _f("cpu.user", "cpu_user_seconds", True, NS, "user CPU time used by the domain"),
+    _f("cpu.system", "cpu_system_seconds", True, NS, "system CPU time used by the domain"),
+    _f("vcpu.current", "vcpus", False, 1, "vCPUs online"),
+    _f("vcpu.maximum", "vcpus_maximum", False, 1, "vCPUs at most"),
+    _f("balloon.current", "memory_actual_bytes", False, KIB, "memory the guest has (balloon actual)"),
+    _f("balloon.maximum", "memory_maximum_bytes", False, KIB, "memory the guest may have"),
+    _f("balloon.rss", "memory_rss_bytes", False, KIB, "resident size of the QEMU process"),
+    _f("balloon.available", "memory_available_bytes", False, KIB, "memory the guest sees"),
+    _f("balloon.usable", "memory_usable_bytes", False, KIB, "memory the guest could use without swapping"),
+    _f("balloon.unused", "memory_unused_bytes", False, KIB, "memory the guest leaves unused"),
+    _f("balloon.disk_caches", "memory_disk_caches_bytes", False, KIB, "guest memory used for disk caches"),
+    _f("balloon.swap_in", "swap_in_bytes", True, KIB, "data the guest read from swap"),
+    _f("balloon.swap_out", "swap_out_bytes", True, KIB, "data the guest wrote to swap"),
+    _f("balloon.major_fault", "major_faults", True, 1, "major page faults in the guest"),
+    _f("balloon.minor_fault", "minor_faults", True, 1, "minor page faults in the guest"),
+)
+VCPU_FIELDS = (
+    _f("state", "state", False, 1, "vCPU state (0 offline, 1 running, 2 blocked)"),
+    _f("time", "seconds", True, NS, "CPU time used by the vCPU"),
+    _f("wait", "wait_seconds", True, NS, "time the vCPU waited on I/O"),
+    _f("delay", "delay_seconds", True, NS, "time the vCPU waited for a host CPU (steal)"),
+)
+BLOCK_FIELDS = (
+    _f("rd.reqs", "read_ops", True, 1, "read operations"),
+    _f("rd.bytes", "read_bytes", True, 1, "bytes read"),
+    _f("rd.times", "read_seconds", True, NS, "time spent reading"),
+    _f("wr.reqs", "write_ops", True, 1, "write operations"),
+    _f("wr.bytes", "write_bytes", True, 1, "bytes written"),
+    _f("wr.times", "write_seconds", True, NS, "time spent writing"),
+    _f("fl.reqs", "flush_ops", True, 1, "flush operations"),
+    _f("fl.times", "flush_seconds", True, NS, "time spent flushing"),
+    _f("allocation", "allocation_bytes", False, 1, "highest allocated offset (qcow2) or allocated bytes"),
+    _f("capacity", "capacity_bytes", False, 1, "virtual size of the disk"),
+    _f("physical", "physical_bytes", False, 1, "size of the image on the host"),
+)
+NET_FIELDS = (
+    _f("rx.bytes", "receive_bytes", True, 1, "bytes received"),
+    _f("rx.pkts", "receive_packets", True, 1, "packets received"),
+    _f("rx.errs", "receive_errors", True, 1, "receive errors"),
+    _f("rx.drop", "receive_drops", True, 1, "received packets dropped"),
+    _f("tx.bytes", "transmit_bytes", True, 1, "bytes sent"),
+    _f("tx.pkts", "transmit_packets", True, 1, "packets sent"),
+    _f("tx.errs", "transmit_errors", True, 1, "transmit errors"),
+    _f("tx.drop", "transmit_drops", True, 1, "sent packets dropped"),
+)
+HOST_FIELDS = (
+    _f("cpu.kernel", "cpu_kernel_seconds", True, NS, "host CPU time in the kernel, all CPUs"),
+    _f("cpu.user", "cpu_user_seconds", True, NS, "host CPU time in user space, all CPUs"),
+    _f("cpu.idle", "cpu_idle_seconds", True, NS, "host CPU time idle, all CPUs"),
+    _f("cpu.iowait", "cpu_iowait_seconds", True, NS, "host CPU time waiting for I/O, all CPUs"),
+    _f("memory.total", "memory_total_bytes", False, KIB, "host memory"),
+    _f("memory.free", "memory_free_bytes", False, KIB, "host memory free"),
+    _f("memory.buffers", "memory_buffers_bytes", False, KIB, "host memory in buffers"),
+    _f("memory.cached", "memory_cached_bytes", False, KIB, "host memory in the page cache"),
+)
+UP = Field("", "up", False, 1, "1 when the domain's statistics were read, 0 when they failed")
+ALL_FIELDS: dict[tuple[str, str], Field] = {
+    (measurement, f.name): f
+    for measurement, fields in (("domain", (*DOMAIN_FIELDS, UP)), ("vcpu", VCPU_FIELDS), ("block", BLOCK_FIELDS),
+                                ("net", NET_FIELDS), ("host", HOST_FIELDS))
+    for f in fields
+}
+
+
+@dataclass
+class Point:
+    """One measurement with its tags and fields, e.g. block{domain=web1,device=vda} read_bytes=..."""
+
+    measurement: str
+    tags: dict[str, str]
+    fields: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _scaled(value: Any, f: Field) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if f.scale == 1 else value * f.scale
+
+
+def _fields(stats: Mapping[str, Any], prefix: str, fields: Iterable[Field]) -> dict[str, float]:
+    out = {}
+    for f in fields:
+        value = _scaled(stats.get(prefix + f.key), f)
+        if value is not None:
+            out[f.name] = value
+    return out
+
+
+def domain_points(name: str, stats: Mapping[str, Any], error: str | None) -> list[Point]:
+    """The points of one domain; a domain whose statistics failed gives up=0 and the error."""
+    tags = {"domain": name}
+    main = Point("domain", dict(tags), {"up": 0 if error else 1, **_fields(stats, "", DOMAIN_FIELDS)}, error)
+    points = [main]
+    for n in range(int(stats.get("vcpu.maximum", stats.get("vcpu.current", 0)) or 0)):
+        values = _fields(stats, f"vcpu.{n}.", VCPU_FIELDS)
+        if values:
+            points.append(Point("vcpu", {**tags, "vcpu": str(n)}, values))
+    for n in range(int(stats.get("block.count", 0))):
+        device = stats.get(f"block.{n}.name")
+        values = _fields(stats, f"block.{n}.", BLOCK_FIELDS)
+        if device and values:
+            points.append(Point("block", {**tags, "device": str(device)}, values))
+    for n in range(int(stats.get("net.count", 0))):
+        nic = stats.get(f"net.{n}.name")
+        values = _fields(stats, f"net.{n}.", NET_FIELDS)
+        if nic and values:
+            points.append(Point("net", {**tags, "interface": str(nic)}, values))
+    return points
+
+
+def host_points(cpu: Mapping[str, Any], memory: Mapping[str, Any]) -> list[Point]:
+    stats = {**{f"cpu.{k}": v for k, v in cpu.items()}, **{f"memory.{k}": v for k, v in memory.items()}}
+    values = _fields(stats, "", HOST_FIELDS)
+    return [Point("host", {}, values)] if values else []
+
+
+# --- renderings ----------------------------------------------------------------------------------
+
+def _number(value: float) -> str:
+    if isinstance(value, int) or (value == int(value) and abs(value) < 2**53):
+        return str(int(value))
+    return repr(float(value))
+
+
+_GRAPHITE_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+def graphite_node(text: str) -> str:
+    """One node of a Graphite path: anything but letters, digits, '_' and '-' becomes '_'."""
+    return _GRAPHITE_UNSAFE.sub("_", text) or "_"
+
+
+def graphite(points: Sequence[Point], scheme: str, timestamp: int) -> str:
+    """Graphite plaintext: ``<scheme>.domain.<name>[.<group>.<id>].<field> <value> <timestamp>``."""
+    lines = []
+    for p in points:
+        if p.measurement == "host":
+            path = f"{scheme}.host"
+        else:
+            path = f"{scheme}.domain.{graphite_node(p.tags['domain'])}"
+            if p.measurement != "domain":
+                ident = next(v for k, v in p.tags.items() if k != "domain")
+                path += f".{p.measurement}.{graphite_node(ident)}"
+        lines += [f"{path}.{name} {_number(value)} {timestamp}" for name, value in p.fields.items()]
+    return "\n".join(lines)
+
+
+def _influx_escape(text: str, specials: str) -> str:
+    for char in "\\" + specials:
+        text = text.replace(char, "\\" + char)
+    return text.replace("\n", "\\n")
+
+
+def influxdb(points: Sequence[Point], host: str, timestamp_ns: int) -> str:
+    """InfluxDB line protocol: measurement kvm_<group>, tags host, domain and device/vcpu/interface."""
+    lines = []
+    for p in points:
+        tags = {"host": host, **p.tags}
+        tag_text = "".join(f",{_influx_escape(k, ',= ')}={_influx_escape(v, ',= ')}"
+                           for k, v in sorted(tags.items()) if v != "")
+        parts = []
+        for name, value in p.fields.items():
+            counter = ALL_FIELDS[(p.measurement, name)].counter or name in ("up", "state", "state_reason")
+            parts.append(f"{name}={int(value)}i" if counter and value == int(value) else f"{name}={_number(value)}")
+        if p.error:
+            parts.append('error="' + p.error.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        lines.append(f"kvm_{_influx_escape(p.measurement, ', ')}{tag_text} {','.join(parts)} {timestamp_ns}")
+    return "\n".join(lines)
+
+
+def _prom_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def prometheus(points: Sequence[Point]) -> str:
+    """Prometheus text exposition format 0.0.4, counters with the _total suffix."""
+    families: dict[str, list[str]] = {}
+    headers: dict[str, str] = {}
+    for p in points:
+        labels = ",".join(f'{k}="{_prom_label(v)}"' for k, v in p.tags.items())
+        for name, value in p.fields.items():
+            f = ALL_FIELDS[(p.measurement, name)]
+            metric = f"kvm_{p.measurement}_{name}" + ("_total" if f.counter else "")
+            if metric not in headers:
+                kind = "counter" if f.counter else "gauge"
+                headers[metric] = f"# HELP {metric} {f.help}\n# TYPE {metric} {kind}"
+            sample = f"{metric}{{{labels}}}" if labels else metric
+            families.setdefault(metric, []).append(f"{sample} {_number(value)}")
+    return "\n".join(f"{headers[m]}\n" + "\n".join(lines) for m, lines in families.items())
+
+
+def as_json(points: Sequence[Point], host: str, timestamp: float) -> str:
+    """One JSON document: the host, the time and every point with its tags, fields and error."""
+    def clean(value: float) -> float | None:
+        return None if isinstance(value, float) and (math.isnan(value) or math.isinf(value)) else value
+
+    doc = {
+        "host": host,
+        "timestamp": timestamp,
+        "points": [{"measurement": p.measurement, "tags": p.tags,
+                    "fields": {k: clean(v) for k, v in p.fields.items()},
+                    **({"error": p.error} if p.error else {})} for p in points],
+    }
+    return json.dumps(doc, sort_keys=False)
