@@ -40,6 +40,33 @@ def guest() -> tuple[Path, Path]:
     return rig.ensure_guest()
 
 
+@pytest.fixture(scope="session")
+def linux_guests(conn: libvirt.virConnect, images: Path, guest: tuple[Path, Path]) -> Iterator[dict[str, libvirt.virDomain]]:
+    """Tiny Linux guests, started together: 'busy' spins its vCPU, 'writer' writes its disk, and
+    'enospc' writes to a qcow2 on a 24 MiB file system until QEMU pauses it (error_policy stop)."""
+    kernel, initrd = guest
+    with rig.small_fs(images / "small", 24) as small:
+        plan = {
+            "busy": ("cpu", rig.make_qcow2(images / "busy.qcow2")),
+            "writer": ("write", rig.make_qcow2(images / "writer.qcow2", "1G")),
+            "enospc": ("write", rig.make_qcow2(small / "enospc.qcow2", "256M")),
+        }
+        doms = {}
+        for role, (mode, disk) in plan.items():
+            xml = rig.linux_guest_xml(f"spk-test-{role}", disk, kernel, initrd, mode, images / f"{role}.log")
+            doms[role] = conn.defineXML(xml)
+            doms[role].create()
+        for role in plan:
+            rig.wait_serial(images / f"{role}.log", timeout=120)
+        yield doms
+        rig.cleanup(conn)  # before the small file system is unmounted
+
+
+def paused_by_enospc(dom: libvirt.virDomain, timeout: float = 180) -> None:
+    rig.wait_for(lambda: dom.state() == [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR],
+                 timeout=timeout, what=f"{dom.name()} to pause on ENOSPC")
+
+
 def define_noos(conn: libvirt.virConnect, images: Path, name: str) -> libvirt.virDomain:
     disk = rig.make_qcow2(images / f"{name}.qcow2")
     return conn.defineXML(rig.noos_domain_xml(name, disk))

@@ -9,7 +9,7 @@ import libvirt
 import pytest
 
 from tests.conftest import run
-from tests.hypervisor.conftest import define_noos, record
+from tests.hypervisor.conftest import define_noos, paused_by_enospc, record
 from tests.rig import rig
 
 SYSTEM = "qemu:///system"
@@ -80,28 +80,15 @@ def test_deleted_domain_is_not_found(conn, images):
     assert result.stdout.startswith("CheckKvmDomstate CRITICAL: spk-test-deleteme not found | ")
 
 
-def test_guest_paused_by_full_disk_is_critical_naming_the_disk(conn, images, guest):
+def test_guest_paused_by_full_disk_is_critical_naming_the_disk(conn, linux_guests):
     """The tiny Linux guest writes to a qcow2 on a 24 MiB file system until QEMU pauses it."""
-    kernel, initrd = guest
-    with rig.small_fs(images / "small", 24) as small:
-        disk = rig.make_qcow2(small / "enospc.qcow2", "256M")
-        log = images / "enospc.log"
-        xml = rig.linux_guest_xml("spk-test-enospc", disk, kernel, initrd, "write", log, error_policy="stop")
-        dom = conn.defineXML(xml)
-        try:
-            dom.create()
-            rig.wait_for(lambda: dom.state() == [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR],
-                         timeout=120, what="the guest to pause on ENOSPC")
-            result = domstate("-d", "spk-test-enospc")
-            assert result.returncode == 2, result
-            assert result.stdout.startswith(
-                "CheckKvmDomstate CRITICAL: spk-test-enospc paused (I/O error): vda: no space | ")
-            result = domstate("--match", "^spk-test-enospc$", "-v")
-            assert "CRITICAL: spk-test-enospc paused (I/O error): vda: no space" in result.stdout.splitlines()
-            ((_, stats),) = conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_STATE)
-            record("domstate-qemu-enospc.json", [
-                {"name": dom.name(), "stats": stats, "autostart": False, "disk_errors": dom.diskErrors()}])
-        finally:
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
+    dom = linux_guests["enospc"]
+    paused_by_enospc(dom)
+    result = domstate("-d", "spk-test-enospc")
+    assert result.returncode == 2, result
+    assert result.stdout.startswith("CheckKvmDomstate CRITICAL: spk-test-enospc paused (I/O error): vda: no space | ")
+    result = domstate("--match", "^spk-test-enospc$", "-v")
+    assert "CRITICAL: spk-test-enospc paused (I/O error): vda: no space" in result.stdout.splitlines()
+    ((_, stats),) = conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_STATE)
+    record("domstate-qemu-enospc.json", [
+        {"name": dom.name(), "stats": stats, "autostart": False, "disk_errors": dom.diskErrors()}])

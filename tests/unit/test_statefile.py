@@ -47,10 +47,9 @@ def test_unwritable_directory_is_a_clear_error(tmp_path):
 def test_lock_excludes_a_second_holder(tmp_path):
     state = StateFile(tmp_path, "vcpu", "test:///default")
     other = StateFile(tmp_path, "vcpu", "test:///default")
-    with state.locked():
-        # flock locks belong to the open file description: a second open conflicts, even in one process
-        with pytest.raises(KvmError, match="is locked by another run"), other.locked(wait=0.1):
-            pass
+    # flock locks belong to the open file description: a second open conflicts, even in one process
+    with state.locked(), pytest.raises(KvmError, match="is locked by another run"), other.locked(wait=0.1):
+        pass
     with other.locked(wait=0.1):
         pass
 

@@ -1,0 +1,119 @@
+"""The resource checks and metrics-kvm against real QEMU guests under libvirtd."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import libvirt
+
+from tests.conftest import run
+from tests.hypervisor.conftest import define_noos, paused_by_enospc, record
+from tests.rig import rig
+
+SYSTEM = "qemu:///system"
+
+
+def perf(stdout: str, label: str) -> float:
+    match = re.search(rf"(?:^|\s)'?{re.escape(label)}'?=([-0-9.]+)", stdout.splitlines()[0])
+    assert match, f"no perfdata {label} in {stdout!r}"
+    return float(match.group(1))
+
+
+def record_two_samples(conn: libvirt.virConnect, name: str, dom: libvirt.virDomain, seconds: float = 2) -> None:
+    samples = []
+    for _ in range(2):
+        ((_, stats),) = conn.domainListGetStats([dom], 0)
+        samples.append({"t": time.time(), "name": dom.name(), "uuid": dom.UUIDString(), "stats": stats})
+        time.sleep(seconds)
+    record(name, samples)
+
+
+def test_busy_guest_trips_vcpu_usage(conn, linux_guests, tmp_path):
+    result = run("check-kvm-vcpu", "-u", SYSTEM, "-d", "spk-test-busy", "--interval", "2", "-w", "40",
+                 "--state-dir", str(tmp_path))
+    assert result.returncode == 1, result
+    assert result.stdout.startswith("CheckKvmVcpu WARNING: spk-test-busy vCPU usage ")
+    assert perf(result.stdout, "spk-test-busy_vcpu_usage") > 40
+    assert perf(result.stdout, "spk-test-busy_vcpus") == 1
+    record_two_samples(conn, "vcpu-qemu-busy.json", linux_guests["busy"])
+
+
+def test_vcpu_rates_between_runs_use_the_state_file(linux_guests, tmp_path):
+    first = run("check-kvm-vcpu", "-u", SYSTEM, "-d", "spk-test-busy", "--state-dir", str(tmp_path))
+    assert first.returncode == 0
+    assert "first sample, usage on the next run" in first.stdout
+    time.sleep(1)
+    second = run("check-kvm-vcpu", "-u", SYSTEM, "-d", "spk-test-busy", "--state-dir", str(tmp_path))
+    assert perf(second.stdout, "spk-test-busy_vcpu_usage") > 20, second.stdout
+
+
+def test_writing_guest_shows_write_iops_and_bytes(conn, linux_guests, tmp_path):
+    result = run("check-kvm-blkstat", "-u", SYSTEM, "-d", "spk-test-writer", "-m", "write_iops", "-w", "1",
+                 "--interval", "2", "--state-dir", str(tmp_path))
+    assert result.returncode == 1, result
+    assert result.stdout.startswith("CheckKvmBlkstat WARNING: spk-test-writer: vda write_iops ")
+    assert perf(result.stdout, "spk-test-writer_write_iops_vda") > 1
+    assert perf(result.stdout, "spk-test-writer_write_bps_vda") > 0
+    assert perf(result.stdout, "spk-test-writer_allocation_vda") > 0
+    record_two_samples(conn, "blkstat-qemu-writer.json", linux_guests["writer"])
+
+
+def test_linux_guest_reports_the_guest_memory_view(conn, linux_guests):
+    dom = linux_guests["busy"]
+    rig.wait_for(lambda: "balloon.usable" in conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_BALLOON)[0][1],
+                 timeout=30, what="balloon statistics from the guest")
+    result = run("check-kvm-memory", "-u", SYSTEM, "-d", "spk-test-busy")
+    assert result.returncode == 0, result
+    assert "(guest view: " in result.stdout.splitlines()[0]
+    assert 0 < perf(result.stdout, "spk-test-busy_memory_used") < 100
+    assert perf(result.stdout, "spk-test-busy_available") > 0
+    result = run("check-kvm-memory", "-u", SYSTEM, "-d", "spk-test-busy", "-w", "1", "-c", "2")
+    assert result.returncode == 2
+    ((_, stats),) = conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BALLOON)
+    record("memory-qemu-guest.json", [{"name": dom.name(), "uuid": dom.UUIDString(), "stats": stats}])
+
+
+def test_no_os_guest_falls_back_to_the_host_view(conn, images):
+    dom = define_noos(conn, images, "spk-test-noos-mem")
+    try:
+        dom.create()
+        result = run("check-kvm-memory", "-u", SYSTEM, "-d", "spk-test-noos-mem")
+        assert result.returncode == 0, result
+        assert "(host view: rss " in result.stdout
+        result = run("check-kvm-memory", "-u", SYSTEM, "-d", "spk-test-noos-mem", "--view", "guest")
+        assert result.returncode == 3
+        ((_, stats),) = conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BALLOON)
+        record("memory-qemu-noos.json", [{"name": dom.name(), "uuid": dom.UUIDString(), "stats": stats}])
+    finally:
+        dom.destroy()
+        dom.undefine()
+
+
+def test_blkerror_names_the_full_disk(linux_guests):
+    paused_by_enospc(linux_guests["enospc"])
+    result = run("check-kvm-blkerror", "-u", SYSTEM, "--match", "^spk-test-(enospc|busy)$", "-v")
+    assert result.returncode == 2, result
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("CheckKvmBlkerror CRITICAL: spk-test-enospc: vda: no space | ")
+    assert "OK: spk-test-busy: no errors found" in lines
+
+
+def test_host_reports_the_file_system_of_the_test_images(linux_guests, images, tmp_path):
+    paused_by_enospc(linux_guests["enospc"])
+    result = run("check-kvm-host", "-u", SYSTEM, "--match", "^spk-test-", "--interval", "1", "-v",
+                 "--state-dir", str(tmp_path))
+    small = images / "small"  # where linux_guests mounted the 24 MiB file system
+    assert result.returncode == 2, result
+    assert f"CRITICAL: file system {small} 100.0% used" in result.stdout.splitlines()[1:]
+    assert re.search(r"OK: CPU [0-9.]+% busy", result.stdout)
+    assert perf(result.stdout, f"fs_{small}_used") == 100
+
+
+def test_metrics_cover_the_running_guests(linux_guests):
+    result = run("metrics-kvm", "-u", SYSTEM, "--match", "^spk-test-", "--format", "graphite", "--scheme", "t")
+    assert result.returncode == 0, result
+    paths = {line.split()[0] for line in result.stdout.splitlines()}
+    assert "t.domain.spk-test-writer.block.vda.write_bytes" in paths
+    assert "t.domain.spk-test-busy.vcpu.0.seconds" in paths
+    assert "t.host.cpu_idle_seconds" in paths
