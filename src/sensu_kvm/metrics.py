@@ -185,9 +185,13 @@ def graphite(points: Sequence[Point], scheme: str, timestamp: int) -> str:
 
 
 def _influx_escape(text: str, specials: str) -> str:
-    for char in "\\" + specials:
+    """Escape as Telegraf does: the specials get a backslash, a backslash stays as it is (the
+    protocol reads a lone one literally), and trailing backslashes, which would escape the
+    separator after them, are dropped."""
+    text = text.replace("\n", " ").rstrip("\\")
+    for char in specials:
         text = text.replace(char, "\\" + char)
-    return text.replace("\n", "\\n")
+    return text
 
 
 def influxdb(points: Sequence[Point], host: str, timestamp_ns: int) -> str:

@@ -1,7 +1,7 @@
 """Fault injection for tests: loaded into a real command's process through PYTHONPATH.
 
 The faults stand in for failures that the real hypervisors here cannot be made to produce on
-demand. SPK_FAULT names one or more, comma-separated:
+demand. SPK_FAULT names one or more, separated by ";":
   crash-in-gather      virt.gather raises an unexpected RuntimeError (a bug in our code)
   bulk-stats-fail      virConnectGetAllDomainStats fails (an old or partial driver)
   state-fails:NAME     virDomainGetState fails for the domain NAME
@@ -9,7 +9,7 @@ demand. SPK_FAULT names one or more, comma-separated:
 
 import os
 
-faults = [f for f in os.environ.get("SPK_FAULT", "").split(",") if f]
+faults = [f for f in os.environ.get("SPK_FAULT", "").split(";") if f]
 
 if faults:
     import libvirt

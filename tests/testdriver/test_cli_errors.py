@@ -162,7 +162,7 @@ def test_permission_denied_is_unknown(traversable_checkout, tmp_path):
 
 def test_bulk_call_failing_falls_back_per_domain_and_isolates_a_broken_domain(fault_env):
     """Injected faults: the bulk call fails, then one domain's own state call fails too."""
-    env = {**fault_env, "SPK_FAULT": "bulk-stats-fail,state-fails:web1"}
+    env = {**fault_env, "SPK_FAULT": "bulk-stats-fail;state-fails:web1"}
     result = run("check-kvm-domstate", "-u", node_uri("mixed.xml"), "-v", env=env)
     assert result.returncode == 2, result
     lines = result.stdout.splitlines()
