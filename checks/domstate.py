@@ -8,9 +8,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sensu_kvm import states, virt
+from sensu_kvm.domains import choose
 from sensu_kvm.errors import KvmError
 from sensu_kvm.output import Finding, Perf, Report, Status, judge, summarise, worst
-from sensu_kvm.plugin import CheckParser, build_parser, run_check, select
+from sensu_kvm.plugin import CheckParser, build_parser, run_check
 
 NAME = "CheckKvmDomstate"
 
@@ -101,24 +102,20 @@ def evaluate(observed: Sequence[Observed], missing: Sequence[str], options: argp
     return Report(status, summary, perf, details)
 
 
-def gather(options: argparse.Namespace) -> tuple[list[Observed], list[str], bool]:
+def gather(options: argparse.Namespace) -> tuple[list[Observed], list[str]]:
     """Read the states: one bulk call, then autostart and disk errors only where they matter.
 
-    Returns the observations, the names given with -d that do not exist, and whether the
-    selection filters left nothing out of a non-empty host.
+    Returns the observations and the names given with -d that do not exist.
     """
     conn = virt.connect(options.uri)
     try:
-        records = virt.gather(conn, ["state"])
-        by_name = {r.name: r for r in records}
-        chosen = select(list(by_name), options)
-        missing = [n for n in dict.fromkeys(options.domain) if n not in by_name]
+        chosen, missing = choose(virt.gather(conn, ["state"]), options)
         autostart: set[str] = set()
-        if any(by_name[n].stats.get("state.state") == states.SHUTOFF for n in chosen):
+        if any(r.stats.get("state.state") == states.SHUTOFF for r in chosen):
             autostart = virt.autostart_uuids(conn)
         observed = []
-        for name in chosen:
-            record = by_name[name]
+        for record in chosen:
+            name = record.name
             state = record.stats.get("state.state")
             reason = record.stats.get("state.reason", 0)
             errors: dict[str, int] | None = None
@@ -129,15 +126,14 @@ def gather(options: argparse.Namespace) -> tuple[list[Observed], list[str], bool
                 except KvmError as err:
                     error = str(err)
             observed.append(Observed(name, state, reason, record.uuid in autostart, errors, error))
-        filtered_out = bool(records) and not chosen and not options.domain
-        return observed, missing, filtered_out
+        return observed, missing
     finally:
         conn.close()
 
 
 def check(options: argparse.Namespace) -> Report:
-    observed, missing, filtered_out = gather(options)
-    if filtered_out:
+    observed, missing = gather(options)
+    if not observed and not missing and (options.match or options.exclude):
         return Report(Status.UNKNOWN, "no domain matches --match/--exclude")
     return evaluate(observed, missing, options)
 
