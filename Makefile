@@ -30,11 +30,12 @@ $(VENV)/.installed: $(VENV)/.deps $(shell find src checks handlers -name '*.py' 
 	@$(BIN)/check-kvm-domstate --version >/dev/null
 	@touch $@
 
+# The real-hypervisor tests need libvirtd; the daemons the rig starts are stopped afterwards.
 test: setup
-	@bash tests/rig/host-setup.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy src checks handlers
-	$(BIN)/pytest -q -ra
+	@bash tests/rig/host-setup.sh
+	@status=0; $(BIN)/pytest -q -ra || status=$$?; bash tests/rig/host-teardown.sh; exit $$status
 
 unit: setup
 	$(BIN)/pytest -q tests/unit
@@ -45,7 +46,7 @@ lint: setup
 
 bench: setup
 	@bash tests/rig/host-setup.sh
-	$(BIN)/python bench/bench_domstate.py
+	@status=0; $(BIN)/python bench/bench_domstate.py || status=$$?; bash tests/rig/host-teardown.sh; exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -83,6 +83,7 @@ def seconds_arg(text: str) -> float:
 def add_thresholds(parser: argparse.ArgumentParser, short: tuple[str, str] | None, name: str, what: str,
                    warning: str | None = None, critical: str | None = None) -> None:
     """A pair of range options, ``--NAME-warning``/``--NAME-critical`` (or -w/-c), with defaults."""
+    what = what.replace("%", "%%")  # argparse %-formats help strings
     for level, default, letter in (("warning", warning, short and short[0]), ("critical", critical, short and short[1])):
         flags = [letter, f"--{level}"] if letter else [f"--{name}-{level}"]
         shown = f" (default: {default})" if default else ""
@@ -172,7 +173,11 @@ class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
         self._name = name
         self._own_parser = parser
         self._body = body
-        super().__init__(autorun=True)
+        try:
+            super().__init__(autorun=True)
+        except Exception as err:  # raised while parsing, before run(): sensu-plugin would exit 2
+            print(f"{name} UNKNOWN: internal error: {type(err).__name__}: {err}")
+            sys.exit(Status.UNKNOWN.value)
 
     def setup(self) -> None:
         self.parser = self._own_parser

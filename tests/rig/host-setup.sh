@@ -17,6 +17,9 @@ URI=qemu:///system
 QEMU_CONF=/etc/libvirt/qemu.conf
 CONNECT_TIMEOUT=${SPK_RIG_CONNECT_TIMEOUT:-60}
 
+# Daemons this script started are listed here, so that host-teardown.sh stops only those.
+STARTED=${SPK_RIG_STARTED:-/run/sensu-plugins-kvm-rig.started}
+
 log() { printf 'host-setup: %s\n' "$*" >&2; }
 die() { printf 'host-setup: ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -78,6 +81,7 @@ start_virtlogd() {
     else
         log "starting virtlogd"
         virtlogd -d || die "virtlogd -d failed"
+        echo virtlogd >>"$STARTED"
     fi
 }
 
@@ -87,6 +91,7 @@ start_libvirtd() {
     else
         log "starting libvirtd"
         libvirtd -d || die "libvirtd -d failed"
+        grep -qx libvirtd "$STARTED" 2>/dev/null || echo libvirtd >>"$STARTED"
     fi
 }
 

@@ -170,3 +170,18 @@ def test_bulk_call_failing_falls_back_per_domain_and_isolates_a_broken_domain(fa
     assert "CRITICAL: oops crashed (unknown)" in lines
     assert "OK: db 1 running (unknown)" in lines
     assert "unreadable=1;;;0;6" in lines[0]
+
+
+COMMANDS = ["check-kvm-domstate", "check-kvm-vcpu", "check-kvm-memory", "check-kvm-blkerror", "check-kvm-blkstat",
+            "check-kvm-host", "metrics-kvm"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_examples_and_refuses_typos(command):
+    result = run(command, "--help")
+    assert result.returncode == 0, result
+    assert "examples:" in result.stdout
+    assert f"  {command}" in result.stdout.split("examples:")[1]
+    result = run(command, "--bogus-option")
+    assert (result.returncode, result.stdout) == (3, "")
+    assert one_line(result.stderr) == f"{command}: unrecognized arguments: --bogus-option (see --help)"
