@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sensu_kvm import virt
 from sensu_kvm.domains import Verdict, choose, is_active, judge_each, report
@@ -19,8 +18,7 @@ NAME = "CheckKvmBlkstat"
 COUNTERS = ("rd.reqs", "rd.bytes", "rd.times", "wr.reqs", "wr.bytes", "wr.times", "fl.reqs", "fl.times")
 
 
-@dataclass(frozen=True)
-class Metric:
+class Metric(NamedTuple):
     name: str
     uom: str
     text: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sensu_kvm import states, virt
 from sensu_kvm.domains import choose
@@ -30,8 +30,7 @@ with -d, is marked autostart, or --expect-running is given; otherwise OK with th
 -w/-c judge the number of running domains. Perfdata: the number of domains in each state."""
 
 
-@dataclass(frozen=True)
-class Observed:
+class Observed(NamedTuple):
     """What was read about one domain."""
 
     name: str

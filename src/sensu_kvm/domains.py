@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sensu_kvm import states
 from sensu_kvm.output import Finding, Perf, Report, Status, summarise
@@ -12,12 +12,11 @@ from sensu_kvm.plugin import select
 from sensu_kvm.virt import DomainRecord
 
 
-@dataclass
-class Verdict:
+class Verdict(NamedTuple):
     """One domain's finding and its perfdata."""
 
     finding: Finding
-    perfdata: list[Perf] = field(default_factory=list)
+    perfdata: Sequence[Perf] = ()
 
 
 def choose(records: Sequence[DomainRecord], options: argparse.Namespace) -> tuple[list[DomainRecord], list[str]]:

@@ -6,7 +6,7 @@ import enum
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sensu_kvm.ranges import Range
 
@@ -50,7 +50,7 @@ def format_number(value: float) -> str:
         value = int(value)
     if isinstance(value, int):
         return str(value)
-    if math.isinf(value) or math.isnan(value):
+    if not math.isfinite(value):
         return ""
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
@@ -58,8 +58,7 @@ def format_number(value: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
-@dataclass(frozen=True)
-class Perf:
+class Perf(NamedTuple):
     """One perfdata item: ``'label'=value[UOM];warn;crit;min;max``."""
 
     label: str
@@ -84,8 +83,7 @@ class Perf:
         return f"{label}={';'.join(fields).rstrip(';')}"
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """The verdict on one subject (usually a domain): a status and one line of text."""
 
     subject: str
@@ -93,8 +91,7 @@ class Finding:
     text: str
 
 
-@dataclass
-class Report:
+class Report(NamedTuple):
     """What a check prints: a status, a summary, perfdata and detail lines.
 
     ``raw`` reports (metrics) print the summary as it is, without the status prefix.
@@ -103,7 +100,7 @@ class Report:
     status: Status
     summary: str
     perfdata: Sequence[Perf] = ()
-    details: Sequence[str] = field(default_factory=list)
+    details: Sequence[str] = ()
     raw: bool = False
 
     def render(self) -> str:

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class RangeError(ValueError):
@@ -24,8 +24,7 @@ def _number(text: str, whole: str) -> float:
     return value
 
 
-@dataclass(frozen=True)
-class Range:
+class Range(NamedTuple):
     """A parsed threshold range; ``violated(value)`` says whether the value alerts."""
 
     start: float

@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import libvirt
 
@@ -170,8 +169,7 @@ def _interface_fallback(dom: libvirt.virDomain) -> dict[str, Any]:
     return stats
 
 
-@dataclass(frozen=True)
-class Group:
+class Group(NamedTuple):
     flag: int
     prefix: str
     fallback: Callable[[libvirt.virDomain], dict[str, Any]] | None = None
@@ -187,15 +185,17 @@ GROUPS: dict[str, Group] = {
 }
 
 
-@dataclass
 class DomainRecord:
     """One domain's statistics; ``error`` says why some of them could not be read."""
 
-    name: str
-    uuid: str
-    stats: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    dom: Any = None
+    __slots__ = ("dom", "error", "name", "stats", "uuid")
+
+    def __init__(self, name: str, uuid: str, stats: dict[str, Any], error: str | None = None, dom: Any = None):
+        self.name = name
+        self.uuid = uuid
+        self.stats = stats
+        self.error = error
+        self.dom = dom
 
 
 _INACTIVE = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED)
