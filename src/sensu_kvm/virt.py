@@ -7,8 +7,8 @@ per-domain fallback) and runs the per-domain calls that have no bulk form under 
 
 from __future__ import annotations
 
+import _thread
 import os
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, TypeVar
 
@@ -69,17 +69,19 @@ def call_with_deadline(func: Callable[[], T], seconds: float, what: str) -> T:
     process; the abandoned thread dies with the process.
     """
     box: dict[str, Any] = {}
+    done = _thread.allocate_lock()
+    done.acquire()
 
     def target() -> None:
         try:
             box["value"] = func()
         except BaseException as err:  # handed to the caller below
             box["error"] = err
+        finally:
+            done.release()
 
-    worker = threading.Thread(target=target, name=what, daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if worker.is_alive():
+    _thread.start_new_thread(target, ())
+    if not done.acquire(timeout=seconds):
         raise CallTimeout(f"{what}: no answer within {seconds:g}s")
     if "error" in box:
         err = box["error"]
