@@ -87,7 +87,7 @@ def check(options: argparse.Namespace) -> Report:
 
     def take() -> dict[str, dict[str, Any]]:
         nonlocal chosen, missing
-        chosen, missing = choose(virt.gather(conn, ["state", "vcpu", "cpu"]), options)
+        chosen, missing = choose(virt.gather(conn, ["state", "vcpu"]), options)
         now = time.time()
         return {r.uuid: sample(r, now) for r in chosen if is_active(r) and not r.error}
 

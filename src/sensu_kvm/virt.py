@@ -92,58 +92,64 @@ def call_with_deadline(func: Callable[[], T], seconds: float, what: str) -> T:
 
 
 # Per-domain fallbacks, for drivers whose bulk call lacks a group; each returns the bulk call's keys.
-def _state_fallback(dom: libvirt.virDomain) -> dict[str, Any]:
-    state, why = dom.state()
+class _Domain:
+    """One domain's answers that several fallbacks share, each fetched at most once."""
+
+    def __init__(self, dom: libvirt.virDomain) -> None:
+        self.dom = dom
+        self._info: list[int] | None = None
+        self._xml: Any = None
+
+    def info(self) -> list[int]:
+        """[state, max memory KiB, memory KiB, vCPUs, CPU time ns]"""
+        if self._info is None:
+            self._info = self.dom.info()
+        return self._info
+
+    def devices(self, kind: str) -> list[tuple[str, str]]:
+        """(target, source) of each disk or interface in the live XML."""
+        if self._xml is None:
+            import xml.etree.ElementTree as ET  # noqa: PLC0415 (only the fallback path needs it)
+
+            self._xml = ET.fromstring(self.dom.XMLDesc(0))
+        found = []
+        for dev in self._xml.iterfind(f"devices/{kind}"):
+            target = dev.find("target")
+            if target is None or not target.get("dev"):
+                continue
+            source = dev.find("source")
+            path = "" if source is None else (source.get("file") or source.get("dev") or source.get("network") or "")
+            found.append((target.get("dev", ""), path))
+        return found
+
+
+def _state_fallback(d: _Domain) -> dict[str, Any]:
+    state, why = d.dom.state()
     return {"state.state": state, "state.reason": why}
 
 
-def _cpu_fallback(dom: libvirt.virDomain) -> dict[str, Any]:
-    try:
-        total = dom.getCPUStats(True)[0]
-    except libvirt.libvirtError:
-        return {"cpu.time": dom.info()[4]}
-    keys = {"cpu_time": "cpu.time", "user_time": "cpu.user", "system_time": "cpu.system"}
-    return {keys[k]: v for k, v in total.items() if k in keys}
+def _cpu_fallback(d: _Domain) -> dict[str, Any]:
+    return {"cpu.time": d.info()[4]}
 
 
-def _vcpu_fallback(dom: libvirt.virDomain) -> dict[str, Any]:
-    infos, _maps = dom.vcpus()
+def _vcpu_fallback(d: _Domain) -> dict[str, Any]:
+    infos, _maps = d.dom.vcpus()
     stats: dict[str, Any] = {"vcpu.current": len(infos)}
-    try:
-        stats["vcpu.maximum"] = dom.vcpusFlags(libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
-    except libvirt.libvirtError:
-        stats["vcpu.maximum"] = len(infos)
     for number, state, cpu_time, _cpu in infos:
         stats[f"vcpu.{number}.state"] = state
         stats[f"vcpu.{number}.time"] = cpu_time
     return stats
 
 
-def _balloon_fallback(dom: libvirt.virDomain) -> dict[str, Any]:
+def _balloon_fallback(d: _Domain) -> dict[str, Any]:
     stats = {f"balloon.{'current' if k == 'actual' else k.replace('_update', '-update')}": v
-             for k, v in dom.memoryStats().items()}
-    stats["balloon.maximum"] = dom.info()[1]
+             for k, v in d.dom.memoryStats().items()}
+    stats["balloon.maximum"] = d.info()[1]
     return stats
 
 
-def _devices(dom: libvirt.virDomain, kind: str) -> list[tuple[str, str]]:
-    """(target, source) of each disk or interface in the live XML."""
-    import xml.etree.ElementTree as ET  # noqa: PLC0415 (only the fallback path needs it)
-
-    root = ET.fromstring(dom.XMLDesc(0))
-    found = []
-    for dev in root.iterfind(f"devices/{kind}"):
-        target = dev.find("target")
-        if target is None or not target.get("dev"):
-            continue
-        source = dev.find("source")
-        path = "" if source is None else (source.get("file") or source.get("dev") or source.get("network") or "")
-        found.append((target.get("dev", ""), path))
-    return found
-
-
-def _block_fallback(dom: libvirt.virDomain) -> dict[str, Any]:
-    disks = _devices(dom, "disk")
+def _block_fallback(d: _Domain) -> dict[str, Any]:
+    disks = d.devices("disk")
     stats: dict[str, Any] = {"block.count": len(disks)}
     for n, (target, path) in enumerate(disks):
         key = f"block.{n}."
@@ -151,30 +157,30 @@ def _block_fallback(dom: libvirt.virDomain) -> dict[str, Any]:
         if path:
             stats[key + "path"] = path
         try:
-            rd_reqs, rd_bytes, wr_reqs, wr_bytes, _errs = dom.blockStats(target)
+            rd_reqs, rd_bytes, wr_reqs, wr_bytes, _errs = d.dom.blockStats(target)
             stats.update({key + "rd.reqs": rd_reqs, key + "rd.bytes": rd_bytes,
                           key + "wr.reqs": wr_reqs, key + "wr.bytes": wr_bytes})
-            capacity, allocation, physical = dom.blockInfo(target)
+            capacity, allocation, physical = d.dom.blockInfo(target)
             stats.update({key + "capacity": capacity, key + "allocation": allocation, key + "physical": physical})
         except libvirt.libvirtError:
             continue  # an empty CD-ROM drive, say: no statistics for this disk
     return stats
 
 
-def _interface_fallback(dom: libvirt.virDomain) -> dict[str, Any]:
-    nics = _devices(dom, "interface")
+def _interface_fallback(d: _Domain) -> dict[str, Any]:
+    nics = d.devices("interface")
     stats: dict[str, Any] = {"net.count": len(nics)}
     names = ("rx.bytes", "rx.pkts", "rx.errs", "rx.drop", "tx.bytes", "tx.pkts", "tx.errs", "tx.drop")
     for n, (target, _source) in enumerate(nics):
         stats[f"net.{n}.name"] = target
-        stats.update({f"net.{n}.{k}": v for k, v in zip(names, dom.interfaceStats(target))})
+        stats.update({f"net.{n}.{k}": v for k, v in zip(names, d.dom.interfaceStats(target))})
     return stats
 
 
 class Group(NamedTuple):
     flag: int
     prefix: str
-    fallback: Callable[[libvirt.virDomain], dict[str, Any]] | None = None
+    fallback: Callable[[_Domain], dict[str, Any]] | None = None
 
 
 GROUPS: dict[str, Group] = {
@@ -203,12 +209,28 @@ class DomainRecord:
 _INACTIVE = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED)
 
 
+FALLBACK_THREADS = 8
+
+
+def _lacks(record: DomainRecord, groups: Iterable[str]) -> bool:
+    """Whether a group with a fallback is missing from the record (no call made to find out)."""
+    inactive = record.stats.get("state.state") in _INACTIVE
+    for name in groups:
+        group = GROUPS[name]
+        if group.fallback is None or (inactive and name != "state"):
+            continue
+        if not any(k.startswith(group.prefix) for k in record.stats):
+            return True
+    return False
+
+
 def _complete(record: DomainRecord, groups: Iterable[str]) -> None:
     """Fill groups the bulk call left out through their per-domain fallback.
 
     Only the state group is filled for a domain that does not run: the others have nothing to
     say about it. On a driver whose bulk call has every group (QEMU), nothing is called here.
     """
+    shared = _Domain(record.dom)
     for name in groups:
         group = GROUPS[name]
         if group.fallback is None or any(k.startswith(group.prefix) for k in record.stats):
@@ -216,7 +238,7 @@ def _complete(record: DomainRecord, groups: Iterable[str]) -> None:
         if name != "state" and record.stats.get("state.state") in _INACTIVE:
             continue
         try:
-            record.stats.update(group.fallback(record.dom))
+            record.stats.update(group.fallback(shared))
         except libvirt.libvirtError as err:
             record.error = f"{name} statistics unreadable: {reason(err)}"
             return
@@ -237,11 +259,18 @@ def gather(conn: libvirt.virConnect, groups: Iterable[str]) -> list[DomainRecord
         except libvirt.libvirtError as err:
             raise translate(err, "cannot list domains") from err
         pairs = [(dom, {}) for dom in doms]
-    records = []
-    for dom, stats in pairs:
-        record = DomainRecord(dom.name(), dom.UUIDString(), dict(stats), None, dom)
-        _complete(record, wanted)
-        records.append(record)
+    records = [DomainRecord(dom.name(), dom.UUIDString(), dict(stats), None, dom) for dom, stats in pairs]
+    lacking = [r for r in records if _lacks(r, wanted)]
+    if len(lacking) > 1:
+        activity.doing(f"reading statistics of {len(lacking)} domains one by one (the driver's bulk call lacks them)")
+        # Independent calls on one connection: libvirt multiplexes them, so a few threads hide the
+        # round trips (libvirt-python releases the GIL while it waits).
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 (only drivers without bulk stats)
+
+        with ThreadPoolExecutor(max_workers=FALLBACK_THREADS) as pool:
+            list(pool.map(lambda r: _complete(r, wanted), lacking))
+    elif lacking:
+        _complete(lacking[0], wanted)
     return records
 
 

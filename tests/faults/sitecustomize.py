@@ -5,6 +5,8 @@ demand. SPK_FAULT names one or more, separated by ";":
   crash-in-gather      virt.gather raises an unexpected RuntimeError (a bug in our code)
   bulk-stats-fail      virConnectGetAllDomainStats fails (an old or partial driver)
   state-fails:NAME     virDomainGetState fails for the domain NAME
+  log-domain-calls     not a fault: every virDomain method called is appended to the file
+                       SPK_CALL_LOG, to prove which calls a command makes per domain
 """
 
 import os
@@ -42,5 +44,18 @@ if faults:
                 return _real(dom, flags)
 
             libvirt.virDomain.state = _state
+        elif fault == "log-domain-calls":
+            log_path = os.environ["SPK_CALL_LOG"]
+
+            def _logged(name, real, log_path=log_path):
+                def call(dom, *args, **kwargs):
+                    with open(log_path, "a") as log:
+                        log.write(name + "\n")
+                    return real(dom, *args, **kwargs)
+                return call
+
+            for attr in dir(libvirt.virDomain):
+                if not attr.startswith("_") and callable(getattr(libvirt.virDomain, attr)):
+                    setattr(libvirt.virDomain, attr, _logged(attr, getattr(libvirt.virDomain, attr)))
         else:
             raise SystemExit(f"unknown SPK_FAULT {fault!r}")

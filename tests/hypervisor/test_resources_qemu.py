@@ -118,3 +118,25 @@ def test_metrics_cover_the_running_guests(linux_guests):
     assert "t.domain.spk-test-writer.block.vda.write_bytes" in paths
     assert "t.domain.spk-test-busy.vcpu.0.seconds" in paths
     assert "t.host.cpu_idle_seconds" in paths
+
+
+def test_bulk_call_is_the_only_per_domain_source(linux_guests, tmp_path, fault_env):
+    """Decision D2 on real QEMU: no per-domain libvirt call for what the bulk call returns.
+
+    Every virDomain method the command calls is logged (tests/faults/sitecustomize.py); only
+    name() and UUIDString(), which libvirt answers without a round trip, may appear.
+    """
+    commands = [
+        ["check-kvm-vcpu", "--state-dir", str(tmp_path)],
+        ["check-kvm-memory"],
+        ["check-kvm-blkstat", "--state-dir", str(tmp_path)],
+        ["metrics-kvm", "--format", "influxdb"],
+        ["check-kvm-domstate", "--match", "^spk-test-(busy|writer)$"],
+    ]
+    for argv in commands:
+        log = tmp_path / f"{argv[0]}.calls"
+        env = {**fault_env, "SPK_FAULT": "log-domain-calls", "SPK_CALL_LOG": str(log)}
+        result = run(argv[0], "-u", SYSTEM, *argv[1:], env=env)
+        assert result.returncode in (0, 1, 2), result
+        calls = set(log.read_text().split()) if log.exists() else set()
+        assert calls <= {"name", "UUIDString"}, (argv[0], calls)
