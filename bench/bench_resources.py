@@ -15,7 +15,6 @@ import json
 import shutil
 import sys
 import tempfile
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,13 +25,12 @@ from bench_domstate import (
     Outcome,
     Series,
     Tools,
-    domain_names,
     fail,
     first_line,
     progress,
     run_floor,
     run_timed,
-    state_of,
+    write_node,
 )
 
 PROG = "bench_resources.py"
@@ -43,29 +41,8 @@ example:
   .venv/bin/python bench/bench_resources.py --sizes 10,100,1000 --runs 7 --json /tmp/resources.json"""
 
 
-def write_node(path: Path, count: int) -> dict[str, int]:
-    """A node file whose domains have 2 vCPUs and a disk each; returns name -> run state.
-
-    Each domain has a fixed UUID: without one the test driver invents a new one on every
-    connection, and rates (kept by UUID between runs) would never find their previous sample.
-    """
-    states = {name: state_of(i) for i, name in enumerate(domain_names(count))}
-    lines = [
-        "<?xml version='1.0' encoding='UTF-8'?>",
-        "<node xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>",
-        "  <cpu><mhz>2000</mhz><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads></cpu>",
-        "  <memory>8388608</memory>",
-    ]
-    lines += [
-        f"  <domain type='test'><name>{name}</name><uuid>{uuid.uuid5(uuid.NAMESPACE_DNS, name)}</uuid>"
-        f"<memory>131072</memory><vcpu>2</vcpu>"
-        f"<os><type>hvm</type></os><devices><disk type='file' device='disk'><source file='/guest/{name}.img'/>"
-        f"<target dev='vda' bus='virtio'/></disk></devices><test:runstate>{state}</test:runstate></domain>"
-        for name, state in states.items()
-    ]
-    lines.append("</node>\n")
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return states
+DOMAIN_EXTRA = ("<vcpu>2</vcpu><devices><disk type='file' device='disk'><source file='/guest/{name}.img'/>"
+                "<target dev='vda' bus='virtio'/></disk></devices>")
 
 
 def verify(command: str, out: Outcome, states: dict[str, int]) -> None:
@@ -88,7 +65,7 @@ def verify(command: str, out: Outcome, states: dict[str, int]) -> None:
 
 def measure(tools: Tools, workdir: Path, count: int, runs: int) -> dict[str, Series]:
     node = workdir / f"node-{count}.xml"
-    states = write_node(node, count)
+    states = write_node(node, count, DOMAIN_EXTRA, fixed_uuids=True)
     uri = f"test+unix://{node}"
     state_dir = workdir / f"state-{count}"
     argv: dict[str, list[str]] = {

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any, NamedTuple
 
 from sensu_kvm import virt
-from sensu_kvm.domains import Verdict, choose, is_active, judge_each, report
+from sensu_kvm.domains import Verdict, judge_each, report
 from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 from sensu_kvm.ranges import Range
-from sensu_kvm.statefile import StateFile, exchange, rates
+from sensu_kvm.statefile import rates, sample_domains
 
 NAME = "CheckKvmBlkstat"
 
@@ -119,26 +118,17 @@ def judge_domain(record: virt.DomainRecord, previous: dict[str, Any], current: d
     return Verdict(Finding(name, worst(statuses), text), perf)
 
 
+def samples(records: list[virt.DomainRecord], now: float) -> dict[str, dict[str, Any]]:
+    """The counters kept between runs, per domain UUID and disk."""
+    return {f"{r.uuid}/{device}": {"t": now, **{k: block[k] for k in COUNTERS if k in block}}
+            for r in records for device, block in disks(r)}
+
+
 def check(options: argparse.Namespace) -> Report:
     default = DEFAULTS.get(options.metric)
     if default and options.warning is None and options.critical is None:
         options.warning, options.critical = Range.parse(default[0]), Range.parse(default[1])
-    conn = virt.connect(options.uri)
-    uri = virt.resolve_uri(options.uri)
-    chosen: list[virt.DomainRecord] = []
-    missing: list[str] = []
-
-    def take() -> dict[str, dict[str, Any]]:
-        nonlocal chosen, missing
-        chosen, missing = choose(virt.gather(conn, ["state", "block"]), options)
-        now = time.time()
-        return {f"{r.uuid}/{device}": {"t": now, **{k: block[k] for k in COUNTERS if k in block}}
-                for r in chosen if is_active(r) and not r.error for device, block in disks(r)}
-
-    try:
-        previous, current = exchange(StateFile(options.state_dir, "blkstat", uri), take, options.interval)
-    finally:
-        conn.close()
+    chosen, missing, previous, current = sample_domains(options, "blkstat", ["state", "block"], samples)
     verdicts = judge_each(chosen, lambda r: judge_domain(r, previous, current, options))
     judged = [p for v in verdicts for p in v.perfdata if p.warning is not None or p.critical is not None]
     top = max(judged, key=lambda p: p.value, default=None)

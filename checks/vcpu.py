@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 from sensu_kvm import virt
-from sensu_kvm.domains import Verdict, choose, is_active, judge_each, report
+from sensu_kvm.domains import Verdict, judge_each, report
 from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
 from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, count_arg, run_check
-from sensu_kvm.statefile import StateFile, exchange, rates
+from sensu_kvm.statefile import rates, sample_domains
 
 NAME = "CheckKvmVcpu"
 
@@ -80,21 +79,8 @@ def judge_domain(record: virt.DomainRecord, previous: dict[str, Any] | None, cur
 
 
 def check(options: argparse.Namespace) -> Report:
-    conn = virt.connect(options.uri)
-    uri = virt.resolve_uri(options.uri)
-    chosen: list[virt.DomainRecord] = []
-    missing: list[str] = []
-
-    def take() -> dict[str, dict[str, Any]]:
-        nonlocal chosen, missing
-        chosen, missing = choose(virt.gather(conn, ["state", "vcpu"]), options)
-        now = time.time()
-        return {r.uuid: sample(r, now) for r in chosen if is_active(r) and not r.error}
-
-    try:
-        previous, current = exchange(StateFile(options.state_dir, "vcpu", uri), take, options.interval)
-    finally:
-        conn.close()
+    chosen, missing, previous, current = sample_domains(
+        options, "vcpu", ["state", "vcpu"], lambda records, now: {r.uuid: sample(r, now) for r in records})
     verdicts = judge_each(chosen, lambda r: judge_domain(r, previous.get(r.uuid), current[r.uuid], options))
     busiest = max((p for v in verdicts for p in v.perfdata if p.label.endswith("_vcpu_usage")),
                   key=lambda p: p.value, default=None)

@@ -153,3 +153,29 @@ def _save_merged(state: StateFile, previous: Mapping[str, Any], current: Mapping
 
     kept = {k: v for k, v in previous.items() if k not in current and fresh(v)}
     state.save({**kept, **current})
+
+
+def sample_domains(options: Any, check: str, groups: list[str],
+                   samples: Callable[[list[Any], float], dict[str, dict[str, Any]]],
+                   ) -> tuple[list[Any], list[str], dict[str, Any], dict[str, dict[str, Any]]]:
+    """What a rate check reads: the chosen domain records, the names given with -d that are
+    missing, and the previous and current samples (``samples`` makes them from the running
+    domains' records and the time)."""
+    from sensu_kvm import virt  # noqa: PLC0415 (statefile itself has no need of libvirt)
+    from sensu_kvm.domains import choose, is_active  # noqa: PLC0415
+
+    conn = virt.connect(options.uri)
+    chosen: list[Any] = []
+    missing: list[str] = []
+
+    def take() -> dict[str, dict[str, Any]]:
+        nonlocal chosen, missing
+        chosen, missing = choose(virt.gather(conn, groups), options)
+        return samples([r for r in chosen if is_active(r) and not r.error], time.time())
+
+    try:
+        state = StateFile(options.state_dir, check, virt.resolve_uri(options.uri))
+        previous, current = exchange(state, take, options.interval)
+    finally:
+        conn.close()
+    return chosen, missing, previous, current
