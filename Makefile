@@ -46,7 +46,8 @@ lint: setup
 
 bench: setup
 	@bash tests/rig/host-setup.sh
-	@status=0; $(BIN)/python bench/bench_domstate.py || status=$$?; bash tests/rig/host-teardown.sh; exit $$status
+	@status=0; $(BIN)/python bench/bench_domstate.py && $(BIN)/python bench/bench_resources.py || status=$$?; \
+	  bash tests/rig/host-teardown.sh; exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info

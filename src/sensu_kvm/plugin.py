@@ -127,11 +127,13 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 
 def build_parser(prog: str, description: str, examples: str, *, thresholds: str | None = None,
-                 warning: str | None = None, critical: str | None = None, rates: bool = False) -> CheckParser:
+                 warning: str | None = None, critical: str | None = None, rates: bool = False,
+                 domains: bool = True) -> CheckParser:
     """The options every check shares.
 
     ``thresholds`` says what -w/-c judge (None: no -w/-c), with optional default ranges;
-    ``rates`` adds --state-dir and --interval for checks that compute rates between runs.
+    ``rates`` adds --state-dir and --interval for checks that compute rates between runs;
+    ``domains`` (the default) adds -u, -d, --match and --exclude, which a guest-side check lacks.
     """
     parser = CheckParser(
         prog=prog,
@@ -143,11 +145,12 @@ def build_parser(prog: str, description: str, examples: str, *, thresholds: str 
         formatter_class=_formatter,
         allow_abbrev=False,
     )
-    parser.add_argument("-u", "--uri", help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
-    parser.add_argument("-d", "--domain", action="append", default=[], metavar="NAME",
-                        help="only this domain; repeat for more (a named domain that is missing is CRITICAL)")
-    parser.add_argument("--match", type=regex_arg, metavar="REGEX", help="only domains whose name matches REGEX")
-    parser.add_argument("--exclude", type=regex_arg, metavar="REGEX", help="skip domains whose name matches REGEX")
+    if domains:
+        parser.add_argument("-u", "--uri", help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
+        parser.add_argument("-d", "--domain", action="append", default=[], metavar="NAME",
+                            help="only this domain; repeat for more (a named domain that is missing is CRITICAL)")
+        parser.add_argument("--match", type=regex_arg, metavar="REGEX", help="only domains whose name matches REGEX")
+        parser.add_argument("--exclude", type=regex_arg, metavar="REGEX", help="skip domains whose name matches REGEX")
     if thresholds is not None:
         add_thresholds(parser, ("-w", "-c"), "", thresholds, warning, critical)
     if rates:
@@ -157,7 +160,7 @@ def build_parser(prog: str, description: str, examples: str, *, thresholds: str 
                             help="take two samples this far apart now instead of using the previous run's")
     parser.add_argument("-t", "--timeout", type=seconds_arg, default=10.0, metavar="SECONDS",
                         help="give up and report UNKNOWN after this long (default: 10)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="one line for every domain, not only those not OK")
+    parser.add_argument("-v", "--verbose", action="store_true", help="a line for everything judged, not only what is not OK")
     parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 

@@ -173,7 +173,7 @@ def test_bulk_call_failing_falls_back_per_domain_and_isolates_a_broken_domain(fa
 
 
 COMMANDS = ["check-kvm-domstate", "check-kvm-vcpu", "check-kvm-memory", "check-kvm-blkerror", "check-kvm-blkstat",
-            "check-kvm-host", "metrics-kvm"]
+            "check-kvm-host", "metrics-kvm", "check-memory-percent"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -185,3 +185,12 @@ def test_every_command_has_help_with_examples_and_refuses_typos(command):
     result = run(command, "--bogus-option")
     assert (result.returncode, result.stdout) == (3, "")
     assert one_line(result.stderr) == f"{command}: unrecognized arguments: --bogus-option (see --help)"
+
+
+def test_guest_memory_check_runs_without_libvirt():
+    """check-memory-percent reads this machine's memory through psutil; it never loads libvirt."""
+    result = run("check-memory-percent", "-w", "0:0", "-c", "100")
+    assert result.returncode == 1, result
+    assert result.stdout.startswith("MEM WARNING: system memory usage: ")
+    probe = run("python", "-c", "import sys; import sensu_kvm.checks.memory_percent; print('libvirt' in sys.modules)")
+    assert probe.stdout.strip() == "False"
