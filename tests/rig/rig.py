@@ -211,6 +211,32 @@ def _memballoon() -> str:
     return "<memballoon model='virtio'><stats period='2'/></memballoon>"
 
 
+def _disk(path: str | os.PathLike[str], disk_format: str, policy: str) -> str:
+    return (f"<disk type='file' device='disk'><driver name='qemu' type={quoteattr(disk_format)}{policy}/>"
+            f"<source file={quoteattr(str(path))}/><target dev='vda' bus='virtio'/></disk>")
+
+
+def _domain_xml(name: str, memory_mib: int, os_boot: str, devices: str) -> str:
+    """A TCG domain of one vCPU, with the given boot and devices, a USB-less bus and a balloon."""
+    return f"""<domain type='qemu'>
+  <name>{escape(name)}</name>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <currentMemory unit='MiB'>{memory_mib}</currentMemory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type>{os_boot}</os>
+  <features><acpi/><apic/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    {devices}
+    <controller type='usb' model='none'/>
+    {_memballoon()}
+  </devices>
+</domain>
+"""
+
+
 def noos_domain_xml(name: str, disk_path: str | os.PathLike[str], memory_mib: int = 128) -> str:
     """A guest with no OS: SeaBIOS finds nothing to boot and idles (~0.5 % CPU).
 
@@ -218,30 +244,7 @@ def noos_domain_xml(name: str, disk_path: str | os.PathLike[str], memory_mib: in
     (a no-OS balloon reports only actual and rss), no network, no graphics.
     """
     _check_name(name)
-    return f"""<domain type='qemu'>
-  <name>{escape(name)}</name>
-  <memory unit='MiB'>{memory_mib}</memory>
-  <currentMemory unit='MiB'>{memory_mib}</currentMemory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <boot dev='hd'/>
-  </os>
-  <features><acpi/><apic/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file={quoteattr(str(disk_path))}/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <controller type='usb' model='none'/>
-    {_memballoon()}
-  </devices>
-</domain>
-"""
+    return _domain_xml(name, memory_mib, "<boot dev='hd'/>", _disk(disk_path, "qcow2", ""))
 
 
 def linux_guest_xml(
@@ -273,41 +276,13 @@ def linux_guest_xml(
     policy = f" error_policy={quoteattr(error_policy)}" if error_policy else ""
     log = quoteattr(str(serial_log))
     channel = f"<channel type='unix'><target type='virtio' name='{AGENT_CHANNEL}'/></channel>" if agent_channel else ""
-    return f"""<domain type='qemu'>
-  <name>{escape(name)}</name>
-  <memory unit='MiB'>{memory_mib}</memory>
-  <currentMemory unit='MiB'>{memory_mib}</currentMemory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{escape(str(kernel))}</kernel>
-    <initrd>{escape(str(initrd))}</initrd>
-    <cmdline>{escape(cmdline)}</cmdline>
-  </os>
-  <features><acpi/><apic/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type={quoteattr(disk_format)}{policy}/>
-      <source file={quoteattr(str(disk_path))}/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <controller type='usb' model='none'/>
-    <serial type='file'>
-      <source path={log}/>
-      <target port='0'/>
-    </serial>
-    <console type='file'>
-      <source path={log}/>
-      <target type='serial' port='0'/>
-    </console>
-    {channel}
-    {_memballoon()}
-  </devices>
-</domain>
-"""
+    os_boot = (f"<kernel>{escape(str(kernel))}</kernel><initrd>{escape(str(initrd))}</initrd>"
+               f"<cmdline>{escape(cmdline)}</cmdline>")
+    devices = (_disk(disk_path, disk_format, policy)
+               + f"<serial type='file'><source path={log}/><target port='0'/></serial>"
+               + f"<console type='file'><source path={log}/><target type='serial' port='0'/></console>"
+               + channel)
+    return _domain_xml(name, memory_mib, os_boot, devices)
 
 
 # --- cleanup -------------------------------------------------------------------------------------
