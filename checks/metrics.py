@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import socket
+import os
 import time
 
 from sensu_kvm import metrics, virt
@@ -44,7 +44,7 @@ def check(options: argparse.Namespace) -> Report:
         conn.close()
     points = host_points + [p for r in chosen for p in metrics.domain_points(r.name, r.stats, r.error)]
     now = time.time()
-    host = socket.gethostname().split(".")[0]
+    host = os.uname().nodename.split(".")[0]
     if options.format == "graphite":
         text = metrics.graphite(points, options.scheme or f"{metrics.graphite_node(host)}.kvm", int(now))
     elif options.format == "influxdb":

@@ -6,19 +6,16 @@ numeric fields in base units (bytes, seconds), each field a counter or a gauge.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 NS = 1e-9
 KIB = 1024
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     """How one libvirt statistic becomes a field: its name, kind, scale and help text."""
 
     key: str
@@ -100,13 +97,12 @@ ALL_FIELDS: dict[tuple[str, str], Field] = {
 }
 
 
-@dataclass
-class Point:
+class Point(NamedTuple):
     """One measurement with its tags and fields, e.g. block{domain=web1,device=vda} read_bytes=..."""
 
     measurement: str
     tags: dict[str, str]
-    fields: dict[str, float] = field(default_factory=dict)
+    fields: dict[str, float]
     error: str | None = None
 
 
@@ -234,6 +230,8 @@ def prometheus(points: Sequence[Point]) -> str:
 
 def as_json(points: Sequence[Point], host: str, timestamp: float) -> str:
     """One JSON document: the host, the time and every point with its tags, fields and error."""
+    import json  # noqa: PLC0415 (only this format needs it)
+
     def clean(value: float) -> float | None:
         return None if isinstance(value, float) and (math.isnan(value) or math.isinf(value)) else value
 

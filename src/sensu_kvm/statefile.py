@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ class StateFile:
     """The state of one check against one URI, under ``directory``."""
 
     def __init__(self, directory: str | os.PathLike[str], check: str, uri: str) -> None:
-        digest = hashlib.sha256(uri.encode()).hexdigest()[:12]
+        digest = f"{zlib.crc32(uri.encode()):08x}"  # the URI is also inside, and checked on load
         self.directory = Path(directory)
         self.path = self.directory / f"{check}-{digest}.json"
         self.uri = uri

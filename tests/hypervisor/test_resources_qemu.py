@@ -30,11 +30,15 @@ def record_two_samples(conn: libvirt.virConnect, name: str, dom: libvirt.virDoma
 
 
 def test_busy_guest_trips_vcpu_usage(conn, linux_guests, tmp_path):
-    result = run("check-kvm-vcpu", "-u", SYSTEM, "-d", "spk-test-busy", "--interval", "2", "-w", "40",
-                 "--state-dir", str(tmp_path))
+    # Three TCG guests share 2 host cores: the busy one may get well under a full core (its vCPU
+    # waits, which shows as steal), so usage is judged against 10% (an idle guest uses ~0.5%) and the
+    # steal thresholds are lifted out of the way.
+    result = run("check-kvm-vcpu", "-u", SYSTEM, "-d", "spk-test-busy", "--interval", "2", "-w", "10",
+                 "--steal-warning", "100", "--steal-critical", "100", "--state-dir", str(tmp_path))
     assert result.returncode == 1, result
     assert result.stdout.startswith("CheckKvmVcpu WARNING: spk-test-busy vCPU usage ")
-    assert perf(result.stdout, "spk-test-busy_vcpu_usage") > 40
+    assert perf(result.stdout, "spk-test-busy_vcpu_usage") > 10
+    assert 0 <= perf(result.stdout, "spk-test-busy_vcpu_steal") <= 100
     assert perf(result.stdout, "spk-test-busy_vcpus") == 1
     record_two_samples(conn, "vcpu-qemu-busy.json", linux_guests["busy"])
 
@@ -45,7 +49,7 @@ def test_vcpu_rates_between_runs_use_the_state_file(linux_guests, tmp_path):
     assert "first sample, usage on the next run" in first.stdout
     time.sleep(1)
     second = run("check-kvm-vcpu", "-u", SYSTEM, "-d", "spk-test-busy", "--state-dir", str(tmp_path))
-    assert perf(second.stdout, "spk-test-busy_vcpu_usage") > 20, second.stdout
+    assert perf(second.stdout, "spk-test-busy_vcpu_usage") > 10, second.stdout
 
 
 def test_writing_guest_shows_write_iops_and_bytes(conn, linux_guests, tmp_path):
