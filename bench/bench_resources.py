@@ -34,7 +34,8 @@ from bench_domstate import (
 )
 
 PROG = "bench_resources.py"
-COMMANDS = ("check-kvm-vcpu", "check-kvm-blkstat", "metrics-kvm")
+COMMANDS = ("check-kvm-vcpu", "check-kvm-blkstat", "metrics-kvm", "metrics-kvm --fill")
+TARGETED = COMMANDS[:3]  # --fill is shown for its cost: it reads per domain what the bulk call lacks
 EPILOG = """\
 example:
   bash tests/rig/host-setup.sh        # libvirtd must be running
@@ -47,7 +48,7 @@ DOMAIN_EXTRA = ("<vcpu>2</vcpu><devices><disk type='file' device='disk'><source 
 
 def verify(command: str, out: Outcome, states: dict[str, int]) -> None:
     """The output must cover every domain it should: the benchmark proves the command read them all."""
-    if command == "metrics-kvm":
+    if command.startswith("metrics-kvm"):
         if out.returncode != 0:
             raise fail(command, out)
         seen = sum(1 for line in out.stdout.splitlines() if line.startswith("kvm_domain,"))
@@ -73,6 +74,7 @@ def measure(tools: Tools, workdir: Path, count: int, runs: int) -> dict[str, Ser
         "check-kvm-blkstat": [str(VENV_BIN / "check-kvm-blkstat"), "-u", uri, "--state-dir", str(state_dir),
                               "-m", "write_iops"],
         "metrics-kvm": [str(VENV_BIN / "metrics-kvm"), "-u", uri, "--format", "influxdb"],
+        "metrics-kvm --fill": [str(VENV_BIN / "metrics-kvm"), "-u", uri, "--format", "influxdb", "--fill"],
     }
     series = {name: Series() for name in ("floor", *COMMANDS)}
     progress(f"{count} domains: warm-up (the first check runs take their first sample)")
@@ -136,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"whole-process wall time, median of {options.runs} runs, libvirtd test driver (test+unix://.../node.xml)")
     print(table(results))
     largest = max(results)
-    for command in COMMANDS:
+    for command in TARGETED:
         ratio = results[largest][command].median / results[largest]["floor"].median
         verdict = "MET" if ratio <= 2 else "NOT MET"
         print(f"target: {command} <= 2x floor at {largest} domains: {ratio:.2f}x -> {verdict}")

@@ -270,8 +270,12 @@ def _complete(record: DomainRecord, groups: Iterable[str]) -> None:
             return
 
 
-def gather(conn: libvirt.virConnect, groups: Iterable[str]) -> list[DomainRecord]:
-    """Statistics of every domain for the given groups: one bulk call, per-domain fallback."""
+def gather(conn: libvirt.virConnect, groups: Iterable[str], fill: bool = True) -> list[DomainRecord]:
+    """Statistics of every domain for the given groups: one bulk call, per-domain fallback.
+
+    Without ``fill`` only the state is read per domain, and only when the bulk call failed: what
+    the driver's bulk call lacks stays missing.
+    """
     wanted = sorted(dict.fromkeys(groups), key=lambda g: g != "state")  # state first: fallbacks need it
     flags = 0
     for name in wanted:
@@ -286,10 +290,11 @@ def gather(conn: libvirt.virConnect, groups: Iterable[str]) -> list[DomainRecord
             raise translate(err, "cannot list domains") from err
         pairs = [(dom, {}) for dom in doms]
     records = [DomainRecord(dom.name(), dom.UUIDString(), dict(stats), None, dom) for dom, stats in pairs]
-    lacking = [r for r in records if _lacks(r, wanted)]
+    filled = wanted if fill else [g for g in wanted if g == "state"]
+    lacking = [r for r in records if _lacks(r, filled)]
     if lacking:
         activity.doing(f"reading statistics of {len(lacking)} domains one by one (the driver's bulk call lacks them)")
-        in_parallel(lambda r: _complete(r, wanted), lacking, FALLBACK_THREADS)
+        in_parallel(lambda r: _complete(r, filled), lacking, FALLBACK_THREADS)
     return records
 
 

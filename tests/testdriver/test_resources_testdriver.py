@@ -120,7 +120,7 @@ def test_bad_options(args, message):
 
 
 def test_metrics_graphite_paths_are_safe():
-    result = run("metrics-kvm", "-u", ODD, "--scheme", "dc1.kvm7")
+    result = run("metrics-kvm", "-u", ODD, "--fill", "--scheme", "dc1.kvm7")
     assert result.returncode == 0
     for line in result.stdout.splitlines():
         path, value, stamp = line.split(" ")
@@ -133,7 +133,7 @@ def test_metrics_graphite_paths_are_safe():
 
 
 def test_metrics_influxdb_parses_back():
-    result = run("metrics-kvm", "-u", ODD, "--format", "influxdb")
+    result = run("metrics-kvm", "-u", ODD, "--fill", "--format", "influxdb")
     assert result.returncode == 0
     points = [parse_line(line) for line in result.stdout.splitlines()]
     domains = {p["tags"]["domain"] for p in points if p["measurement"] == "kvm_domain"}
@@ -144,7 +144,7 @@ def test_metrics_influxdb_parses_back():
 
 
 def test_metrics_prometheus_parses_back():
-    result = run("metrics-kvm", "-u", ODD, "--format", "prometheus")
+    result = run("metrics-kvm", "-u", ODD, "--fill", "--format", "prometheus")
     assert result.returncode == 0
     families = {f.name: f for f in text_string_to_metric_families(result.stdout)}
     up = {s.labels["domain"]: s.value for s in families["kvm_domain_up"].samples}
@@ -154,7 +154,7 @@ def test_metrics_prometheus_parses_back():
 
 
 def test_metrics_json_parses_back():
-    result = run("metrics-kvm", "-u", ODD, "--format", "json")
+    result = run("metrics-kvm", "-u", ODD, "--fill", "--format", "json")
     doc = json.loads(result.stdout)
     assert math.isclose(doc["timestamp"], doc["timestamp"])
     names = {p["tags"].get("domain") for p in doc["points"] if p["measurement"] == "domain"}
@@ -163,7 +163,7 @@ def test_metrics_json_parses_back():
 
 def test_metrics_failing_domain_yields_up_0(fault_env):
     env = {**fault_env, "SPK_FAULT": "bulk-stats-fail;state-fails:a,b=c d"}
-    result = run("metrics-kvm", "-u", ODD, "--format", "influxdb", env=env)
+    result = run("metrics-kvm", "-u", ODD, "--fill", "--format", "influxdb", env=env)
     assert result.returncode == 0, result
     points = [parse_line(line) for line in result.stdout.splitlines()]
     broken = next(p for p in points if p["tags"].get("domain") == "a,b=c d")
@@ -171,6 +171,16 @@ def test_metrics_failing_domain_yields_up_0(fault_env):
     assert "injected fault" in broken["fields"]["error"]
     fine = next(p for p in points if p["tags"].get("domain") == "grüße.ü")
     assert fine["fields"]["up"] == 1
-    prom = run("metrics-kvm", "-u", ODD, "--format", "prometheus", env=env)
+    prom = run("metrics-kvm", "-u", ODD, "--fill", "--format", "prometheus", env=env)
     families = {f.name: f for f in text_string_to_metric_families(prom.stdout)}
     assert {s.labels["domain"]: s.value for s in families["kvm_domain_up"].samples}["a,b=c d"] == 0
+
+
+def test_metrics_without_fill_report_what_the_bulk_call_returns():
+    """The test driver's bulk call has only the state group: without --fill, only that is reported."""
+    result = run("metrics-kvm", "-u", ODD, "--format", "influxdb")
+    assert result.returncode == 0
+    points = [parse_line(line) for line in result.stdout.splitlines()]
+    assert {p["measurement"] for p in points} <= {"kvm_host", "kvm_domain"}
+    domain = next(p for p in points if p["tags"].get("domain") == "a,b=c d")
+    assert domain["fields"] == {"up": 1, "state": 1, "state_reason": 0}
