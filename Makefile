@@ -35,6 +35,7 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy src checks handlers
 	@bash tests/rig/host-setup.sh
+	@bash tests/services/setup.sh
 	@status=0; $(BIN)/pytest -q -ra || status=$$?; bash tests/rig/host-teardown.sh; exit $$status
 
 unit: setup
