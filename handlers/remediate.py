@@ -1,0 +1,159 @@
+"""handler-kvm-remediate: start a guest that crashed, resume one paused by a fault, with guardrails."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+
+import libvirt
+
+from sensu_kvm import STATE_DIR, states, virt
+from sensu_kvm.events import Event, domain_of
+from sensu_kvm.handler import EXIT_DONE, EXIT_FAILED, HandlerParser, Log, build_parser, run_handler
+from sensu_kvm.statefile import StateFile
+
+PROG = "handler-kvm-remediate"
+
+EXAMPLES = """\
+  handler-kvm-remediate < event.json                  the domain is the proxy client / source of the event
+  handler-kvm-remediate --domain kvm1 --dry-run < event.json
+  handler-kvm-remediate --max-attempts 2 --window 3600 -u qemu:///system"""
+
+DESCRIPTION = """\
+Acts on a check-kvm-domstate event about one domain: the proxy client's name (results sent with
+--per-domain), the check's source, or --domain. A shut off domain whose reason is 'crashed' or
+'failed' is started; a domain paused by a watchdog, a crash, an API error or an unknown cause is
+resumed. Nothing is done for a resolve event, a domain an operator paused or shut down, a domain
+paused by an I/O error (resuming on a full disk only pauses it again: free space first), or one in
+the middle of a migration, save, dump or snapshot. At most --max-attempts actions per domain
+within --window seconds (kept in --state-dir). Every decision is logged on stderr."""
+
+RESUMABLE = {0: "unknown", 6: "watchdog", 10: "crashed", 14: "api error"}
+STARTABLE = {states.SHUTOFF_CRASHED, states.SHUTOFF_FAILED}
+
+
+def decide(state: int, reason: int) -> tuple[str | None, str]:
+    """What to do with a domain in this state: ('start' | 'resume' | None, why) (pure)."""
+    words = f"{states.state_name(state)} ({states.reason_name(state, reason)})"
+    if state == states.SHUTOFF and reason in STARTABLE:
+        return "start", words
+    if state == states.PAUSED and reason in RESUMABLE:
+        return "resume", words
+    if state == states.PAUSED and reason == states.PAUSED_IOERROR:
+        return None, f"{words}: resuming would pause it again until the disk has space"
+    if state == states.PAUSED and reason == 1:
+        return None, f"{words}: an operator paused it"
+    if state == states.PAUSED:
+        return None, f"{words}: a job is in progress"
+    if state == states.SHUTOFF:
+        return None, f"{words}: stopped on purpose"
+    if state == states.CRASHED:
+        return None, f"{words}: kept for inspection (on_crash=preserve); destroy it to have it started"
+    return None, words
+
+
+def recent(attempts: object, now: float, window: float) -> list[float]:
+    """The attempt times still inside the window (a corrupt entry counts as none)."""
+    if not isinstance(attempts, list):
+        return []
+    return [t for t in attempts if isinstance(t, (int, float)) and now - t < window]
+
+
+def act(options: argparse.Namespace, event: Event, log: Log) -> int:
+    head = f"{event.flavour} event {event.entity}/{event.check} status {event.status}"
+    if not options.check.search(event.check):
+        log(f"{head}: not a domstate check (--check {options.check.pattern!r}), nothing done")
+        return EXIT_DONE
+    if event.resolved:
+        log(f"{head}: resolved, nothing done")
+        return EXIT_DONE
+    name = domain_of(event, options.domain)
+    if name is None:
+        log(f"{head}: names no domain (no proxy client, no source, no --domain), nothing done")
+        return EXIT_DONE
+    conn = virt.connect(options.uri, readonly=False)
+    try:
+        try:
+            dom = conn.lookupByName(name)
+            state, reason = dom.state()
+            uuid = dom.UUIDString()
+        except libvirt.libvirtError as err:
+            raise virt.translate(err, f"domain {name}") from err
+        action, why = decide(state, reason)
+        if action is None:
+            log(f"{head}: {name} is {why}: nothing done")
+            return EXIT_DONE
+        store = StateFile(options.state_dir, "remediate", virt.resolve_uri(options.uri))
+        with store.locked():
+            saved = store.load()
+            now = time.time()
+            entry = saved.get(uuid)
+            if not isinstance(entry, dict):
+                entry = {}
+            attempts = recent(entry.get("attempts"), now, options.window)
+            if len(attempts) >= options.max_attempts:
+                log(f"{head}: {name} is {why}: NOT trying to {action} it: {len(attempts)} attempts in the last "
+                    f"{options.window:g} s already (--max-attempts {options.max_attempts}); it needs a person")
+                return EXIT_FAILED
+            if options.dry_run:
+                log(f"{head}: {name} is {why}: would {action} it (dry run, attempt {len(attempts) + 1} "
+                    f"of {options.max_attempts})")
+                return EXIT_DONE
+            saved[uuid] = {"t": now, "name": name, "attempts": [*attempts, now]}
+            store.save(saved)  # counted before acting: a handler killed mid-way still counts
+        log(f"{head}: {name} is {why}: trying to {action} it (attempt {len(attempts) + 1} of {options.max_attempts})")
+        try:
+            if action == "start":
+                dom.create()
+            else:
+                dom.resume()
+        except libvirt.libvirtError as err:
+            log(f"{head}: could not {action} {name}: {virt.reason(err)}")
+            return EXIT_FAILED
+        state, reason = dom.state()
+        log(f"{head}: {name} is now {states.state_name(state)} ({states.reason_name(state, reason)})")
+        return EXIT_DONE
+    finally:
+        conn.close()
+
+
+def positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not above 0")
+    return value
+
+
+def regex(text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as err:
+        raise argparse.ArgumentTypeError(f"invalid regular expression '{text}': {err}") from None
+
+
+def parser() -> HandlerParser:
+    p = build_parser(PROG, DESCRIPTION, EXAMPLES)
+    p.add_argument("-u", "--uri", help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
+    p.add_argument("-d", "--domain", help="the domain to act on (default: from the event)")
+    p.add_argument("--check", type=regex, default=regex("domstate"), metavar="REGEX",
+                   help="act only on checks whose name matches (default: domstate)")
+    p.add_argument("--max-attempts", type=lambda t: int(positive(t)), default=3, metavar="N",
+                   help="at most N actions per domain within the window (default: 3)")
+    p.add_argument("--window", type=positive, default=3600.0, metavar="SECONDS",
+                   help="the window for --max-attempts (default: 3600)")
+    p.add_argument("--state-dir", default=STATE_DIR, metavar="DIR",
+                   help=f"where the attempts are kept (default: {STATE_DIR})")
+    p.add_argument("--dry-run", action="store_true", help="say what would be done, do nothing")
+    return p
+
+
+def main() -> None:
+    run_handler(parser(), act)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The base of every handler: sensu-plugin's SensuHandler, through this adapter only (decision D1).
+
+Its defects stay here: SensuHandler reads standard input before it parses the options (so
+``--help`` waits for an event), turns a bad event into a traceback, parses options with
+``parse_known_args`` (a typo is ignored) and maps Sensu Go events with the 2.0 beta's field
+names. The adapter parses first, reads at most a few MiB, normalises both event formats itself
+(``events.parse``), and reports a bad command line or event in one line with exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import NoReturn
+
+from sensu_plugin.handler import SensuHandler
+
+from sensu_kvm import __version__
+from sensu_kvm.errors import KvmError
+from sensu_kvm.events import MAX_EVENT_BYTES, Event, EventError, parse
+
+EXIT_DONE = 0  # acted, or nothing to do
+EXIT_FAILED = 1  # an action was needed and failed, or was refused by a guardrail
+EXIT_BAD_INPUT = 2  # bad options or an event that cannot be read: nothing done
+
+
+class HandlerParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message} (see --help)\n")
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def build_parser(prog: str, description: str, examples: str) -> HandlerParser:
+    parser = HandlerParser(prog=prog, description=description, allow_abbrev=False,
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="examples:\n" + examples.rstrip() + "\n\n"
+                           "Reads one Sensu Core 1.x or Sensu Go event on standard input. Exit codes: 0 done or\n"
+                           "nothing to do, 1 an action failed or a guardrail refused it, 2 bad options or event.")
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+class Log:
+    """Every line a handler says goes to stderr with a UTC time stamp: Sensu keeps it in its log."""
+
+    def __init__(self, prog: str) -> None:
+        self.prog = prog
+
+    def __call__(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        sys.stderr.write(f"{stamp} {self.prog}: {message}\n")
+        sys.stderr.flush()
+
+
+Act = Callable[[argparse.Namespace, Event, Log], int]
+
+
+class _Adapter(SensuHandler):
+    def __init__(self, parser: HandlerParser, act: Act) -> None:
+        self._parser = parser
+        self._act = act
+        super().__init__(autorun=False)
+
+    def run(self) -> None:
+        options = self._parser.parse_args()
+        log = Log(self._parser.prog)
+        raw = sys.stdin.buffer.read(MAX_EVENT_BYTES + 1)
+        try:
+            self.event = parse(raw)
+        except EventError as err:
+            log(f"cannot read the event, nothing done: {err}")
+            sys.exit(EXIT_BAD_INPUT)
+        try:
+            code = self._act(options, self.event, log)
+        except KvmError as err:
+            log(f"failed: {err}")
+            code = EXIT_FAILED
+        except Exception as err:  # a bug: one line, not a traceback
+            log(f"internal error: {type(err).__name__}: {err}")
+            code = EXIT_FAILED
+        sys.exit(code)
+
+
+def run_handler(parser: HandlerParser, act: Act) -> None:
+    """Parse the options, read and normalise the event, call ``act`` and exit with its code."""
+    _Adapter(parser, act).run()
