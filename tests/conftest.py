@@ -20,14 +20,15 @@ def node_uri(name: str) -> str:
 
 
 def run(command: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
-        user: str | None = None) -> subprocess.CompletedProcess[str]:
+        user: str | None = None, stdin: str = "") -> subprocess.CompletedProcess[str]:
     """Run an installed command of this project and capture its output."""
     argv = [str(BIN / command), *args]
     if user is not None:
         argv = ["runuser", "-u", user, "--", *argv]
     full_env = {k: v for k, v in os.environ.items() if k != "LIBVIRT_DEFAULT_URI"}
     full_env.update(env or {})
-    return subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=timeout, check=False)
+    return subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=timeout, check=False,
+                          input=stdin)
 
 
 @pytest.fixture
