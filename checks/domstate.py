@@ -98,7 +98,7 @@ def evaluate(observed: Sequence[Observed], missing: Sequence[str], options: argp
         limit = options.critical if count_status is Status.CRITICAL else options.warning
         summary = f"{running} running, outside {limit}; {summary}"
         status = worst([status, count_status])
-    return Report(status, summary, perf, details)
+    return Report(status, summary, perf, details, findings=findings)
 
 
 def gather(options: argparse.Namespace) -> tuple[list[Observed], list[str]]:

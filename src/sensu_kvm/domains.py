@@ -72,4 +72,4 @@ def report(verdicts: Sequence[Verdict], missing: Sequence[str], options: argpars
     else:
         summary = ok_summary
     perf = [p for v in verdicts for p in v.perfdata]
-    return Report(status, summary, [*perf, *extra_perf], details)
+    return Report(status, summary, [*perf, *extra_perf], details, findings=findings)

@@ -94,7 +94,8 @@ class Finding(NamedTuple):
 class Report(NamedTuple):
     """What a check prints: a status, a summary, perfdata and detail lines.
 
-    ``raw`` reports (metrics) print the summary as it is, without the status prefix.
+    ``raw`` reports (metrics) print the summary as it is, without the status prefix; ``findings``
+    are the per-domain verdicts that --per-domain sends on.
     """
 
     status: Status
@@ -102,6 +103,7 @@ class Report(NamedTuple):
     perfdata: Sequence[Perf] = ()
     details: Sequence[str] = ()
     raw: bool = False
+    findings: Sequence[Finding] = ()  # one per domain, for --per-domain
 
     def render(self) -> str:
         first = self.summary

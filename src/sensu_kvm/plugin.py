@@ -151,6 +151,14 @@ def build_parser(prog: str, description: str, examples: str, *, thresholds: str 
                             help="only this domain; repeat for more (a named domain that is missing is CRITICAL)")
         parser.add_argument("--match", type=regex_arg, metavar="REGEX", help="only domains whose name matches REGEX")
         parser.add_argument("--exclude", type=regex_arg, metavar="REGEX", help="skip domains whose name matches REGEX")
+        parser.add_argument("--per-domain", choices=("sensu", "sensu-go"),
+                            help="also send one result per domain, as a proxy client named after it: to the Sensu "
+                                 "Core client socket (sensu) or the Sensu Go agent's events API (sensu-go)")
+        parser.add_argument("--per-domain-address", metavar="ADDRESS",
+                            help="where to send them (default: 127.0.0.1:3030 for sensu, "
+                                 "http://127.0.0.1:3031/events for sensu-go)")
+        parser.add_argument("--per-domain-handler", action="append", default=[], metavar="NAME",
+                            help="handler for the per-domain results (repeatable; default: the agent's)")
     if thresholds is not None:
         add_thresholds(parser, ("-w", "-c"), "", thresholds, warning, critical)
     if rates:
@@ -228,11 +236,28 @@ class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
         except Exception as err:  # a bug must still give one UNKNOWN line, not a traceback
             watchdog.cancel()
             self.unknown(f"internal error: {type(err).__name__}: {err}")
+        if getattr(self.options, "per_domain", None) and report.findings:
+            report = self._send_per_domain(report)
         watchdog.cancel()
         if report.raw:  # metrics: the lines themselves, no status prefix
             print(report.render())
             sys.exit(report.status.value)
         getattr(self, report.status.name.lower())(report.render())
+
+
+    def _send_per_domain(self, report: Report) -> Report:
+        """One result per domain to the Sensu agent; the check's own status is not changed."""
+        from sensu_kvm import results  # noqa: PLC0415 (only with --per-domain)
+
+        options = self.options
+        activity.doing(f"sending per-domain results to the {options.per_domain} agent")
+        address = options.per_domain_address or results.DEFAULT_ADDRESS[options.per_domain]
+        failed, reason = results.send(options.per_domain, address, self._own_parser.prog, self._name,
+                                      report.findings, options.per_domain_handler, min(2.0, options.timeout / 4))
+        if not failed:
+            return report
+        note = f"; {failed} of {len(report.findings)} per-domain results not sent to {address}: {reason}"
+        return report._replace(summary=report.summary + note)
 
 
 def run_check(name: str, parser: CheckParser, body: Body) -> None:

@@ -1,0 +1,72 @@
+"""One result per domain, sent beside the check's own line, so that each guest shows up as a
+client of its own: to the Sensu Core 1.x client socket (a proxy client from ``source``) or to
+the Sensu Go agent's events API (a proxy entity)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from sensu_kvm.output import Finding
+
+DEFAULT_ADDRESS = {"sensu": "127.0.0.1:3030", "sensu-go": "http://127.0.0.1:3031/events"}
+
+
+def payload(kind: str, check: str, finding: Finding, output: str, handlers: Sequence[str]) -> dict[str, Any]:
+    """The result for one domain in the format the agent expects (pure)."""
+    if kind == "sensu":
+        result: dict[str, Any] = {"name": check, "source": finding.subject, "status": finding.status.value,
+                                  "output": output}
+        if handlers:
+            result["handlers"] = list(handlers)
+        return result
+    check_part: dict[str, Any] = {"metadata": {"name": check}, "status": finding.status.value, "output": output}
+    if handlers:
+        check_part["handlers"] = list(handlers)
+    return {"entity": {"entity_class": "proxy", "metadata": {"name": finding.subject}}, "check": check_part}
+
+
+def _send_sensu(host: str, port: int, body: bytes, timeout: float) -> None:
+    with socket.create_connection((host, port), timeout=timeout) as conn:
+        conn.sendall(body)
+        conn.shutdown(socket.SHUT_WR)
+        answer = conn.recv(64).strip()
+    if answer != b"ok":
+        raise OSError(f"the client socket answered {answer.decode(errors='replace')!r}")
+
+
+def _send_sensu_go(url: str, body: bytes, timeout: float) -> None:
+    import urllib.request  # noqa: PLC0415 (only Sensu Go results need it)
+
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        if response.status >= 300:
+            raise OSError(f"the agent answered HTTP {response.status}")
+
+
+def send(kind: str, address: str, check: str, name: str, findings: Sequence[Finding],
+         handlers: Sequence[str], timeout: float) -> tuple[int, str | None]:
+    """Send one result per finding; the number that could not be sent and the first reason.
+
+    When the agent refuses the first connection, the rest are not tried: it is down.
+    """
+    failed, reason = 0, None
+    if kind == "sensu":
+        host, _, port_text = address.rpartition(":")
+        target = (host.strip("[]") or "127.0.0.1", int(port_text))
+    for n, finding in enumerate(findings):
+        output = f"{name} {finding.status.name}: {finding.text}\n"
+        body = json.dumps(payload(kind, check, finding, output, handlers)).encode()
+        try:
+            if kind == "sensu":
+                _send_sensu(target[0], target[1], body, timeout)
+            else:
+                _send_sensu_go(address, body, timeout)
+        except (OSError, ValueError) as err:
+            failed += 1
+            reason = reason or (getattr(err, "strerror", None) or str(err))
+            if isinstance(err, ConnectionRefusedError) or "refused" in str(err).lower():
+                return failed + len(findings) - n - 1, reason
+    return failed, reason
