@@ -4,15 +4,17 @@
 # instance of what it needs and stops it afterwards.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-bash "$here/../../packaging/install-debs.sh" rabbitmq-server redis-server nagios4-core
-# Debian's packages try to start their daemons through invoke-rc.d; without systemd some of them
-# may have started one anyway: stop those, the tests run their own.
-# The rabbitmq-server package's scripts leave an epmd behind even when no broker runs.
-if ! pgrep -x beam.smp >/dev/null 2>&1 && pgrep -x epmd >/dev/null 2>&1; then
-  epmd -kill >/dev/null 2>&1 || true
-fi
-for name in rabbitmq-server redis-server nagios4; do
-  if command -v service >/dev/null 2>&1 && service "$name" status >/dev/null 2>&1; then
-    service "$name" stop >/dev/null 2>&1 || true
-  fi
+fresh=no
+for pkg in rabbitmq-server redis-server nagios4-core; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || fresh=yes
 done
+bash "$here/../../packaging/install-debs.sh" rabbitmq-server redis-server nagios4-core
+# Without systemd the packages' scripts may still start daemons (or leave RabbitMQ's epmd behind)
+# while they install: stop what the installation itself started, never a service already in use.
+if [ "$fresh" = yes ]; then
+  pkill -u rabbitmq -x beam.smp 2>/dev/null || true
+  pkill -u redis -x redis-server 2>/dev/null || true
+  pkill -u nagios -x nagios4 2>/dev/null || true
+  sleep 1
+  pkill -u rabbitmq -x epmd 2>/dev/null || true
+fi
