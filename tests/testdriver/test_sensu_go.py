@@ -165,7 +165,13 @@ def test_check_config(name):
         assert spec["output_metric_format"] == FORMAT_OF[fmt]
     else:
         assert spec["output_metric_format"] == "nagios_perfdata"
-    assert "--per-domain" not in spec["command"]  # not yet: see the comment in checks.yaml
+    if name == "check-kvm-domstate":  # one result per guest, which kvm-remediate acts on
+        assert option_value(argv, "--per-domain", "--per-domain") == "sensu-go"
+        handlers = {argv[i + 1] for i, a in enumerate(argv) if a == "--per-domain-handler"}
+        assert handlers == {"default", "kvm-remediate"}
+        assert handlers <= set(resources("Handler")) | EXTERNAL_HANDLERS
+    else:
+        assert "--per-domain" not in spec["command"]
     for tag in spec.get("output_metric_tags") or []:
         assert set(tag) == {"name", "value"}
 
