@@ -8,7 +8,8 @@ import pytest
 from sensu_kvm.events import MAX_EVENT_BYTES, EventError, domain_of, parse
 from sensu_kvm.handlers.remediate import decide, recent
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "sensu-core-1.9"
+# Recorded from a real Sensu Core 1.9 stack (copied from the project's shared fixtures; see README there).
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "sensu-core-1.9"
 
 
 def fixture(name):
