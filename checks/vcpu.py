@@ -6,9 +6,10 @@ import argparse
 from typing import Any
 
 from sensu_kvm import virt
+from sensu_kvm.argtypes import count_arg
 from sensu_kvm.domains import Verdict, judge_each, report
 from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
-from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, count_arg, run_check
+from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, run_check
 from sensu_kvm.statefile import rates, sample_domains
 
 NAME = "CheckKvmVcpu"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import re
 import time
 
 import libvirt
 
 from sensu_kvm import STATE_DIR, states, virt
+from sensu_kvm.argtypes import positive_arg, regex_arg
 from sensu_kvm.events import Event, domain_of
 from sensu_kvm.handler import EXIT_DONE, EXIT_FAILED, HandlerParser, Log, build_parser, run_handler
 from sensu_kvm.statefile import StateFile
@@ -118,32 +118,15 @@ def act(options: argparse.Namespace, event: Event, log: Log) -> int:
         conn.close()
 
 
-def positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not above 0")
-    return value
-
-
-def regex(text: str) -> re.Pattern[str]:
-    try:
-        return re.compile(text)
-    except re.error as err:
-        raise argparse.ArgumentTypeError(f"invalid regular expression '{text}': {err}") from None
-
-
 def parser() -> HandlerParser:
     p = build_parser(PROG, DESCRIPTION, EXAMPLES)
     p.add_argument("-u", "--uri", help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
     p.add_argument("-d", "--domain", help="the domain to act on (default: from the event)")
-    p.add_argument("--check", type=regex, default=regex("domstate"), metavar="REGEX",
+    p.add_argument("--check", type=regex_arg, default=regex_arg("domstate"), metavar="REGEX",
                    help="act only on checks whose name matches (default: domstate)")
-    p.add_argument("--max-attempts", type=lambda t: int(positive(t)), default=3, metavar="N",
+    p.add_argument("--max-attempts", type=lambda t: int(positive_arg(t)), default=3, metavar="N",
                    help="at most N actions per domain within the window (default: 3)")
-    p.add_argument("--window", type=positive, default=3600.0, metavar="SECONDS",
+    p.add_argument("--window", type=positive_arg, default=3600.0, metavar="SECONDS",
                    help="the window for --max-attempts (default: 3600)")
     p.add_argument("--state-dir", default=STATE_DIR, metavar="DIR",
                    help=f"where the attempts are kept (default: {STATE_DIR})")

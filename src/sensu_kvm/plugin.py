@@ -19,7 +19,6 @@ import _thread
 import argparse
 import contextlib
 import os
-import re
 import sys
 import time
 import types
@@ -28,9 +27,10 @@ from typing import Any, NoReturn
 
 from sensu_kvm import STATE_DIR as DEFAULT_STATE_DIR
 from sensu_kvm import __version__, activity
+from sensu_kvm.argtypes import range_arg, regex_arg, seconds_arg
 from sensu_kvm.errors import KvmError
 from sensu_kvm.output import Report, Status
-from sensu_kvm.ranges import Range, RangeError
+from sensu_kvm.ranges import Range
 
 
 class _OnFirstUse(types.ModuleType):
@@ -71,30 +71,6 @@ class CheckParser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def range_arg(text: str) -> Range:
-    try:
-        return Range.parse(text)
-    except RangeError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def regex_arg(text: str) -> re.Pattern[str]:
-    try:
-        return re.compile(text)
-    except re.error as err:
-        raise argparse.ArgumentTypeError(f"invalid regular expression '{text}': {err}") from None
-
-
-def seconds_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
-    if not 0 < value <= 86400:
-        raise argparse.ArgumentTypeError(f"'{text}' is not between 0 and 86400 seconds")
-    return value
-
-
 def add_thresholds(parser: argparse.ArgumentParser, short: tuple[str, str] | None, name: str, what: str,
                    warning: str | None = None, critical: str | None = None) -> None:
     """A pair of range options, ``--NAME-warning``/``--NAME-critical`` (or -w/-c), with defaults."""
@@ -105,16 +81,6 @@ def add_thresholds(parser: argparse.ArgumentParser, short: tuple[str, str] | Non
         parser.add_argument(*flags, type=range_arg, metavar="RANGE", default=None if default is None else Range.parse(default),
                             dest=f"{name.replace('-', '_')}_{level}" if not letter else level,
                             help=f"{level} range for {what}{shown}")
-
-
-def count_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is below 0")
-    return value
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
