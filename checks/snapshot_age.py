@@ -1,0 +1,113 @@
+"""check-kvm-snapshot-age: snapshots that pile up, and overlays that nobody knows about."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from sensu_kvm import snapinfo, virt
+from sensu_kvm.argtypes import regex_arg
+from sensu_kvm.domains import Verdict, choose, judge_each, report
+from sensu_kvm.durations import format_age, parse_duration
+from sensu_kvm.errors import KvmError
+from sensu_kvm.output import Finding, Perf, Report, Status, format_number, judge, worst
+from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, run_check
+from sensu_kvm.ranges import Range
+
+NAME = "CheckKvmSnapshotAge"
+
+EXAMPLES = """\
+  check-kvm-snapshot-age                           oldest snapshot: WARNING after 3d, CRITICAL after 7d
+  check-kvm-snapshot-age -w 12h -c 2d -d db1       stricter, for one domain
+  check-kvm-snapshot-age --count-warning 5 --count-critical 20
+  check-kvm-snapshot-age --allow-backing '^/srv/golden/'   linked clones of golden images are no overlays"""
+
+DESCRIPTION = """\
+Per domain: the age of its oldest snapshot against -w/-c, given as durations (units s, m, h, d,
+w; default WARNING after 3d, CRITICAL after 7d); the number of snapshots against
+--count-warning/--count-critical (default WARNING above 10); and disks of a running domain that
+run on an overlay no snapshot's metadata knows about (left behind by a failed backup, or made
+with --no-metadata): WARNING naming the disk and the overlay file. Perfdata per domain: snapshot
+count, oldest and newest age in seconds, backing chain depth per disk. Snapshots have no bulk
+call in libvirt: they are listed once per domain, under a deadline each."""
+
+
+def duration_range(text: str) -> Range:
+    """A threshold given as a duration ('3d'): alert above it, perfdata in seconds."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return Range(0.0, seconds, False, format_number(seconds))
+
+
+def judge_domain(name: str, snapshots: list[snapinfo.Snapshot], chains: dict[str, list[snapinfo.Layer]],
+                 now: float, options: argparse.Namespace) -> Verdict:
+    """The verdict on one domain's snapshots and disks (pure)."""
+    statuses, notes = [Status.OK], []
+    count = len(snapshots)
+    perf = [Perf(f"{name}_snapshots", count, "", options.count_warning, options.count_critical, 0)]
+    count_status = judge(count, options.count_warning, options.count_critical)
+    if count_status is not Status.OK:
+        statuses.append(count_status)
+        notes.append(f"{count} snapshots")
+    if snapshots:
+        oldest = min(snapshots, key=lambda s: s.created)
+        newest = max(snapshots, key=lambda s: s.created)
+        age, young = max(0.0, now - oldest.created), max(0.0, now - newest.created)
+        age_status = judge(age, options.warning, options.critical)
+        statuses.append(age_status)
+        summary = f"{count} snapshot{'s' if count != 1 else ''}, oldest '{oldest.name}' {format_age(age)} old"
+        perf += [Perf(f"{name}_oldest_age", int(age), "s", options.warning, options.critical, 0),
+                 Perf(f"{name}_newest_age", int(young), "s", minimum=0)]
+    else:
+        summary = "no snapshots"
+    for target, overlay in sorted(snapinfo.unknown_overlays(chains, snapshots, options.allow_backing).items()):
+        statuses.append(Status.WARNING)
+        notes.append(f"{target} runs on {overlay.path}, an overlay no snapshot knows about")
+    perf += [Perf(f"{name}_chain_depth_{target}", len(layers), "", minimum=1) for target, layers in sorted(chains.items())]
+    text = f"{name}: {summary}" + "".join(f"; {n}" for n in notes)
+    return Verdict(Finding(name, worst(statuses), text), perf)
+
+
+def check(options: argparse.Namespace) -> Report:
+    conn = virt.connect(options.uri)
+    now = time.time()
+    try:
+        chosen, missing = choose(virt.gather(conn, ["state"]), options)
+
+        def one(record: virt.DomainRecord) -> Verdict:
+            try:
+                snapshots = virt.call_with_deadline(lambda: snapinfo.read_snapshots(record.dom),
+                                                    options.timeout / 4, f"{record.name}: snapshots")
+                xml = virt.call_with_deadline(lambda: record.dom.XMLDesc(0), options.timeout / 4,
+                                              f"{record.name}: domain XML")
+                return judge_domain(record.name, snapshots, snapinfo.chains(xml), now, options)
+            except KvmError as err:
+                return Verdict(Finding(record.name, Status.UNKNOWN, str(err)))
+
+        verdicts = judge_each(chosen, one, active_only=False)
+    finally:
+        conn.close()
+    total = sum(int(p.value) for v in verdicts for p in v.perfdata if p.label.endswith("_snapshots"))
+    return report(verdicts, missing, options, f"{total} snapshots on {len(verdicts)} domains, none too old")
+
+
+def parser() -> CheckParser:
+    p = build_parser("check-kvm-snapshot-age", DESCRIPTION, EXAMPLES)
+    p.add_argument("-w", "--warning", type=duration_range, default=duration_range("3d"), metavar="DURATION",
+                   help="WARNING when the oldest snapshot is older (default: 3d)")
+    p.add_argument("-c", "--critical", type=duration_range, default=duration_range("7d"), metavar="DURATION",
+                   help="CRITICAL when the oldest snapshot is older (default: 7d)")
+    add_thresholds(p, None, "count", "the number of snapshots", "10", None)
+    p.add_argument("--allow-backing", type=regex_arg, metavar="REGEX",
+                   help="backing files that are expected under a disk (golden images of linked clones)")
+    return p
+
+
+def main() -> None:
+    run_check(NAME, parser(), check)
+
+
+if __name__ == "__main__":
+    main()

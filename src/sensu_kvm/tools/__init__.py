@@ -1,0 +1,1 @@
+"""Command-line tools that change domains on purpose (kvm-snapshot), not checks."""
