@@ -12,6 +12,10 @@
 #   cpu    busy loop on the vCPU forever
 #   idle   nothing (the default)
 #   agent  start qemu-ga on the org.qemu.guest_agent.0 virtio port
+#   agentfs  make an ext2 file system of spk.fs.kib= KiB (default 8192) on
+#          /dev/vda, mount it at /mnt/data and fill it to spk.fs.fill= percent
+#          (default 95) so that the guest agent reports a nearly full file
+#          system; prints "SPK-AGENTFS-READY <used%>" (combine: agent,agentfs)
 #
 # Every mode prints "SPK-READY" once the modules are loaded; the guest never
 # powers off by itself. The build is cached: OUTDIR/stamp records the hash of
@@ -267,11 +271,35 @@ spk_agent() {
     done
 }
 
+spk_agentfs() {
+    kib=8192 fill=95
+    for arg in $(cat /proc/cmdline); do
+        case $arg in
+            spk.fs.kib=*) kib=${arg#spk.fs.kib=} ;;
+            spk.fs.fill=*) fill=${arg#spk.fs.fill=} ;;
+        esac
+    done
+    i=0
+    while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    if [ ! -b /dev/vda ]; then echo "SPK-AGENTFS-NODISK"; return; fi
+    mke2fs -q -F -m 0 /dev/vda "$kib" >/dev/null 2>&1 || { echo "SPK-AGENTFS-MKFS-FAILED"; return; }
+    mkdir -p /mnt/data
+    mount -t ext2 /dev/vda /mnt/data || { echo "SPK-AGENTFS-MOUNT-FAILED"; return; }
+    # df -k: Filesystem 1K-blocks Used Available Use% Mounted
+    set -- $(df -k /mnt/data | tail -n 1)
+    want=$(( $2 * fill / 100 - $3 ))
+    [ $want -gt 0 ] && dd if=/dev/zero of=/mnt/data/fill bs=1k count=$want 2>/dev/null
+    sync
+    set -- $(df -k /mnt/data | tail -n 1)
+    echo "SPK-AGENTFS-READY $5"
+}
+
 for m in $(echo "$mode" | tr ',' ' '); do
     case $m in
         write) spk_write & ;;
         cpu) spk_cpu & ;;
         agent) spk_agent & ;;
+        agentfs) spk_agentfs & ;;
         idle) ;;
         *) echo "SPK-UNKNOWN-MODE $m" ;;
     esac

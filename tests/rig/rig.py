@@ -34,7 +34,7 @@ DEFAULT_GUEST_DIR = "/var/cache/sensu-plugins-kvm-rig/guest"
 DEFAULT_IMAGE_ROOT = "/var/lib/libvirt/images/spk-test"
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 READY_MARKER = "SPK-READY"
-MODES = ("write", "cpu", "idle", "agent")
+MODES = ("write", "cpu", "idle", "agent", "agentfs")
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ fresh=no
 for pkg in rabbitmq-server redis-server nagios4-core; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || fresh=yes
 done
-bash "$here/../../packaging/install-debs.sh" rabbitmq-server redis-server nagios4-core
+bash "$here/../../packaging/install-debs.sh" rabbitmq-server redis-server nagios4-core openssh-server openssh-client rsync zstd bzip2
 # Without systemd the packages' scripts may still start daemons (or leave RabbitMQ's epmd behind)
 # while they install: stop what the installation itself started, never a service already in use.
 if [ "$fresh" = yes ]; then
