@@ -47,7 +47,9 @@ lint: setup
 
 bench: setup
 	@bash tests/rig/host-setup.sh
-	@status=0; $(BIN)/python bench/bench_domstate.py && $(BIN)/python bench/bench_resources.py || status=$$?; \
+	@bash tests/services/setup.sh
+	@status=0; $(BIN)/python bench/bench_domstate.py && $(BIN)/python bench/bench_resources.py \
+	  && $(BIN)/python bench/bench_backup.py || status=$$?; \
 	  bash tests/rig/host-teardown.sh; exit $$status
 
 clean:

@@ -173,7 +173,8 @@ def test_bulk_call_failing_falls_back_per_domain_and_isolates_a_broken_domain(fa
 
 
 COMMANDS = ["check-kvm-domstate", "check-kvm-vcpu", "check-kvm-memory", "check-kvm-blkerror", "check-kvm-blkstat",
-            "check-kvm-host", "metrics-kvm", "check-memory-percent", "check-kvm-snapshot-age"]
+            "check-kvm-host", "metrics-kvm", "check-memory-percent", "check-kvm-snapshot-age",
+            "check-kvm-guest-agent", "check-kvm-backup-age"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -1,0 +1,108 @@
+"""check-kvm-backup-age: the newest backup of each domain that kvm-backup wrote, and its failures."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from sensu_kvm import backup, virt
+from sensu_kvm.domains import Verdict, choose, judge_each, report
+from sensu_kvm.durations import format_age, parse_duration
+from sensu_kvm.output import Finding, Perf, Report, Status, format_number, judge, worst
+from sensu_kvm.plugin import CheckParser, build_parser, run_check
+from sensu_kvm.ranges import Range
+
+NAME = "CheckKvmBackupAge"
+
+EXAMPLES = """\
+  check-kvm-backup-age --backup-dir /srv/backup               WARNING after 26h, CRITICAL after 50h
+  check-kvm-backup-age --backup-dir /srv/backup -w 8d -c 15d  weekly backups
+  check-kvm-backup-age --backup-dir /srv/backup --match '^web' --exclude test"""
+
+DESCRIPTION = """\
+Per domain: the age of its newest published backup in --backup-dir (archives of kvm-backup, which
+are verified before they are published) against -w/-c, given as durations (units s, m, h, d, w;
+default WARNING after 26h, CRITICAL after 50h). No backup at all, or a failure marker (a failed
+kvm-backup run) newer than the newest backup: CRITICAL. Backups sent to a remote destination count
+through the receipt, and failures through the marker, that kvm-backup keeps in --state-dir. Perfdata
+per domain: age in seconds and size in bytes of the newest backup. Reads file names and sizes only:
+no archive is opened."""
+
+
+def duration_range(text: str) -> Range:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return Range(0.0, seconds, False, format_number(seconds))
+
+
+def judge_domain(name: str, entries: list[backup.Entry], failure: dict | None, now: float,
+                 options: argparse.Namespace) -> Verdict:
+    """The verdict on one domain's backups (pure)."""
+    newest = max(entries, key=lambda e: e.created) if entries else None
+    failed_after = failure is not None and (newest is None or failure["time"] > newest.created)
+    if newest is None:
+        text = f"{name}: no backup in {options.backup_dir or 'the receipts of remote backups'}"
+        if failure is not None:
+            text += f"; the last run failed {format_age(now - failure['time'])} ago: {failure['error']}"
+        return Verdict(Finding(name, Status.CRITICAL, text))
+    age = max(0.0, now - newest.created)
+    statuses = [judge(age, options.warning, options.critical)]
+    text = f"{name}: newest backup {format_age(age)} old ({len(entries)} kept)"
+    if failed_after and failure is not None:
+        statuses.append(Status.CRITICAL)
+        text += f"; a later backup failed {format_age(now - failure['time'])} ago: {failure['error']}"
+    perf = [Perf(f"{name}_age", int(age), "s", options.warning, options.critical, 0),
+            Perf(f"{name}_size", newest.size, "B", minimum=0)]
+    return Verdict(Finding(name, worst(statuses), text), perf)
+
+
+def check(options: argparse.Namespace) -> Report:
+    now = time.time()
+    entries: list[backup.Entry] = []
+    if options.backup_dir:
+        try:
+            entries = backup.scan(options.backup_dir)
+        except backup.BadRequest as err:  # an unmounted backup volume must be loud
+            return Report(Status.CRITICAL, f"{err} (not mounted?): no backup can be judged",
+                          [Perf("domains_without_backup", 0, minimum=0)])
+    markers = backup.read_markers(options.state_dir)
+    if options.backup_dir:
+        markers.update(backup.read_markers(options.backup_dir))
+    by_domain: dict[str, list[backup.Entry]] = {}
+    for entry in entries + backup.read_receipts(options.state_dir):
+        by_domain.setdefault(entry.domain, []).append(entry)
+    conn = virt.connect(options.uri)
+    try:
+        chosen, missing = choose(virt.gather(conn, ["state"], fill=False), options)
+    finally:
+        conn.close()
+    verdicts = judge_each(chosen, lambda r: judge_domain(r.name, by_domain.get(r.name, []), markers.get(r.name),
+                                                         now, options), active_only=False)
+    without = sum(1 for r in chosen if r.name not in by_domain)
+    where = options.backup_dir or "--state-dir receipts"
+    return report(verdicts, missing, options, f"{len(verdicts)} domains backed up in {where}, none too old",
+                  [Perf("domains_without_backup", without, "", None, None, 0, len(chosen))])
+
+
+def parser() -> CheckParser:
+    p = build_parser("check-kvm-backup-age", DESCRIPTION, EXAMPLES)
+    p.add_argument("--backup-dir", metavar="DIR",
+                   help="the local folder kvm-backup writes to (missing or unreadable: CRITICAL); without it only "
+                        "the receipts of remote backups in --state-dir count")
+    p.add_argument("--state-dir", default=backup.STATE_DIR, metavar="DIR",
+                   help=f"kvm-backup's state folder, for failures of remote backups (default: {backup.STATE_DIR})")
+    p.add_argument("-w", "--warning", type=duration_range, default=duration_range("26h"), metavar="DURATION",
+                   help="WARNING when the newest backup is older (default: 26h)")
+    p.add_argument("-c", "--critical", type=duration_range, default=duration_range("50h"), metavar="DURATION",
+                   help="CRITICAL when the newest backup is older (default: 50h)")
+    return p
+
+
+def main() -> None:
+    run_check(NAME, parser(), check)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,497 @@
+"""kvm-backup: the classic dumpxml + copy + tar + rsync backup recipe as one tool that cron can run
+on a host with hundreds of guests, without ever leaving a guest on a temporary overlay or
+publishing a half-written archive (decision D4)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from sensu_kvm import __version__, backup, snapinfo, snapshots, virt
+from sensu_kvm.durations import format_age
+from sensu_kvm.errors import KvmError, NotFound
+
+PROG = "kvm-backup"
+EXIT_OK = 0
+EXIT_FAILED = 1  # a backup failed, an archive is damaged, libvirt or the host refused
+EXIT_BAD_INPUT = 2  # bad options, unknown domain, missing or unwritable destination: nothing changed
+
+EXIT_TEXT = ("exit codes: 0 done, 1 failed (a backup, a damaged archive, libvirt or the host; one line on stderr\n"
+             "per problem), 2 bad options or input (unknown domain, unusable destination): nothing changed")
+
+EXAMPLES = {
+    "": """\
+  kvm-backup create web1 --dest /srv/backup
+  kvm-backup create --all --dest backup@vault:/srv/backup --json
+  kvm-backup list /srv/backup
+  kvm-backup verify /srv/backup/web1-20240501T020000Z.kvmbak.tar.zst
+  kvm-backup restore /srv/backup/web1-20240501T020000Z.kvmbak.tar.zst --name web1-copy --start
+  kvm-backup prune /srv/backup --keep-last 3 --keep-daily 7 --keep-weekly 4
+  kvm-backup recover web1""",
+    "create": """\
+  kvm-backup create web1 --dest /srv/backup                 live if running: overlay, copy, commit back
+  kvm-backup create web1 db1 --mode stop --dest /srv/backup  shut down, copy, start again
+  kvm-backup create db1 --mode stop --force --shutdown-timeout 300 --dest /srv/backup
+  kvm-backup create web1 --mode suspend --compress bzip2 --dest /srv/backup
+  kvm-backup create --all --dest backup@vault:/srv/backup --rsh 'ssh -i /root/.ssh/backup'
+  kvm-backup create --all --dest /srv/backup --bwlimit 100 --json     (cron: quiet, JSON summary)""",
+    "verify": """\
+  kvm-backup verify /srv/backup/web1-20240501T020000Z.kvmbak.tar.zst
+  kvm-backup verify /srv/backup/*.kvmbak.tar.zst --json""",
+    "list": """\
+  kvm-backup list /srv/backup
+  kvm-backup list /srv/backup --domain web1 --verify
+  kvm-backup list /srv/backup --json""",
+    "restore": """\
+  kvm-backup restore /srv/backup/web1-20240501T020000Z.kvmbak.tar.zst            (web1 must be gone)
+  kvm-backup restore ARCHIVE --force                        replace web1 (shut off) and its images
+  kvm-backup restore ARCHIVE --name web1-copy --start       beside the original: new name, UUID, MACs
+  kvm-backup restore ARCHIVE --name web1-test --image-dir /srv/scratch""",
+    "prune": """\
+  kvm-backup prune /srv/backup --keep-last 3
+  kvm-backup prune /srv/backup --keep-daily 7 --keep-weekly 4 --dry-run""",
+    "recover": """\
+  kvm-backup recover web1           commit back an overlay a killed run left, start/resume the guest
+  kvm-backup recover --all""",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message} (see --help)\n")
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is below 0")
+    return value
+
+
+def positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not above 0")
+    return value
+
+
+def _epilog(name: str) -> str:
+    return "examples:\n" + EXAMPLES[name].rstrip() + "\n\n" + EXIT_TEXT
+
+
+def parser() -> Parser:
+    top = Parser(prog=PROG, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+                 description="Back up libvirt domains into verified archives (inactive XML, every disk image, a "
+                             "manifest with sha256 sums), locally or over rsync+ssh; verify, list, restore, prune.",
+                 epilog=_epilog(""))
+    top.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    uri = "libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)"
+    common = Parser(add_help=False)
+    common.add_argument("-u", "--uri", default=None, help=uri)
+    common.add_argument("--state-dir", default=backup.STATE_DIR, metavar="DIR",
+                        help=f"journals of running backups, for recovery (default: {backup.STATE_DIR})")
+    subs = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def sub(name: str, helptext: str, func: Callable[[argparse.Namespace], int],
+            libvirt: bool = True) -> argparse.ArgumentParser:
+        p = subs.add_parser(name, help=helptext, description=helptext, parents=[common] if libvirt else [],
+                            allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog=_epilog(name))
+        p.set_defaults(func=func)
+        return p
+
+    p = sub("create", "back domains up: live (overlay + commit), stop or suspend; shut off ones copied directly",
+            cmd_create)
+    p.add_argument("domains", nargs="*", metavar="DOMAIN")
+    p.add_argument("--all", action="store_true", help="every domain of the connection")
+    p.add_argument("--dest", required=True, metavar="DIR|HOST:DIR",
+                   help="a local folder, or HOST:DIR (user@host:dir) reached with rsync over ssh")
+    p.add_argument("--mode", choices=("live", "stop", "suspend"),
+                   help="for running domains: live (default) external disk-only snapshot, copy, blockcommit; stop: "
+                        "shut down, copy, start again; suspend: pause, copy, resume")
+    p.add_argument("--compress", choices=("zstd", "bzip2", "none"), default="zstd", help="default: zstd")
+    p.add_argument("--force", action="store_true", help="--mode stop: destroy a guest that does not shut down in time")
+    p.add_argument("--shutdown-timeout", type=positive, default=120.0, metavar="SECONDS",
+                   help="--mode stop: how long to wait for a graceful shutdown (default: 120)")
+    p.add_argument("--no-quiesce", action="store_true",
+                   help="live: do not ask the guest agent to freeze file systems (crash-consistent)")
+    p.add_argument("--bwlimit", type=positive, metavar="MIB/S", help="limit the copy to this many MiB/s")
+    p.add_argument("--commit-bwlimit", type=positive, metavar="MIB/S",
+                   help="live: limit the commit job (a guest writing faster than this keeps it from finishing)")
+    p.add_argument("--work-dir", metavar="DIR",
+                   help="remote --dest: where the archive is built and verified before rsync "
+                        f"(default: {backup.STATE_DIR}/staging)")
+    p.add_argument("--rsh", default="ssh -o BatchMode=yes", metavar="COMMAND",
+                   help="remote --dest: the ssh command (default: 'ssh -o BatchMode=yes')")
+    p.add_argument("--json", action="store_true", help="a JSON summary on stdout")
+
+    p = sub("verify", "check every checksum of archives, without extracting to disk", cmd_verify, libvirt=False)
+    p.add_argument("archives", nargs="+", metavar="ARCHIVE")
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
+
+    p = sub("list", "the backups in a folder: domain, time, age, size, mode, consistency, verified", cmd_list,
+            libvirt=False)
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("--domain", action="append", default=[], metavar="NAME", help="only this domain (repeatable)")
+    p.add_argument("--verify", action="store_true", help="verify every archive again (reads them whole)")
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
+
+    p = sub("restore", "verify an archive, place its images, define the domain (and start it)", cmd_restore)
+    p.add_argument("archive", metavar="ARCHIVE")
+    p.add_argument("--image-dir", metavar="DIR", help="put the images here (default: their original folders)")
+    p.add_argument("--name", metavar="NEW", help="a new name, UUID and MAC addresses: a copy beside the original")
+    p.add_argument("--force", action="store_true", help="replace an existing (shut off) domain and its images")
+    p.add_argument("--start", action="store_true", help="start the domain afterwards")
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
+
+    p = sub("prune", "delete old archives beyond a policy; never the newest verified one of a domain", cmd_prune,
+            libvirt=False)
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("--keep-last", type=count, default=0, metavar="N", help="keep the N newest of each domain")
+    p.add_argument("--keep-daily", type=count, default=0, metavar="N", help="keep the newest of each of N days")
+    p.add_argument("--keep-weekly", type=count, default=0, metavar="N", help="keep the newest of each of N weeks")
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
+
+    p = sub("recover", "undo what a killed backup left: commit overlays back, start or resume the guest", cmd_recover)
+    p.add_argument("domains", nargs="*", metavar="DOMAIN")
+    p.add_argument("--all", action="store_true", help="every journal in --state-dir and every domain")
+    return top
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
+def log(line: str) -> None:
+    sys.stderr.write(f"{PROG}: {line}\n")
+    sys.stderr.flush()
+
+
+def when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S +0000", time.gmtime(seconds))
+
+
+def size_text(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)
+
+
+def table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def domains_for(conn: Any, names: list[str], every: bool) -> list[Any]:
+    if every == bool(names):
+        raise backup.BadRequest("name the DOMAINs or give --all (one of them)")
+    if every:
+        return sorted(snapshots.all_domains(conn), key=lambda d: d.name())
+    found = []
+    for name in dict.fromkeys(names):
+        found.append(snapshots.lookup_domain(conn, name))
+    return found
+
+
+# --- subcommands -----------------------------------------------------------------------------------
+
+
+def cmd_create(o: argparse.Namespace) -> int:
+    remote = backup.split_remote(o.dest)
+    local = (o.work_dir or os.path.join(o.state_dir, "staging")) if remote else o.dest
+    if remote:
+        try:
+            os.makedirs(local, mode=0o700, exist_ok=True)
+        except OSError as err:
+            raise backup.BadRequest(f"cannot create the work folder {local}: {err.strerror}") from err
+    elif not os.path.isdir(o.dest):
+        raise backup.BadRequest(f"the destination {o.dest} does not exist or is not a folder")
+    elif not os.access(o.dest, os.W_OK | os.X_OK):
+        raise backup.BadRequest(f"the destination {o.dest} is not writable")
+    marker_dir = o.state_dir if remote else o.dest
+    control = None
+    conn = virt.connect(o.uri, readonly=False)
+    results: list[dict[str, Any]] = []
+    failed = 0
+    try:
+        doms = domains_for(conn, o.domains, o.all)
+        if remote:
+            o.rsh, control = backup.multiplexed(o.rsh)
+            backup.remote_free(o.rsh, remote[0], remote[1])  # reachable, exists, writable: else exit 2
+        for line in backup.recover_all(conn, o.state_dir, log):
+            log(line)
+        opts = backup.Options(mode=o.mode, dest=local, compress=o.compress, state_dir=o.state_dir, force=o.force,
+                              shutdown_timeout=o.shutdown_timeout, bwlimit=(o.bwlimit or 0) * backup.MIB,
+                              commit_bwlimit=int((o.commit_bwlimit or 0) * backup.MIB),
+                              progress=sys.stderr.isatty() and not o.json,
+                              quiesce="never" if o.no_quiesce else "auto")
+        if remote:
+            host, folder = remote
+            opts = opts._replace(upload=lambda path, name: backup.upload(path, name, o.rsh, host, folder, log))
+        with backup.interruptible():
+            for dom in doms:
+                name = dom.name()
+                try:
+                    if remote:
+                        need = sum(backup.data_bytes(d.source) for d in backup.disks_of(dom.XMLDesc(0)) if d.copy)
+                        free = backup.remote_free(o.rsh, remote[0], remote[1])
+                        if free < need:
+                            raise backup.Refused(f"not enough free space in {o.dest}: {free // backup.MIB} MiB free, "
+                                                 f"up to {-(-need // backup.MIB)} MiB needed")
+                    result = backup.create(conn, dom, opts, log)
+                    if remote:
+                        try:
+                            tmp, final = result.pop("upload")
+                            result["archive"] = backup.publish(o.rsh, remote[0], tmp, final, result["sha256"])
+                            backup.write_receipt(o.state_dir, name, result["archive"], result["created"],
+                                                 result["size"])
+                        finally:
+                            with contextlib.suppress(OSError):
+                                os.unlink(os.path.join(local, os.path.basename(final)))
+                    backup.clear_marker(marker_dir, name)
+                    result["ok"] = True
+                    results.append(result)
+                    if not o.json:
+                        skipped = "".join(f"; {t} not copied ({why})" for t, why in result["skipped"].items())
+                        say(f"{name}: {result['archive']} ({size_text(result['size'])}, {result['mode']}, "
+                            f"{result['consistency']}, {result['seconds']:.1f}s){skipped}")
+                except (backup.Interrupted, KeyboardInterrupt) as err:
+                    text = str(err) or "interrupted"
+                    backup.write_marker(marker_dir, name, text, time.time())
+                    results.append({"domain": name, "ok": False, "error": text})
+                    failed += 1
+                    log(f"{name}: {text}; the domain is back on its own images")
+                    break
+                except KvmError as err:
+                    if remote:
+                        backup.remote_cleanup(o.rsh, remote[0], remote[1], name)
+                    backup.write_marker(marker_dir, name, str(err), time.time())
+                    results.append({"domain": name, "ok": False, "error": str(err)})
+                    failed += 1
+                    log(f"{name}: backup failed: {err}" if not str(err).startswith(name) else f"backup failed: {err}")
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+        if remote:
+            backup.close_multiplexed(o.rsh, remote[0], control)
+    if o.json:
+        say(json.dumps({"ok": not failed, "backups": results}, indent=1))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_verify(o: argparse.Namespace) -> int:
+    failed = 0
+    bad_input = 0
+    report = []
+    show = sys.stderr.isatty() and not o.json
+    for path in o.archives:
+        try:
+            header = backup.read_header(path)
+            total = sum(int(d.get("data", 0)) for d in header.get("disks", []))
+            manifest, digest = backup.verify(path, backup.Progress(total, show) if show else None)
+            files = manifest.get("files", [])
+            report.append({"archive": path, "ok": True, "domain": header["domain"], "files": len(files),
+                           "sha256": digest})
+            if not o.json:
+                say(f"{path}: OK ({header['domain']}, {when(header['created'])}, {len(files)} files, every sha256 "
+                    "matches)")
+        except KvmError as err:
+            failed += 1
+            bad_input += isinstance(err, backup.BadRequest)
+            report.append({"archive": path, "ok": False, "error": str(err)})
+            log(f"{path}: verification failed: {err}" if path not in str(err) else f"verification failed: {err}")
+    if o.json:
+        say(json.dumps(report, indent=1))
+    if bad_input and bad_input == failed:
+        return EXIT_BAD_INPUT
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_list(o: argparse.Namespace) -> int:
+    if not os.path.isdir(o.folder):
+        raise backup.BadRequest(f"{o.folder} does not exist or is not a folder")
+    now = time.time()
+    entries = [e for e in backup.scan(o.folder) if not o.domain or e.domain in o.domain]
+    markers = backup.read_markers(o.folder)
+    rows = []
+    for entry in entries:
+        row: dict[str, Any] = {"archive": entry.path, "domain": entry.domain, "created": int(entry.created),
+                               "age_seconds": int(now - entry.created), "size": entry.size}
+        try:
+            header = backup.read_header(entry.path)
+            row.update(mode=header.get("mode"), consistency=header.get("consistency"),
+                       verified="at creation")
+            if o.verify:
+                backup.verify(entry.path)
+                row["verified"] = "yes, now"
+        except KvmError as err:
+            row.update(mode="?", consistency="?", verified=f"FAILED: {err}")
+        rows.append(row)
+    failed = sum(1 for r in rows if str(r["verified"]).startswith("FAILED"))
+    if o.json:
+        say(json.dumps({"backups": rows, "failures": markers}, indent=1))
+        return EXIT_FAILED if failed else EXIT_OK
+    if not rows:
+        say(f"no backups in {o.folder}")
+    else:
+        lines = [["Domain", "Created", "Age", "Size", "Mode", "Consistency", "Verified", "Archive"]]
+        for r in rows:
+            lines.append([r["domain"], when(r["created"]), format_age(r["age_seconds"]), size_text(r["size"]),
+                          str(r["mode"]), str(r["consistency"]), str(r["verified"]), os.path.basename(r["archive"])])
+        for line in table(lines):
+            say(line)
+    for domain, marker in sorted(markers.items()):
+        if not o.domain or domain in o.domain:
+            say(f"{domain}: last backup FAILED at {when(marker['time'])}: {marker['error']}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_restore(o: argparse.Namespace) -> int:
+    if not os.path.isfile(o.archive):
+        raise backup.BadRequest(f"{o.archive} does not exist or is not a file")
+    backup.read_header(o.archive)  # a foreign archive: refused before connecting
+    conn = virt.connect(o.uri, readonly=False)
+    try:
+        with backup.interruptible():
+            result = backup.restore(conn, o.archive, o.image_dir, o.name, o.force, o.start,
+                                    sys.stderr.isatty() and not o.json)
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+    if o.json:
+        say(json.dumps(result, indent=1))
+    else:
+        where = ", ".join(f"{t} -> {p}" for t, p in result["images"].items())
+        say(f"restored {result['domain']} from {o.archive} ({where}); defined"
+            + (" and started" if o.start else ""))
+    return EXIT_OK
+
+
+def cmd_prune(o: argparse.Namespace) -> int:
+    if not (o.keep_last or o.keep_daily or o.keep_weekly):
+        raise backup.BadRequest("prune needs --keep-last, --keep-daily or --keep-weekly (at least one above 0)")
+    if not os.path.isdir(o.folder):
+        raise backup.BadRequest(f"{o.folder} does not exist or is not a folder")
+    plan = backup.prune_plan(backup.scan(o.folder), max(o.keep_last, 1), o.keep_daily, o.keep_weekly)
+    report = []
+    failed = 0
+    safe: dict[str, bool] = {}
+    for entry, keep, why in plan:
+        item = {"archive": entry.path, "domain": entry.domain, "created": int(entry.created), "why": why,
+                "action": "keep" if keep else ("would delete" if o.dry_run else "delete")}
+        report.append(item)
+        if keep:
+            if entry.domain not in safe:
+                # the newest kept archive must still verify before anything older goes
+                try:
+                    if not o.dry_run:
+                        backup.verify(entry.path)
+                    safe[entry.domain] = True
+                except KvmError as err:
+                    log(f"{entry.domain}: {entry.path} does not verify ({err}); trying the next one")
+            continue
+        if not safe.get(entry.domain):
+            item["action"] = "keep"
+            item["why"] = "no newer archive of this domain verifies"
+            continue
+        if o.dry_run:
+            if not o.json:
+                say(f"would delete {entry.path}")
+            continue
+        try:
+            os.unlink(entry.path)
+            item["action"] = "deleted"
+            if not o.json:
+                say(f"deleted {entry.path}")
+        except OSError as err:
+            failed += 1
+            item["action"] = "failed"
+            log(f"cannot delete {entry.path}: {err.strerror}")
+    if o.json:
+        say(json.dumps(report, indent=1))
+    elif not any(r["action"] != "keep" for r in report):
+        say("nothing to prune")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_recover(o: argparse.Namespace) -> int:
+    conn = virt.connect(o.uri, readonly=False)
+    done: list[str] = []
+    try:
+        doms = domains_for(conn, o.domains, o.all)
+        with backup.interruptible():
+            if o.all:
+                done += backup.recover_all(conn, o.state_dir, log)
+            for dom in doms:
+                if not o.all:
+                    done += backup.recover_all(conn, o.state_dir, log, only_uuid=dom.UUIDString())
+                done += leftover_overlays(dom)
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+    for line in done:
+        say(line)
+    if not done:
+        say("nothing to recover")
+    return EXIT_OK
+
+
+def leftover_overlays(dom: Any) -> list[str]:
+    """Overlays named by this tool that a domain still runs on without a journal (a journal lost
+    with its state directory): committed back onto their backing image."""
+    done: list[str] = []
+    if not dom.isActive():
+        return done
+    for target, layers in snapinfo.chains(dom.XMLDesc(0)).items():
+        if len(layers) >= 2 and backup.OVERLAY_TAG in os.path.basename(layers[0].path):
+            backup.commit_back(dom, target, layers[0].path, layers[1].path, log)
+            done.append(f"{dom.name()}: {target} committed back from {layers[0].path} onto {layers[1].path}")
+    return done
+
+
+def run(argv: list[str] | None = None) -> int:
+    options = parser().parse_args(argv)
+    try:
+        code: int = options.func(options)
+        return code
+    except (NotFound, backup.BadRequest, snapshots.BadRequest) as err:
+        log(str(err))
+        return EXIT_BAD_INPUT
+    except KvmError as err:
+        log(str(err))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        log("interrupted")
+        return EXIT_FAILED
+    except Exception as err:  # a bug: one line, not a traceback
+        log(f"internal error: {type(err).__name__}: {err}")
+        return EXIT_FAILED
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()
+
+

@@ -1,0 +1,474 @@
+"""kvm-backup against real libvirtd + QEMU (TCG), through the installed command: live backups of the tiny
+Linux guest while it writes, restored beside the original and compared with the base image as it was at
+the snapshot; stop and suspend; two disks and a CD-ROM; kill -9 in the copy and in the commit; a full
+destination; a flipped byte; rsync over ssh to an sshd on loopback; bad input. Domains are spk-bak-*."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from tests.conftest import BIN, run
+from tests.rig import rig
+
+PREFIX = "spk-bak-"
+URI = ["-u", rig.URI]
+
+
+def kb(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return run("kvm-backup", *args, timeout=timeout)
+
+
+def ok(*args: str) -> str:
+    result = kb(*args)
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result.stdout
+
+
+def refused(code: int, *args: str) -> str:
+    result = kb(*args)
+    assert result.returncode == code, (args, result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("kvm-backup"), lines
+    return lines[0]
+
+
+def sources(dom: libvirt.virDomain, flags: int = 0) -> dict[str, str]:
+    root = ET.fromstring(dom.XMLDesc(flags))
+    found = {}
+    for disk in root.iterfind("devices/disk"):
+        src = disk.find("source")
+        if src is not None and src.get("file"):
+            found[disk.find("target").get("dev")] = src.get("file")
+    return found
+
+
+def archives(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name.endswith((".tar.zst", ".tar.bz2", ".tar"))
+                  and not p.name.startswith("."))
+
+
+def compare(a: Path, b: Path) -> None:
+    result = subprocess.run(["qemu-img", "compare", "-U", str(a), str(b)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, (a, b, result.stdout, result.stderr)
+
+
+@pytest.fixture(scope="module")
+def conn() -> Iterator[libvirt.virConnect]:
+    rig.ensure_host()
+    connection = rig.connect()
+    rig.cleanup(connection, prefix=PREFIX)
+    yield connection
+    rig.cleanup(connection, prefix=PREFIX)
+    connection.close()
+
+
+@pytest.fixture(scope="module")
+def images(conn: libvirt.virConnect) -> Iterator[Path]:
+    with rig.image_dir() as path:
+        yield path
+        rig.cleanup(conn, prefix=PREFIX)
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    folder = tmp_path / "dest"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> list[str]:
+    return ["--state-dir", str(tmp_path / "state")]
+
+
+@pytest.fixture(scope="module")
+def writer(conn: libvirt.virConnect, images: Path) -> libvirt.virDomain:
+    """The tiny Linux guest writing its 48 MiB disk over and over."""
+    kernel, initrd = rig.ensure_guest()
+    disk = rig.make_qcow2(images / "spk-bak-writer.qcow2", "48M")
+    log = images / "writer.log"
+    dom = conn.defineXML(rig.linux_guest_xml("spk-bak-writer", disk, kernel, initrd, "write", log))
+    dom.create()
+    rig.wait_serial(log, "SPK-WRITE 32", timeout=120)  # written once: the image has data
+    return dom
+
+
+def noos(conn: libvirt.virConnect, images: Path, name: str, fill_mib: int = 8, start: bool = True) -> libvirt.virDomain:
+    disk = rig.make_qcow2(images / f"{name}.qcow2", "64M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 0 {fill_mib}M", str(disk)], check=True,
+                   capture_output=True)
+    dom = conn.defineXML(rig.noos_domain_xml(name, disk))
+    if start:
+        dom.create()
+    return dom
+
+
+def journal_phase(state_dir: Path) -> str:
+    for path in state_dir.glob("*.journal.json"):
+        try:
+            return json.loads(path.read_text()).get("phase", "")
+        except ValueError:
+            return ""
+    return ""
+
+
+def test_live_backup_of_a_writing_guest_restores_the_snapshot_image(conn, images, writer, dest, state, tmp_path):
+    base = Path(sources(writer)["vda"])
+    frozen = tmp_path / "base-at-snapshot.qcow2"
+    proc = subprocess.Popen([str(BIN / "kvm-backup"), "create", "spk-bak-writer", "--dest", str(dest), "--bwlimit", "8",
+                             "--json", *state, *URI], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # while the guest writes to the overlay, the base is read-only: copy it as it is at the snapshot
+    rig.wait_for(lambda: sources(writer)["vda"] != str(base), timeout=30, interval=0.02, what="the overlay")
+    subprocess.run(["cp", "--sparse=always", str(base), str(frozen)], check=True)
+    assert sources(writer)["vda"] != str(base), "the copy of the base outlasted the backup: raise the bwlimit margin"
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (out, err)
+    summary = json.loads(out)["backups"][0]
+    assert summary["mode"] == "live" and summary["consistency"] == "crash-consistent"
+    # the guest is back on its own image, still running, no overlay left
+    assert sources(writer) == {"vda": str(base)}
+    assert sources(writer, libvirt.VIR_DOMAIN_XML_INACTIVE) == {"vda": str(base)}
+    assert writer.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert not [p for p in base.parent.iterdir() if "kvm-backup-overlay" in p.name]
+    archive = Path(summary["archive"])
+    assert archives(dest) == [archive]
+    assert archive.stat().st_mode & 0o777 == 0o600
+    assert "OK" in ok("verify", str(archive))
+    listing = ok("list", str(dest))
+    assert "spk-bak-writer" in listing and "live" in listing and "crash-consistent" in listing
+
+    # restore beside the original: new name, UUID, images; equal to the base at the snapshot
+    out = ok("restore", str(archive), "--name", "spk-bak-writer-copy", *URI)
+    copy = conn.lookupByName("spk-bak-writer-copy")
+    assert copy.UUIDString() != writer.UUIDString()
+    restored = Path(sources(copy)["vda"])
+    assert restored != base and restored.parent == base.parent
+    compare(restored, frozen)
+    assert restored.stat().st_blocks * 512 <= frozen.stat().st_blocks * 512 + (1 << 20)  # holes stayed holes
+    # once more without --force: refused, nothing changed
+    line = refused(2, "restore", str(archive), "--name", "spk-bak-writer-copy", *URI)
+    assert "exists already" in line
+    copy.undefine()
+    restored.unlink()
+
+
+def test_stop_and_suspend_modes(conn, images, dest, state):
+    dom = noos(conn, images, "spk-bak-modes")
+    # SeaBIOS without an OS ignores ACPI shutdown: refused without --force, still running, marked failed
+    line = refused(1, "create", "spk-bak-modes", "--mode", "stop", "--shutdown-timeout", "1", "--dest", str(dest),
+                   *state, *URI)
+    assert "did not shut down within 1s" in line and "--force" in line
+    assert dom.isActive() and archives(dest) == []
+    age = run("check-kvm-backup-age", "--backup-dir", str(dest), "-d", "spk-bak-modes", *URI)
+    assert age.returncode == 2 and "no backup" in age.stdout and "did not shut down" in age.stdout
+
+    out = json.loads(ok("create", "spk-bak-modes", "--mode", "stop", "--force", "--shutdown-timeout", "1", "--dest",
+                        str(dest), "--json", *state, *URI))
+    assert out["backups"][0]["mode"] == "stop" and out["backups"][0]["consistency"] == "shut down"
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING  # started again
+    out = json.loads(ok("create", "spk-bak-modes", "--mode", "suspend", "--compress", "bzip2", "--dest", str(dest),
+                        "--json", *state, *URI))
+    assert out["backups"][0]["mode"] == "suspend" and out["backups"][0]["archive"].endswith(".tar.bz2")
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING  # resumed
+    dom.destroy()
+    out = json.loads(ok("create", "spk-bak-modes", "--dest", str(dest), "--compress", "none", "--json", *state, *URI))
+    assert out["backups"][0]["mode"] == "offline" and not dom.isActive()
+    assert len(archives(dest)) == 3
+    for archive in archives(dest):
+        ok("verify", str(archive))
+    age = run("check-kvm-backup-age", "--backup-dir", str(dest), "-d", "spk-bak-modes", *URI)
+    assert age.returncode == 0, age.stdout
+    assert "'spk-bak-modes_age'=" in age.stdout or "spk-bak-modes_age=" in age.stdout
+
+
+def test_two_disks_raw_and_qcow2_and_a_cdrom(conn, images, dest, state):
+    qcow = rig.make_qcow2(images / "spk-bak-two-a.qcow2", "32M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 1M 3M", str(qcow)], check=True, capture_output=True)
+    raw = images / "spk-bak-two-b.img"
+    with raw.open("wb") as f:
+        f.truncate(32 << 20)
+        f.seek(20 << 20)
+        f.write(b"\x22" * (2 << 20))
+    iso = images / "spk-bak-two.iso"
+    iso.write_bytes(b"\x33" * (1 << 20))
+    xml = rig.noos_domain_xml("spk-bak-two", qcow).replace(
+        "</devices>",
+        f"<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{raw}'/>"
+        "<target dev='vdb' bus='virtio'/></disk>"
+        f"<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='{iso}'/>"
+        "<target dev='sda' bus='sata'/><readonly/></disk></devices>")
+    dom = conn.defineXML(xml)
+    dom.create()
+    out = ok("create", "spk-bak-two", "--dest", str(dest), *state, *URI)
+    assert "sda not copied (a cdrom)" in out
+    assert sources(dom) == {"vda": str(qcow), "vdb": str(raw), "sda": str(iso)}
+    archive = archives(dest)[0]
+    target = images / "restored-two"
+    target.mkdir()
+    ok("restore", str(archive), "--name", "spk-bak-two-copy", "--image-dir", str(target), *URI)
+    copy = conn.lookupByName("spk-bak-two-copy")
+    got = sources(copy)
+    assert got["sda"] == str(iso)  # recorded, not copied: the drive keeps its medium
+    compare(Path(got["vda"]), qcow)
+    compare(Path(got["vdb"]), raw)
+    assert Path(got["vdb"]).stat().st_blocks * 512 <= 3 << 20  # 2 MiB of data in a 32 MiB raw image
+    dom.destroy()
+
+
+def _kill_when(proc: subprocess.Popen, state_dir: Path, phase: str, timeout: float = 60) -> None:
+    rig.wait_for(lambda: journal_phase(state_dir) == phase or proc.poll() is not None, timeout=timeout,
+                 interval=0.02, what=f"phase {phase}")
+    assert proc.poll() is None, proc.communicate()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_9_in_the_copy_then_the_next_run_recovers(conn, images, dest, tmp_path):
+    dom = noos(conn, images, "spk-bak-kill", fill_mib=24)
+    base = sources(dom)["vda"]
+    state_dir = tmp_path / "state"
+    proc = subprocess.Popen([str(BIN / "kvm-backup"), "create", "spk-bak-kill", "--dest", str(dest), "--bwlimit", "4",
+                             "--state-dir", str(state_dir), *URI], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _kill_when(proc, state_dir, "copy")
+    time.sleep(0.5)
+    assert sources(dom)["vda"] != base  # killed on the overlay
+    assert archives(dest) == []  # nothing published
+    out = ok("recover", "spk-bak-kill", "--state-dir", str(state_dir), *URI)
+    assert "committed back" in out and "unfinished archive" in out
+    assert sources(dom) == {"vda": base}
+    assert os.listdir(dest) == []
+    assert not [p for p in Path(base).parent.iterdir() if "kvm-backup-overlay" in p.name and "kill" in p.name]
+    ok("create", "spk-bak-kill", "--dest", str(dest), "--state-dir", str(state_dir), *URI)
+    assert len(archives(dest)) == 1 and sources(dom) == {"vda": base}
+
+
+def test_kill_9_in_the_commit_then_the_next_run_recovers(conn, images, writer, dest, tmp_path):
+    base = sources(writer)["vda"]
+    state_dir = tmp_path / "state"
+    # a commit limited to 1 MiB/s while the guest writes faster never gets ready: kill -9 it there
+    proc = subprocess.Popen([str(BIN / "kvm-backup"), "create", "spk-bak-writer", "--dest", str(dest),
+                             "--commit-bwlimit", "1", "--state-dir", str(state_dir), *URI],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _kill_when(proc, state_dir, "commit")
+    time.sleep(0.3)
+    assert sources(writer)["vda"] != base
+    assert archives(dest) == []
+    result = kb("create", "spk-bak-writer", "--dest", str(dest), "--state-dir", str(state_dir), *URI)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert "committed back" in result.stderr and "unfinished archive" in result.stderr
+    assert sources(writer) == {"vda": base}
+    assert len(archives(dest)) == 1
+    assert not [p for p in Path(base).parent.iterdir() if "kvm-backup-overlay" in p.name]
+
+
+def test_a_destination_that_fills_up(conn, images, tmp_path, state):
+    dom = noos(conn, images, "spk-bak-full", fill_mib=40)
+    base = sources(dom)["vda"]
+    # random data does not compress: 40 MiB of it into an 8 MiB file system
+    subprocess.run(["qemu-io", "-U", "-f", "qcow2", "-c", "write -s /dev/urandom 0 1M", base], capture_output=True)
+    small = tmp_path / "small"
+    with rig.small_fs(small, 8):
+        line = refused(1, "create", "spk-bak-full", "--dest", str(small), *state, *URI)
+        assert "not enough free space" in line
+        assert os.listdir(small) == [".kvm-backup-failed.spk-bak-full.json"]
+        assert sources(dom) == {"vda": base}
+    # room enough at the start, filled by someone else in the middle of the copy
+    state_dir = tmp_path / "state2"
+    with rig.small_fs(tmp_path / "small2", 64) as small2:
+        proc = subprocess.Popen([str(BIN / "kvm-backup"), "create", "spk-bak-full", "--dest", str(small2),
+                                 "--bwlimit", "8", "--compress", "none", "--state-dir", str(state_dir), *URI],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        rig.wait_for(lambda: journal_phase(state_dir) == "copy", timeout=60, interval=0.02, what="the copy")
+        subprocess.run(["dd", "if=/dev/zero", f"of={small2}/filler", "bs=1M", "count=64"], capture_output=True)
+        _out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, err
+        assert len(err.strip().splitlines()) == 1 and "No space left on device" in err
+        assert sorted(os.listdir(small2)) == [".kvm-backup-failed.spk-bak-full.json", "filler"]
+        assert sources(dom) == {"vda": base}
+    dom.destroy()
+
+
+def test_flipped_byte_and_foreign_archives_are_refused(conn, images, dest, state, tmp_path):
+    noos(conn, images, "spk-bak-flip", start=False)
+    ok("create", "spk-bak-flip", "--dest", str(dest), "--compress", "none", *state, *URI)
+    archive = archives(dest)[0]
+    data = bytearray(archive.read_bytes())
+    at = data.index(b"\x5a" * 64) + 100  # inside the image data
+    data[at] ^= 0x01
+    bad = tmp_path / archive.name
+    bad.write_bytes(bytes(data))
+    line = refused(1, "verify", str(bad))
+    assert "disks/vda.img does not match its checksum" in line
+    image_dir = tmp_path / "restore"
+    image_dir.mkdir()
+    line = refused(1, "restore", str(bad), "--name", "spk-bak-flip-copy", "--image-dir", str(image_dir), *URI)
+    assert "does not match its checksum" in line
+    assert os.listdir(image_dir) == []
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName("spk-bak-flip-copy")
+    # a compressed archive with a flipped byte
+    ok("create", "spk-bak-flip", "--dest", str(dest), *state, *URI)
+    zst = next(a for a in archives(dest) if a.name.endswith(".zst"))
+    data = bytearray(zst.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    bad = tmp_path / zst.name
+    bad.write_bytes(bytes(data))
+    refused(1, "verify", str(bad))
+    # a foreign archive and a truncated one
+    foreign = tmp_path / "foreign.tar"
+    subprocess.run(["tar", "cf", str(foreign), "-C", str(images), "spk-bak-flip.qcow2"], check=True)
+    assert "not a kvm-backup archive" in refused(1, "verify", str(foreign))
+    assert "not a kvm-backup archive" in refused(1, "restore", str(foreign), *URI)
+    cut = tmp_path / "cut.kvmbak.tar"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    assert "truncated" in refused(1, "verify", str(cut))
+
+
+def test_bad_input_changes_nothing(conn, images, dest, state, tmp_path):
+    line = refused(2, "create", "spk-bak-nosuch", "--dest", str(dest), *state, *URI)
+    assert "no domain named 'spk-bak-nosuch'" in line
+    noos(conn, images, "spk-bak-input", start=False)
+    line = refused(2, "create", "spk-bak-input", "--dest", str(tmp_path / "missing"), *state, *URI)
+    assert "does not exist" in line
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o500)
+    result = run("kvm-backup", "create", "spk-bak-input", "--dest", str(locked), *state, *URI, user="nobody")
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
+    line = refused(2, "create", "--dest", str(dest), *state, *URI)
+    assert "DOMAIN" in line
+    assert os.listdir(dest) == []
+    line = refused(2, "verify", str(tmp_path / "nothing.tar.zst"))
+    assert "cannot read" in line
+
+
+def test_remote_rsync_over_ssh_to_sshd_on_loopback(conn, images, tmp_path, state):
+    keys = tmp_path / "ssh"
+    keys.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "host")], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "client")], check=True)
+    (keys / "authorized").write_text((keys / "client.pub").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = keys / "sshd_config"
+    config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
+                      f"AuthorizedKeysFile {keys / 'authorized'}\nPidFile {keys / 'pid'}\nStrictModes no\n"
+                      "UsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        rig.wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, timeout=10, what="sshd")
+        rsh = (f"ssh -p {port} -i {keys / 'client'} -o BatchMode=yes -o StrictHostKeyChecking=no "
+               "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+        remote = tmp_path / "remote"
+        remote.mkdir()
+        dom = noos(conn, images, "spk-bak-remote", fill_mib=16)
+        out = json.loads(ok("create", "spk-bak-remote", "--dest", f"root@127.0.0.1:{remote}", "--rsh", rsh,
+                            "--work-dir", str(tmp_path / "work"), "--json", *state, *URI))
+        archive = remote / Path(out["backups"][0]["archive"].split(":", 1)[1]).name
+        assert archives(remote) == [archive]
+        assert archive.stat().st_mode & 0o777 == 0o600
+        assert os.listdir(tmp_path / "work") == []
+        ok("verify", str(archive))
+        assert sources(dom)["vda"].endswith("spk-bak-remote.qcow2")
+        # the check on this host knows the remote backup from the receipt in the state folder
+        age = run("check-kvm-backup-age", "--backup-dir", str(tmp_path / "work"), "--state-dir", state[1],
+                  "-d", "spk-bak-remote", *URI)
+        assert age.returncode == 0 and "newest backup" in age.stdout, age.stdout
+        line = refused(2, "create", "spk-bak-remote", "--dest", f"root@127.0.0.1:{remote}/missing", "--rsh", rsh,
+                       *state, *URI)
+        assert "does not exist or is not writable" in line
+    finally:
+        sshd.terminate()
+        sshd.wait(timeout=10)
+
+
+def test_sigterm_in_the_copy_undoes_everything(conn, images, dest, tmp_path):
+    dom = noos(conn, images, "spk-bak-term", fill_mib=24)
+    base = sources(dom)["vda"]
+    state_dir = tmp_path / "state"
+    proc = subprocess.Popen([str(BIN / "kvm-backup"), "create", "spk-bak-term", "--dest", str(dest), "--bwlimit", "4",
+                             "--state-dir", str(state_dir), *URI], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    rig.wait_for(lambda: journal_phase(state_dir) == "copy", timeout=60, interval=0.02, what="the copy")
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "interrupted by SIGTERM" in err and "back on its own images" in err
+    assert sources(dom) == {"vda": base}
+    assert os.listdir(dest) == [".kvm-backup-failed.spk-bak-term.json"]
+    assert list(state_dir.glob("*.journal.json")) == []
+    age = run("check-kvm-backup-age", "--backup-dir", str(dest), "-d", "spk-bak-term", *URI)
+    assert age.returncode == 2 and "SIGTERM" in age.stdout
+    dom.destroy()
+
+
+def test_live_backup_is_quiesced_when_the_agent_answers(conn, images, dest, state):
+    kernel, initrd = rig.ensure_guest()
+    disk = rig.make_qcow2(images / "spk-bak-agent.qcow2", "32M")
+    log = images / "agent.log"
+    dom = conn.defineXML(rig.linux_guest_xml("spk-bak-agent", disk, kernel, initrd, "agent", log, agent_channel=True))
+    dom.create()
+    import libvirt_qemu  # noqa: PLC0415
+
+    def pong() -> bool:
+        try:
+            libvirt_qemu.qemuAgentCommand(dom, '{"execute":"guest-ping"}', 2, 0)
+            return True
+        except libvirt.libvirtError:
+            return False
+
+    rig.wait_for(pong, timeout=90, interval=0.5, what="the guest agent")
+    out = json.loads(ok("create", "spk-bak-agent", "--dest", str(dest), "--json", *state, *URI))
+    assert out["backups"][0]["consistency"] == "quiesced"
+    out = json.loads(ok("create", "spk-bak-agent", "--dest", str(dest), "--no-quiesce", "--json", *state, *URI))
+    assert out["backups"][0]["consistency"] == "crash-consistent"
+    assert "quiesced" in ok("list", str(dest))
+    dom.destroy()
+
+
+def test_kill_9_then_the_guest_shut_down_on_the_overlay(conn, images, dest, tmp_path):
+    dom = noos(conn, images, "spk-bak-off", fill_mib=24)
+    base = sources(dom)["vda"]
+    state_dir = tmp_path / "state"
+    proc = subprocess.Popen([str(BIN / "kvm-backup"), "create", "spk-bak-off", "--dest", str(dest), "--bwlimit", "4",
+                             "--state-dir", str(state_dir), *URI], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _kill_when(proc, state_dir, "copy")
+    overlay = sources(dom)["vda"]
+    assert overlay != base
+    dom.destroy()  # the guest stopped while it ran on the overlay: its definition points at the overlay
+    out = ok("recover", "spk-bak-off", "--state-dir", str(state_dir), *URI)
+    assert "(shut off) committed back" in out
+    assert sources(dom) == {"vda": base}
+    assert not Path(overlay).exists()
+    assert 'type="qcow2"' in dom.XMLDesc(0) or "type='qcow2'" in dom.XMLDesc(0)
+    dom.create()
+    assert sources(dom) == {"vda": base}
+    dom.destroy()
+
+
+def test_kill_9_in_stop_mode_then_recover_starts_the_guest(conn, images, dest, tmp_path):
+    dom = noos(conn, images, "spk-bak-stopkill", fill_mib=24)
+    state_dir = tmp_path / "state"
+    proc = subprocess.Popen([str(BIN / "kvm-backup"), "create", "spk-bak-stopkill", "--mode", "stop", "--force",
+                             "--shutdown-timeout", "1", "--dest", str(dest), "--bwlimit", "4",
+                             "--state-dir", str(state_dir), *URI], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _kill_when(proc, state_dir, "copy")
+    assert not dom.isActive()
+    out = ok("recover", "spk-bak-stopkill", "--state-dir", str(state_dir), *URI)
+    assert "spk-bak-stopkill: started again" in out
+    assert dom.isActive() and os.listdir(dest) == []
+    dom.destroy()

@@ -1,0 +1,106 @@
+"""check-kvm-backup-age as a real process against libvirt's test driver (domain 'test'), on a folder of
+archive names: it reads names, sizes and failure markers only."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from sensu_kvm import backup
+from tests.conftest import run
+
+URI = ["-u", "test:///default"]
+
+
+def check(folder: Path, *args: str):
+    return run("check-kvm-backup-age", "--backup-dir", str(folder), "--state-dir", str(folder / "state"), *args, *URI)
+
+
+def archive(folder: Path, domain: str, age: float, size: int = 1234) -> Path:
+    path = folder / backup.archive_name(domain, time.time() - age, "zstd")
+    path.write_bytes(b"x" * size)
+    return path
+
+
+def test_fresh_old_missing_and_failed(tmp_path):
+    result = check(tmp_path)
+    assert result.returncode == 2
+    assert result.stdout.startswith("CheckKvmBackupAge CRITICAL: test: no backup in")
+    assert "| domains_without_backup=1;;;0;1" in result.stdout
+    archive(tmp_path, "test", 30 * 3600)
+    result = check(tmp_path)
+    assert result.returncode == 1 and "test: newest backup 1d 6h old (1 kept)" in result.stdout
+    assert "test_age=108000s;93600;180000;0" in result.stdout and "test_size=1234B;;;0" in result.stdout
+    assert "domains_without_backup=0;;;0;1" in result.stdout
+    archive(tmp_path, "test", 600, 99)
+    result = check(tmp_path, "-w", "1h", "-c", "2h")
+    assert result.returncode == 0, result.stdout
+    assert "test_size=99B" in result.stdout
+    backup.write_marker(str(tmp_path), "test", "not enough free space in /srv/backup", time.time())
+    result = check(tmp_path)
+    assert result.returncode == 2 and "a later backup failed" in result.stdout and "free space" in result.stdout
+    # a marker of a remote backup lives in the state folder
+    backup.clear_marker(str(tmp_path), "test")
+    (tmp_path / "state").mkdir()
+    backup.write_marker(str(tmp_path / "state"), "test", "rsync failed", time.time())
+    assert check(tmp_path).returncode == 2
+    (tmp_path / "state" / ".kvm-backup-failed.test.json").write_text(json.dumps({"domain": "test", "time": 1}))
+    assert check(tmp_path).returncode == 0
+
+
+def test_bad_input(tmp_path):
+    result = check(tmp_path / "missing")
+    assert result.returncode == 2 and "cannot read" in result.stdout and "not mounted?" in result.stdout
+    result = check(tmp_path, "-w", "soon")
+    assert result.returncode == 3 and "invalid duration" in result.stderr
+    result = check(tmp_path, "-d", "nosuch")
+    assert result.returncode == 2 and "nosuch not found" in result.stdout
+
+
+def make_archive(folder: Path, domain: str, age: float, payload: bytes = b"data") -> Path:
+    """A real (tiny) kvm-backup archive of no disk, made by the engine's writer."""
+    created = time.time() - age
+    path = folder / backup.archive_name(domain, created, "zstd")
+    writer = backup.ArchiveWriter(str(path), "zstd")
+    header = {"format": backup.FORMAT, "domain": domain, "uuid": "u", "created": int(created), "mode": "offline",
+              "consistency": "shut off", "disks": []}
+    writer.member(backup.HEADER, backup.header_json(header))
+    xml = b"<domain><name>" + domain.encode() + b"</name></domain>" + payload
+    files = [{"member": backup.XML_MEMBER, "size": len(xml), "sha256": writer.member(backup.XML_MEMBER, xml)}]
+    writer.member(backup.MANIFEST, backup.manifest_json(header, files))
+    writer.close()
+    return path
+
+
+def test_list_verify_and_prune_as_processes(tmp_path):
+    day = 86400.0
+    paths = [make_archive(tmp_path, "web", age) for age in (10 * day, 3 * day, 2 * day, day, 60)]
+    make_archive(tmp_path, "db", 40 * day)
+    out = run("kvm-backup", "list", str(tmp_path))
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:2] == ["Domain", "Created"]
+    assert len(lines) == 7 and all("offline" in line and "at creation" in line for line in lines[1:])
+    listing = json.loads(run("kvm-backup", "list", str(tmp_path), "--json", "--domain", "db").stdout)
+    assert [b["domain"] for b in listing["backups"]] == ["db"]
+    assert run("kvm-backup", "verify", *map(str, paths)).returncode == 0
+
+    dry = run("kvm-backup", "prune", str(tmp_path), "--keep-last", "2", "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.count("would delete") == 3
+    assert len(list(tmp_path.iterdir())) == 6
+    # the newest archive of web is damaged: it is kept, and nothing older goes
+    data = bytearray(paths[-1].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    paths[-1].write_bytes(bytes(data))
+    result = run("kvm-backup", "prune", str(tmp_path), "--keep-last", "1")
+    assert result.returncode == 0 and "does not verify" in result.stderr
+    assert all(p.exists() for p in paths[:-1])
+    # with a sound newest one, the policy applies; db's only archive always stays
+    paths[-1].unlink()
+    result = run("kvm-backup", "prune", str(tmp_path), "--keep-last", "1", "--keep-daily", "2")
+    assert result.returncode == 0, result.stderr
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 3 and any(n.startswith("db-") for n in left)
+    assert run("kvm-backup", "prune", str(tmp_path)).returncode == 2
+    assert run("kvm-backup", "list", str(tmp_path / "missing")).returncode == 2
