@@ -11,16 +11,15 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 from sensu_kvm import __version__, backup, snapinfo, snapshots, virt
+from sensu_kvm.argtypes import count_arg, positive_arg
 from sensu_kvm.durations import format_age
-from sensu_kvm.errors import KvmError, NotFound
+from sensu_kvm.errors import KvmError
+from sensu_kvm.tools import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Parser, run_tool
 
 PROG = "kvm-backup"
-EXIT_OK = 0
-EXIT_FAILED = 1  # a backup failed, an archive is damaged, libvirt or the host refused
-EXIT_BAD_INPUT = 2  # bad options, unknown domain, missing or unwritable destination: nothing changed
 
 EXIT_TEXT = ("exit codes: 0 done, 1 failed (a backup, a damaged archive, libvirt or the host; one line on stderr\n"
              "per problem), 2 bad options or input (unknown domain, unusable destination): nothing changed")
@@ -62,32 +61,6 @@ EXAMPLES = {
 }
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: {message} (see --help)\n")
-        sys.exit(EXIT_BAD_INPUT)
-
-
-def count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is below 0")
-    return value
-
-
-def positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not above 0")
-    return value
-
-
 def _epilog(name: str) -> str:
     return "examples:\n" + EXAMPLES[name].rstrip() + "\n\n" + EXIT_TEXT
 
@@ -124,12 +97,12 @@ def parser() -> Parser:
                         "shut down, copy, start again; suspend: pause, copy, resume")
     p.add_argument("--compress", choices=("zstd", "bzip2", "none"), default="zstd", help="default: zstd")
     p.add_argument("--force", action="store_true", help="--mode stop: destroy a guest that does not shut down in time")
-    p.add_argument("--shutdown-timeout", type=positive, default=120.0, metavar="SECONDS",
+    p.add_argument("--shutdown-timeout", type=positive_arg, default=120.0, metavar="SECONDS",
                    help="--mode stop: how long to wait for a graceful shutdown (default: 120)")
     p.add_argument("--no-quiesce", action="store_true",
                    help="live: do not ask the guest agent to freeze file systems (crash-consistent)")
-    p.add_argument("--bwlimit", type=positive, metavar="MIB/S", help="limit the copy to this many MiB/s")
-    p.add_argument("--commit-bwlimit", type=positive, metavar="MIB/S",
+    p.add_argument("--bwlimit", type=positive_arg, metavar="MIB/S", help="limit the copy to this many MiB/s")
+    p.add_argument("--commit-bwlimit", type=positive_arg, metavar="MIB/S",
                    help="live: limit the commit job (a guest writing faster than this keeps it from finishing)")
     p.add_argument("--work-dir", metavar="DIR",
                    help="remote --dest: where the archive is built and verified before rsync "
@@ -160,9 +133,9 @@ def parser() -> Parser:
     p = sub("prune", "delete old archives beyond a policy; never the newest verified one of a domain", cmd_prune,
             libvirt=False)
     p.add_argument("folder", metavar="DIR")
-    p.add_argument("--keep-last", type=count, default=0, metavar="N", help="keep the N newest of each domain")
-    p.add_argument("--keep-daily", type=count, default=0, metavar="N", help="keep the newest of each of N days")
-    p.add_argument("--keep-weekly", type=count, default=0, metavar="N", help="keep the newest of each of N weeks")
+    p.add_argument("--keep-last", type=count_arg, default=0, metavar="N", help="keep the N newest of each domain")
+    p.add_argument("--keep-daily", type=count_arg, default=0, metavar="N", help="keep the newest of each of N days")
+    p.add_argument("--keep-weekly", type=count_arg, default=0, metavar="N", help="keep the newest of each of N weeks")
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
 
@@ -470,21 +443,7 @@ def leftover_overlays(dom: Any) -> list[str]:
 
 def run(argv: list[str] | None = None) -> int:
     options = parser().parse_args(argv)
-    try:
-        code: int = options.func(options)
-        return code
-    except (NotFound, backup.BadRequest, snapshots.BadRequest) as err:
-        log(str(err))
-        return EXIT_BAD_INPUT
-    except KvmError as err:
-        log(str(err))
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        log("interrupted")
-        return EXIT_FAILED
-    except Exception as err:  # a bug: one line, not a traceback
-        log(f"internal error: {type(err).__name__}: {err}")
-        return EXIT_FAILED
+    return run_tool(PROG, lambda: int(options.func(options)), (backup.BadRequest, snapshots.BadRequest))
 
 
 def main() -> None:

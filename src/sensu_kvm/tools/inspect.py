@@ -16,17 +16,15 @@ import json
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import libvirt
 
 from sensu_kvm import __version__, guestinfo, snapinfo, states, virt
 from sensu_kvm.errors import CallTimeout, KvmError, NotFound
+from sensu_kvm.tools import EXIT_OK, Parser, run_tool
 
 PROG = "kvm-inspect"
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
 
 T = TypeVar("T")
 
@@ -46,12 +44,6 @@ and QEMU monitor, in one report. Read-only, except the guest agent (guest-ping, 
 virDomainGetGuestInfo) and the QEMU monitor ('info status', 'info block'): libvirt refuses those
 on the read-only socket, so a read-write connection (ACL permission domain:write) is opened for
 them alone; --read-only skips them. Every call has its own deadline (--call-timeout)."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: {message} (see --help)\n")
-        sys.exit(EXIT_BAD_INPUT)
 
 
 def seconds(text: str) -> float:
@@ -532,25 +524,16 @@ def render_text(result: dict[str, Any]) -> str:
 
 def run(argv: list[str] | None = None) -> int:
     options = parser().parse_args(argv)
-    try:
+
+    def report() -> int:
         result = inspect(options)
-    except NotFound as err:
-        sys.stderr.write(f"{PROG}: {err}\n")
-        return EXIT_BAD_INPUT
-    except KvmError as err:
-        sys.stderr.write(f"{PROG}: {err}\n")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted\n")
-        return EXIT_FAILED
-    except Exception as err:  # a bug: one line, not a traceback
-        sys.stderr.write(f"{PROG}: internal error: {type(err).__name__}: {err}\n")
-        return EXIT_FAILED
-    if options.json:
-        sys.stdout.write(json.dumps(result, indent=2, sort_keys=False) + "\n")
-    else:
-        sys.stdout.write(render_text(result) + "\n")
-    return EXIT_OK
+        if options.json:
+            sys.stdout.write(json.dumps(result, indent=2, sort_keys=False) + "\n")
+        else:
+            sys.stdout.write(render_text(result) + "\n")
+        return EXIT_OK
+
+    return run_tool(PROG, report)
 
 
 def main() -> None:

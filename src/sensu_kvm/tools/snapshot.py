@@ -8,19 +8,18 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import libvirt
 
 from sensu_kvm import __version__, snapshots, virt
+from sensu_kvm.argtypes import count_arg
 from sensu_kvm.durations import format_age, parse_duration
 from sensu_kvm.errors import KvmError, NotFound
 from sensu_kvm.snapinfo import Snapshot
+from sensu_kvm.tools import EXIT_FAILED, EXIT_OK, Parser, run_tool
 
 PROG = "kvm-snapshot"
-EXIT_OK = 0
-EXIT_FAILED = 1  # libvirt or the host failed or refused: nothing changed unless said so
-EXIT_BAD_INPUT = 2  # bad options, unknown domain or snapshot, a request that cannot be done as asked
 
 EXIT_TEXT = ("exit codes: 0 done, 1 libvirt or the host failed or refused (one line on stderr), "
              "2 bad options or input\n(unknown domain or snapshot, name taken, raw disk): nothing changed")
@@ -65,27 +64,11 @@ EXAMPLES = {
 }
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: {message} (see --help)\n")
-        sys.exit(EXIT_BAD_INPUT)
-
-
 def duration(text: str) -> float:
     try:
         return parse_duration(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is below 0")
-    return value
 
 
 def diskspec(text: str) -> tuple[str, str]:
@@ -172,7 +155,7 @@ def parser() -> Parser:
     p.add_argument("--all", action="store_true", help="every domain of the connection")
     p.add_argument("--older-than", type=duration, metavar="DURATION",
                    help="only snapshots older than this (30s, 90m, 12h, 3d, 1w)")
-    p.add_argument("--keep", type=count, metavar="N", help="keep the N newest snapshots")
+    p.add_argument("--keep", type=count_arg, metavar="N", help="keep the N newest snapshots")
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     p.add_argument("-v", "--verbose", action="store_true", help="also list the snapshots kept, and why")
@@ -462,21 +445,7 @@ def run(argv: list[str] | None = None) -> int:
     options = parser().parse_args(argv)
     if "uri" not in options:
         options.uri = None
-    try:
-        code: int = options.func(options)
-        return code
-    except (NotFound, snapshots.BadRequest) as err:
-        log(str(err))
-        return EXIT_BAD_INPUT
-    except KvmError as err:
-        log(str(err))
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        log("interrupted")
-        return EXIT_FAILED
-    except Exception as err:  # a bug: one line, not a traceback
-        log(f"internal error: {type(err).__name__}: {err}")
-        return EXIT_FAILED
+    return run_tool(PROG, lambda: int(options.func(options)), (snapshots.BadRequest,))
 
 
 def main() -> None:
