@@ -19,19 +19,14 @@ from tests.rig import rig
 
 @pytest.fixture(scope="session")
 def conn() -> Iterator[libvirt.virConnect]:
-    rig.ensure_host()
-    connection = rig.connect()
-    rig.cleanup(connection)
-    yield connection
-    rig.cleanup(connection)
-    connection.close()
+    with rig.own_domains() as connection:
+        yield connection
 
 
 @pytest.fixture(scope="session")
 def images(conn: libvirt.virConnect) -> Iterator[Path]:
-    with rig.image_dir() as path:
+    with rig.images_of(conn) as path:
         yield path
-        rig.cleanup(conn)  # before the images go
 
 
 @pytest.fixture(scope="session")

@@ -66,19 +66,14 @@ def compare(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def conn() -> Iterator[libvirt.virConnect]:
-    rig.ensure_host()
-    connection = rig.connect()
-    rig.cleanup(connection, prefix=PREFIX)
-    yield connection
-    rig.cleanup(connection, prefix=PREFIX)
-    connection.close()
+    with rig.own_domains(PREFIX) as connection:
+        yield connection
 
 
 @pytest.fixture(scope="module")
 def images(conn: libvirt.virConnect) -> Iterator[Path]:
-    with rig.image_dir() as path:
+    with rig.images_of(conn, PREFIX) as path:
         yield path
-        rig.cleanup(conn, prefix=PREFIX)
 
 
 @pytest.fixture

@@ -32,12 +32,8 @@ IMAGES = "/var/lib/libvirt/images/spk-agent"
 
 @pytest.fixture(scope="module")
 def agent_conn() -> Iterator[libvirt.virConnect]:
-    rig.ensure_host()
-    conn = rig.connect()
-    rig.cleanup(conn, prefix=PREFIX)
-    yield conn
-    rig.cleanup(conn, prefix=PREFIX)
-    conn.close()
+    with rig.own_domains(PREFIX) as conn:
+        yield conn
 
 
 def agent_answers(dom: libvirt.virDomain) -> bool:

@@ -52,19 +52,14 @@ def listing(domain: str, *flags: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def conn() -> Iterator[libvirt.virConnect]:
-    rig.ensure_host()
-    connection = rig.connect()
-    rig.cleanup(connection, prefix=PREFIX)
-    yield connection
-    rig.cleanup(connection, prefix=PREFIX)
-    connection.close()
+    with rig.own_domains(PREFIX) as connection:
+        yield connection
 
 
 @pytest.fixture(scope="module")
 def images(conn: libvirt.virConnect) -> Iterator[Path]:
-    with rig.image_dir() as path:
+    with rig.images_of(conn, PREFIX) as path:
         yield path
-        rig.cleanup(conn, prefix=PREFIX)  # before the images go
 
 
 def define(conn: libvirt.virConnect, images: Path, name: str, start: bool, disk_format: str = "qcow2",

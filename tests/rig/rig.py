@@ -324,6 +324,31 @@ def _undefine(dom: libvirt.virDomain) -> None:
         raise
 
 
+@contextlib.contextmanager
+def own_domains(prefix: str = PREFIX) -> Iterator[libvirt.virConnect]:
+    """A read-write connection for a suite whose domains are named ``prefix``*: the host is set
+    up first, and those domains are removed before (an earlier run may have been killed) and
+    after, even when a test fails."""
+    ensure_host()
+    conn = connect()
+    cleanup(conn, prefix)
+    try:
+        yield conn
+    finally:
+        cleanup(conn, prefix)
+        conn.close()
+
+
+@contextlib.contextmanager
+def images_of(conn: libvirt.virConnect, prefix: str = PREFIX) -> Iterator[Path]:
+    """An image directory (see image_dir) whose domains are removed before the images go."""
+    with image_dir() as path:
+        try:
+            yield path
+        finally:
+            cleanup(conn, prefix)
+
+
 def cleanup(conn: libvirt.virConnect, prefix: str = PREFIX) -> list[str]:
     """Destroy and undefine every domain whose name starts with ``prefix``.
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import libvirt
 
 from sensu_kvm import __version__, guestinfo, snapinfo, states, virt
+from sensu_kvm.argtypes import positive_arg
 from sensu_kvm.errors import CallTimeout, KvmError, NotFound
 from sensu_kvm.tools import EXIT_OK, Parser, run_tool
 
@@ -46,16 +47,6 @@ on the read-only socket, so a read-write connection (ACL permission domain:write
 them alone; --read-only skips them. Every call has its own deadline (--call-timeout)."""
 
 
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not above 0")
-    return value
-
-
 def parser() -> Parser:
     p = Parser(prog=PROG, description=DESCRIPTION, epilog=EXAMPLES, allow_abbrev=False,
                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,7 +55,7 @@ def parser() -> Parser:
     p.add_argument("--json", action="store_true", help="JSON on stdout, for machines")
     p.add_argument("--read-only", action="store_true",
                    help="never open a read-write connection: no guest agent or monitor sections")
-    p.add_argument("--call-timeout", type=seconds, default=5.0, metavar="SECONDS",
+    p.add_argument("--call-timeout", type=positive_arg, default=5.0, metavar="SECONDS",
                    help="deadline of each libvirt call, agent and monitor query (default: 5)")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     return p
