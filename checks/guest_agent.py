@@ -114,8 +114,8 @@ def ask_agent(dom: Any, seconds: float) -> Answer:
     took = guestinfo.ping(dom, seconds)
     try:
         version = str(guestinfo.agent_info(dom, seconds).get("version", ""))
-    except KvmError:
-        version = ""
+    except KvmError as err:  # the ping answered: a slow guest-info only costs the version
+        version = f"(version unknown: {err})"
     try:
         info = guestinfo.guest_info(dom, guestinfo.FS_INFO, seconds)
     except KvmError as err:

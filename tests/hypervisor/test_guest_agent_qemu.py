@@ -14,6 +14,7 @@ spk-test-* ones and cleans up only its own):
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 
@@ -194,7 +195,10 @@ def test_hung_agent_is_critical_within_the_deadline_while_others_are_reported(gu
     assert took < 5, took  # every domain asked in parallel, the hung one given up after 2 s
     lines = result.stdout.splitlines()
     assert any(line.startswith(f"CRITICAL: {PREFIX}hung: guest agent does not answer: ") for line in lines), lines
-    assert any(line.startswith(f"CRITICAL: {PREFIX}full: agent 7.") and "/mnt/data" in line for line in lines), lines
+    # Asked beside a hung agent on a loaded host, the version (a second call) may miss its deadline:
+    # the check then says so; what matters here is that this domain is still fully reported.
+    assert any(re.match(rf"CRITICAL: {PREFIX}full: agent (7\.|\(version unknown: )", line) and "/mnt/data" in line
+               for line in lines), lines
     assert any(line.startswith(f"CRITICAL: {PREFIX}noagent: guest agent does not answer (channel disconnected")
                for line in lines), lines
     assert f"'{PREFIX}full_used_pct_/mnt/data'=" in lines[0]
