@@ -192,7 +192,8 @@ def test_hung_agent_is_critical_within_the_deadline_while_others_are_reported(gu
     result = check("--match", MATCH, "-v", "-t", "10", "--agent-timeout", "2")
     took = time.monotonic() - started
     assert result.returncode == 2, result
-    assert took < 5, took  # every domain asked in parallel, the hung one given up after 2 s
+    # Given up on after --agent-timeout, not after the watchdog's -t: the check answered on its own.
+    assert took < 9, took
     lines = result.stdout.splitlines()
     assert any(line.startswith(f"CRITICAL: {PREFIX}hung: guest agent does not answer: ") for line in lines), lines
     # Asked beside a hung agent on a loaded host, the version (a second call) may miss its deadline:
