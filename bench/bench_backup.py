@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,26 +55,6 @@ def make_image(folder: Path) -> Path:
     return image
 
 
-def start_sshd(keys: Path) -> tuple[subprocess.Popen[bytes], str]:
-    keys.mkdir()
-    for key in ("host", "client"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / key)], check=True)
-    (keys / "authorized").write_text((keys / "client.pub").read_text())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = keys / "sshd_config"
-    config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
-                      f"AuthorizedKeysFile {keys / 'authorized'}\nPidFile {keys / 'pid'}\nStrictModes no\n"
-                      "UsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
-    rig.wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, timeout=10, what="sshd")
-    rsh = (f"ssh -p {port} -i {keys / 'client'} -o BatchMode=yes -o StrictHostKeyChecking=no "
-           "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
-    return proc, rsh
-
-
 def main() -> None:
     argparse.ArgumentParser(description=__doc__).parse_args()
     rig.ensure_host()
@@ -91,7 +70,7 @@ def main() -> None:
         image = make_image(base)
         print(f"image: {image} virtual 8 GiB, {image.stat().st_blocks * 512 / GIB:.2f} GiB allocated", flush=True)
         dom = conn.defineXML(rig.noos_domain_xml(NAME, image))
-        sshd, rsh = start_sshd(work / "ssh")
+        sshd, rsh = rig.start_sshd(work / "ssh")
         remote = work / "remote"
         remote.mkdir()
         rows: dict[str, tuple[float, int]] = {}

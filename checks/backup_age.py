@@ -6,11 +6,11 @@ import argparse
 import time
 
 from sensu_kvm import backup, virt
+from sensu_kvm.argtypes import duration_range
 from sensu_kvm.domains import Verdict, choose, judge_each, report
-from sensu_kvm.durations import format_age, parse_duration
-from sensu_kvm.output import Finding, Perf, Report, Status, format_number, judge, worst
+from sensu_kvm.durations import format_age
+from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
-from sensu_kvm.ranges import Range
 
 NAME = "CheckKvmBackupAge"
 
@@ -27,14 +27,6 @@ kvm-backup run) newer than the newest backup: CRITICAL. Backups sent to a remote
 through the receipt, and failures through the marker, that kvm-backup keeps in --state-dir. Perfdata
 per domain: age in seconds and size in bytes of the newest backup. Reads file names and sizes only:
 no archive is opened."""
-
-
-def duration_range(text: str) -> Range:
-    try:
-        seconds = parse_duration(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return Range(0.0, seconds, False, format_number(seconds))
 
 
 def judge_domain(name: str, entries: list[backup.Entry], failure: dict | None, now: float,

@@ -6,13 +6,12 @@ import argparse
 import time
 
 from sensu_kvm import snapinfo, virt
-from sensu_kvm.argtypes import regex_arg
+from sensu_kvm.argtypes import duration_range, regex_arg
 from sensu_kvm.domains import Verdict, choose, judge_each, report
-from sensu_kvm.durations import format_age, parse_duration
+from sensu_kvm.durations import format_age
 from sensu_kvm.errors import KvmError
-from sensu_kvm.output import Finding, Perf, Report, Status, format_number, judge, worst
+from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
 from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, run_check
-from sensu_kvm.ranges import Range
 
 NAME = "CheckKvmSnapshotAge"
 
@@ -30,15 +29,6 @@ run on an overlay no snapshot's metadata knows about (left behind by a failed ba
 with --no-metadata): WARNING naming the disk and the overlay file. Perfdata per domain: snapshot
 count, oldest and newest age in seconds, backing chain depth per disk. Snapshots have no bulk
 call in libvirt: they are listed once per domain, under a deadline each."""
-
-
-def duration_range(text: str) -> Range:
-    """A threshold given as a duration ('3d'): alert above it, perfdata in seconds."""
-    try:
-        seconds = parse_duration(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return Range(0.0, seconds, False, format_number(seconds))
 
 
 def judge_domain(name: str, snapshots: list[snapinfo.Snapshot], chains: dict[str, list[snapinfo.Layer]],

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import re
 
+from sensu_kvm.durations import parse_duration
+from sensu_kvm.output import format_number
 from sensu_kvm.ranges import Range, RangeError
 
-__all__ = ["count_arg", "positive_arg", "range_arg", "regex_arg", "seconds_arg"]
+__all__ = ["count_arg", "duration_arg", "duration_range", "positive_arg", "range_arg", "regex_arg", "seconds_arg"]
 
 
 def range_arg(text: str) -> Range:
@@ -53,3 +55,17 @@ def positive_arg(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"'{text}' is not above 0")
     return value
+
+
+def duration_arg(text: str) -> float:
+    """A duration such as 30s, 90m, 12h, 3d, 1w or 1d12h, in seconds."""
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def duration_range(text: str) -> Range:
+    """A threshold given as a duration ('3d'): alert above it; perfdata in seconds."""
+    seconds = duration_arg(text)
+    return Range(0.0, seconds, False, format_number(seconds))

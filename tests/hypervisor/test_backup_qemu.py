@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -350,24 +349,8 @@ def test_bad_input_changes_nothing(conn, images, dest, state, tmp_path):
 
 
 def test_remote_rsync_over_ssh_to_sshd_on_loopback(conn, images, tmp_path, state):
-    keys = tmp_path / "ssh"
-    keys.mkdir()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "host")], check=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "client")], check=True)
-    (keys / "authorized").write_text((keys / "client.pub").read_text())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = keys / "sshd_config"
-    config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
-                      f"AuthorizedKeysFile {keys / 'authorized'}\nPidFile {keys / 'pid'}\nStrictModes no\n"
-                      "UsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+    sshd, rsh = rig.start_sshd(tmp_path / "ssh")
     try:
-        rig.wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, timeout=10, what="sshd")
-        rsh = (f"ssh -p {port} -i {keys / 'client'} -o BatchMode=yes -o StrictHostKeyChecking=no "
-               "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
         remote = tmp_path / "remote"
         remote.mkdir()
         dom = noos(conn, images, "spk-bak-remote", fill_mib=16)

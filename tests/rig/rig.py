@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -285,6 +286,29 @@ def linux_guest_xml(
                + f"<console type='file'><source path={log}/><target type='serial' port='0'/></console>"
                + channel)
     return _domain_xml(name, memory_mib, os_boot, devices)
+
+
+def start_sshd(keys: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """An sshd on a free loopback port, with its own host key and a generated client key, as a
+    "remote host" for rsync over ssh: the process (terminate it afterwards) and the ``ssh``
+    command line (rsync --rsh) that reaches it as root."""
+    keys.mkdir()
+    for key in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / key)], check=True)
+    (keys / "authorized").write_text((keys / "client.pub").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = keys / "sshd_config"
+    config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
+                      f"AuthorizedKeysFile {keys / 'authorized'}\nPidFile {keys / 'pid'}\nStrictModes no\n"
+                      "UsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+    wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, timeout=10, what="sshd")
+    rsh = (f"ssh -p {port} -i {keys / 'client'} -o BatchMode=yes -o StrictHostKeyChecking=no "
+           "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+    return proc, rsh
 
 
 # --- cleanup -------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from typing import Any
 import libvirt
 
 from sensu_kvm import __version__, snapshots, virt
-from sensu_kvm.argtypes import count_arg
-from sensu_kvm.durations import format_age, parse_duration
+from sensu_kvm.argtypes import count_arg, duration_arg
+from sensu_kvm.durations import format_age
 from sensu_kvm.errors import KvmError, NotFound
 from sensu_kvm.snapinfo import Snapshot
 from sensu_kvm.tools import EXIT_FAILED, EXIT_OK, Parser, run_tool
@@ -62,13 +62,6 @@ EXAMPLES = {
   kvm-snapshot chain web1
   kvm-snapshot chain web1 --json""",
 }
-
-
-def duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def diskspec(text: str) -> tuple[str, str]:
@@ -153,7 +146,7 @@ def parser() -> Parser:
             cmd_prune)
     p.add_argument("domain", nargs="?")
     p.add_argument("--all", action="store_true", help="every domain of the connection")
-    p.add_argument("--older-than", type=duration, metavar="DURATION",
+    p.add_argument("--older-than", type=duration_arg, metavar="DURATION",
                    help="only snapshots older than this (30s, 90m, 12h, 3d, 1w)")
     p.add_argument("--keep", type=count_arg, metavar="N", help="keep the N newest snapshots")
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
