@@ -389,6 +389,54 @@ def compressor(kind: str) -> list[str] | None:
     return None
 
 
+class Relay:
+    """Writes chunks on a thread while the caller reads and hashes the next ones (sha256, the
+    pipe write and pread all release the GIL: the image is hashed at no cost in time).
+
+    ``buffer()`` gives a free CHUNK buffer, ``send(view, n)`` queues its first n bytes; the first
+    error of ``write`` is raised by the next call, or on leaving the ``with``, which waits for
+    everything queued to be written."""
+
+    def __init__(self, write: Callable[[memoryview], None], buffers: int = 3) -> None:
+        import queue  # noqa: PLC0415
+
+        self._write = write
+        self._free: queue.Queue[memoryview] = queue.Queue()
+        self._work: queue.Queue[tuple[memoryview, int] | None] = queue.Queue()
+        for _ in range(buffers):
+            self._free.put(memoryview(bytearray(CHUNK)))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._work.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(item[0][:item[1]])
+                except BaseException as err:  # raised again in the caller's thread
+                    self._error = err
+            self._free.put(item[0])
+
+    def buffer(self) -> memoryview:
+        view = self._free.get()
+        if self._error is not None:
+            raise self._error
+        return view
+
+    def send(self, view: memoryview, count: int) -> None:
+        self._work.put((view, count))
+
+    def __enter__(self) -> Relay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._work.put(None)
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
+
+
 class ArchiveWriter:
     """A tar stream into a compressor into ``path`` (created 0600, never overwritten)."""
 
@@ -447,29 +495,28 @@ class ArchiveWriter:
             self.write(tar_header(os.path.join(folder, "GNUSparseFile.0", base), len(head) + data, pax))
             digest = hashlib.sha256(head)
             self.write(head)
-            buf = bytearray(CHUNK)
-            view = memoryview(buf)
-            for offset, length in parts:
-                left = length
-                pos = offset
-                while left:
-                    want = min(left, CHUNK)
-                    got = os.preadv(fd, [view[:want]], pos)
-                    if got <= 0:
-                        raise KvmError(f"{path} shrank while it was copied")
-                    chunk = view[:got]
-                    digest.update(chunk)
-                    self.write(chunk)
-                    pos += got
-                    left -= got
-                    progress.add(got)
+            with Relay(self.write) as relay:  # read and hash here while the relay writes the last chunk
+                for offset, length in parts:
+                    left = length
+                    pos = offset
+                    while left:
+                        view = relay.buffer()
+                        got = os.preadv(fd, [view[:min(left, CHUNK)]], pos)
+                        if got <= 0:
+                            raise KvmError(f"{path} shrank while it was copied")
+                        digest.update(view[:got])
+                        relay.send(view, got)
+                        pos += got
+                        left -= got
+                        progress.add(got)
             self.write(pad(len(head) + data))
         finally:
             os.close(fd)
         return {"size": size, "data": data, "sha256": digest.hexdigest()}
 
-    def close(self) -> None:
-        """End the tar stream and wait for the compressor; the file is synced."""
+    def close(self, sync: bool = True) -> None:
+        """End the tar stream and wait for the compressor; the file is synced to disk unless it is
+        only a staging copy for a remote destination (there the remote copy is synced)."""
         try:
             self.write(b"\0" * (2 * BLOCK))
             self.sink.close()
@@ -480,7 +527,8 @@ class ArchiveWriter:
             if self.proc.returncode:
                 raise KvmError(f"writing {self.path}: {self._why()}")
         try:
-            os.fsync(self.fd)
+            if sync:
+                os.fsync(self.fd)
         except OSError as err:
             raise KvmError(f"writing {self.path}: {err.strerror}") from err
         finally:
@@ -1358,7 +1406,7 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
             progress.finish()
             mraw = manifest_json(header, files)
             writer.member(MANIFEST, mraw, started)
-            writer.close()
+            writer.close(sync=opts.upload is None)
             writer = None
         except BaseException:
             if writer is not None:
@@ -1661,13 +1709,17 @@ def upload(local: str, name: str, rsh: str, host: str, folder: str, log: Callabl
     tmp = f"{folder.rstrip('/')}/.{name}.partial"
     final = f"{folder.rstrip('/')}/{name}"
     # no --sparse: the archive holds no holes (the images' holes never enter it), and rsync's hole
-    # search costs a third more time; --partial keeps what was sent for the next try
+    # search costs a third more time. The first try sends the whole file (-W: there is nothing to
+    # compare with); --partial keeps what arrived, and each later try resumes from it with
+    # --append-verify: only the rest is sent, then the whole file's checksum is compared (a
+    # mismatch is sent again), instead of checksumming the partial file block by block
     argv = ["rsync", "-t", "--chmod=F600", "--partial", "-e", rsh, local, f"{host}:{tmp}"]
     if progress:
         argv.insert(1, "--info=progress2")
     why = ""
     for attempt in range(1, tries + 1):
-        result = subprocess.run(argv, stdout=None if progress else subprocess.DEVNULL, stderr=subprocess.PIPE,
+        result = subprocess.run([*argv[:1], "-W" if attempt == 1 else "--append-verify", *argv[1:]],
+                                stdout=None if progress else subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, check=False)
         if result.returncode == 0:
             break
@@ -1684,17 +1736,20 @@ def upload(local: str, name: str, rsh: str, host: str, folder: str, log: Callabl
 
 
 def publish(rsh: str, host: str, tmp: str, final: str, digest: str) -> str:
-    """Check the sha256 of the sent archive against the verified local one, then rename it there."""
+    """Sync the sent archive to disk there and check its sha256 against the verified local one,
+    then give it its name (and sync the folder): a crash of the remote host never leaves a
+    published archive that is not whole."""
     import shlex  # noqa: PLC0415
 
     q = shlex.quote(tmp)
     # openssl uses the CPU's SHA instructions (coreutils' sha256sum does not: 6x slower here)
-    there = _ssh(rsh, host, f"openssl dgst -sha256 -r {q} 2>/dev/null || sha256sum -- {q}").split()
+    there = _ssh(rsh, host, f"sync -- {q} && {{ openssl dgst -sha256 -r {q} 2>/dev/null || sha256sum -- {q}; }}").split()
     if not there or there[0] != digest:
         with contextlib.suppress(KvmError):
             _ssh(rsh, host, f"rm -f -- {shlex.quote(tmp)}")
         raise KvmError(f"the copy on {host} does not match the verified archive (sha256); removed")
-    _ssh(rsh, host, f"ln -- {shlex.quote(tmp)} {shlex.quote(final)} && rm -f -- {shlex.quote(tmp)}")  # never replaces
+    folder = shlex.quote(os.path.dirname(final) or ".")
+    _ssh(rsh, host, f"ln -- {q} {shlex.quote(final)} && rm -f -- {q} && sync -- {folder}")  # ln never replaces
     return f"{host}:{final}"
 
 

@@ -374,6 +374,52 @@ def test_remote_rsync_over_ssh_to_sshd_on_loopback(conn, images, tmp_path, state
         sshd.wait(timeout=10)
 
 
+FLAKY_SSH = """#!/bin/sh
+# Stands in for a network that drops (the real one here cannot): the first rsync connection is cut
+# after 2 MiB (dd passes each read on at once; head -c would keep rsync's handshake in its stdio
+# buffer); the next records how much of the archive already waits on the "remote" side.
+case "$*" in
+*"rsync --server"*)
+    if [ ! -e {flag} ]; then
+        touch {flag}
+        dd bs=64k count=2097152 iflag=count_bytes status=none | {rsh} "$@"
+        exit 255
+    fi
+    stat -c %s {remote}/.*.partial > {seen} 2>/dev/null || echo 0 > {seen}
+    ;;
+esac
+exec {rsh} "$@"
+"""
+
+
+def test_remote_copy_cut_off_resumes_from_what_arrived(conn, images, tmp_path, state):
+    sshd, rsh = rig.start_sshd(tmp_path / "ssh")
+    try:
+        remote = tmp_path / "remote"
+        remote.mkdir()
+        raw = images / "spk-bak-flaky.raw"
+        raw.write_bytes(os.urandom(24 * 1024 * 1024))  # does not compress: the archive is ~24 MiB
+        disk = images / "spk-bak-flaky.qcow2"
+        subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(disk)], check=True)
+        raw.unlink()
+        conn.defineXML(rig.noos_domain_xml("spk-bak-flaky", disk)).create()
+        flaky = tmp_path / "flaky-ssh"
+        flaky.write_text(FLAKY_SSH.format(flag=tmp_path / "cut", rsh=rsh, remote=remote, seen=tmp_path / "seen"))
+        flaky.chmod(0o755)
+        result = kb("create", "spk-bak-flaky", "--dest", f"root@127.0.0.1:{remote}", "--rsh", str(flaky),
+                    "--json", *state, *URI)
+        assert result.returncode == 0, result.stderr
+        assert "trying again (2 of 3)" in result.stderr
+        arrived = int((tmp_path / "seen").read_text())
+        size = json.loads(result.stdout)["backups"][0]["size"]
+        assert 0 < arrived < size  # the second try started from the part that had arrived
+        assert [p.name for p in remote.iterdir()] == [archives(remote)[0].name]  # no partial left
+        ok("verify", str(archives(remote)[0]))
+    finally:
+        sshd.terminate()
+        sshd.wait(timeout=10)
+
+
 def test_sigterm_in_the_copy_undoes_everything(conn, images, dest, tmp_path):
     dom = noos(conn, images, "spk-bak-term", fill_mib=24)
     base = sources(dom)["vda"]
