@@ -1703,7 +1703,8 @@ def remote_free(rsh: str, host: str, folder: str) -> int:
 def upload(local: str, name: str, rsh: str, host: str, folder: str, log: Callable[[str], None],
            progress: bool = False, tries: int = 3) -> tuple[str, str]:
     """rsync the archive to ``host:folder`` under a temporary name (resumable with --partial; the
-    archive has no holes to keep); (temporary path, final path) there."""
+    archive has no holes to keep); (temporary path, final path) there. With ``progress``, rsync's
+    progress goes to stderr."""
     import shlex  # noqa: PLC0415
 
     tmp = f"{folder.rstrip('/')}/.{name}.partial"
@@ -1719,7 +1720,7 @@ def upload(local: str, name: str, rsh: str, host: str, folder: str, log: Callabl
     why = ""
     for attempt in range(1, tries + 1):
         result = subprocess.run([*argv[:1], "-W" if attempt == 1 else "--append-verify", *argv[1:]],
-                                stdout=None if progress else subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                stdout=sys.stderr if progress else subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, check=False)
         if result.returncode == 0:
             break

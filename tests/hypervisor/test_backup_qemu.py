@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -415,6 +416,47 @@ def test_remote_copy_cut_off_resumes_from_what_arrived(conn, images, tmp_path, s
         assert 0 < arrived < size  # the second try started from the part that had arrived
         assert [p.name for p in remote.iterdir()] == [archives(remote)[0].name]  # no partial left
         ok("verify", str(archives(remote)[0]))
+    finally:
+        sshd.terminate()
+        sshd.wait(timeout=10)
+
+
+def on_a_terminal(*args: str) -> tuple[int, str, str]:
+    """kvm-backup with stderr on a pseudo-terminal (stdout a pipe): exit code, stdout, what the terminal got."""
+    import pty  # noqa: PLC0415
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([str(BIN / "kvm-backup"), *args], stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    seen = bytearray()
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the last writer closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    out = proc.stdout.read() if proc.stdout else ""
+    os.close(master)
+    return proc.wait(timeout=120), out, seen.decode(errors="replace")
+
+
+def test_progress_on_a_terminal_status_on_stdout(conn, images, tmp_path, state):
+    sshd, rsh = rig.start_sshd(tmp_path / "ssh")
+    try:
+        remote = tmp_path / "remote"
+        remote.mkdir()
+        noos(conn, images, "spk-bak-tty", fill_mib=16)
+        code, out, terminal = on_a_terminal("create", "spk-bak-tty", "--dest", f"root@127.0.0.1:{remote}",
+                                            "--rsh", rsh, *state, *URI)
+        assert code == 0, terminal
+        assert re.search(r"spk-bak-tty vda: [\d,]+ of [\d,]+ MiB, [\d.,]+ MiB/s, ETA \d+s", terminal), terminal
+        assert re.search(r"100%.*xfr#1", terminal), terminal  # rsync's progress, on the terminal too
+        assert out.startswith("spk-bak-tty: root@127.0.0.1:") and out.count("\n") == 1, out  # status only
+        # not on a terminal (cron): nothing on stderr
+        result = kb("create", "spk-bak-tty", "--dest", f"root@127.0.0.1:{remote}", "--rsh", rsh, *state, *URI)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
     finally:
         sshd.terminate()
         sshd.wait(timeout=10)

@@ -219,7 +219,8 @@ def cmd_create(o: argparse.Namespace) -> int:
                               quiesce="never" if o.no_quiesce else "auto")
         if remote:
             host, folder = remote
-            opts = opts._replace(upload=lambda path, name: backup.upload(path, name, o.rsh, host, folder, log))
+            opts = opts._replace(upload=lambda path, name: backup.upload(path, name, o.rsh, host, folder, log,
+                                                                         opts.progress))
         with backup.interruptible():
             for dom in doms:
                 name = dom.name()
