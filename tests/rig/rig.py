@@ -92,7 +92,8 @@ def image_dir(root: str | os.PathLike[str] | None = None) -> Iterator[Path]:
 
     libvirt's DAC driver chowns the disk, kernel, initrd and log files themselves, but not
     their parent directories, so every directory on the way must be searchable by others
-    (a plain ``mkdtemp`` is 0700). Removed afterwards with everything in it.
+    (a plain ``mkdtemp`` is 0700). Removed afterwards with everything in it, and so is the
+    directory above it once no other run uses it.
     """
     base = Path(root or os.environ.get("SPK_RIG_IMAGES") or DEFAULT_IMAGE_ROOT)
     base.mkdir(parents=True, exist_ok=True)
@@ -103,6 +104,8 @@ def image_dir(root: str | os.PathLike[str] | None = None) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):  # not empty: another run still has its images there
+            base.rmdir()
 
 
 def make_qcow2(path: str | os.PathLike[str], size: str = "64M") -> Path:
