@@ -44,6 +44,12 @@ def refused(code: int, *args: str) -> str:
     return lines[0]
 
 
+def started(*args: str) -> subprocess.Popen[str]:
+    """kvm-backup running in the background (to be killed, signalled or raced by the test)."""
+    return subprocess.Popen([str(BIN / "kvm-backup"), *args, *URI], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
 def sources(dom: libvirt.virDomain, flags: int = 0) -> dict[str, str]:
     root = ET.fromstring(dom.XMLDesc(flags))
     found = {}
@@ -122,8 +128,7 @@ def journal_phase(state_dir: Path) -> str:
 def test_live_backup_of_a_writing_guest_restores_the_snapshot_image(conn, images, writer, dest, state, tmp_path):
     base = Path(sources(writer)["vda"])
     frozen = tmp_path / "base-at-snapshot.qcow2"
-    proc = subprocess.Popen([str(BIN / "kvm-backup"), "create", "spk-bak-writer", "--dest", str(dest), "--bwlimit", "8",
-                             "--json", *state, *URI], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = started("create", "spk-bak-writer", "--dest", str(dest), "--bwlimit", "8", "--json", *state)
     # while the guest writes to the overlay, the base is read-only: copy it as it is at the snapshot
     rig.wait_for(lambda: sources(writer)["vda"] != str(base), timeout=30, interval=0.02, what="the overlay")
     subprocess.run(["cp", "--sparse=always", str(base), str(frozen)], check=True)
@@ -234,8 +239,7 @@ def test_kill_9_in_the_copy_then_the_next_run_recovers(conn, images, dest, tmp_p
     dom = noos(conn, images, "spk-bak-kill", fill_mib=24)
     base = sources(dom)["vda"]
     state_dir = tmp_path / "state"
-    proc = subprocess.Popen([str(BIN / "kvm-backup"), "create", "spk-bak-kill", "--dest", str(dest), "--bwlimit", "4",
-                             "--state-dir", str(state_dir), *URI], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = started("create", "spk-bak-kill", "--dest", str(dest), "--bwlimit", "4", "--state-dir", str(state_dir))
     _kill_when(proc, state_dir, "copy")
     time.sleep(0.5)
     assert sources(dom)["vda"] != base  # killed on the overlay
@@ -253,9 +257,8 @@ def test_kill_9_in_the_commit_then_the_next_run_recovers(conn, images, writer, d
     base = sources(writer)["vda"]
     state_dir = tmp_path / "state"
     # a commit limited to 1 MiB/s while the guest writes faster never gets ready: kill -9 it there
-    proc = subprocess.Popen([str(BIN / "kvm-backup"), "create", "spk-bak-writer", "--dest", str(dest),
-                             "--commit-bwlimit", "1", "--state-dir", str(state_dir), *URI],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = started("create", "spk-bak-writer", "--dest", str(dest), "--commit-bwlimit", "1",
+                   "--state-dir", str(state_dir))
     _kill_when(proc, state_dir, "commit")
     time.sleep(0.3)
     assert sources(writer)["vda"] != base
@@ -282,9 +285,8 @@ def test_a_destination_that_fills_up(conn, images, tmp_path, state):
     # room enough at the start, filled by someone else in the middle of the copy
     state_dir = tmp_path / "state2"
     with rig.small_fs(tmp_path / "small2", 64) as small2:
-        proc = subprocess.Popen([str(BIN / "kvm-backup"), "create", "spk-bak-full", "--dest", str(small2),
-                                 "--bwlimit", "8", "--compress", "none", "--state-dir", str(state_dir), *URI],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = started("create", "spk-bak-full", "--dest", str(small2), "--bwlimit", "8", "--compress", "none",
+                       "--state-dir", str(state_dir))
         rig.wait_for(lambda: journal_phase(state_dir) == "copy", timeout=60, interval=0.02, what="the copy")
         subprocess.run(["dd", "if=/dev/zero", f"of={small2}/filler", "bs=1M", "count=64"], capture_output=True)
         _out, err = proc.communicate(timeout=60)
@@ -466,9 +468,7 @@ def test_sigterm_in_the_copy_undoes_everything(conn, images, dest, tmp_path):
     dom = noos(conn, images, "spk-bak-term", fill_mib=24)
     base = sources(dom)["vda"]
     state_dir = tmp_path / "state"
-    proc = subprocess.Popen([str(BIN / "kvm-backup"), "create", "spk-bak-term", "--dest", str(dest), "--bwlimit", "4",
-                             "--state-dir", str(state_dir), *URI], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = started("create", "spk-bak-term", "--dest", str(dest), "--bwlimit", "4", "--state-dir", str(state_dir))
     rig.wait_for(lambda: journal_phase(state_dir) == "copy", timeout=60, interval=0.02, what="the copy")
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
@@ -510,8 +510,7 @@ def test_kill_9_then_the_guest_shut_down_on_the_overlay(conn, images, dest, tmp_
     dom = noos(conn, images, "spk-bak-off", fill_mib=24)
     base = sources(dom)["vda"]
     state_dir = tmp_path / "state"
-    proc = subprocess.Popen([str(BIN / "kvm-backup"), "create", "spk-bak-off", "--dest", str(dest), "--bwlimit", "4",
-                             "--state-dir", str(state_dir), *URI], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = started("create", "spk-bak-off", "--dest", str(dest), "--bwlimit", "4", "--state-dir", str(state_dir))
     _kill_when(proc, state_dir, "copy")
     overlay = sources(dom)["vda"]
     assert overlay != base
@@ -529,9 +528,8 @@ def test_kill_9_then_the_guest_shut_down_on_the_overlay(conn, images, dest, tmp_
 def test_kill_9_in_stop_mode_then_recover_starts_the_guest(conn, images, dest, tmp_path):
     dom = noos(conn, images, "spk-bak-stopkill", fill_mib=24)
     state_dir = tmp_path / "state"
-    proc = subprocess.Popen([str(BIN / "kvm-backup"), "create", "spk-bak-stopkill", "--mode", "stop", "--force",
-                             "--shutdown-timeout", "1", "--dest", str(dest), "--bwlimit", "4",
-                             "--state-dir", str(state_dir), *URI], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = started("create", "spk-bak-stopkill", "--mode", "stop", "--force", "--shutdown-timeout", "1",
+                   "--dest", str(dest), "--bwlimit", "4", "--state-dir", str(state_dir))
     _kill_when(proc, state_dir, "copy")
     assert not dom.isActive()
     out = ok("recover", "spk-bak-stopkill", "--state-dir", str(state_dir), *URI)
