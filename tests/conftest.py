@@ -31,6 +31,25 @@ def run(command: str, *args: str, env: dict[str, str] | None = None, timeout: fl
                           input=stdin)
 
 
+def succeeds(command: str, *args: str, timeout: float = 120) -> str:
+    """Run ``command``, which must exit 0; its stdout."""
+    result = run(command, *args, timeout=timeout)
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result.stdout
+
+
+def refuses(command: str, code: int, *args: str, timeout: float = 120) -> str:
+    """Run ``command``, which must exit ``code`` and say why in exactly one line on stderr that
+    names the command, with nothing on stdout; that line."""
+    result = run(command, *args, timeout=timeout)
+    assert result.returncode == code, (args, result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(command), lines
+    assert result.stdout == "", result.stdout
+    return lines[0]
+
+
 @pytest.fixture
 def fault_env() -> dict[str, str]:
     """Environment that loads tests/faults/sitecustomize.py into the command's process."""

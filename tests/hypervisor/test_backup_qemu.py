@@ -18,7 +18,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from tests.conftest import BIN, run
+from tests.conftest import BIN, refuses, run, succeeds
 from tests.rig import rig
 
 PREFIX = "spk-bak-"
@@ -30,18 +30,11 @@ def kb(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 def ok(*args: str) -> str:
-    result = kb(*args)
-    assert result.returncode == 0, (args, result.stdout, result.stderr)
-    return result.stdout
+    return succeeds("kvm-backup", *args)
 
 
 def refused(code: int, *args: str) -> str:
-    result = kb(*args)
-    assert result.returncode == code, (args, result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("kvm-backup"), lines
-    return lines[0]
+    return refuses("kvm-backup", code, *args)
 
 
 def started(*args: str) -> subprocess.Popen[str]:

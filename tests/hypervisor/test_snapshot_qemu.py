@@ -14,32 +14,20 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from tests.conftest import run
+from tests.conftest import refuses, run, succeeds
 from tests.rig import rig
 
 PREFIX = "spk-snap-"
 URI = ["-u", rig.URI]
 
 
-def ks(*args: str) -> subprocess.CompletedProcess[str]:
-    return run("kvm-snapshot", *args, *URI)
-
-
 def ok(*args: str) -> str:
-    result = ks(*args)
-    assert result.returncode == 0, (args, result.stdout, result.stderr)
-    return result.stdout
+    return succeeds("kvm-snapshot", *args, *URI)
 
 
 def refused(code: int, *args: str) -> str:
     """The command fails with ``code`` and says why in exactly one line on stderr, nothing on stdout."""
-    result = ks(*args)
-    assert result.returncode == code, (args, result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("kvm-snapshot"), lines
-    assert result.stdout == ""
-    return lines[0]
+    return refuses("kvm-snapshot", code, *args, *URI)
 
 
 def names(dom: libvirt.virDomain) -> list[str]:
