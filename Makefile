@@ -6,6 +6,8 @@ URI ?= test:///default
 BIN := $(VENV)/bin
 # Debian packages the package itself needs (libvirt-python is built against libvirt-dev).
 DEB_BUILD := gcc pkg-config libvirt-dev python3-dev python3-venv
+# Debian packages only the tests use (busybox: its sh runs the Sensu Go asset's wrappers).
+DEB_TEST := busybox
 
 .PHONY: run test setup lint unit bench clean
 
@@ -32,6 +34,7 @@ $(VENV)/.installed: $(VENV)/.deps $(shell find src checks handlers -name '*.py' 
 
 # The real-hypervisor tests need libvirtd; the daemons the rig starts are stopped afterwards.
 test: setup
+	@bash packaging/install-debs.sh $(DEB_TEST)
 	$(BIN)/ruff check .
 	$(BIN)/mypy src checks handlers
 	@bash tests/rig/host-setup.sh
