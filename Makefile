@@ -6,6 +6,8 @@ URI ?= test:///default
 BIN := $(VENV)/bin
 # Debian packages the package itself needs (libvirt-python is built against libvirt-dev).
 DEB_BUILD := gcc pkg-config libvirt-dev python3-dev python3-venv
+# Debian packages only the tests need (node runs the polkit rule's JavaScript).
+DEB_TEST := nodejs
 
 .PHONY: run test setup lint unit bench clean
 
@@ -34,6 +36,7 @@ $(VENV)/.installed: $(VENV)/.deps $(shell find src checks handlers -name '*.py' 
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy src checks handlers
+	@bash packaging/install-debs.sh $(DEB_TEST)
 	@bash tests/rig/host-setup.sh
 	@bash tests/services/setup.sh
 	@status=0; $(BIN)/pytest -q -ra || status=$$?; bash tests/rig/host-teardown.sh; exit $$status
