@@ -65,6 +65,8 @@ def _optional_name(value: Any, what: str) -> str | None:
 def _status(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise EventError("not a Sensu event: check.status is missing or not a whole number")
+    if not 0 <= value < 2**32:  # an exit code (Sensu Core) or a uint32 (Sensu Go)
+        raise EventError(f"not a Sensu event: check.status {value} is not between 0 and 4294967295")
     return value
 
 

@@ -381,7 +381,7 @@ def lookup(conn: libvirt.virConnect, name: str, timeout: float) -> libvirt.virDo
                 return how(name)
             except libvirt.libvirtError:
                 continue
-        if name.isdigit():
+        if name.isascii() and name.isdigit() and len(name) <= 10 and int(name) < 2**31:  # a domain ID is a C int
             try:
                 return conn.lookupByID(int(name))
             except libvirt.libvirtError:
