@@ -6,8 +6,8 @@ URI ?= test:///default
 BIN := $(VENV)/bin
 # Debian packages the package itself needs (libvirt-python is built against libvirt-dev).
 DEB_BUILD := gcc pkg-config libvirt-dev python3-dev python3-venv
-# Debian packages only the tests need (node runs the polkit rule's JavaScript).
-DEB_TEST := nodejs
+# Debian packages only the tests need (duktape runs the polkit rule, as polkitd does).
+DEB_TEST := duktape
 
 .PHONY: run test setup lint unit bench clean
 

@@ -1,6 +1,7 @@
-"""packaging/polkit/60-sensu-plugins-kvm.rules, run under node with polkit's rule interface.
+"""packaging/polkit/60-sensu-plugins-kvm.rules, run under duktape (the JavaScript engine polkitd 121+
+runs rules in; Debian 12 ships polkitd 122) with polkit's rule interface.
 
-polkit (duktape, ECMAScript 5.1) calls every function given to ``polkit.addRule`` with the action
+polkit calls every function given to ``polkit.addRule`` with the action
 (``id``, ``lookup(key)``) and the subject (``user``); libvirt's polkit access driver names each API
 permission ``org.libvirt.api.OBJECT.PERMISSION`` and passes ``connect_driver`` and ``domain_name``
 for a domain. The matrix below is what the rule must answer; a real polkitd with libvirtd's
@@ -20,32 +21,32 @@ import pytest
 RULE = Path(__file__).resolve().parents[2] / "packaging" / "polkit" / "60-sensu-plugins-kvm.rules"
 DEFAULT_SELECTION = "var SELECTED_DOMAINS = /^/;"
 
-HARNESS = r"""
-const fs = require("fs");
-const vm = require("vm");
-const [source, cases] = JSON.parse(fs.readFileSync(0, "utf8"));
-const rules = [];
-const Result = {YES: "yes", NO: "no", AUTH_ADMIN: "auth_admin", AUTH_SELF: "auth_self",
-                NOT_HANDLED: null};
-vm.runInNewContext(source, {polkit: {Result: Result, addRule: (f) => rules.push(f), log: () => {}}});
-const answers = cases.map(([user, id, details]) => {
-    const action = {id: id, lookup: (key) => details[key]};
-    for (const rule of rules) {
-        const answer = rule(action, {user: user});
-        if (answer !== null && answer !== undefined) return answer;
+# polkit's rule interface, enough of it for the rule: polkit.Result, polkit.addRule, polkit.log
+PRELUDE = """
+var polkit = {Result: {YES: "yes", NO: "no", AUTH_ADMIN: "auth_admin", AUTH_SELF: "auth_self", NOT_HANDLED: null},
+              rules: [], addRule: function (f) { this.rules.push(f); }, log: function () {}};
+"""
+# ask every rule in order, as polkitd does: the first answer that is not NOT_HANDLED wins
+ASK = """
+var answers = CASES.map(function (c) {
+    var action = {id: c[1], lookup: function (key) { return c[2][key]; }};
+    for (var i = 0; i < polkit.rules.length; i++) {
+        var answer = polkit.rules[i](action, {user: c[0]});
+        if (answer !== null && answer !== undefined) { return answer; }
     }
     return null;
 });
-process.stdout.write(JSON.stringify({rules: rules.length, answers: answers}));
+print(JSON.stringify({rules: polkit.rules.length, answers: answers}));
 """
 
-NODE = shutil.which("node") or shutil.which("nodejs") or "node"
+DUK = shutil.which("duk") or "duk"  # Debian's duktape: the engine polkitd 121+ runs rules in
 
 
-def answers(source: str, cases: list[tuple[str, str, dict[str, str]]]) -> list[str | None]:
-    result = subprocess.run([NODE, "-e", HARNESS], input=json.dumps([source, cases]), capture_output=True, text=True,
-                            timeout=30, check=False)
-    assert result.returncode == 0, result.stderr
+def answers(source: str, cases: list[tuple[str, str, dict[str, str]]], tmp_path: Path) -> list[str | None]:
+    script = tmp_path / "rule-under-test.js"
+    script.write_text(PRELUDE + source + "\nvar CASES = " + json.dumps(cases) + ";\n" + ASK)
+    result = subprocess.run([DUK, str(script)], capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
     out = json.loads(result.stdout)
     assert out["rules"] == 1
     return out["answers"]
@@ -96,12 +97,12 @@ def test_the_rule_is_ecmascript_5():
 
 
 @pytest.mark.parametrize("selection", ["shipped", "narrowed"])
-def test_the_rule_grants_exactly_start_and_resume_on_selected_domains(selection):
+def test_the_rule_grants_exactly_start_and_resume_on_selected_domains(selection, tmp_path):
     source = RULE.read_text()
     if selection == "narrowed":  # the edit the file's comment tells an operator to make
         source = source.replace(DEFAULT_SELECTION, "var SELECTED_DOMAINS = /^(web|db)[0-9]+$/;")
     cases = [(user, action, details) for user, action, details, _, _ in MATRIX]
     wanted = [shipped if selection == "shipped" else narrowed for _, _, _, shipped, narrowed in MATRIX]
-    got = answers(source, cases)
+    got = answers(source, cases, tmp_path)
     assert [(c[1], c[2].get("domain_name"), g) for c, g in zip(cases, got)] == \
         [(c[1], c[2].get("domain_name"), w) for c, w in zip(cases, wanted)]
