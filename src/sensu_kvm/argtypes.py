@@ -22,7 +22,7 @@ from sensu_kvm.output import format_number
 from sensu_kvm.ranges import Range, RangeError
 
 __all__ = ["StrictParsing", "address_arg", "count_arg", "domain_arg", "duration_arg", "duration_range",
-           "name_arg", "number_arg", "one_line", "path_arg", "positive_arg", "range_arg", "regex_arg",
+           "metric_prefix_arg", "name_arg", "number_arg", "one_line", "path_arg", "positive_arg", "range_arg", "regex_arg",
            "seconds_arg", "shown", "state_dir_arg", "strict_duration_arg", "text_arg", "uri_arg", "whole_arg"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
@@ -98,6 +98,18 @@ def text_arg(text: str) -> str:
     """Free text (a description): any characters, but valid UTF-8."""
     if not valid_utf8(text):
         raise argparse.ArgumentTypeError(f"{shown(text)} is not valid UTF-8")
+    return text
+
+
+_METRIC_PATH = re.compile(r"[A-Za-z0-9_:.-]+")
+
+
+def metric_prefix_arg(text: str) -> str:
+    """A Graphite path prefix: letters, digits and ``_ : . -`` only (a space or a line break would
+    split the metric lines, and forge others)."""
+    if not _METRIC_PATH.fullmatch(text) or text.startswith(".") or text.endswith(".") or ".." in text:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a Graphite path: use letters, digits, '_', ':', '-' "
+                                         "and dots between them (such as kvm.dc1.host7)")
     return text
 
 

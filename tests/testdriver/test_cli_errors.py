@@ -268,6 +268,8 @@ REFUSED = [
      "--per-domain-address needs --per-domain sensu or --per-domain sensu-go"),
     ("check-kvm-domstate", ["-d", "a\nb"], 3, "argument -d/--domain: domain name 'a\\nb' contains control characters"),
     ("kvm-snapshot", ["info", "web1", "x\x1b[2J"], 2, "argument name: name 'x\\x1b[2J' contains control characters"),
+    ("metrics-kvm", ["--scheme", "kvm\nforged.metric 1"], 3, "argument -s/--scheme: 'kvm\\nforged.metric 1' is not a "
+     "Graphite path"),
 ]
 
 
