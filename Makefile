@@ -6,8 +6,9 @@ URI ?= test:///default
 BIN := $(VENV)/bin
 # Debian packages the package itself needs (libvirt-python is built against libvirt-dev).
 DEB_BUILD := gcc pkg-config libvirt-dev python3-dev python3-venv
-# Debian packages only the tests use (busybox: its sh runs the Sensu Go asset's wrappers).
-DEB_TEST := busybox
+# Debian packages only the tests use: busybox (its sh runs the Sensu Go asset's wrappers) and
+# duktape (runs the polkit rule, as polkitd does).
+DEB_TEST := busybox duktape
 
 .PHONY: run test setup lint unit bench clean
 
@@ -37,6 +38,7 @@ test: setup
 	@bash packaging/install-debs.sh $(DEB_TEST)
 	$(BIN)/ruff check .
 	$(BIN)/mypy src checks handlers
+	@bash packaging/install-debs.sh $(DEB_TEST)
 	@bash tests/rig/host-setup.sh
 	@bash tests/services/setup.sh
 	@status=0; $(BIN)/pytest -q -ra || status=$$?; bash tests/rig/host-teardown.sh; exit $$status

@@ -6,7 +6,7 @@ import argparse
 import time
 
 from sensu_kvm import backup, virt
-from sensu_kvm.argtypes import duration_range
+from sensu_kvm.argtypes import duration_range, state_dir_arg
 from sensu_kvm.domains import Verdict, choose, judge_each, report
 from sensu_kvm.durations import format_age
 from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
@@ -83,7 +83,7 @@ def parser() -> CheckParser:
     p.add_argument("--backup-dir", metavar="DIR",
                    help="the local folder kvm-backup writes to (missing or unreadable: CRITICAL); without it only "
                         "the receipts of remote backups in --state-dir count")
-    p.add_argument("--state-dir", default=backup.STATE_DIR, metavar="DIR",
+    p.add_argument("--state-dir", type=state_dir_arg, default=backup.STATE_DIR, metavar="DIR",
                    help=f"kvm-backup's state folder, for failures of remote backups (default: {backup.STATE_DIR})")
     p.add_argument("-w", "--warning", type=duration_range, default=duration_range("26h"), metavar="DURATION",
                    help="WARNING when the newest backup is older (default: 26h)")

@@ -8,6 +8,7 @@ import os
 import time
 
 from sensu_kvm import metrics, virt
+from sensu_kvm.argtypes import metric_prefix_arg
 from sensu_kvm.domains import choose
 from sensu_kvm.errors import KvmError
 from sensu_kvm.output import Report, Status
@@ -62,7 +63,8 @@ def parser() -> CheckParser:
     p = build_parser("metrics-kvm", DESCRIPTION, EXAMPLES)
     p.add_argument("-f", "--format", choices=("graphite", "influxdb", "prometheus", "json"), default="graphite",
                    help="output format (default: graphite)")
-    p.add_argument("-s", "--scheme", metavar="PREFIX", help="Graphite path prefix (default: <short hostname>.kvm)")
+    p.add_argument("-s", "--scheme", type=metric_prefix_arg, metavar="PREFIX",
+                   help="Graphite path prefix (default: <short hostname>.kvm)")
     p.add_argument("--fill", action="store_true",
                    help="read per domain what the driver's bulk call lacks (QEMU's lacks nothing; "
                         "costs several calls per domain on drivers such as libvirt's test driver)")

@@ -8,7 +8,7 @@ import time
 import libvirt
 
 from sensu_kvm import STATE_DIR, states, virt
-from sensu_kvm.argtypes import positive_arg, regex_arg
+from sensu_kvm.argtypes import domain_arg, number_arg, regex_arg, state_dir_arg, uri_arg, whole_arg
 from sensu_kvm.events import Event, domain_of
 from sensu_kvm.handler import EXIT_DONE, EXIT_FAILED, HandlerParser, Log, build_parser, run_handler
 from sensu_kvm.statefile import StateFile
@@ -27,7 +27,8 @@ Acts on a check-kvm-domstate event about one domain: the proxy client's name (re
 resumed. Nothing is done for a resolve event, a domain an operator paused or shut down, a domain
 paused by an I/O error (resuming on a full disk only pauses it again: free space first), or one in
 the middle of a migration, save, dump or snapshot. At most --max-attempts actions per domain
-within --window seconds (kept in --state-dir). Every decision is logged on stderr."""
+within --window seconds (kept in --state-dir). --dry-run connects read-only and creates nothing.
+Every decision is logged on stderr, one line each."""
 
 RESUMABLE = {0: "unknown", 6: "watchdog", 10: "crashed", 14: "api error"}
 STARTABLE = {states.SHUTOFF_CRASHED, states.SHUTOFF_FAILED}
@@ -60,6 +61,11 @@ def recent(attempts: object, now: float, window: float) -> list[float]:
     return [t for t in attempts if isinstance(t, (int, float)) and now - t < window]
 
 
+def _entry(saved: dict[str, object], uuid: str) -> dict[str, object]:
+    entry = saved.get(uuid)
+    return entry if isinstance(entry, dict) else {}
+
+
 def act(options: argparse.Namespace, event: Event, log: Log) -> int:
     head = f"{event.flavour} event {event.entity}/{event.check} status {event.status}"
     if not options.check.search(event.check):
@@ -72,7 +78,7 @@ def act(options: argparse.Namespace, event: Event, log: Log) -> int:
     if name is None:
         log(f"{head}: names no domain (no proxy client, no source, no --domain), nothing done")
         return EXIT_DONE
-    conn = virt.connect(options.uri, readonly=False)
+    conn = virt.connect(options.uri, readonly=options.dry_run)  # a dry run only reads: read-only
     try:
         try:
             dom = conn.lookupByName(name)
@@ -84,22 +90,24 @@ def act(options: argparse.Namespace, event: Event, log: Log) -> int:
         if action is None:
             log(f"{head}: {name} is {why}: nothing done")
             return EXIT_DONE
-        store = StateFile(options.state_dir, "remediate", virt.resolve_uri(options.uri))
+        store = StateFile(options.state_dir, "remediate", virt.shown_uri(virt.resolve_uri(options.uri)))
+        if options.dry_run:  # reads the attempts without taking the lock: a dry run creates nothing
+            attempts = recent(_entry(store.load(), uuid).get("attempts"), time.time(), options.window)
+            if len(attempts) >= options.max_attempts:
+                log(f"{head}: {name} is {why}: would NOT {action} it (dry run): {len(attempts)} attempts in the last "
+                    f"{options.window:g} s already (--max-attempts {options.max_attempts}); it needs a person")
+                return EXIT_FAILED
+            log(f"{head}: {name} is {why}: would {action} it (dry run, attempt {len(attempts) + 1} "
+                f"of {options.max_attempts})")
+            return EXIT_DONE
         with store.locked():
             saved = store.load()
             now = time.time()
-            entry = saved.get(uuid)
-            if not isinstance(entry, dict):
-                entry = {}
-            attempts = recent(entry.get("attempts"), now, options.window)
+            attempts = recent(_entry(saved, uuid).get("attempts"), now, options.window)
             if len(attempts) >= options.max_attempts:
                 log(f"{head}: {name} is {why}: NOT trying to {action} it: {len(attempts)} attempts in the last "
                     f"{options.window:g} s already (--max-attempts {options.max_attempts}); it needs a person")
                 return EXIT_FAILED
-            if options.dry_run:
-                log(f"{head}: {name} is {why}: would {action} it (dry run, attempt {len(attempts) + 1} "
-                    f"of {options.max_attempts})")
-                return EXIT_DONE
             saved[uuid] = {"t": now, "name": name, "attempts": [*attempts, now]}
             store.save(saved)  # counted before acting: a handler killed mid-way still counts
         log(f"{head}: {name} is {why}: trying to {action} it (attempt {len(attempts) + 1} of {options.max_attempts})")
@@ -120,17 +128,18 @@ def act(options: argparse.Namespace, event: Event, log: Log) -> int:
 
 def parser() -> HandlerParser:
     p = build_parser(PROG, DESCRIPTION, EXAMPLES)
-    p.add_argument("-u", "--uri", help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
-    p.add_argument("-d", "--domain", help="the domain to act on (default: from the event)")
+    p.add_argument("-u", "--uri", type=uri_arg, help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
+    p.add_argument("-d", "--domain", type=domain_arg, help="the domain to act on (default: from the event)")
     p.add_argument("--check", type=regex_arg, default=regex_arg("domstate"), metavar="REGEX",
                    help="act only on checks whose name matches (default: domstate)")
-    p.add_argument("--max-attempts", type=lambda t: int(positive_arg(t)), default=3, metavar="N",
-                   help="at most N actions per domain within the window (default: 3)")
-    p.add_argument("--window", type=positive_arg, default=3600.0, metavar="SECONDS",
-                   help="the window for --max-attempts (default: 3600)")
-    p.add_argument("--state-dir", default=STATE_DIR, metavar="DIR",
+    p.add_argument("--max-attempts", type=whole_arg, default=3, metavar="N",
+                   help="at most N actions per domain within the window, a whole number >= 1 (default: 3)")
+    p.add_argument("--window", type=number_arg(366 * 86400, "seconds"), default=3600.0, metavar="SECONDS",
+                   help="the window for --max-attempts, up to a year (default: 3600)")
+    p.add_argument("--state-dir", type=state_dir_arg, default=STATE_DIR, metavar="DIR",
                    help=f"where the attempts are kept (default: {STATE_DIR})")
-    p.add_argument("--dry-run", action="store_true", help="say what would be done, do nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what would be done, do nothing (a read-only connection)")
     return p
 
 

@@ -7,9 +7,14 @@ today's events (``entity.metadata.name``), so the handlers read both formats her
 from __future__ import annotations
 
 import json
+import re
+from itertools import accumulate
 from typing import Any, NamedTuple
 
+from sensu_kvm.argtypes import name_check
+
 MAX_EVENT_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 32  # a Sensu event nests about 6 deep (Go: entity.system.network.interfaces...)
 
 
 class EventError(ValueError):
@@ -28,15 +33,72 @@ class Event(NamedTuple):
     source: str | None  # check.source (1.x) or check.proxy_entity_name (Go)
 
 
-def _text(value: Any, what: str) -> str:
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def depth(raw: bytes) -> int:
+    """How deep the JSON in ``raw`` nests, counted without parsing it (strings skipped), so that a
+    hostile event ('[' x 100000) is refused before the parser recurses."""
+    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+def _name(value: Any, what: str) -> str:
+    """A name that the handler logs and may look a domain up by: a non-empty string, valid UTF-8,
+    no control characters (JSON's \\u escapes can carry lone surrogates and line breaks)."""
     if not isinstance(value, str) or not value:
         raise EventError(f"not a Sensu event: {what} is missing or not a string")
+    problem = name_check(value, what)
+    if problem:
+        raise EventError(f"not a Sensu event: {problem}")
     return value
+
+
+def _optional_name(value: Any, what: str) -> str | None:
+    if value is None or value == "":
+        return None
+    return _name(value, what)
 
 
 def _status(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise EventError("not a Sensu event: check.status is missing or not a whole number")
+    if not 0 <= value < 2**32:  # an exit code (Sensu Core) or a uint32 (Sensu Go)
+        raise EventError(f"not a Sensu event: check.status {value} is not between 0 and 4294967295")
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise EventError(f"not a Sensu event: {what} is not a whole number >= 0")
+    return value
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise EventError(f"not a Sensu event: {what} is not an object")
+    return value
+
+
+def _word(value: Any, what: str, default: str = "") -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise EventError(f"not a Sensu event: {what} is not a string")
+    return value
+
+
+def _output(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise EventError("not a Sensu event: check.output is not a string")
     return value
 
 
@@ -46,8 +108,13 @@ def parse(raw: str | bytes) -> Event:
         raise EventError(f"event larger than {MAX_EVENT_BYTES} bytes")
     if not raw.strip():
         raise EventError("no event on standard input")
+    data_bytes = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if depth(data_bytes) > MAX_DEPTH:
+        raise EventError(f"event nests deeper than {MAX_DEPTH} levels")
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise EventError(f"event nests deeper than {MAX_DEPTH} levels") from None
     except ValueError as err:
         raise EventError(f"event is not JSON: {err}") from None
     if not isinstance(data, dict) or not isinstance(data.get("check"), dict):
@@ -56,24 +123,25 @@ def parse(raw: str | bytes) -> Event:
     if isinstance(data.get("client"), dict):  # Sensu Core 1.x
         client = data["client"]
         status = _status(check.get("status"))
-        action = data.get("action", "create")
-        occurrences = data.get("occurrences", 1)
+        action = _word(data.get("action"), "action", "create")
         return Event(
-            "sensu-core-1", _text(client.get("name"), "client.name"), client.get("type") == "proxy",
-            _text(check.get("name"), "check.name"), status, str(check.get("output", "")),
-            occurrences if isinstance(occurrences, int) else 1,
-            action == "resolve" or status == 0, check.get("source") or None)
+            "sensu-core-1", _name(client.get("name"), "client.name"), _word(client.get("type"), "client.type") == "proxy",
+            _name(check.get("name"), "check.name"), status, _output(check.get("output")),
+            _count(data.get("occurrences"), "occurrences"),
+            action == "resolve" or status == 0, _optional_name(check.get("source"), "check.source"))
     if isinstance(data.get("entity"), dict):  # Sensu Go
         entity = data["entity"]
-        meta = entity.get("metadata") if isinstance(entity.get("metadata"), dict) else {}
-        check_meta = check.get("metadata") if isinstance(check.get("metadata"), dict) else {}
+        meta = _object(entity.get("metadata"), "entity.metadata")
+        check_meta = _object(check.get("metadata"), "check.metadata")
         status = _status(check.get("status"))
-        occurrences = check.get("occurrences", 1)
         return Event(
-            "sensu-go", _text(meta.get("name"), "entity.metadata.name"), entity.get("entity_class") == "proxy",
-            _text(check_meta.get("name"), "check.metadata.name"), status, str(check.get("output", "")),
-            occurrences if isinstance(occurrences, int) else 1, status == 0,
-            check.get("proxy_entity_name") or None)
+            "sensu-go", _name(meta.get("name"), "entity.metadata.name"),
+            _word(entity.get("entity_class"), "entity.entity_class") == "proxy",
+            _name(check_meta.get("name"), "check.metadata.name"), status, _output(check.get("output")),
+            _count(check.get("occurrences"), "check.occurrences"), status == 0,
+            _optional_name(check.get("proxy_entity_name"), "check.proxy_entity_name"))
+    if "client" in data or "entity" in data:
+        raise EventError("not a Sensu event: 'client' or 'entity' is not an object")
     raise EventError("not a Sensu event: neither 'client' (Sensu Core 1.x) nor 'entity' (Sensu Go)")
 
 

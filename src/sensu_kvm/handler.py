@@ -4,7 +4,9 @@ Its defects stay here: SensuHandler reads standard input before it parses the op
 ``--help`` waits for an event), turns a bad event into a traceback, parses options with
 ``parse_known_args`` (a typo is ignored) and maps Sensu Go events with the 2.0 beta's field
 names. The adapter parses first, reads at most a few MiB, normalises both event formats itself
-(``events.parse``), and reports a bad command line or event in one line with exit 2.
+(``events.parse``: nesting depth bounded, every field it reads type-checked), and reports a bad
+command line or event in one line with exit 2. Every log line is kept to one line (control
+characters from an event are escaped), so an event cannot forge log lines.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import NoReturn
 from sensu_plugin.handler import SensuHandler
 
 from sensu_kvm import __version__
+from sensu_kvm.argtypes import StrictParsing, one_line
 from sensu_kvm.errors import KvmError
 from sensu_kvm.events import MAX_EVENT_BYTES, Event, EventError, parse
 
@@ -26,8 +29,8 @@ EXIT_FAILED = 1  # an action was needed and failed, or was refused by a guardrai
 EXIT_BAD_INPUT = 2  # bad options or an event that cannot be read: nothing done
 
 
-class HandlerParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
+class HandlerParser(StrictParsing):
+    def fail(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: {message} (see --help)\n")
         sys.exit(EXIT_BAD_INPUT)
 
@@ -50,7 +53,7 @@ class Log:
 
     def __call__(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        sys.stderr.write(f"{stamp} {self.prog}: {message}\n")
+        sys.stderr.write(f"{stamp} {self.prog}: {one_line(message)}\n")
         sys.stderr.flush()
 
 
@@ -69,7 +72,9 @@ class _Adapter(SensuHandler):
         raw = sys.stdin.buffer.read(MAX_EVENT_BYTES + 1)
         try:
             self.event = parse(raw)
-        except EventError as err:
+        except (EventError, RecursionError, MemoryError) as err:  # the last two: a guard that failed
+            if not isinstance(err, EventError):
+                err = EventError(f"unreadable event ({type(err).__name__})")
             log(f"cannot read the event, nothing done: {err}")
             sys.exit(EXIT_BAD_INPUT)
         try:

@@ -27,7 +27,19 @@ from typing import Any, NoReturn
 
 from sensu_kvm import STATE_DIR as DEFAULT_STATE_DIR
 from sensu_kvm import __version__, activity
-from sensu_kvm.argtypes import range_arg, regex_arg, seconds_arg
+from sensu_kvm.argtypes import (
+    StrictParsing,
+    address_arg,
+    address_kind,
+    domain_arg,
+    name_arg,
+    one_line,
+    range_arg,
+    regex_arg,
+    seconds_arg,
+    state_dir_arg,
+    uri_arg,
+)
 from sensu_kvm.errors import KvmError
 from sensu_kvm.output import Report, Status
 from sensu_kvm.ranges import Range
@@ -63,10 +75,10 @@ SensuPluginCheck = _load_sensu_plugin_check()
 EXIT_USAGE = Status.UNKNOWN.value
 
 
-class CheckParser(argparse.ArgumentParser):
+class CheckParser(StrictParsing):
     """argparse that reports a bad command line in one line and exits 3 (UNKNOWN)."""
 
-    def error(self, message: str) -> NoReturn:
+    def fail(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: {message} (see --help)\n")
         sys.exit(EXIT_USAGE)
 
@@ -112,23 +124,23 @@ def build_parser(prog: str, description: str, examples: str, *, thresholds: str 
         allow_abbrev=False,
     )
     if domains:
-        parser.add_argument("-u", "--uri", help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
-        parser.add_argument("-d", "--domain", action="append", default=[], metavar="NAME",
+        parser.add_argument("-u", "--uri", type=uri_arg, help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
+        parser.add_argument("-d", "--domain", type=domain_arg, action="append", default=[], metavar="NAME",
                             help="only this domain; repeat for more (a named domain that is missing is CRITICAL)")
         parser.add_argument("--match", type=regex_arg, metavar="REGEX", help="only domains whose name matches REGEX")
         parser.add_argument("--exclude", type=regex_arg, metavar="REGEX", help="skip domains whose name matches REGEX")
         parser.add_argument("--per-domain", choices=("sensu", "sensu-go"),
                             help="also send one result per domain, as a proxy client named after it: to the Sensu "
                                  "Core client socket (sensu) or the Sensu Go agent's events API (sensu-go)")
-        parser.add_argument("--per-domain-address", metavar="ADDRESS",
-                            help="where to send them (default: 127.0.0.1:3030 for sensu, "
-                                 "http://127.0.0.1:3031/events for sensu-go)")
-        parser.add_argument("--per-domain-handler", action="append", default=[], metavar="NAME",
+        parser.add_argument("--per-domain-address", type=address_arg, metavar="ADDRESS",
+                            help="where to send them: HOST:PORT for sensu (default: 127.0.0.1:3030), an http(s) "
+                                 "URL for sensu-go (default: http://127.0.0.1:3031/events)")
+        parser.add_argument("--per-domain-handler", type=name_arg, action="append", default=[], metavar="NAME",
                             help="handler for the per-domain results (repeatable; default: the agent's)")
     if thresholds is not None:
         add_thresholds(parser, ("-w", "-c"), "", thresholds, warning, critical)
     if rates:
-        parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+        parser.add_argument("--state-dir", type=state_dir_arg, default=DEFAULT_STATE_DIR, metavar="DIR",
                             help=f"where samples are kept between runs, for rates (default: {DEFAULT_STATE_DIR})")
         parser.add_argument("--interval", type=seconds_arg, metavar="SECONDS",
                             help="take two samples this far apart now instead of using the previous run's")
@@ -175,6 +187,23 @@ class Watchdog:
 Body = Callable[[argparse.Namespace], Report]
 
 
+def per_domain_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
+    """--per-domain-address and --per-domain-handler only with --per-domain, and an address of
+    the kind it sends to: checked before the check runs, so a typo never hides its verdict."""
+    kind = getattr(options, "per_domain", None)
+    address = getattr(options, "per_domain_address", None)
+    if kind is None:
+        given = [flag for flag, value in (("--per-domain-address", address),
+                                          ("--per-domain-handler", getattr(options, "per_domain_handler", None)))
+                 if value]
+        if given:
+            parser.error(f"{given[0]} needs --per-domain sensu or --per-domain sensu-go")
+        return
+    if address is not None and address_kind(address) != kind:
+        wanted = "HOST:PORT, such as 127.0.0.1:3030" if kind == "sensu" else "an http(s) URL, such as http://127.0.0.1:3031/events"
+        parser.error(f"argument --per-domain-address: --per-domain {kind} sends to {wanted}")
+
+
 class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
     def __init__(self, name: str, parser: CheckParser, body: Body) -> None:
         self._name = name
@@ -192,16 +221,17 @@ class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
     def run(self) -> None:
         if self.remain:
             self.parser.error(f"unrecognized arguments: {' '.join(self.remain)}")
+        per_domain_options(self.parser, self.options)
         self.check_name(self._name)
         watchdog = Watchdog(self._name, self.options.timeout)
         try:
             report = self._body(self.options)
         except KvmError as err:
             watchdog.cancel()
-            self.unknown(str(err))
+            self.unknown(one_line(str(err)))
         except Exception as err:  # a bug must still give one UNKNOWN line, not a traceback
             watchdog.cancel()
-            self.unknown(f"internal error: {type(err).__name__}: {err}")
+            self.unknown(one_line(f"internal error: {type(err).__name__}: {err}"))
         if getattr(self.options, "per_domain", None) and report.findings:
             report = self._send_per_domain(report)
         watchdog.cancel()
@@ -218,11 +248,14 @@ class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
         options = self.options
         activity.doing(f"sending per-domain results to the {options.per_domain} agent")
         address = options.per_domain_address or results.DEFAULT_ADDRESS[options.per_domain]
-        failed, reason = results.send(options.per_domain, address, self._own_parser.prog, self._name,
-                                      report.findings, options.per_domain_handler, min(2.0, options.timeout / 4))
+        try:
+            failed, reason = results.send(options.per_domain, address, self._own_parser.prog, self._name,
+                                          report.findings, options.per_domain_handler, min(2.0, options.timeout / 4))
+        except Exception as err:  # never let the sending hide the check's own verdict
+            failed, reason = len(report.findings), f"{type(err).__name__}: {err}"
         if not failed:
             return report
-        note = f"; {failed} of {len(report.findings)} per-domain results not sent to {address}: {reason}"
+        note = one_line(f"; {failed} of {len(report.findings)} per-domain results not sent to {address}: {reason}")
         return report._replace(summary=report.summary + note)
 
 

@@ -7,6 +7,8 @@ demand. SPK_FAULT names one or more, separated by ";":
   state-fails:NAME     virDomainGetState fails for the domain NAME
   log-domain-calls     not a fault: every virDomain method called is appended to the file
                        SPK_CALL_LOG, to prove which calls a command makes per domain
+  log-connections      not a fault: every connection opened is appended to SPK_CALL_LOG as
+                       "read-only URI" or "read-write URI", to prove which kind a command opens
 """
 
 import os
@@ -57,5 +59,17 @@ if faults:
             for attr in dir(libvirt.virDomain):
                 if not attr.startswith("_") and callable(getattr(libvirt.virDomain, attr)):
                     setattr(libvirt.virDomain, attr, _logged(attr, getattr(libvirt.virDomain, attr)))
+        elif fault == "log-connections":
+            log_path = os.environ["SPK_CALL_LOG"]
+
+            def _opener(kind, real, log_path=log_path):
+                def opened(uri=None, *args, **kwargs):
+                    with open(log_path, "a") as log:
+                        log.write(f"{kind} {uri}\n")
+                    return real(uri, *args, **kwargs)
+                return opened
+
+            libvirt.openReadOnly = _opener("read-only", libvirt.openReadOnly)
+            libvirt.open = _opener("read-write", libvirt.open)
         else:
             raise SystemExit(f"unknown SPK_FAULT {fault!r}")

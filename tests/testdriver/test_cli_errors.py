@@ -1,10 +1,12 @@
-"""Bad input and broken hypervisors: one clear line, exit 3, never a traceback (real processes)."""
+"""Bad input and broken hypervisors: one clear line, the right exit code (3 checks, 2 tools and the
+handler), never a traceback, never a password (real processes)."""
 
 from __future__ import annotations
 
 import os
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -195,3 +197,118 @@ def test_guest_memory_check_runs_without_libvirt():
     assert result.stdout.startswith("MEM WARNING: system memory usage: ")
     probe = run("python", "-c", "import sys; import sensu_kvm.checks.memory_percent; print('libvirt' in sys.modules)")
     assert probe.stdout.strip() == "False"
+
+
+# --- issue 11: every bad input of the audit is one line, the right exit code, and changes nothing ----
+
+SECRET_URI = "qemu+tcp://admin:s3cret@127.0.0.1:1/system?password=p4ssw0rd&no_verify=1"
+SHOWN_URI = "qemu+tcp://admin@127.0.0.1:1/system?password=***&no_verify=1"
+
+
+@pytest.mark.parametrize(("command", "args", "code"), [
+    ("check-kvm-domstate", [], 3),
+    ("metrics-kvm", [], 3),
+    ("kvm-inspect", ["web1"], 1),
+    ("kvm-snapshot", ["list", "web1"], 1),
+    ("kvm-backup", ["recover", "web1"], 1),
+])
+def test_a_password_in_the_uri_is_never_shown(command, args, code):
+    result = run(command, *args, "-u", SECRET_URI)
+    assert result.returncode == code, result
+    said = result.stdout + result.stderr
+    assert f"cannot connect to {SHOWN_URI}: " in said
+    assert "s3cret" not in said and "p4ssw0rd" not in said
+
+
+def test_the_handler_never_logs_a_password(tmp_path):
+    event = '{"client": {"name": "web1"}, "check": {"name": "check-kvm-domstate", "status": 2, "source": "web1"}}'
+    result = run("handler-kvm-remediate", "-u", SECRET_URI, "--state-dir", str(tmp_path), stdin=event)
+    assert result.returncode == 1, result
+    assert f"cannot connect to {SHOWN_URI}" in result.stderr and "s3cret" not in result.stderr
+
+
+def test_a_hung_connection_times_out_without_showing_the_password(silent_socket):
+    uri = f"qemu+unix:///system?socket={silent_socket}&password=s3cret"
+    result = run("check-kvm-domstate", "-u", uri, "-t", "1", timeout=30)
+    assert result.returncode == 3
+    assert one_line(result.stdout) == (f"CheckKvmDomstate UNKNOWN: timed out after 1s while connecting to "
+                                       f"qemu+unix:///system?socket={silent_socket}&password=***")
+
+
+# (command, arguments, exit code, words of the one line on stderr)
+REFUSED = [
+    ("check-kvm-domstate", ["-u", ""], 3, "argument -u/--uri: empty URI"),
+    ("kvm-snapshot", ["list", "web1", "-u", ""], 2, "argument -u/--uri: empty URI"),
+    ("kvm-inspect", ["web1", "-u", " "], 2, "argument -u/--uri: empty URI"),
+    ("kvm-backup", ["recover", "web1", "-u", ""], 2, "argument -u/--uri: empty URI"),
+    ("handler-kvm-remediate", ["-u", ""], 2, "argument -u/--uri: empty URI"),
+    ("handler-kvm-remediate", ["--max-attempts", "inf"], 2, "argument --max-attempts: 'inf' is not a whole number"),
+    ("handler-kvm-remediate", ["--max-attempts", "0.5"], 2, "argument --max-attempts: '0.5' is not a whole number"),
+    ("handler-kvm-remediate", ["--max-attempts", "0"], 2, "argument --max-attempts: '0' is below 1"),
+    ("handler-kvm-remediate", ["--window", "nan"], 2, "argument --window: 'nan' is not a finite number"),
+    ("handler-kvm-remediate", ["--state-dir", ""], 2, "argument --state-dir: empty path"),
+    ("check-kvm-vcpu", ["--state-dir", ""], 3, "argument --state-dir: empty path"),
+    ("kvm-backup", ["recover", "web1", "--state-dir", ""], 2, "argument --state-dir: empty path"),
+    ("kvm-inspect", ["web1", "--call-timeout", "inf"], 2, "argument --call-timeout: 'inf' is not a finite number"),
+    ("kvm-backup", ["create", "web1", "--dest", "/tmp", "--commit-bwlimit", "1e300"], 2,
+     "argument --commit-bwlimit: '1e300' is not above 0 and at most 1048576 MiB/s"),
+    ("kvm-backup", ["create", "web1", "--dest", "/tmp", "--shutdown-timeout", "inf"], 2,
+     "argument --shutdown-timeout: 'inf' is not a finite number"),
+    ("kvm-snapshot", ["prune", "--all", "--older-than", "3"], 2,
+     "argument --older-than: '3' has no unit: add s, m, h, d or w"),
+    ("check-kvm-domstate", ["--per-domain", "sensu", "--per-domain-address", "garbage"], 3,
+     "argument --per-domain-address: 'garbage' is neither HOST:PORT"),
+    ("check-kvm-domstate", ["--per-domain", "sensu", "--per-domain-address", "127.0.0.1:70000"], 3,
+     "argument --per-domain-address: '127.0.0.1:70000' is neither HOST:PORT"),
+    ("check-kvm-domstate", ["--per-domain", "sensu-go", "--per-domain-address", "127.0.0.1:3030"], 3,
+     "argument --per-domain-address: --per-domain sensu-go sends to an http(s) URL"),
+    ("check-kvm-domstate", ["--per-domain", "sensu", "--per-domain-address", "http://127.0.0.1:3031/events"], 3,
+     "argument --per-domain-address: --per-domain sensu sends to HOST:PORT"),
+    ("check-kvm-domstate", ["--per-domain-address", "127.0.0.1:3030"], 3,
+     "--per-domain-address needs --per-domain sensu or --per-domain sensu-go"),
+    ("check-kvm-domstate", ["-d", "a\nb"], 3, "argument -d/--domain: domain name 'a\\nb' contains control characters"),
+    ("kvm-snapshot", ["info", "web1", "x\x1b[2J"], 2, "argument name: name 'x\\x1b[2J' contains control characters"),
+    ("metrics-kvm", ["--scheme", "kvm\nforged.metric 1"], 3, "argument -s/--scheme: 'kvm\\nforged.metric 1' is not a "
+     "Graphite path"),
+]
+
+
+@pytest.mark.parametrize(("command", "args", "code", "words"), REFUSED)
+def test_bad_values_of_the_audit_are_one_line(tmp_path, command, args, code, words):
+    result = subprocess.run([str(BIN / command), *args], capture_output=True, text=True, cwd=tmp_path,
+                            input="", timeout=60, check=False, env=ENV)
+    assert (result.returncode, result.stdout) == (code, ""), result
+    line = one_line(result.stderr)
+    assert line.startswith(f"{command.split()[0]}") and words in line, line
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even into the working directory
+
+
+@pytest.mark.parametrize("args", [
+    ["kvm-backup", b"create", b"web\xff", b"--dest", b"/tmp"],
+    ["kvm-backup", b"recover", b"web\xff"],
+    ["kvm-snapshot", b"list", b"web\xff"],
+    ["kvm-snapshot", b"revert", b"web1", b"snap\xff"],
+    ["kvm-inspect", b"web\xff"],
+    ["handler-kvm-remediate", b"--domain", b"web\xff"],
+    ["check-kvm-domstate", b"-d", b"web\xff"],
+    ["kvm-snapshot", b"create", b"web1", b"--description", b"\xff"],
+    ["kvm-backup", b"list", b"/tmp/\xff"],
+])
+def test_names_that_are_not_utf8_are_one_line(args):
+    command, *rest = args
+    result = subprocess.run([os.fsencode(str(BIN / command)), *rest, b"-u", b"test:///default"], capture_output=True,
+                            input=b"", timeout=60, check=False, env=ENV)
+    assert result.returncode == (3 if command.startswith("check-") else 2), result
+    assert result.stdout == b""
+    line = one_line(result.stderr.decode())
+    assert "is not valid UTF-8" in line and "\\xff" in line and "internal error" not in line, line
+
+
+def test_a_relative_state_dir_is_made_absolute(tmp_path):
+    result = subprocess.run([str(BIN / "check-kvm-vcpu"), "-u", "test:///default", "--state-dir", "samples"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False, env=ENV)
+    assert result.returncode in (0, 1, 2), result
+    assert [p.name for p in (tmp_path / "samples").iterdir()] != []
+
+
+ENV = {k: v for k, v in os.environ.items() if k != "LIBVIRT_DEFAULT_URI"} | {"LIBVIRT_DEFAULT_URI": "test:///default"}

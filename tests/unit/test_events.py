@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sensu_kvm.events import MAX_EVENT_BYTES, EventError, domain_of, parse
+from sensu_kvm.events import MAX_DEPTH, MAX_EVENT_BYTES, EventError, depth, domain_of, parse
 from sensu_kvm.handlers.remediate import decide, recent
 
 # Recorded from a real Sensu Core 1.9 stack (copied from the project's shared fixtures; see README there).
@@ -63,6 +63,23 @@ def test_sensu_go_event():
     ('{"client": {}, "check": {"name": "c", "status": 2}}', "client.name is missing"),
     ('{"entity": {"metadata": {"name": "a"}}, "check": {"status": 1}}', "check.metadata.name is missing"),
     ("x" * (MAX_EVENT_BYTES + 1), "event larger than"),
+    ("[" * 100000, "nests deeper than 32 levels"),
+    ('{"a":' * 100000, "nests deeper than 32 levels"),
+    ('{"check": ' * 33 + "{}" + "}" * 33, "nests deeper than 32 levels"),
+    ('{"client": {"name": "a"}, "check": {"name": "c", "status": 2, "source": 42}}', "check.source is missing or not"),
+    ('{"client": {"name": 7}, "check": {"name": "c", "status": 2}}', "client.name is missing or not a string"),
+    ('{"client": {"name": "a"}, "check": {"name": "c", "status": 2.0}}', "check.status is missing"),
+    ('{"client": {"name": "a"}, "check": {"name": "c", "status": 1e400}}', "check.status is missing"),
+    ('{"client": {"name": "a"}, "check": {"name": "c", "status": -1}}', "not between 0 and 4294967295"),
+    ('{"client": {"name": "a"}, "check": {"name": "c", "status": 2, "output": []}}', "check.output is not a string"),
+    ('{"client": {"name": "a"}, "check": {"name": "c", "status": 2}, "occurrences": "3"}', "occurrences is not"),
+    ('{"client": {"name": "a"}, "check": {"name": "c", "status": 2}, "action": 1}', "action is not a string"),
+    ('{"client": {"name": "a\\nb"}, "check": {"name": "c", "status": 2}}', "contains control characters"),
+    ('{"client": {"name": "a"}, "check": {"name": "c", "status": 2, "source": "\\udc80"}}', "is not valid UTF-8"),
+    ('{"client": ["a"], "check": {"name": "c", "status": 2}}', "'client' or 'entity' is not an object"),
+    ('{"entity": {"metadata": "a"}, "check": {"status": 1}}', "entity.metadata is not an object"),
+    ('{"entity": {"metadata": {"name": "a"}}, "check": {"metadata": {"name": "c"}, "status": 1, '
+     '"proxy_entity_name": 5}}', "check.proxy_entity_name is missing or not"),
 ])
 def test_bad_events(raw, message):
     with pytest.raises(EventError, match=message):
@@ -93,3 +110,16 @@ def test_recent_attempts():
     assert recent([100.0, 3000.0, 3500.0], 3700.0, 3600) == [3000.0, 3500.0]
     assert recent("junk", 1.0, 10) == []
     assert recent([1, "x", None], 5.0, 10) == [1]
+
+
+def test_depth_skips_strings_and_allows_real_events():
+    assert depth(b'{"a": "[[[[{{{{\\"[[["}') == 1
+    assert depth(fixture("pipe-handler-event-create.json").encode()) < MAX_DEPTH
+    deep = '{"client": {"name": "a"}, "check": {"name": "c", "status": 2}, "extra": ' + '{"x": ' * 30 + "1" + "}" * 31
+    assert depth(deep.encode()) == 31 and parse(deep).entity == "a"  # deep, but within the bound
+
+
+def test_optional_fields_may_be_null():
+    event = parse('{"client": {"name": "a", "type": null}, "check": {"name": "c", "status": 2, "source": null, '
+                  '"output": null}, "occurrences": null}')
+    assert (event.source, event.output, event.occurrences, event.proxy) == (None, "", 1, False)

@@ -14,12 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 from sensu_kvm import __version__, backup, snapinfo, snapshots, virt
-from sensu_kvm.argtypes import count_arg, positive_arg
+from sensu_kvm.argtypes import count_arg, domain_arg, number_arg, path_arg, seconds_arg, state_dir_arg, text_arg, uri_arg
 from sensu_kvm.durations import format_age
 from sensu_kvm.errors import KvmError
 from sensu_kvm.tools import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Parser, run_tool
 
 PROG = "kvm-backup"
+
+MAX_MIB_S = 1048576.0  # 1 TiB/s: a bandwidth limit beyond it is a typo, and would overflow libvirt's counter
 
 EXIT_TEXT = ("exit codes: 0 done, 1 failed (a backup, a damaged archive, libvirt or the host; one line on stderr\n"
              "per problem), 2 bad options or input (unknown domain, unusable destination): nothing changed")
@@ -73,8 +75,8 @@ def parser() -> Parser:
     top.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     uri = "libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)"
     common = Parser(add_help=False)
-    common.add_argument("-u", "--uri", default=None, help=uri)
-    common.add_argument("--state-dir", default=backup.STATE_DIR, metavar="DIR",
+    common.add_argument("-u", "--uri", type=uri_arg, default=None, help=uri)
+    common.add_argument("--state-dir", type=state_dir_arg, default=backup.STATE_DIR, metavar="DIR",
                         help=f"journals of running backups, for recovery (default: {backup.STATE_DIR})")
     subs = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -88,51 +90,55 @@ def parser() -> Parser:
 
     p = sub("create", "back domains up: live (overlay + commit), stop or suspend; shut off ones copied directly",
             cmd_create)
-    p.add_argument("domains", nargs="*", metavar="DOMAIN")
+    p.add_argument("domains", type=domain_arg, nargs="*", metavar="DOMAIN")
     p.add_argument("--all", action="store_true", help="every domain of the connection")
-    p.add_argument("--dest", required=True, metavar="DIR|HOST:DIR",
+    p.add_argument("--dest", type=path_arg, required=True, metavar="DIR|HOST:DIR",
                    help="a local folder, or HOST:DIR (user@host:dir) reached with rsync over ssh")
     p.add_argument("--mode", choices=("live", "stop", "suspend"),
                    help="for running domains: live (default) external disk-only snapshot, copy, blockcommit; stop: "
                         "shut down, copy, start again; suspend: pause, copy, resume")
     p.add_argument("--compress", choices=("zstd", "bzip2", "none"), default="zstd", help="default: zstd")
     p.add_argument("--force", action="store_true", help="--mode stop: destroy a guest that does not shut down in time")
-    p.add_argument("--shutdown-timeout", type=positive_arg, default=120.0, metavar="SECONDS",
-                   help="--mode stop: how long to wait for a graceful shutdown (default: 120)")
+    p.add_argument("--shutdown-timeout", type=seconds_arg, default=120.0, metavar="SECONDS",
+                   help="--mode stop: how long to wait for a graceful shutdown, up to 86400 (default: 120)")
     p.add_argument("--no-quiesce", action="store_true",
                    help="live: do not ask the guest agent to freeze file systems (crash-consistent)")
-    p.add_argument("--bwlimit", type=positive_arg, metavar="MIB/S", help="limit the copy to this many MiB/s")
-    p.add_argument("--commit-bwlimit", type=positive_arg, metavar="MIB/S",
-                   help="live: limit the commit job (a guest writing faster than this keeps it from finishing)")
-    p.add_argument("--work-dir", metavar="DIR",
+    p.add_argument("--bwlimit", type=number_arg(MAX_MIB_S, "MiB/s"), metavar="MIB/S",
+                   help="limit the copy to this many MiB/s (above 0, at most 1048576)")
+    p.add_argument("--commit-bwlimit", type=number_arg(MAX_MIB_S, "MiB/s"), metavar="MIB/S",
+                   help="live: limit the commit job (a guest writing faster than this keeps it from finishing; "
+                        "above 0, at most 1048576)")
+    p.add_argument("--work-dir", type=path_arg, metavar="DIR",
                    help="remote --dest: where the archive is built and verified before rsync "
                         f"(default: {backup.STATE_DIR}/staging)")
-    p.add_argument("--rsh", default="ssh -o BatchMode=yes", metavar="COMMAND",
+    p.add_argument("--rsh", type=text_arg, default="ssh -o BatchMode=yes", metavar="COMMAND",
                    help="remote --dest: the ssh command (default: 'ssh -o BatchMode=yes')")
     p.add_argument("--json", action="store_true", help="a JSON summary on stdout")
 
     p = sub("verify", "check every checksum of archives, without extracting to disk", cmd_verify, libvirt=False)
-    p.add_argument("archives", nargs="+", metavar="ARCHIVE")
+    p.add_argument("archives", type=path_arg, nargs="+", metavar="ARCHIVE")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
 
     p = sub("list", "the backups in a folder: domain, time, age, size, mode, consistency, verified", cmd_list,
             libvirt=False)
-    p.add_argument("folder", metavar="DIR")
-    p.add_argument("--domain", action="append", default=[], metavar="NAME", help="only this domain (repeatable)")
+    p.add_argument("folder", type=path_arg, metavar="DIR")
+    p.add_argument("--domain", type=domain_arg, action="append", default=[], metavar="NAME",
+                   help="only this domain (repeatable)")
     p.add_argument("--verify", action="store_true", help="verify every archive again (reads them whole)")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
 
     p = sub("restore", "verify an archive, place its images, define the domain (and start it)", cmd_restore)
-    p.add_argument("archive", metavar="ARCHIVE")
-    p.add_argument("--image-dir", metavar="DIR", help="put the images here (default: their original folders)")
-    p.add_argument("--name", metavar="NEW", help="a new name, UUID and MAC addresses: a copy beside the original")
+    p.add_argument("archive", type=path_arg, metavar="ARCHIVE")
+    p.add_argument("--image-dir", type=path_arg, metavar="DIR", help="put the images here (default: their original folders)")
+    p.add_argument("--name", type=domain_arg, metavar="NEW",
+                   help="a new name, UUID and MAC addresses: a copy beside the original")
     p.add_argument("--force", action="store_true", help="replace an existing (shut off) domain and its images")
     p.add_argument("--start", action="store_true", help="start the domain afterwards")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
 
     p = sub("prune", "delete old archives beyond a policy; never the newest verified one of a domain", cmd_prune,
             libvirt=False)
-    p.add_argument("folder", metavar="DIR")
+    p.add_argument("folder", type=path_arg, metavar="DIR")
     p.add_argument("--keep-last", type=count_arg, default=0, metavar="N", help="keep the N newest of each domain")
     p.add_argument("--keep-daily", type=count_arg, default=0, metavar="N", help="keep the newest of each of N days")
     p.add_argument("--keep-weekly", type=count_arg, default=0, metavar="N", help="keep the newest of each of N weeks")
@@ -140,7 +146,7 @@ def parser() -> Parser:
     p.add_argument("--json", action="store_true", help="JSON on stdout")
 
     p = sub("recover", "undo what a killed backup left: commit overlays back, start or resume the guest", cmd_recover)
-    p.add_argument("domains", nargs="*", metavar="DOMAIN")
+    p.add_argument("domains", type=domain_arg, nargs="*", metavar="DOMAIN")
     p.add_argument("--all", action="store_true", help="every journal in --state-dir and every domain")
     return top
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import libvirt
 
 from sensu_kvm import __version__, guestinfo, snapinfo, states, virt
-from sensu_kvm.argtypes import positive_arg
+from sensu_kvm.argtypes import domain_arg, seconds_arg, uri_arg
 from sensu_kvm.errors import CallTimeout, KvmError, NotFound
 from sensu_kvm.tools import EXIT_OK, Parser, run_tool
 
@@ -50,13 +50,13 @@ them alone; --read-only skips them. Every call has its own deadline (--call-time
 def parser() -> Parser:
     p = Parser(prog=PROG, description=DESCRIPTION, epilog=EXAMPLES, allow_abbrev=False,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("domain", help="domain name, UUID or ID")
-    p.add_argument("-u", "--uri", help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
+    p.add_argument("domain", type=domain_arg, help="domain name, UUID or ID")
+    p.add_argument("-u", "--uri", type=uri_arg, help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
     p.add_argument("--json", action="store_true", help="JSON on stdout, for machines")
     p.add_argument("--read-only", action="store_true",
                    help="never open a read-write connection: no guest agent or monitor sections")
-    p.add_argument("--call-timeout", type=positive_arg, default=5.0, metavar="SECONDS",
-                   help="deadline of each libvirt call, agent and monitor query (default: 5)")
+    p.add_argument("--call-timeout", type=seconds_arg, default=5.0, metavar="SECONDS",
+                   help="deadline of each libvirt call, agent and monitor query, up to 86400 (default: 5)")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -381,7 +381,7 @@ def lookup(conn: libvirt.virConnect, name: str, timeout: float) -> libvirt.virDo
                 return how(name)
             except libvirt.libvirtError:
                 continue
-        if name.isdigit():
+        if name.isascii() and name.isdigit() and len(name) <= 10 and int(name) < 2**31:  # a domain ID is a C int
             try:
                 return conn.lookupByID(int(name))
             except libvirt.libvirtError:
@@ -425,7 +425,7 @@ def inspect(options: argparse.Namespace) -> dict[str, Any]:
             "guest_agent": agent_section(ins, rw, rw_error, channel, state),
             "monitor": monitor_section(rw, rw_error, state),
         }
-        return {"domain": dom.name(), "uri": uri, "read_write": rw is not None, "sections": sections}
+        return {"domain": dom.name(), "uri": virt.shown_uri(uri), "read_write": rw is not None, "sections": sections}
     except Missing as err:
         raise KvmError(f"{options.domain}: {err}") from err
     finally:

@@ -13,7 +13,7 @@ from typing import Any
 import libvirt
 
 from sensu_kvm import __version__, snapshots, virt
-from sensu_kvm.argtypes import count_arg, duration_arg
+from sensu_kvm.argtypes import count_arg, domain_arg, name_arg, path_arg, shown, strict_duration_arg, text_arg, uri_arg
 from sensu_kvm.durations import format_age
 from sensu_kvm.errors import KvmError, NotFound
 from sensu_kvm.snapinfo import Snapshot
@@ -67,8 +67,8 @@ EXAMPLES = {
 def diskspec(text: str) -> tuple[str, str]:
     target, sep, path = text.partition("=")
     if not sep or not target or not path:
-        raise argparse.ArgumentTypeError(f"'{text}' is not DISK=PATH (such as vda=/srv/overlays/web1-vda.qcow2)")
-    return target, path
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not DISK=PATH (such as vda=/srv/overlays/web1-vda.qcow2)")
+    return name_arg(target), path_arg(path)
 
 
 def _epilog(name: str) -> str:
@@ -78,12 +78,14 @@ def _epilog(name: str) -> str:
 def parser() -> Parser:
     top = Parser(prog=PROG, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
                  description="Create, list, inspect, rename, revert, delete and prune snapshots of libvirt domains, "
-                             "through libvirt's API on a read-write connection (never qemu-img on an image in use).",
+                             "through libvirt's API (never qemu-img on an image in use). list, info, dumpxml "
+                             "(without --security-info), chain and prune --dry-run only read, on a read-only "
+                             "connection; the others open a read-write one.",
                  epilog=_epilog(""))
     top.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
-    top.add_argument("-u", "--uri", help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
+    top.add_argument("-u", "--uri", type=uri_arg, help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
     common = Parser(add_help=False)
-    common.add_argument("-u", "--uri", default=argparse.SUPPRESS,
+    common.add_argument("-u", "--uri", type=uri_arg, default=argparse.SUPPRESS,
                         help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
     subs = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -95,9 +97,9 @@ def parser() -> Parser:
 
     p = sub("create", "create a snapshot: internal (running with memory, or shut off) or --disk-only external overlays",
             cmd_create)
-    p.add_argument("domain")
-    p.add_argument("name", nargs="?", help="snapshot name (default: the creation time in seconds, as virsh)")
-    p.add_argument("--description", default="", help="free text kept with the snapshot")
+    p.add_argument("domain", type=domain_arg)
+    p.add_argument("name", type=name_arg, nargs="?", help="snapshot name (default: the creation time in seconds, as virsh)")
+    p.add_argument("--description", type=text_arg, default="", help="free text kept with the snapshot")
     p.add_argument("--disk-only", action="store_true", help="external overlay per disk instead of an internal snapshot")
     p.add_argument("--diskspec", type=diskspec, action="append", default=[], metavar="DISK=PATH",
                    help="overlay file of one disk (default: beside its image, suffix replaced by the name)")
@@ -107,7 +109,7 @@ def parser() -> Parser:
     p.add_argument("--atomic", action="store_true", help="all disks or none")
 
     p = sub("list", "list the snapshots of a domain (name, created, state, location, age, parent)", cmd_list)
-    p.add_argument("domain")
+    p.add_argument("domain", type=domain_arg)
     p.add_argument("--tree", action="store_true", help="as a tree of parents and children")
     p.add_argument("--internal", action="store_true", help="only internal snapshots")
     p.add_argument("--external", action="store_true", help="only external snapshots")
@@ -115,46 +117,47 @@ def parser() -> Parser:
     p.add_argument("--json", action="store_true", help="JSON on stdout")
 
     p = sub("info", "details of one snapshot, like virsh snapshot-info", cmd_info)
-    p.add_argument("domain")
-    p.add_argument("name")
+    p.add_argument("domain", type=domain_arg)
+    p.add_argument("name", type=name_arg)
     p.add_argument("--json", action="store_true", help="JSON on stdout")
 
     p = sub("dumpxml", "the snapshot's XML", cmd_dumpxml)
-    p.add_argument("domain")
-    p.add_argument("name")
+    p.add_argument("domain", type=domain_arg)
+    p.add_argument("name", type=name_arg)
     p.add_argument("--security-info", action="store_true", help="include security-sensitive data (passwords)")
 
     p = sub("edit", "rename a snapshot or change its description (metadata; the tree is kept)", cmd_edit)
-    p.add_argument("domain")
-    p.add_argument("name")
-    p.add_argument("--rename", metavar="NEW", help="new name (external snapshots; refused for internal ones)")
-    p.add_argument("--description", metavar="TEXT", help="new description")
+    p.add_argument("domain", type=domain_arg)
+    p.add_argument("name", type=name_arg)
+    p.add_argument("--rename", type=name_arg, metavar="NEW", help="new name (external snapshots; refused for internal ones)")
+    p.add_argument("--description", type=text_arg, metavar="TEXT", help="new description")
 
     p = sub("revert", "revert a domain to a snapshot (internal; external from libvirt 9.9)", cmd_revert)
-    p.add_argument("domain")
-    p.add_argument("name")
+    p.add_argument("domain", type=domain_arg)
+    p.add_argument("name", type=name_arg)
     state = p.add_mutually_exclusive_group()
     state.add_argument("--running", action="store_true", help="run the domain afterwards")
     state.add_argument("--paused", action="store_true", help="leave the domain paused afterwards")
 
     p = sub("delete", "delete a snapshot, its tag or its overlay, after checking the backing chain", cmd_delete)
-    p.add_argument("domain")
-    p.add_argument("name", nargs="?")
+    p.add_argument("domain", type=domain_arg)
+    p.add_argument("name", type=name_arg, nargs="?")
     p.add_argument("--current", action="store_true", help="the current snapshot")
 
     p = sub("prune", "delete the oldest snapshots beyond a policy (never the current one or one another needs)",
             cmd_prune)
-    p.add_argument("domain", nargs="?")
+    p.add_argument("domain", type=domain_arg, nargs="?")
     p.add_argument("--all", action="store_true", help="every domain of the connection")
-    p.add_argument("--older-than", type=duration_arg, metavar="DURATION",
-                   help="only snapshots older than this (30s, 90m, 12h, 3d, 1w)")
+    p.add_argument("--older-than", type=strict_duration_arg, metavar="DURATION",
+                   help="only snapshots older than this, with its unit (30s, 90m, 12h, 3d, 1w; a bare number is "
+                        "refused)")
     p.add_argument("--keep", type=count_arg, metavar="N", help="keep the N newest snapshots")
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     p.add_argument("-v", "--verbose", action="store_true", help="also list the snapshots kept, and why")
 
     p = sub("chain", "each disk's backing chain (image, format, virtual size, disk size, backing file)", cmd_chain)
-    p.add_argument("domain")
+    p.add_argument("domain", type=domain_arg)
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     return top
 
@@ -192,10 +195,10 @@ def table(rows: list[list[str]]) -> list[str]:
 
 
 class Session:
-    """One read-write connection and one domain, closed at the end."""
+    """One connection (read-write unless ``readonly``) and one domain, closed at the end."""
 
-    def __init__(self, uri: str | None, domain: str | None) -> None:
-        self.conn = virt.connect(uri, readonly=False)
+    def __init__(self, uri: str | None, domain: str | None, readonly: bool = False) -> None:
+        self.conn = virt.connect(uri, readonly=readonly)
         try:
             self.dom = snapshots.lookup_domain(self.conn, domain) if domain else None
         except BaseException:
@@ -257,7 +260,7 @@ def _filtered(o: argparse.Namespace, snaps: list[Snapshot]) -> list[Snapshot]:
 
 
 def cmd_list(o: argparse.Namespace) -> int:
-    with Session(o.uri, o.domain) as s:
+    with Session(o.uri, o.domain, readonly=True) as s:
         snaps = snapshots.snapshots_of(s.domain)
     now = time.time()
     chosen = _filtered(o, snaps)
@@ -282,7 +285,7 @@ def cmd_list(o: argparse.Namespace) -> int:
 
 
 def cmd_info(o: argparse.Namespace) -> int:
-    with Session(o.uri, o.domain) as s:
+    with Session(o.uri, o.domain, readonly=True) as s:
         snaps = snapshots.snapshots_of(s.domain)
         snap = find(snaps, s.domain, o.name)
     now = time.time()
@@ -307,7 +310,7 @@ def cmd_info(o: argparse.Namespace) -> int:
 
 def cmd_dumpxml(o: argparse.Namespace) -> int:
     flags = libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE if o.security_info else 0
-    with Session(o.uri, o.domain) as s:
+    with Session(o.uri, o.domain, readonly=not o.security_info) as s:  # libvirt shows secrets on read-write only
         handle = snapshots.lookup_snapshot(s.domain, o.name)
         try:
             xml = handle.getXMLDesc(flags)
@@ -363,7 +366,7 @@ def cmd_prune(o: argparse.Namespace) -> int:
         raise snapshots.BadRequest("prune needs --older-than DURATION or --keep N (or both)")
     failed = 0
     report: list[dict[str, Any]] = []
-    with Session(o.uri, o.domain) as s:
+    with Session(o.uri, o.domain, readonly=o.dry_run) as s:
         doms = snapshots.all_domains(s.conn) if o.all else [s.domain]
         now = time.time()
         for dom in doms:
@@ -411,7 +414,7 @@ def cmd_prune(o: argparse.Namespace) -> int:
 
 
 def cmd_chain(o: argparse.Namespace) -> int:
-    with Session(o.uri, o.domain) as s:
+    with Session(o.uri, o.domain, readonly=True) as s:
         infos = snapshots.chain_info(snapshots.domain_chains(s.domain))
     if o.json:
         say(json.dumps({t: [i._asdict() for i in layers] for t, layers in infos.items()}, indent=1))

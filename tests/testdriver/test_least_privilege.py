@@ -1,0 +1,82 @@
+"""Which connection each command opens: read-only for everything that only reads (real processes on
+libvirt's test driver; tests/faults/sitecustomize.py logs every connection the process opens)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import node_uri, run
+
+MIXED = node_uri("mixed.xml")
+SNAPS = node_uri("snapshots.xml")
+
+
+def connections(tmp_path: Path, fault_env: dict[str, str], command: str, *args: str, stdin: str = "",
+                code: int | None = 0) -> tuple[list[str], str]:
+    """The kinds of connection ('read-only', 'read-write') the command opened, and its stderr."""
+    log = tmp_path / f"connections-{len(list(tmp_path.iterdir()))}.log"
+    env = {**fault_env, "SPK_FAULT": "log-connections", "SPK_CALL_LOG": str(log)}
+    result = run(command, *args, env=env, stdin=stdin)
+    assert code is None or result.returncode == code, result
+    assert "Traceback" not in result.stderr
+    opened = log.read_text().splitlines() if log.exists() else []
+    return [line.split(" ", 1)[0] for line in opened], result.stdout + result.stderr
+
+
+def event(domain: str) -> str:
+    return json.dumps({"client": {"name": domain, "type": "proxy"}, "occurrences": 1, "action": "create",
+                       "check": {"name": "check-kvm-domstate", "status": 2, "output": "x", "source": domain}})
+
+
+def test_handler_dry_run_reads_on_a_read_only_connection_and_creates_nothing(tmp_path, fault_env):
+    state = tmp_path / "state"
+    kinds, said = connections(tmp_path, fault_env, "handler-kvm-remediate", "-u", MIXED, "--state-dir", str(state),
+                              "--dry-run", stdin=event("grüße-ü"))
+    assert kinds == ["read-only"]
+    assert "grüße-ü is paused (unknown): would resume it (dry run, attempt 1 of 3)" in said
+    assert not state.exists()  # no lock file, no state file, no folder
+    kinds, said = connections(tmp_path, fault_env, "handler-kvm-remediate", "-u", MIXED, "--state-dir", str(state),
+                              stdin=event("grüße-ü"))
+    assert kinds == ["read-write"]
+    assert "grüße-ü is now running" in said
+
+
+@pytest.mark.parametrize(("args", "kinds"), [
+    (["list", "old"], ["read-only"]),
+    (["list", "old", "--tree", "--json"], ["read-only"]),
+    (["info", "old", "after-upgrade"], ["read-only"]),
+    (["dumpxml", "old", "after-upgrade"], ["read-only"]),
+    (["dumpxml", "old", "after-upgrade", "--security-info"], ["read-write"]),  # libvirt: secrets need read-write
+    (["chain", "old"], ["read-only"]),
+    (["prune", "--all", "--older-than", "1d", "--dry-run"], ["read-only"]),
+    # the test driver's images do not exist: the deletion itself is refused, after connecting
+    (["prune", "old", "--keep", "1"], ["read-write"]),
+    (["delete", "old", "before-upgrade"], ["read-write"]),
+])
+def test_snapshot_subcommands_that_read_connect_read_only(tmp_path, fault_env, args, kinds):
+    code = 1 if args[0] in ("prune", "delete") and "--dry-run" not in args else 0
+    assert connections(tmp_path, fault_env, "kvm-snapshot", *args, "-u", SNAPS, code=code)[0] == kinds
+
+
+def test_inspect_opens_read_write_only_for_agent_and_monitor(tmp_path, fault_env):
+    kinds, _ = connections(tmp_path, fault_env, "kvm-inspect", "test", "-u", "test:///default", "--read-only")
+    assert kinds == ["read-only"]
+    kinds, _ = connections(tmp_path, fault_env, "kvm-inspect", "batch", "-u", MIXED)  # shut off: nothing to ask
+    assert kinds == ["read-only"]
+    kinds, _ = connections(tmp_path, fault_env, "kvm-inspect", "web1", "-u", MIXED)  # running: agent and monitor
+    assert kinds == ["read-only", "read-write"]
+
+
+@pytest.mark.parametrize("command", ["check-kvm-domstate", "check-kvm-vcpu", "check-kvm-memory", "check-kvm-blkerror",
+                                     "check-kvm-blkstat", "check-kvm-snapshot-age", "metrics-kvm"])
+def test_checks_connect_read_only(tmp_path, fault_env, command):
+    log = tmp_path / "checks.log"
+    env = {**fault_env, "SPK_FAULT": "log-connections", "SPK_CALL_LOG": str(log)}
+    args = ["-u", MIXED] + (["--state-dir", str(tmp_path / "s")] if command in ("check-kvm-vcpu", "check-kvm-blkstat")
+                            else [])
+    result = run(command, *args, env=env)
+    assert result.returncode in (0, 1, 2, 3) and "Traceback" not in result.stdout, result
+    assert [line.split(" ", 1)[0] for line in log.read_text().splitlines()] == ["read-only"]
