@@ -38,7 +38,6 @@ test: setup
 	@bash packaging/install-debs.sh $(DEB_TEST)
 	$(BIN)/ruff check .
 	$(BIN)/mypy src checks handlers
-	@bash packaging/install-debs.sh $(DEB_TEST)
 	@bash tests/rig/host-setup.sh
 	@bash tests/services/setup.sh
 	@status=0; $(BIN)/pytest -q -ra || status=$$?; bash tests/rig/host-teardown.sh; exit $$status
