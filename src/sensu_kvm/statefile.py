@@ -85,7 +85,12 @@ class StateFile:
             raise KvmError(f"cannot replace {path}: {err.strerror} (remove it or choose another --state-dir)") from err
 
     def _open_lock(self) -> int:
-        """A descriptor of the lock file, a regular file (whatever else was there is replaced)."""
+        """A descriptor of the lock file, a regular file (whatever else was there is replaced).
+
+        Two runs that both find a FIFO there may each put a file in its place and lock their own,
+        once; anyone who can write the state directory can as well delete the lock file, so the
+        lock guards against overlapping runs, not against the directory's writers.
+        """
         for _ in range(3):
             if self._kind(self.lock_path, "lock file") not in (None, "missing"):
                 self._replace_with_empty_file(self.lock_path)
@@ -105,10 +110,9 @@ class StateFile:
     def _still_there(self, fd: int) -> bool:
         """Whether the locked file is still the one at the lock path (another run may have replaced it)."""
         try:
-            found = os.lstat(self.lock_path)
-        except FileNotFoundError:
+            found, mine = os.lstat(self.lock_path), os.fstat(fd)
+        except OSError:
             return False
-        mine = os.fstat(fd)
         return (found.st_dev, found.st_ino) == (mine.st_dev, mine.st_ino)
 
     @contextlib.contextmanager
@@ -134,6 +138,8 @@ class StateFile:
             if self._still_there(fd):
                 break
             os.close(fd)  # locked a file that was replaced meanwhile: lock the one there now
+            if time.monotonic() >= deadline:
+                raise KvmError(f"{self.lock_path} keeps being replaced while this run locks it")
         try:
             yield
         finally:

@@ -28,7 +28,7 @@ from tests.conftest import run
 from tests.testdriver.test_cli_errors import traversable_checkout  # noqa: F401 (a fixture, for user nobody)
 
 URI = "test:///default"
-FLOOR = "0.1"  # --min-interval: the next run comes this long after, not 5 s
+FLOOR = "0.05"  # --min-interval: the next run comes this long after, not 5 s
 TIMEOUT = 5.0  # -t
 NOT_A_NUMBER = re.compile(r"(?i)\b(nan|inf|infinity)\b")
 PERF_ITEM = re.compile(r"^(?:'(?:[^']|'')+'|[^'=\s]+)=(-?[0-9]+(?:\.[0-9]+)?)[a-zA-Z%]*(?:;[^;\s]*){0,4}$")
@@ -237,7 +237,7 @@ def test_corrupt_state(name: str, case: str, state_dir: Path, request: pytest.Fi
     place = Place(state, state.with_suffix(".lock"), json.loads(state.read_text()))
     spec.corrupt(place, check)
     if spec.rated:
-        time.sleep(float(FLOOR) + 0.05)
+        time.sleep(float(FLOOR) + 0.03)
 
     result, elapsed = check_run(check, state_dir, spec.user)
     assert_sane(result, elapsed)
@@ -265,7 +265,7 @@ def test_corrupt_state(name: str, case: str, state_dir: Path, request: pytest.Fi
     if (state_dir.parent / ELSEWHERE).exists():
         assert (state_dir.parent / ELSEWHERE).read_text() == '{"keep": true}'
 
-    time.sleep(float(FLOOR) + 0.05)
+    time.sleep(float(FLOOR) + 0.03)
     after, elapsed = check_run(check, state_dir, spec.user)
     assert_sane(after, elapsed)
     assert after.returncode == 0, after
