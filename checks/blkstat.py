@@ -41,7 +41,8 @@ EXAMPLES = """\
   check-kvm-blkstat                               allocation of every disk (WARNING 85%, CRITICAL 95%)
   check-kvm-blkstat -m write_iops -w 500 -c 2000  write IOPS of every disk
   check-kvm-blkstat -m read_latency -w 20 -c 100 -d db1 --device vdb
-  check-kvm-blkstat -m write_bps -c 100000000 --interval 5"""
+  check-kvm-blkstat -m write_bps -c 100000000 --interval 5
+  check-kvm-blkstat -m write_iops -v --min-interval 20  rates between runs over at least 20 s"""
 
 DESCRIPTION = f"""\
 Per disk of each running domain: read and write IOPS, read and write bytes/s, average read,

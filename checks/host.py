@@ -25,6 +25,7 @@ EXAMPLES = """\
   check-kvm-host                                     CPU, memory, swap and image file systems (defaults below)
   check-kvm-host --cpu-warning 80 --cpu-critical 95 --interval 2
   check-kvm-host --fs-warning 70 --fs-critical 90    file systems that hold domain disk images
+  check-kvm-host -v --min-interval 20                CPU busy % between runs over at least 20 s
   check-kvm-host -u qemu+ssh://kvm2/system           CPU and memory of a remote host (swap and file
                                                      systems are only read on the local host)"""
 

@@ -30,7 +30,8 @@ two taken now. The first run has no rate: it says so and is OK. A domain that re
 a new sample. A rate between runs covers at least --min-interval (5 s): a run that comes sooner
 after the last sample (runs that overlap, a retry) reports the previous run's rate, marked so in
 its line (see -v), and keeps the older sample for the next run. Defaults: usage WARNING above
-95%, steal WARNING above 10% and CRITICAL above 25%. Perfdata per domain: usage %, steal %, vCPUs current (max: maximum)."""
+95%, steal WARNING above 10% and CRITICAL above 25%. Perfdata per domain: usage %, steal %,
+vCPUs current (max: maximum)."""
 
 NS = 1e9
 KEYS = ["time", "delay"]
