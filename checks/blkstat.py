@@ -147,9 +147,9 @@ def check(options: argparse.Namespace) -> Report:
     if judged and METRICS[options.metric].rate and rated and all(r.note for r in rated):
         ok_summary += " (the previous run's rates, see -v)"
     if not judged and any("rates on the next run" in v.finding.text for v in verdicts):
-        ok_summary = "no rates yet, rates on the next run (or use --interval)"
-        if all(r.why == "first sample" for r in found.values()):
-            ok_summary = "first sample taken, rates on the next run (or use --interval)"
+        whys = sorted({r.why for r in found.values() if r.per_second is None} - {"first sample"})
+        ok_summary = (f"no rates yet ({'; '.join(whys)}), rates on the next run" if whys
+                      else "first sample taken, rates on the next run (or use --interval)")
     return report(verdicts, missing, options, ok_summary)
 
 
