@@ -10,7 +10,7 @@ from sensu_kvm.domains import Verdict, judge_each, report
 from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 from sensu_kvm.ranges import Range
-from sensu_kvm.statefile import rates, sample_domains
+from sensu_kvm.statefile import Rate, add_min_interval, sample_domains
 
 NAME = "CheckKvmBlkstat"
 
@@ -41,7 +41,8 @@ EXAMPLES = """\
   check-kvm-blkstat                               allocation of every disk (WARNING 85%, CRITICAL 95%)
   check-kvm-blkstat -m write_iops -w 500 -c 2000  write IOPS of every disk
   check-kvm-blkstat -m read_latency -w 20 -c 100 -d db1 --device vdb
-  check-kvm-blkstat -m write_bps -c 100000000 --interval 5"""
+  check-kvm-blkstat -m write_bps -c 100000000 --interval 5
+  check-kvm-blkstat -m write_iops -v --min-interval 20  rates between runs over at least 20 s"""
 
 DESCRIPTION = f"""\
 Per disk of each running domain: read and write IOPS, read and write bytes/s, average read,
@@ -49,6 +50,9 @@ write and flush latency in ms, flushes/s (rates between this run and the previou
 --state-dir, or two samples --interval apart), and allocation in % of capacity (a thin qcow2
 nearing its virtual size). -m/--metric chooses what -w/-c judge; perfdata carries them all, labelled
 <domain>_<metric>_<disk>. The first run has no rates: it says so, judges allocation, and is OK.
+A rate between runs covers at least --min-interval (5 s): a run that comes sooner after the last
+sample (runs that overlap, a retry) reports the previous run's rates, marked so in its line (see
+-v), and keeps the older sample for the next run.
 Metrics: {', '.join(METRICS)}. Default: allocation, WARNING above 85%, CRITICAL above 95%."""
 
 
@@ -65,13 +69,13 @@ def disks(record: virt.DomainRecord) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-def values(previous: dict[str, Any] | None, current: dict[str, Any], block: dict[str, Any]) -> dict[str, float]:
-    """Every metric that can be computed for one disk (allocation always, rates from two samples)."""
+def values(rate: Rate, block: dict[str, Any]) -> dict[str, float]:
+    """Every metric that can be computed for one disk (allocation always, the others from its rates)."""
     result: dict[str, float] = {}
     capacity = block.get("capacity")
     if capacity and "allocation" in block:
         result["allocation"] = block["allocation"] / capacity * 100
-    per_second = rates(previous, current, list(COUNTERS))
+    per_second = rate.per_second
     if per_second is None:
         return result
 
@@ -88,33 +92,39 @@ def values(previous: dict[str, Any] | None, current: dict[str, Any], block: dict
     return result
 
 
-def judge_domain(record: virt.DomainRecord, previous: dict[str, Any], current: dict[str, Any],
-                 options: argparse.Namespace) -> Verdict:
-    """The verdict on one domain's disks (pure)."""
+def judge_domain(record: virt.DomainRecord, found: dict[str, Rate], options: argparse.Namespace) -> Verdict:
+    """The verdict on one domain's disks from each disk's rates, keyed UUID/device (pure)."""
     name, chosen = record.name, options.metric
     statuses, parts, perf = [Status.OK], [], []
-    first = False
+    whys, overs = [], []
     for device, block in disks(record):
         if options.device and device not in options.device:
             continue
-        key = f"{record.uuid}/{device}"
-        found = values(previous.get(key), current[key], block)
-        first = first or "read_iops" not in found
+        rate = found.get(f"{record.uuid}/{device}", Rate(None))
+        measured = values(rate, block)
+        if rate.per_second is None:
+            whys.append(rate.why)
+        else:
+            overs.append(rate.over())
         for metric in METRICS.values():
-            if metric.name not in found:
+            if metric.name not in measured:
                 continue
             judged = metric.name == chosen
-            perf.append(Perf(f"{name}_{metric.name}_{device}", round(found[metric.name], 3), metric.uom,
+            perf.append(Perf(f"{name}_{metric.name}_{device}", round(measured[metric.name], 3), metric.uom,
                              options.warning if judged else None, options.critical if judged else None, 0,
                              100 if metric.uom == "%" else None))
-        if chosen in found:
-            statuses.append(judge(found[chosen], options.warning, options.critical))
-            parts.append(f"{device} {chosen} {found[chosen]:.1f}{METRICS[chosen].uom}")
-    if not parts and not first:
+        if chosen in measured:
+            statuses.append(judge(measured[chosen], options.warning, options.critical))
+            parts.append(f"{device} {chosen} {measured[chosen]:.1f}{METRICS[chosen].uom}")
+    if not parts and not whys:
         return Verdict(Finding(name, Status.OK, f"{name}: no disks measured"), perf)
     text = f"{name}: " + ", ".join(parts) if parts else f"{name}:"
-    if first:
-        text += ("; " if parts else " ") + "first sample, rates on the next run"
+    if overs and METRICS[chosen].rate:
+        text += f" ({'; '.join(dict.fromkeys(overs))})"
+    elif any(over.startswith("the previous run's") for over in overs):  # perfdata of rates that are not new
+        text += f" (rates: {'; '.join(dict.fromkeys(overs))})"
+    if whys:
+        text += ("; " if parts else " ") + f"{'; '.join(dict.fromkeys(whys))}, rates on the next run"
     return Verdict(Finding(name, worst(statuses), text), perf)
 
 
@@ -128,13 +138,18 @@ def check(options: argparse.Namespace) -> Report:
     default = DEFAULTS.get(options.metric)
     if default and options.warning is None and options.critical is None:
         options.warning, options.critical = Range.parse(default[0]), Range.parse(default[1])
-    chosen, missing, previous, current = sample_domains(options, "blkstat", ["state", "block"], samples)
-    verdicts = judge_each(chosen, lambda r: judge_domain(r, previous, current, options))
+    chosen, missing, _current, found = sample_domains(options, "blkstat", ["state", "block"], samples, list(COUNTERS))
+    verdicts = judge_each(chosen, lambda r: judge_domain(r, found, options))
     judged = [p for v in verdicts for p in v.perfdata if p.warning is not None or p.critical is not None]
     top = max(judged, key=lambda p: p.value, default=None)
     ok_summary = f"{len(judged)} disks measured" + (f", highest {top.label} {top.value:g}{top.uom}" if top else "")
-    if not judged and any("first sample" in v.finding.text for v in verdicts):
-        ok_summary = "first sample taken, rates on the next run (or use --interval)"
+    rated = [r for r in found.values() if r.per_second is not None]
+    if judged and METRICS[options.metric].rate and rated and all(r.note for r in rated):
+        ok_summary += " (the previous run's rates, see -v)"
+    if not judged and any("rates on the next run" in v.finding.text for v in verdicts):
+        whys = sorted({r.why for r in found.values() if r.per_second is None} - {"first sample"})
+        ok_summary = (f"no rates yet ({'; '.join(whys)}), rates on the next run" if whys
+                      else "first sample taken, rates on the next run (or use --interval)")
     return report(verdicts, missing, options, ok_summary)
 
 
@@ -144,6 +159,7 @@ def parser() -> CheckParser:
                    help=f"what -w/-c judge: {', '.join(METRICS)} (default: allocation)")
     p.add_argument("--device", action="append", default=[], metavar="DISK",
                    help="only this disk (target name such as vda); repeat for more")
+    add_min_interval(p)
     return p
 
 

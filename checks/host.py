@@ -16,7 +16,7 @@ from sensu_kvm.domains import choose
 from sensu_kvm.errors import KvmError
 from sensu_kvm.output import Finding, Perf, Report, Status, judge, summarise
 from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, run_check
-from sensu_kvm.statefile import StateFile, exchange, rates
+from sensu_kvm.statefile import Rate, StateFile, add_min_interval, exchange
 
 NAME = "CheckKvmHost"
 CPU_KEYS = ["kernel", "user", "idle", "iowait"]
@@ -25,6 +25,7 @@ EXAMPLES = """\
   check-kvm-host                                     CPU, memory, swap and image file systems (defaults below)
   check-kvm-host --cpu-warning 80 --cpu-critical 95 --interval 2
   check-kvm-host --fs-warning 70 --fs-critical 90    file systems that hold domain disk images
+  check-kvm-host -v --min-interval 20                CPU busy % between runs over at least 20 s
   check-kvm-host -u qemu+ssh://kvm2/system           CPU and memory of a remote host (swap and file
                                                      systems are only read on the local host)"""
 
@@ -33,8 +34,11 @@ The host's CPU busy % (libvirt's node CPU statistics, a rate between this run an
 one, or two samples --interval apart), memory used % (libvirt's node memory statistics: total
 minus free, buffers and cache), swap used % (psutil) and the used % of every file system that
 holds a domain disk image (psutil): a full one pauses the guests on it. Each resource has its
-own thresholds. Defaults: CPU WARNING above 90%; memory WARNING above 90%, CRITICAL above 95%;
-swap WARNING above 50%, CRITICAL above 80%; file systems WARNING above 85%, CRITICAL above 95%."""
+own thresholds. The CPU rate between runs covers at least --min-interval (5 s): a run that
+comes sooner after the last sample reports the previous run's rate, marked so, and keeps the
+older sample for the next run. Defaults: CPU WARNING above 90%; memory WARNING above 90%,
+CRITICAL above 95%; swap WARNING above 50%, CRITICAL above 80%; file systems WARNING above
+85%, CRITICAL above 95%."""
 
 
 def is_local(uri: str) -> bool:
@@ -54,13 +58,14 @@ def host_memory(conn: Any, local: bool) -> dict[str, int] | str:
 
 
 def cpu_sample(conn: Any) -> dict[str, Any]:
+    before = time.time()
     stats = virt.node_cpu_stats(conn)
-    return {"host": {"t": time.time(), **{k: stats[k] for k in CPU_KEYS if k in stats}}}
+    return {"host": {"t": (before + time.time()) / 2, **{k: stats[k] for k in CPU_KEYS if k in stats}}}
 
 
-def cpu_busy(previous: dict[str, Any] | None, current: dict[str, Any]) -> float | None:
-    """Busy % from two samples of the node's CPU counters; None without a usable previous one."""
-    per_second = rates(previous, current, CPU_KEYS)
+def cpu_busy(rate: Rate) -> float | None:
+    """Busy % from the rates of the node's CPU counters; None without rates."""
+    per_second = rate.per_second
     if not per_second:
         return None
     total = sum(per_second.values())
@@ -84,13 +89,16 @@ def image_file_systems(paths: Iterable[str]) -> dict[str, list[str]]:
 
 
 def evaluate(busy: float | None, memory: dict[str, int] | str, swap: Any, file_systems: dict[str, Any],
-             options: argparse.Namespace) -> Report:
-    """Findings and perfdata for every resource (pure)."""
+             options: argparse.Namespace, rate: Rate | None = None) -> Report:
+    """Findings and perfdata for every resource (pure); ``rate`` says how ``busy`` was measured."""
     findings, perf = [], []
     if busy is None:
-        findings.append(Finding("cpu", Status.OK, "CPU: first sample, busy % on the next run"))
+        why = rate.why if rate else "first sample"
+        findings.append(Finding("cpu", Status.OK, f"CPU: {why}, busy % on the next run"))
     else:
-        findings.append(Finding("cpu", judge(busy, options.cpu_warning, options.cpu_critical), f"CPU {busy:.1f}% busy"))
+        over = f" ({rate.over()})" if rate else ""
+        findings.append(Finding("cpu", judge(busy, options.cpu_warning, options.cpu_critical),
+                                f"CPU {busy:.1f}% busy{over}"))
         perf.append(Perf("cpu_busy", round(busy, 3), "%", options.cpu_warning, options.cpu_critical, 0, 100))
     if isinstance(memory, str):
         findings.append(Finding("memory", Status.UNKNOWN, f"memory: {memory}"))
@@ -126,8 +134,8 @@ def check(options: argparse.Namespace) -> Report:
     uri = virt.resolve_uri(options.uri)
     conn = virt.connect(options.uri)
     try:
-        previous, current = exchange(StateFile(options.state_dir, "host", uri), lambda: cpu_sample(conn),
-                                     options.interval)
+        _current, found = exchange(StateFile(options.state_dir, "host", uri), lambda: cpu_sample(conn),
+                                   options.interval, CPU_KEYS, options.min_interval)
         memory = host_memory(conn, is_local(uri))
         paths: list[str] = []
         if is_local(uri):
@@ -142,7 +150,8 @@ def check(options: argparse.Namespace) -> Report:
             file_systems[mount] = psutil.disk_usage(mount)
         except OSError as err:
             file_systems[mount] = err.strerror or str(err)
-    return evaluate(cpu_busy(previous.get("host"), current["host"]), memory, swap, file_systems, options)
+    rate = found["host"]
+    return evaluate(cpu_busy(rate), memory, swap, file_systems, options, rate)
 
 
 def parser() -> CheckParser:
@@ -151,6 +160,7 @@ def parser() -> CheckParser:
     add_thresholds(p, None, "memory", "memory used in %", "90", "95")
     add_thresholds(p, None, "swap", "swap used in %", "50", "80")
     add_thresholds(p, None, "fs", "used % of file systems holding disk images", "85", "95")
+    add_min_interval(p)
     return p
 
 

@@ -10,7 +10,7 @@ from sensu_kvm.argtypes import count_arg
 from sensu_kvm.domains import Verdict, judge_each, report
 from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
 from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, run_check
-from sensu_kvm.statefile import rates, sample_domains
+from sensu_kvm.statefile import Rate, add_min_interval, sample_domains
 
 NAME = "CheckKvmVcpu"
 
@@ -19,17 +19,22 @@ EXAMPLES = """\
   check-kvm-vcpu -w 80 -c 95 -d kvm1           thresholds on one domain's vCPU usage in %
   check-kvm-vcpu --steal-warning 5 --steal-critical 20
   check-kvm-vcpu --expect-vcpus 2 --match '^web'
-  check-kvm-vcpu --interval 5                  sample twice, 5 s apart, instead of using the last run"""
+  check-kvm-vcpu --interval 5                  sample twice, 5 s apart, instead of using the last run
+  check-kvm-vcpu -v --min-interval 20          rates between runs over at least 20 s"""
 
 DESCRIPTION = """\
 vCPU usage of each running domain in % of its vCPUs (vCPU time over elapsed time and vCPU count),
 and steal: the time its vCPUs waited for a host CPU (vcpu.N.delay), in %, a sign of host
 overcommit. Rates need two samples: the previous run's (kept in --state-dir) or, with --interval,
 two taken now. The first run has no rate: it says so and is OK. A domain that restarted starts
-a new sample. Defaults: usage WARNING above 95%, steal WARNING above 10% and CRITICAL above 25%.
-Perfdata per domain: usage %, steal %, vCPUs current (max: maximum)."""
+a new sample. A rate between runs covers at least --min-interval (5 s): a run that comes sooner
+after the last sample (runs that overlap, a retry) reports the previous run's rate, marked so in
+its line (see -v), and keeps the older sample for the next run. Defaults: usage WARNING above
+95%, steal WARNING above 10% and CRITICAL above 25%. Perfdata per domain: usage %, steal %,
+vCPUs current (max: maximum)."""
 
 NS = 1e9
+KEYS = ["time", "delay"]
 
 
 def sample(record: virt.DomainRecord, now: float) -> dict[str, Any]:
@@ -48,9 +53,9 @@ def sample(record: virt.DomainRecord, now: float) -> dict[str, Any]:
     return entry
 
 
-def judge_domain(record: virt.DomainRecord, previous: dict[str, Any] | None, current: dict[str, Any],
+def judge_domain(record: virt.DomainRecord, rate: Rate, current: dict[str, Any],
                  options: argparse.Namespace) -> Verdict:
-    """The verdict on one running domain from two samples (pure)."""
+    """The verdict on one running domain from its current sample and rates (pure)."""
     name = record.name
     vcpus, maximum = current["vcpus"], record.stats.get("vcpu.maximum")
     perf = [Perf(f"{name}_vcpus", vcpus, minimum=0, maximum=maximum)]
@@ -61,10 +66,9 @@ def judge_domain(record: virt.DomainRecord, previous: dict[str, Any] | None, cur
         notes.append(f"{vcpus} vCPUs, expected {options.expect_vcpus}")
     if "time" not in current or not vcpus:
         return Verdict(Finding(name, Status.UNKNOWN, f"{name}: no vCPU statistics"), perf)
-    per_second = rates(previous, current, ["time", "delay"])
-    if per_second is None:
-        why = "first sample" if not previous else "counters reset (domain restarted), new sample"
-        text = f"{name} {why}, usage on the next run"
+    per_second = rate.per_second
+    if per_second is None or "time" not in per_second:
+        text = f"{name} {rate.why}, usage on the next run"
         return Verdict(Finding(name, worst(statuses), "; ".join([text, *notes])), perf)
     usage = per_second["time"] / NS / vcpus * 100
     statuses.append(judge(usage, options.warning, options.critical))
@@ -76,20 +80,26 @@ def judge_domain(record: virt.DomainRecord, previous: dict[str, Any] | None, cur
         text += f", steal {steal:.1f}%"
         perf.insert(1, Perf(f"{name}_vcpu_steal", round(steal, 3), "%", options.steal_warning,
                             options.steal_critical, 0, 100))
+    text += f" ({rate.over()})"
     return Verdict(Finding(name, worst(statuses), "; ".join([text, *notes])), perf)
 
 
 def check(options: argparse.Namespace) -> Report:
-    chosen, missing, previous, current = sample_domains(
-        options, "vcpu", ["state", "vcpu"], lambda records, now: {r.uuid: sample(r, now) for r in records})
-    verdicts = judge_each(chosen, lambda r: judge_domain(r, previous.get(r.uuid), current[r.uuid], options))
+    chosen, missing, current, found = sample_domains(
+        options, "vcpu", ["state", "vcpu"], lambda records, now: {r.uuid: sample(r, now) for r in records}, KEYS)
+    verdicts = judge_each(chosen, lambda r: judge_domain(r, found[r.uuid], current[r.uuid], options))
     busiest = max((p for v in verdicts for p in v.perfdata if p.label.endswith("_vcpu_usage")),
                   key=lambda p: p.value, default=None)
     measured = sum(1 for v in verdicts if any(p.label.endswith("_vcpu_usage") for p in v.perfdata))
     if busiest is not None:
         ok_summary = f"{measured} domains measured, busiest {busiest.label[:-len('_vcpu_usage')]} at {busiest.value:.1f}%"
+        if all(r.note for r in found.values() if r.per_second):
+            ok_summary += " (the previous run's rates, see -v)"
     else:
-        ok_summary = f"first sample of {len(current)} running domains taken, usage on the next run (or use --interval)"
+        whys = sorted({r.why for r in found.values()} - {"first sample"})
+        ok_summary = (f"no usage yet for {len(current)} running domains ({'; '.join(whys)}), usage on the next run"
+                      if whys else f"first sample of {len(current)} running domains taken, usage on the next run "
+                      "(or use --interval)")
     return report(verdicts, missing, options, ok_summary)
 
 
@@ -97,6 +107,7 @@ def parser() -> CheckParser:
     p = build_parser("check-kvm-vcpu", DESCRIPTION, EXAMPLES, thresholds="vCPU usage in %", warning="95", rates=True)
     add_thresholds(p, None, "steal", "steal (vCPU wait for a host CPU) in %", "10", "25")
     p.add_argument("--expect-vcpus", type=count_arg, metavar="N", help="WARNING when a domain's current vCPU count is not N")
+    add_min_interval(p)
     return p
 
 

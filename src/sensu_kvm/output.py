@@ -58,6 +58,13 @@ def format_number(value: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except (TypeError, OverflowError):  # an int too large for a float is still a number
+        return isinstance(value, int)
+
+
 class Perf(NamedTuple):
     """One perfdata item: ``'label'=value[UOM];warn;crit;min;max``."""
 
@@ -107,8 +114,9 @@ class Report(NamedTuple):
 
     def render(self) -> str:
         first = self.summary
-        if self.perfdata:
-            first += " | " + " ".join(str(p) for p in self.perfdata)
+        perfdata = [p for p in self.perfdata if _finite(p.value)]  # a NaN or infinity is no measurement
+        if perfdata:
+            first += " | " + " ".join(str(p) for p in perfdata)
         return "\n".join([first, *self.details])
 
 

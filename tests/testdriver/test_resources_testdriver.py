@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 from line_protocol_parser import parse_line
@@ -23,9 +24,13 @@ def test_vcpu_first_run_is_ok_and_says_so(tmp_path):
     result = run("check-kvm-vcpu", "-u", DEFAULT, "--state-dir", str(tmp_path))
     assert result.returncode == 0
     assert result.stdout == "CheckKvmVcpu OK: test first sample, usage on the next run | test_vcpus=2;;;0\n"
+    # right after: no rate over a few ms (the default --min-interval is 5 s), the sample is kept
     second = run("check-kvm-vcpu", "-u", DEFAULT, "--state-dir", str(tmp_path))
-    assert second.stdout.startswith("CheckKvmVcpu OK: test vCPU usage "), second.stdout
-    assert "test_vcpu_usage=" in second.stdout
+    assert re.match(r"CheckKvmVcpu OK: test the last sample is only 0\.[0-9]+s old, under --min-interval 5s, "
+                    r"usage on the next run \| test_vcpus=2;;;0\n\Z", second.stdout), second.stdout
+    third = run("check-kvm-vcpu", "-u", DEFAULT, "--state-dir", str(tmp_path), "--min-interval", "0.01")
+    assert third.stdout.startswith("CheckKvmVcpu OK: test vCPU usage "), third.stdout
+    assert "test_vcpu_usage=" in third.stdout
 
 
 def test_vcpu_expect_vcpus_mismatch_is_warning(tmp_path):
@@ -107,6 +112,9 @@ def test_host_cpu_and_memory(tmp_path):
     (["check-kvm-blkstat", "-m", "iops"], "argument -m/--metric: invalid choice: 'iops'"),
     (["check-kvm-vcpu", "--interval", "0"], "argument --interval: '0' is not between 0 and 86400 seconds"),
     (["check-kvm-vcpu", "--expect-vcpus", "-1"], "argument --expect-vcpus: '-1' is below 0"),
+    (["check-kvm-vcpu", "--min-interval", "0"], "argument --min-interval: '0' is not between 0 and 86400 seconds"),
+    (["check-kvm-blkstat", "--min-interval", "nan"], "argument --min-interval: 'nan' is not between 0 and 86400"),
+    (["check-kvm-host", "--min-interval", "inf"], "argument --min-interval: 'inf' is not between 0 and 86400"),
     (["check-kvm-host", "--fs-critical", "9:1"], "invalid range '9:1'"),
     (["check-kvm-memory", "--view", "both"], "argument --view: invalid choice: 'both'"),
     (["metrics-kvm", "--format", "xml"], "argument -f/--format: invalid choice: 'xml'"),

@@ -51,3 +51,9 @@ def test_summary_names_worst_first_and_counts_the_rest():
 def test_report_render():
     report = Report(Status.OK, "fine", [Perf("x", 1)], ["OK: one"])
     assert report.render() == "fine | x=1\nOK: one"
+
+
+def test_a_value_that_is_no_number_never_reaches_the_perfdata():
+    perf = [Perf("a", float("nan"), "%"), Perf("b", 1.5), Perf("c", float("inf")), Perf("d", float("-inf")), Perf("e", 2)]
+    assert Report(Status.OK, "fine", perf).render() == "fine | b=1.5 e=2"
+    assert Report(Status.OK, "fine", [Perf("a", float("nan"))]).render() == "fine"

@@ -11,6 +11,7 @@ import pytest
 
 from sensu_kvm.checks import blkstat, host, memory, vcpu
 from sensu_kvm.output import Status
+from sensu_kvm.statefile import Rate, compare
 from sensu_kvm.virt import DomainRecord
 from tests.conftest import DATA
 
@@ -23,6 +24,11 @@ def record(entry, stats=None):
     return DomainRecord(entry["name"], entry["uuid"], stats if stats is not None else dict(entry["stats"]))
 
 
+def between(previous, current, keys):
+    """The rate of two recorded samples, as the state file gives it (the recordings are 2 s apart)."""
+    return compare(previous, current, list(keys), floor=1.0)[0]
+
+
 def vcpu_opts(*argv):
     return vcpu.parser().parse_args(list(argv))
 
@@ -30,12 +36,14 @@ def vcpu_opts(*argv):
 def test_vcpu_usage_of_the_busy_guest():
     first, second = recording("vcpu-qemu-busy.json")
     a, b = record(first), record(second)
-    verdict = vcpu.judge_domain(b, vcpu.sample(a, first["t"]), vcpu.sample(b, second["t"]), vcpu_opts("-w", "50"))
+    later = vcpu.sample(b, second["t"])
+    verdict = vcpu.judge_domain(b, between(vcpu.sample(a, first["t"]), later, vcpu.KEYS), later, vcpu_opts("-w", "50"))
     labels = {p.label: p.value for p in verdict.perfdata}
     assert labels["spk-test-busy_vcpu_usage"] > 50
     assert 0 <= labels["spk-test-busy_vcpu_steal"] < 100
     assert verdict.finding.status is Status.WARNING
     assert verdict.finding.text.startswith("spk-test-busy vCPU usage ")
+    assert verdict.finding.text.endswith(f" (over {second['t'] - first['t']:.1f}s)")
 
 
 def test_vcpu_counter_reset_starts_a_new_sample():
@@ -43,7 +51,7 @@ def test_vcpu_counter_reset_starts_a_new_sample():
     b = record(second)
     later = vcpu.sample(b, second["t"])
     earlier = dict(vcpu.sample(record(first), first["t"]), time=later["time"] + 10**9)  # went backwards
-    verdict = vcpu.judge_domain(b, earlier, later, vcpu_opts())
+    verdict = vcpu.judge_domain(b, between(earlier, later, vcpu.KEYS), later, vcpu_opts())
     assert verdict.finding.status is Status.OK
     assert "counters reset (domain restarted), new sample" in verdict.finding.text
     assert not any(p.label.endswith("_vcpu_usage") for p in verdict.perfdata)
@@ -52,7 +60,7 @@ def test_vcpu_counter_reset_starts_a_new_sample():
 def test_vcpu_expected_count():
     _, second = recording("vcpu-qemu-busy.json")
     b = record(second)
-    verdict = vcpu.judge_domain(b, None, vcpu.sample(b, second["t"]), vcpu_opts("--expect-vcpus", "2"))
+    verdict = vcpu.judge_domain(b, Rate(None), vcpu.sample(b, second["t"]), vcpu_opts("--expect-vcpus", "2"))
     assert verdict.finding.status is Status.WARNING
     assert "1 vCPUs, expected 2" in verdict.finding.text
 
@@ -100,11 +108,15 @@ def blk_samples(first, second):
     return one(first), one(second)
 
 
+def blk_rates(previous, current):
+    return {key: between(previous.get(key), sample, blkstat.COUNTERS) for key, sample in current.items()}
+
+
 def test_blkstat_rates_of_the_writing_guest():
     first, second = recording("blkstat-qemu-writer.json")
     previous, current = blk_samples(first, second)
     options = blk_opts("-m", "write_iops", "-w", "1")
-    verdict = blkstat.judge_domain(record(second), previous, current, options)
+    verdict = blkstat.judge_domain(record(second), blk_rates(previous, current), options)
     labels = {p.label: p.value for p in verdict.perfdata}
     elapsed = second["t"] - first["t"]
     wr = second["stats"]["block.0.wr.reqs"] - first["stats"]["block.0.wr.reqs"]
@@ -117,7 +129,7 @@ def test_blkstat_rates_of_the_writing_guest():
 def test_blkstat_first_run_judges_allocation_only():
     _, second = recording("blkstat-qemu-writer.json")
     _, current = blk_samples(second, second)
-    verdict = blkstat.judge_domain(record(second), {}, current, blk_opts("-w", "85", "-c", "95"))
+    verdict = blkstat.judge_domain(record(second), blk_rates({}, current), blk_opts("-w", "85", "-c", "95"))
     assert "first sample, rates on the next run" in verdict.finding.text
     assert [p.label for p in verdict.perfdata] == ["spk-test-writer_allocation_vda"]
 
@@ -127,9 +139,9 @@ def test_blkstat_counter_reset_gives_no_negative_rate():
     current, previous = blk_samples(first, second)  # swapped: every counter went backwards
     for sample in current.values():
         sample["t"] = second["t"] + 5
-    verdict = blkstat.judge_domain(record(first), previous, current, blk_opts("-m", "write_iops", "-w", "1"))
+    verdict = blkstat.judge_domain(record(first), blk_rates(previous, current), blk_opts("-m", "write_iops", "-w", "1"))
     assert all(p.value >= 0 for p in verdict.perfdata)
-    assert "first sample" in verdict.finding.text
+    assert "counters reset (domain restarted), new sample, rates on the next run" in verdict.finding.text
 
 
 def test_blkstat_skips_a_cdrom_without_source():
@@ -146,7 +158,7 @@ def host_opts(*argv):
 def test_host_evaluation():
     previous = {"t": 100.0, "kernel": 10 * 10**9, "user": 30 * 10**9, "idle": 60 * 10**9, "iowait": 0}
     current = {"t": 110.0, "kernel": 15 * 10**9, "user": 45 * 10**9, "idle": 80 * 10**9, "iowait": 0}
-    busy = host.cpu_busy(previous, current)
+    busy = host.cpu_busy(between(previous, current, host.CPU_KEYS))
     assert busy == pytest.approx(50.0)
     swap = SimpleNamespace(total=1000, percent=60.0)
     fs = {"/var/lib/libvirt/images": SimpleNamespace(percent=97.0, free=10 * 2**20, total=2**30)}
