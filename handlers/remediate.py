@@ -90,7 +90,7 @@ def act(options: argparse.Namespace, event: Event, log: Log) -> int:
         if action is None:
             log(f"{head}: {name} is {why}: nothing done")
             return EXIT_DONE
-        store = StateFile(options.state_dir, "remediate", virt.shown_uri(virt.resolve_uri(options.uri)))
+        store = StateFile(options.state_dir, "remediate", virt.resolve_uri(options.uri))
         if options.dry_run:  # reads the attempts without taking the lock: a dry run creates nothing
             attempts = recent(_entry(store.load(), uuid).get("attempts"), time.time(), options.window)
             if len(attempts) >= options.max_attempts:

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 from sensu_kvm import activity
 from sensu_kvm.argtypes import seconds_arg
 from sensu_kvm.errors import KvmError
+from sensu_kvm.uris import shown_uri
 
 VERSION = 1
 MIN_INTERVAL = 5.0  # seconds: see add_min_interval
@@ -46,6 +47,7 @@ class StateFile:
     """The state of one check against one URI, under ``directory``."""
 
     def __init__(self, directory: str | os.PathLike[str], check: str, uri: str) -> None:
+        uri = shown_uri(uri)  # the file is readable by all: never a password in it (nor in its name's hash)
         digest = f"{zlib.crc32(uri.encode()):08x}"  # the URI is also inside, and checked on load
         self.directory = Path(directory)
         self.path = self.directory / f"{check}-{digest}.json"

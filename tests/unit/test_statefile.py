@@ -27,6 +27,16 @@ def test_round_trip_and_keyed_by_uri(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
 
 
+def test_a_password_in_the_uri_never_reaches_the_file_readable_by_all(tmp_path):
+    state = StateFile(tmp_path, "vcpu", "qemu+tcp://admin:s3cret@host/system?password=hunter22")
+    state.save({"u1": {"t": 1.0, "x": 5}})
+    text = state.path.read_text()
+    assert "s3cret" not in text and "hunter22" not in text
+    assert "qemu+tcp://admin@host/system" in text
+    assert StateFile(tmp_path, "vcpu", "qemu+tcp://admin:other@host/system?password=hunter22").load() == {
+        "u1": {"t": 1.0, "x": 5}}  # one host's samples, whatever password reached it
+
+
 def envelope(samples: str) -> str:
     return f'{{"version": 1, "uri": "{URI}", "samples": {samples}}}'
 
