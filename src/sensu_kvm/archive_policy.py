@@ -43,6 +43,7 @@ the path of ``<nvram>`` (libvirt gives the domain its own), the host side of ``p
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -71,8 +72,9 @@ PLAIN_DEVICES = frozenset({"controller", "memballoon", "video", "input", "sound"
 READONLY_OS = frozenset({"kernel", "initrd", "dtb", "shim"})
 # attributes that hold a host path even when it does not start with "/"
 PATH_ATTRS = frozenset({"file", "path", "dir", "socket", "evdev", "rendernode", "template", "database", "xauth"})
-# free text that libvirt does not act on, and text that is not a host path
-SKIPPED = frozenset({"metadata", "title", "description", "name", "uuid"})
+# free text that libvirt does not act on, and text that is not a host path (launchSecurity: base64)
+SKIPPED = frozenset({"metadata", "title", "description", "name", "uuid", "launchSecurity"})
+MAX_DEPTH = 32  # a libvirt domain XML nests about 8 deep
 
 
 class Unsafe(KvmError):
@@ -156,6 +158,10 @@ def check_header(header: dict[str, Any]) -> list[dict[str, Any]]:
     uuid = header.get("uuid")
     if not isinstance(uuid, str) or not UUID_RE.match(uuid):
         raise Unsafe(f"the archive's UUID {show(uuid)} is not a UUID")
+    created = header.get("created")
+    if isinstance(created, bool) or not isinstance(created, (int, float)) or not math.isfinite(created) \
+            or not 0 <= created < 1 << 36:
+        raise Unsafe(f"the archive's creation time {show(created)} is not a time")
     disks = header.get("disks")
     if not isinstance(disks, list):
         raise Unsafe("the archive's header has no list of disks")
@@ -270,6 +276,12 @@ def parse(xml: str) -> ET.Element:
         raise Unsafe(f"domain.xml is not well-formed XML ({err})") from err
     if root.tag != "domain":
         raise Unsafe(f"domain.xml holds a <{show(root.tag)}>, not a <domain>")
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise Unsafe(f"domain.xml nests elements more than {MAX_DEPTH} deep")
+        stack.extend((child, depth + 1) for child in node)
     return root
 
 
@@ -314,6 +326,8 @@ def check_xml(root: ET.Element, header: dict[str, Any], xml_disks: list[tuple[st
         if node.tag == "mirror":
             raise Unsafe(f"domain.xml has a <mirror> ({show(_first_path(node) or 'no path')})")
     for disk in root.iterfind("devices/disk"):
+        if len(disk.findall("source")) > 1:
+            raise Unsafe(f"{show(_disk_target(disk))}: a disk of domain.xml has more than one <source>")
         if _disk_target(disk) not in copied:
             continue
         source = disk.find("source")
@@ -492,7 +506,9 @@ def _device(dev: ET.Element, copied: set[str]) -> list[Ref]:
             return [_ref("log", _tagged(dev), dev, source.get("path", ""))]
         return [_ref("host", _tagged(dev), dev)]
     if tag == "interface":
-        if kind in INTERFACE_TYPES and not paths and dev.find("script") is None and dev.find("downscript") is None:
+        takes_nic = any(s.get("mode") == "passthrough" for s in dev.findall("source"))  # the host's NIC, whole
+        if kind in INTERFACE_TYPES and not paths and not takes_nic and dev.find("script") is None \
+                and dev.find("downscript") is None:
             return []
         return [_ref("host", _tagged(dev), dev)]
     if tag == "graphics":

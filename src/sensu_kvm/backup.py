@@ -1804,9 +1804,9 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
                 except OSError as err:
                     raise BadRequest(f"{target}: the folder {folder} does not exist (use --image-dir)") from err
             _destination(target, dest, folders[folder], force, view.overwritable)
-        total = sum(int(d.get("data", 0)) for d in header.get("disks", []) if isinstance(d.get("data", 0), int))
         try:
-            manifest, _xml, _digest = scan_archive(path, sink, Progress(total, progress) if progress else None, on_xml)
+            manifest, _xml, _digest = scan_archive(path, sink, Progress(data_total(header), progress) if progress
+                                                   else None, on_xml)
             policy.check_manifest(header, manifest)
             if set(temps) != set(paths):
                 raise Corrupt(f"{path}: images missing from the archive: {sorted(set(paths) - set(temps))}")
@@ -1818,12 +1818,15 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
             for target, tmp in temps.items():
                 dest = paths[target]
                 fd = folders[os.path.dirname(dest)]
-                if _destination(target, dest, fd, force, view.overwritable):
-                    os.replace(os.path.basename(tmp), os.path.basename(dest), src_dir_fd=fd, dst_dir_fd=fd)
-                else:  # a link never replaces a file that appeared meanwhile
-                    os.link(os.path.basename(tmp), os.path.basename(dest), src_dir_fd=fd, dst_dir_fd=fd,
-                            follow_symlinks=False)
-                    os.unlink(os.path.basename(tmp), dir_fd=fd)
+                try:
+                    if _destination(target, dest, fd, force, view.overwritable):
+                        os.replace(os.path.basename(tmp), os.path.basename(dest), src_dir_fd=fd, dst_dir_fd=fd)
+                    else:  # a link never replaces a file that appeared meanwhile
+                        os.link(os.path.basename(tmp), os.path.basename(dest), src_dir_fd=fd, dst_dir_fd=fd,
+                                follow_symlinks=False)
+                        os.unlink(os.path.basename(tmp), dir_fd=fd)
+                except OSError as err:
+                    raise KvmError(f"{target}: cannot move the image into place at {dest}: {err.strerror}") from err
         except BaseException:
             for tmp in temps.values():
                 with contextlib.suppress(OSError):
@@ -1841,6 +1844,15 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
     except libvirt.libvirtError as err:
         raise _fail(err, f"{name}: images restored to {', '.join(paths.values())}, but the domain") from err
     return {"domain": name, "images": paths, "started": start, "from": header["domain"], "archive": path}
+
+
+def data_total(header: dict[str, Any]) -> int:
+    """The bytes of image data an archive's header announces, for progress (0 when it says nothing
+    usable: a header is input)."""
+    disks = header.get("disks")
+    if not isinstance(disks, list):
+        return 0
+    return sum(d["data"] for d in disks if isinstance(d, dict) and type(d.get("data")) is int and d["data"] > 0)
 
 
 def _head(path: str, dir_fd: int, size: int = 512) -> bytes:

@@ -58,7 +58,7 @@ def test_show_keeps_a_message_on_one_line():
 def header(**changes):
     disks = [crafted.header_disk("vda", "/srv/img/web1.qcow2"),
              crafted.header_disk("sda", "/srv/iso/debian.iso", "raw", False, "cdrom", "a cdrom")]
-    base = {"format": backup.FORMAT, "domain": NAME, "uuid": UUID, "disks": disks}
+    base = {"format": backup.FORMAT, "domain": NAME, "uuid": UUID, "created": 1714528800, "disks": disks}
     base.update(changes)
     return base
 
@@ -73,6 +73,11 @@ def disk(**changes):
     ({"domain": "a/b"}, "domain name a/b holds a '/'"),
     ({"domain": None}, "is empty"),
     ({"uuid": "../../x"}, "is not a UUID"),
+    ({"created": "yesterday"}, "is not a time"),
+    ({"created": float("nan")}, "is not a time"),
+    ({"created": 1e300}, "is not a time"),
+    ({"created": True}, "is not a time"),
+    ({"created": -1}, "is not a time"),
     ({"disks": "vda"}, "no list of disks"),
     ({"disks": ["vda"]}, "not an object"),
     ({"disks": [disk(target="vda/../x")]}, "not a plain device name"),
@@ -203,6 +208,8 @@ def test_the_disks_and_names_of_the_xml_are_the_header_s():
         (xml(disks=crafted.disk_xml("vda", "/srv/img/web1.qcow2", extra="<readonly/>") + SDA), "are not those"),
         ("<!DOCTYPE domain [<!ENTITY x '/etc/shadow'>]>" + xml(), "DOCTYPE"),
         ("<domain", "not well-formed"),
+        (xml(devices="<x>" * 40 + "</x>" * 40), "nests elements more than 32 deep"),
+        (xml(disks=VDA.replace("<target", "<source file='/etc/shadow'/><target") + SDA), "more than one <source>"),
         ("<network/>", "not a <domain>"),
     ]:
         with pytest.raises(policy.Unsafe) as err:
@@ -315,6 +322,7 @@ HOST = [
     ("<interface type='hostdev'><source><address type='pci' domain='0' bus='0' slot='1' function='0'/></source>"
      "</interface>", "<interface type='hostdev'>", ""),
     ("<interface type='server'><source address='0.0.0.0' port='5558'/></interface>", "<interface type='server'>", ""),
+    ("<interface type='direct'><source dev='eth0' mode='passthrough'/></interface>", "<interface type='direct'>", ""),
     ("<interface type='network'><source network='default'/><backend tap='/dev/evil'/></interface>",
      "<interface type='network'>", "/dev/evil"),
     ("<interface type='network'><source network='default'/><rom file='/etc/shadow'/></interface>",
@@ -371,6 +379,8 @@ def test_a_serial_log_file_is_a_log_reference():
     ("<resource><partition>/machine</partition></resource>", None, None, None),
     ("<metadata><app:x xmlns:app='urn:x' path='/etc/shadow'/></metadata>", None, None, None),
     ("<description>/etc/shadow</description>", None, None, None),
+    ("<launchSecurity type='sev'><policy>0x0003</policy><dhCert>/AAAbase64/=</dhCert></launchSecurity>", None, None,
+     None),
     ("<pstore backend='acpi-erst'><path>/etc/shadow</path></pstore>", "<pstore>", "host", "/etc/shadow"),
 ])
 def test_top_level_elements(top, what, kind, path):

@@ -307,8 +307,8 @@ def cmd_verify(o: argparse.Namespace) -> int:
     for path in o.archives:
         try:
             header = backup.read_header(path)
-            total = sum(int(d.get("data", 0)) for d in header.get("disks", []))
-            manifest, digest = backup.verify(path, backup.Progress(total, show) if show else None, trust=True)
+            manifest, digest = backup.verify(path, backup.Progress(backup.data_total(header), show) if show else None,
+                                             trust=True)
             files = manifest.get("files", [])
             report.append({"archive": path, "ok": True, "domain": header["domain"], "files": len(files),
                            "sha256": digest})
