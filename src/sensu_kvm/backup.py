@@ -1769,8 +1769,9 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
     if new_name is not None and policy.name_problem(new_name):
         raise BadRequest(f"--name {policy.show(new_name)} {policy.name_problem(new_name)}")
     name = new_name or header["domain"]
-    for option, folder in [("--image-dir", image_dir)] * (image_dir is not None) + [("--allow-dir", d) for d in allow_dirs]:
-        if not os.path.isdir(str(folder)):
+    given = [("--allow-dir", d) for d in allow_dirs] + ([("--image-dir", image_dir)] if image_dir is not None else [])
+    for option, folder in given:
+        if not os.path.isdir(folder):
             raise BadRequest(f"{option} {folder} does not exist or is not a folder")
     if image_dir is not None:
         image_dir = os.path.abspath(image_dir)

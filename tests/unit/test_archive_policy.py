@@ -227,12 +227,15 @@ def test_a_restored_disk_brings_nothing_but_its_image(extra, says):
     with pytest.raises(policy.Unsafe) as err:
         analysed(xml(disks=crafted.disk_xml("vda", "/srv/img/web1.qcow2", extra=extra) + SDA))
     assert says in str(err.value)
+
+
+def test_a_restored_disk_s_source_names_only_its_image():
     text = xml(disks=("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source "
                       "file='/srv/img/web1.qcow2'><dataStore type='file'><source file='/etc/shadow'/></dataStore>"
                       "</source><target dev='vda' bus='virtio'/></disk>") + SDA)
     with pytest.raises(policy.Unsafe, match="has a <dataStore> \\(/etc/shadow\\)"):
         analysed(text)
-    # an empty <backingStore/> (no backing file) is what libvirt writes for a whole image: kept out
+    # an empty <backingStore/> says there is no backing file: accepted, and dropped
     root, _refs = analysed(xml(disks=crafted.disk_xml("vda", "/srv/img/web1.qcow2", extra="<backingStore/>") + SDA))
     assert root.find("devices/disk/backingStore") is None
 
