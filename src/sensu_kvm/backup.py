@@ -930,7 +930,13 @@ def verify(path: str, progress: Progress | None = None, trust: bool = False) -> 
     try:
         header = read_header(path)
         policy.check_header(header)
-        manifest, _xml, digest = scan_archive(path, sink, progress, on_xml=check_xml)
+
+        def on_xml(hdr: dict[str, Any], xml: str) -> None:
+            if hdr != header:
+                raise Corrupt(f"{path}: the archive changed while it was read")
+            check_xml(hdr, xml)
+
+        manifest, _xml, digest = scan_archive(path, sink, progress, on_xml)
         policy.check_manifest(header, manifest)
         for target, head in heads.items():
             problem = policy.image_problem(bytes(head.data))
@@ -1784,6 +1790,8 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
     checked: dict[str, Any] = {}
 
     def on_xml(hdr: dict[str, Any], xml: str) -> None:
+        if hdr != header:  # the paths come from the header read first: it must be the one checked now
+            raise Corrupt(f"{path}: the archive changed while it was read")
         root, refs = check_xml(hdr, xml)
         policy.check_host(refs, readonly_ok, view.vouched)
         checked["root"] = root
