@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -37,6 +38,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any, NamedTuple
 
 from sensu_kvm import __version__
+from sensu_kvm import archive_policy as policy
 from sensu_kvm.errors import KvmError
 
 FORMAT = "kvm-backup/1"
@@ -726,7 +728,7 @@ def read_payload(stream: Stream, member: Member, sink: Callable[[bytes], None] |
 def _json(data: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise Corrupt(f"{what} is not valid JSON") from err
     if not isinstance(value, dict):
         raise Corrupt(f"{what} is not a JSON object")
@@ -749,12 +751,13 @@ def read_header(path: str) -> dict[str, Any]:
 
 
 class ImageSink:
-    """Writes a sparse member's payload into an image file: the map, then the data at its offsets."""
+    """Writes a sparse member's payload into a new image file (never an existing file, never through
+    a symlink; in the folder ``dir_fd`` when given): the map, then the data at its offsets."""
 
-    def __init__(self, path: str, realsize: int) -> None:
+    def __init__(self, path: str, realsize: int, dir_fd: int | None = None) -> None:
         self.path = path
         self.realsize = realsize
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.fd = self._open(path, dir_fd)
         self.head = b""
         self.parts: list[tuple[int, int]] | None = None
         self.skip = 0
@@ -780,25 +783,65 @@ class ImageSink:
                 raise Corrupt(f"{self.path}: more data than its sparse map says")
             offset, length = self.parts[self.index]
             take = min(length - self.within, len(view))
-            os.pwrite(self.fd, view[:take], offset + self.within)
+            self._put(view[:take], offset + self.within)
             self.within += take
             view = view[take:]
             if self.within == length:
                 self.index += 1
                 self.within = 0
 
+    def _open(self, path: str, dir_fd: int | None) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        try:
+            return os.open(os.path.basename(path) if dir_fd is not None else path, flags, 0o600, dir_fd=dir_fd)
+        except OSError as err:
+            raise Refused(f"cannot create {path}: {err.strerror}") from err
+
+    def _put(self, data: memoryview, offset: int) -> None:
+        try:
+            os.pwrite(self.fd, data, offset)
+        except OSError as err:
+            raise KvmError(f"writing {self.path}: {err.strerror}") from err
+
     def close(self) -> None:
         try:
             os.ftruncate(self.fd, self.realsize)
             os.fsync(self.fd)
+        except OSError as err:
+            raise KvmError(f"writing {self.path}: {err.strerror}") from err
         finally:
             os.close(self.fd)
 
 
+class HeadSink(ImageSink):
+    """Keeps the first ``size`` bytes of a sparse member's image in memory (holes as zeros), so that
+    ``verify`` can look at an image's header without writing it anywhere."""
+
+    def __init__(self, name: str, realsize: int, size: int = 512) -> None:
+        self.data = bytearray(min(size, realsize))
+        super().__init__(name, realsize)
+
+    def _open(self, path: str, dir_fd: int | None) -> int:
+        return -1
+
+    def _put(self, data: memoryview, offset: int) -> None:
+        if offset < len(self.data):
+            end = min(len(self.data), offset + len(data))
+            self.data[offset:end] = data[:end - offset]
+
+    def close(self) -> None:
+        pass
+
+
 def scan_archive(path: str, sinks: Callable[[Member, dict[str, Any]], Any] | None = None,
-                 progress: Progress | None = None) -> tuple[dict[str, Any], str, str]:
+                 progress: Progress | None = None,
+                 on_xml: Callable[[dict[str, Any], str], object] | None = None) -> tuple[dict[str, Any], str, str]:
     """Read the whole archive and check every member against the manifest (nothing is written to
-    disk unless ``sinks`` gives a sink for a member). (manifest, domain XML, archive sha256)."""
+    disk unless ``sinks`` gives a sink for a member). (manifest, domain XML, archive sha256).
+
+    ``on_xml(header, xml)`` is called once the domain XML is read, before any image member: an
+    archive with an image before its domain XML is then refused, so that a check of the XML comes
+    before anything is written."""
     stream = Stream(path)
     try:
         member = next_member(stream)
@@ -817,18 +860,26 @@ def scan_archive(path: str, sinks: Callable[[Member, dict[str, Any]], Any] | Non
             member = next_member(stream)
             if member is None:
                 break
+            if member.name in seen or member.name == HEADER or (member.name == MANIFEST and manifest is not None):
+                raise Corrupt(f"{path}: the member {policy.show(member.name)} is there twice")
+            if member.name in (MANIFEST, XML_MEMBER) and member.size > 4 * MIB:
+                raise Corrupt(f"{path}: {member.name} is larger than 4 MiB")
             if member.name == MANIFEST:
                 manifest = _json(stream.exact(member.size + (-member.size % BLOCK), MANIFEST)[:member.size],
                                  MANIFEST)
                 continue
             if manifest is not None:
-                raise Corrupt(f"{path}: a member after the manifest ({member.name})")
+                raise Corrupt(f"{path}: a member after the manifest ({policy.show(member.name)})")
             if member.name == XML_MEMBER:
                 data = stream.exact(member.size + (-member.size % BLOCK), XML_MEMBER)[:member.size]
                 xml = data.decode("utf-8", "replace")
                 seen[member.name] = hashlib.sha256(data).hexdigest()
                 sizes[member.name] = member.size
+                if on_xml is not None:
+                    on_xml(header, xml)
                 continue
+            if on_xml is not None and XML_MEMBER not in seen:
+                raise Corrupt(f"{path}: the image {policy.show(member.name)} comes before {XML_MEMBER}")
             sink = sinks(member, header) if sinks is not None else None
             if sink is not None:
                 opened.append(sink)
@@ -862,10 +913,60 @@ def scan_archive(path: str, sinks: Callable[[Member, dict[str, Any]], Any] | Non
     return manifest, xml, stream.archive_sha.hexdigest()
 
 
-def verify(path: str, progress: Progress | None = None) -> tuple[dict[str, Any], str]:
-    """Every checksum of an archive, without extracting; (manifest, archive sha256)."""
-    manifest, _xml, digest = scan_archive(path, progress=progress)
+def verify(path: str, progress: Progress | None = None, trust: bool = False) -> tuple[dict[str, Any], str]:
+    """Every checksum of an archive, without extracting; (manifest, archive sha256). With ``trust``
+    also every structural rule of ``archive_policy`` (what a restore would refuse whatever the host):
+    an archive that breaks one is Corrupt."""
+    if not trust:
+        manifest, _xml, digest = scan_archive(path, progress=progress)
+        return manifest, digest
+    heads: dict[str, HeadSink] = {}
+
+    def sink(member: Member, header: dict[str, Any]) -> HeadSink:
+        target = policy.check_member(member.name, header, [policy.member_name(t) for t in heads])
+        heads[target] = HeadSink(member.name, _realsize(member))
+        return heads[target]
+
+    try:
+        header = read_header(path)
+        policy.check_header(header)
+
+        def on_xml(hdr: dict[str, Any], xml: str) -> None:
+            if hdr != header:
+                raise Corrupt(f"{path}: the archive changed while it was read")
+            check_xml(hdr, xml)
+
+        manifest, _xml, digest = scan_archive(path, sink, progress, on_xml)
+        policy.check_manifest(header, manifest)
+        for target, head in heads.items():
+            problem = policy.image_problem(bytes(head.data))
+            if problem:
+                raise policy.Unsafe(f"{target}: the image {problem}")
+    except policy.Unsafe as err:
+        raise Corrupt(f"{path}: refused: {err}") from err
     return manifest, digest
+
+
+def check_xml(header: dict[str, Any], xml: str) -> tuple[Any, list[policy.Ref]]:
+    """The structural rules of an archive's domain XML (archive_policy); (the sanitized XML tree,
+    what it uses on the host beyond its restored images)."""
+    root = policy.parse(xml)
+    policy.check_xml(root, header, [(d.target, d.device, d.source, d.format, d.copy) for d in disks_of(xml)])
+    copied = policy.copied_targets(header)
+    policy.sanitize(root, copied)
+    refs = policy.references(root, copied)
+    policy.check_references(refs)
+    return root, refs
+
+
+def _realsize(member: Member) -> int:
+    try:
+        size = int(member.pax.get("GNU.sparse.realsize", "0"))
+    except ValueError as err:
+        raise Corrupt(f"{member.name}: its size is not a number") from err
+    if size < 0 or size > 1 << 60:
+        raise Corrupt(f"{member.name}: its size {size} is out of range")
+    return size
 
 
 # --- free space (pure) -----------------------------------------------------------------------------
@@ -1573,67 +1674,202 @@ def restore_paths(header: dict[str, Any], image_dir: str | None, new_name: str |
     return paths
 
 
+class HostView(NamedTuple):
+    """What this host allows a restore (read with a read-only connection)."""
+
+    image_dirs: list[str]  # resolved folders images may be written to
+    vouched: policy.Vouched
+    overwritable: frozenset[str]  # resolved images of the domain being replaced (--force)
+    replaced: str | None  # the name of the domain being replaced
+
+
+def host_view(ro: Any, header: dict[str, Any], name: str, new_name: str | None, image_dir: str | None,
+              allow_dirs: list[str], force: bool) -> HostView:
+    """The folders images may go to: ``--image-dir``, every ``--allow-dir``, the target folders of the
+    dir, fs and netfs storage pools, and the folders of the images of the domain with the archive's
+    UUID and of the domain being replaced; what those two domains vouch for; what may be overwritten.
+    Refuses to replace a running domain, or one that is not the archive's (another UUID)."""
+    libvirt = _libvirt()
+
+    def lookup(how: Callable[[str], Any], value: str) -> Any:
+        try:
+            return how(value)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise _fail(err, f"{value}: lookup") from err
+
+    replaced = lookup(ro.lookupByName, name)
+    original = lookup(ro.lookupByUUIDString, header["uuid"])
+    if not new_name and original is not None and original.name() != name:
+        raise BadRequest(f"the archive's UUID is that of the domain {original.name()} here (use --name NEW to restore "
+                         "a copy beside it)")
+    if not new_name and replaced is not None and replaced.UUIDString().lower() != header["uuid"].lower():
+        raise BadRequest(f"a different domain named {name} exists (UUID {replaced.UUIDString()}, the archive's is "
+                         f"{header['uuid']}): use --name NEW")
+    if replaced is not None:
+        if not force:
+            raise BadRequest(f"a domain named {name} exists already (use --force to replace it, or --name NEW to "
+                             "restore a copy beside it)")
+        if replaced.isActive():
+            raise Refused(f"{name} is running: shut it down before replacing it")
+    dirs = [os.path.realpath(d) for d in ([image_dir] if image_dir else []) + list(allow_dirs)]
+    pools: list[Any] = []
+    with contextlib.suppress(libvirt.libvirtError):  # no storage driver: no pools
+        pools = ro.listAllStoragePools(0)
+    for pool in pools:
+        with contextlib.suppress(libvirt.libvirtError, ET.ParseError):
+            root = ET.fromstring(pool.XMLDesc(0))
+            folder = root.findtext("target/path") or ""
+            if root.get("type") in ("dir", "fs", "netfs") and folder.startswith("/"):
+                dirs.append(os.path.realpath(folder))
+    mine: dict[str, list[tuple[Any, list[str]]]] = {"original": [], "replaced": []}
+    overwritable: set[str] = set()
+    for role, dom in (("original", original), ("replaced", replaced)):
+        if dom is None:
+            continue
+        try:
+            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        except libvirt.libvirtError as err:
+            raise _fail(err, f"{dom.name()}: cannot read the domain") from err
+        images = [d for d in disks_of(xml) if d.copy]
+        dirs += [os.path.realpath(os.path.dirname(d.source)) for d in images]
+        mine[role].append((ET.fromstring(xml), [d.target for d in images]))
+        if role == "replaced":
+            overwritable.update(os.path.realpath(d.source) for d in images)
+    return HostView(list(dict.fromkeys(dirs)), policy.vouched_by(mine["original"], mine["replaced"]),
+                    frozenset(overwritable), replaced.name() if replaced is not None else None)
+
+
+def _destination(target: str, dest: str, dir_fd: int, force: bool, overwritable: frozenset[str]) -> bool:
+    """Whether an image may be written to ``dest`` (in the open folder ``dir_fd``), and whether it
+    replaces a file there: never a symlink or anything but a regular file; an existing file only
+    with --force and only an image of the domain being replaced."""
+    try:
+        st = os.stat(os.path.basename(dest), dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise Refused(f"{target}: cannot look at {dest}: {err.strerror}") from err
+    if stat.S_ISLNK(st.st_mode):
+        raise policy.Unsafe(f"{target}: {policy.show(dest)} is a symlink: a restore never writes through one")
+    if not stat.S_ISREG(st.st_mode):
+        raise policy.Unsafe(f"{target}: {policy.show(dest)} exists and is not a regular file")
+    if not force:
+        raise BadRequest(f"{target}: {dest} exists already (use --force to overwrite it, or --image-dir)")
+    if dest not in overwritable:
+        raise policy.Unsafe(f"{target}: {policy.show(dest)} exists and is not an image of the domain being replaced "
+                            "(--force overwrites only those)")
+    return True
+
+
 def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, force: bool, start: bool,
-            progress: bool = False) -> dict[str, Any]:
-    """Check an archive while writing its images under temporary names; only when every checksum
-    matches, move them into place, define the domain (and start it)."""
+            progress: bool = False, allow_dirs: tuple[str, ...] = (), allow_readonly: tuple[str, ...] = (),
+            ro: Any = None) -> dict[str, Any]:
+    """Check an archive against archive_policy and this host (``ro``: a read-only connection), then
+    write its images under temporary names while checking every checksum; only when all is well,
+    move them into place, define the domain (and start it)."""
     libvirt = _libvirt()
     header = read_header(path)
+    policy.check_header(header)
+    if new_name is not None and policy.name_problem(new_name):
+        raise BadRequest(f"--name {policy.show(new_name)} {policy.name_problem(new_name)}")
     name = new_name or header["domain"]
-    if image_dir is not None and not os.path.isdir(image_dir):
-        raise BadRequest(f"--image-dir {image_dir} does not exist or is not a folder")
-    paths = restore_paths(header, image_dir, new_name)
-    existing = None
-    with contextlib.suppress(libvirt.libvirtError):
-        existing = conn.lookupByName(name)
-    if existing is None and not new_name:
-        with contextlib.suppress(libvirt.libvirtError):
-            existing = conn.lookupByUUIDString(header["uuid"])
-    if existing is not None:
-        if not force:
-            raise BadRequest(f"a domain named {existing.name()} exists already (use --force to replace it, or "
-                             "--name NEW to restore a copy beside it)")
-        if existing.isActive():
-            raise Refused(f"{existing.name()} is running: shut it down before replacing it")
-    for target, dest in paths.items():
-        if not os.path.isdir(os.path.dirname(dest)):
-            raise BadRequest(f"{target}: the folder {os.path.dirname(dest)} does not exist (use --image-dir)")
-        if os.path.exists(dest) and not force:
-            raise BadRequest(f"{target}: {dest} exists already (use --force to overwrite it, or --image-dir)")
-    by_member = {f"disks/{t}.img": (t, p) for t, p in paths.items()}
+    given = [("--allow-dir", d) for d in allow_dirs] + ([("--image-dir", image_dir)] if image_dir is not None else [])
+    for option, folder in given:
+        if not os.path.isdir(folder):
+            raise BadRequest(f"{option} {folder} does not exist or is not a folder")
+    if image_dir is not None:
+        image_dir = os.path.abspath(image_dir)
+    view = host_view(ro if ro is not None else conn, header, name, new_name, image_dir,
+                     [os.path.abspath(d) for d in allow_dirs], force)
+    readonly_ok = [os.path.realpath(os.path.abspath(p)) for p in allow_readonly]
+    paths = policy.place(restore_paths(header, image_dir, new_name), view.image_dirs)
+    folders: dict[str, int] = {}
     temps: dict[str, str] = {}
+    checked: dict[str, Any] = {}
 
-    def sink(member: Member, _header: dict[str, Any]) -> ImageSink | None:
-        if member.name not in by_member:
-            raise Corrupt(f"{path}: unexpected member {member.name}")
-        target, dest = by_member[member.name]
-        tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.kvm-restore-partial")
+    def on_xml(hdr: dict[str, Any], xml: str) -> None:
+        if hdr != header:  # the paths come from the header read first: it must be the one checked now
+            raise Corrupt(f"{path}: the archive changed while it was read")
+        root, refs = check_xml(hdr, xml)
+        policy.check_host(refs, readonly_ok, view.vouched)
+        checked["root"] = root
+
+    def sink(member: Member, hdr: dict[str, Any]) -> ImageSink:
+        target = policy.check_member(member.name, hdr, [policy.member_name(t) for t in temps])
+        dest = paths[target]
+        tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.{os.getpid()}.kvm-restore-partial")
+        image = ImageSink(tmp, _realsize(member), folders[os.path.dirname(dest)])
         temps[target] = tmp
-        realsize = int(member.pax.get("GNU.sparse.realsize", "0"))
-        return ImageSink(tmp, realsize)
+        return image
 
-    total = sum(int(d.get("data", 0)) for d in header.get("disks", []))
     try:
-        _manifest, xml, _digest = scan_archive(path, sink, Progress(total, progress) if progress else None)
-        if set(temps) != set(paths):
-            raise Corrupt(f"{path}: images missing from the archive: {sorted(set(paths) - set(temps))}")
-        new_xml = rewrite_xml(xml, paths, new_name)
-        for target, tmp in temps.items():
-            os.replace(tmp, paths[target])
-    except BaseException:
-        for tmp in temps.values():
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise
+        for target, dest in paths.items():
+            folder = os.path.dirname(dest)
+            if folder not in folders:
+                try:
+                    folders[folder] = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                except OSError as err:
+                    raise BadRequest(f"{target}: the folder {folder} does not exist (use --image-dir)") from err
+            _destination(target, dest, folders[folder], force, view.overwritable)
+        try:
+            manifest, _xml, _digest = scan_archive(path, sink, Progress(data_total(header), progress) if progress
+                                                   else None, on_xml)
+            policy.check_manifest(header, manifest)
+            if set(temps) != set(paths):
+                raise Corrupt(f"{path}: images missing from the archive: {sorted(set(paths) - set(temps))}")
+            for target, tmp in temps.items():
+                problem = policy.image_problem(_head(tmp, folders[os.path.dirname(tmp)]))
+                if problem:
+                    raise policy.Unsafe(f"{target}: the image {problem}")
+            new_xml = rewrite_xml(ET.tostring(checked["root"], encoding="unicode"), paths, new_name)
+            for target, tmp in temps.items():
+                dest = paths[target]
+                fd = folders[os.path.dirname(dest)]
+                try:
+                    if _destination(target, dest, fd, force, view.overwritable):
+                        os.replace(os.path.basename(tmp), os.path.basename(dest), src_dir_fd=fd, dst_dir_fd=fd)
+                    else:  # a link never replaces a file that appeared meanwhile
+                        os.link(os.path.basename(tmp), os.path.basename(dest), src_dir_fd=fd, dst_dir_fd=fd,
+                                follow_symlinks=False)
+                        os.unlink(os.path.basename(tmp), dir_fd=fd)
+                except OSError as err:
+                    raise KvmError(f"{target}: cannot move the image into place at {dest}: {err.strerror}") from err
+        except BaseException:
+            for tmp in temps.values():
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.basename(tmp), dir_fd=folders[os.path.dirname(tmp)])
+            raise
+    finally:
+        for fd in folders.values():
+            os.close(fd)
     try:
-        if existing is not None and existing.name() == name and new_name:
-            existing.undefine()
+        if view.replaced is not None and new_name:
+            conn.lookupByName(view.replaced).undefine()
         dom = conn.defineXML(new_xml)
         if start:
             dom.create()
     except libvirt.libvirtError as err:
         raise _fail(err, f"{name}: images restored to {', '.join(paths.values())}, but the domain") from err
     return {"domain": name, "images": paths, "started": start, "from": header["domain"], "archive": path}
+
+
+def data_total(header: dict[str, Any]) -> int:
+    """The bytes of image data an archive's header announces, for progress (0 when it says nothing
+    usable: a header is input)."""
+    disks = header.get("disks")
+    if not isinstance(disks, list):
+        return 0
+    return sum(d["data"] for d in disks if isinstance(d, dict) and type(d.get("data")) is int and d["data"] > 0)
+
+
+def _head(path: str, dir_fd: int, size: int = 512) -> bytes:
+    fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
 
 
 # --- remote destinations (rsync over ssh) ----------------------------------------------------------

@@ -66,10 +66,12 @@ def make_archive(folder: Path, domain: str, age: float, payload: bytes = b"data"
     created = time.time() - age
     path = folder / backup.archive_name(domain, created, "zstd")
     writer = backup.ArchiveWriter(str(path), "zstd")
-    header = {"format": backup.FORMAT, "domain": domain, "uuid": "u", "created": int(created), "mode": "offline",
+    uuid = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
+    header = {"format": backup.FORMAT, "domain": domain, "uuid": uuid, "created": int(created), "mode": "offline",
               "consistency": "shut off", "disks": []}
     writer.member(backup.HEADER, backup.header_json(header))
-    xml = b"<domain><name>" + domain.encode() + b"</name></domain>" + payload
+    xml = (f"<domain type='qemu'><name>{domain}</name><uuid>{uuid}</uuid></domain><!-- ".encode() + payload
+           + b" -->")  # one that a restore would accept: verify checks that too
     files = [{"member": backup.XML_MEMBER, "size": len(xml), "sha256": writer.member(backup.XML_MEMBER, xml)}]
     writer.member(backup.MANIFEST, backup.manifest_json(header, files))
     writer.close()

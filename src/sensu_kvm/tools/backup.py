@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sensu_kvm import __version__, backup, snapinfo, snapshots, virt
+from sensu_kvm import __version__, archive_policy, backup, snapinfo, snapshots, virt
 from sensu_kvm.argtypes import count_arg, domain_arg, number_arg, path_arg, seconds_arg, state_dir_arg, text_arg, uri_arg
 from sensu_kvm.durations import format_age
 from sensu_kvm.errors import KvmError
@@ -53,7 +53,8 @@ EXAMPLES = {
   kvm-backup restore /srv/backup/web1-20240501T020000Z.kvmbak.tar.zst            (web1 must be gone)
   kvm-backup restore ARCHIVE --force                        replace web1 (shut off) and its images
   kvm-backup restore ARCHIVE --name web1-copy --start       beside the original: new name, UUID, MACs
-  kvm-backup restore ARCHIVE --name web1-test --image-dir /srv/scratch""",
+  kvm-backup restore ARCHIVE --name web1-test --image-dir /srv/scratch
+  kvm-backup restore ARCHIVE --allow-dir /srv/images --allow-readonly /srv/iso/debian-12.iso""",
     "prune": """\
   kvm-backup prune /srv/backup --keep-last 3
   kvm-backup prune /srv/backup --keep-daily 7 --keep-weekly 4 --dry-run""",
@@ -63,8 +64,29 @@ EXAMPLES = {
 }
 
 
+NOTES = {
+    "verify": """\
+Besides every sha256, verify refuses (as damaged, exit 1) an archive that no restore would accept:
+paths with '..', relative or not in normal form, member names that are not disks/<target>.img of the
+header's disks, a domain.xml whose name, UUID or disks differ from the header, a <backingStore> or
+<mirror> in it, a qcow2 image with a backing file. What depends on the host (where images may go,
+which host files the XML may use) only restore can check.""",
+    "restore": """\
+Nothing in the archive is trusted. Images go only to --image-dir, an --allow-dir, the target folder
+of a dir/fs/netfs storage pool, or the folder of an image of the domain with the archive's UUID (or
+of the domain replaced) on this host; symlinks resolved, never through a symlink, never over a file
+that is not an image of the domain replaced (--force). Every other host file the domain XML names
+must be allowed: read-only files (CD-ROM, kernel, initrd, firmware) by --allow-readonly or by this
+host's own definition of the domain (same UUID, or the domain replaced); log files only by that
+definition; host devices, sockets, scripts and the like only by the definition of the domain
+replaced. <seclabel>, <emulator> and the <nvram> path are never taken from an archive. A refusal
+is one line naming the element and the path, exit 2 (1 for a damaged archive), nothing written.""",
+}
+
+
 def _epilog(name: str) -> str:
-    return "examples:\n" + EXAMPLES[name].rstrip() + "\n\n" + EXIT_TEXT
+    note = NOTES[name] + "\n\n" if name in NOTES else ""
+    return "examples:\n" + EXAMPLES[name].rstrip() + "\n\n" + note + EXIT_TEXT
 
 
 def parser() -> Parser:
@@ -134,6 +156,11 @@ def parser() -> Parser:
                    help="a new name, UUID and MAC addresses: a copy beside the original")
     p.add_argument("--force", action="store_true", help="replace an existing (shut off) domain and its images")
     p.add_argument("--start", action="store_true", help="start the domain afterwards")
+    p.add_argument("--allow-dir", type=path_arg, action="append", default=[], metavar="DIR",
+                   help="images may also be written to this folder (repeatable)")
+    p.add_argument("--allow-readonly", type=path_arg, action="append", default=[], metavar="PATH",
+                   help="the domain may read this host file, or files under this folder: a CD-ROM image, a "
+                        "kernel, firmware (repeatable)")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
 
     p = sub("prune", "delete old archives beyond a policy; never the newest verified one of a domain", cmd_prune,
@@ -286,8 +313,8 @@ def cmd_verify(o: argparse.Namespace) -> int:
     for path in o.archives:
         try:
             header = backup.read_header(path)
-            total = sum(int(d.get("data", 0)) for d in header.get("disks", []))
-            manifest, digest = backup.verify(path, backup.Progress(total, show) if show else None)
+            manifest, digest = backup.verify(path, backup.Progress(backup.data_total(header), show) if show else None,
+                                             trust=True)
             files = manifest.get("files", [])
             report.append({"archive": path, "ok": True, "domain": header["domain"], "files": len(files),
                            "sha256": digest})
@@ -321,7 +348,7 @@ def cmd_list(o: argparse.Namespace) -> int:
             row.update(mode=header.get("mode"), consistency=header.get("consistency"),
                        verified="at creation")
             if o.verify:
-                backup.verify(entry.path)
+                backup.verify(entry.path, trust=True)
                 row["verified"] = "yes, now"
         except KvmError as err:
             row.update(mode="?", consistency="?", verified=f"FAILED: {err}")
@@ -349,14 +376,20 @@ def cmd_restore(o: argparse.Namespace) -> int:
     if not os.path.isfile(o.archive):
         raise backup.BadRequest(f"{o.archive} does not exist or is not a file")
     backup.read_header(o.archive)  # a foreign archive: refused before connecting
-    conn = virt.connect(o.uri, readonly=False)
+    ro = virt.connect(o.uri, readonly=True)  # what this host allows is read through a read-only connection
     try:
-        with backup.interruptible():
-            result = backup.restore(conn, o.archive, o.image_dir, o.name, o.force, o.start,
-                                    sys.stderr.isatty() and not o.json)
+        conn = virt.connect(o.uri, readonly=False)
+        try:
+            with backup.interruptible():
+                result = backup.restore(conn, o.archive, o.image_dir, o.name, o.force, o.start,
+                                        sys.stderr.isatty() and not o.json, tuple(o.allow_dir),
+                                        tuple(o.allow_readonly), ro)
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
     finally:
         with contextlib.suppress(Exception):
-            conn.close()
+            ro.close()
     if o.json:
         say(json.dumps(result, indent=1))
     else:
@@ -450,7 +483,8 @@ def leftover_overlays(dom: Any) -> list[str]:
 
 def run(argv: list[str] | None = None) -> int:
     options = parser().parse_args(argv)
-    return run_tool(PROG, lambda: int(options.func(options)), (backup.BadRequest, snapshots.BadRequest))
+    return run_tool(PROG, lambda: int(options.func(options)),
+                    (backup.BadRequest, snapshots.BadRequest, archive_policy.Unsafe))
 
 
 def main() -> None:
