@@ -373,6 +373,64 @@ def read_image(path: str, fmt: str = "") -> ImageInfo:
     return ImageInfo(path, fmt or "raw", st.st_size, disk_size, None)
 
 
+class ImageError(KvmError):
+    """An image file that cannot be read as what it claims to be (truncated, corrupt, unreadable)."""
+
+
+class ImageSnapshot(NamedTuple):
+    """One entry of a qcow2 image's snapshot table (what ``qemu-img snapshot -l`` lists)."""
+
+    id: str
+    name: str
+    date: int  # seconds since the epoch
+    vm_state_size: int  # bytes of saved memory (0 for a disk-only tag)
+
+
+QCOW2_MAGIC = b"QFI\xfb"
+MAX_IMAGE_SNAPSHOTS = 65536  # QEMU's QCOW_MAX_SNAPSHOTS
+SNAPSHOT_ENTRY = struct.Struct(">QIHHIIQII")  # l1 offset, l1 size, id len, name len, date s, ns, clock, vm state, extra
+
+
+def image_snapshots(path: str) -> list[ImageSnapshot] | None:
+    """The snapshot table of a qcow2 image, read from the file (read only, so safe while QEMU has the
+    image open: nothing is locked or written); None for a file that is not qcow2 (such as raw).
+
+    Raises ImageError for a file that cannot be opened or whose header or table is cut short or
+    out of range: a damaged image is never taken for one without snapshots.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(72)
+            if head[:4] != QCOW2_MAGIC:
+                return None
+            if len(head) < 72:
+                raise ImageError(f"{path}: truncated qcow2 header ({len(head)} of 72 bytes)")
+            count, offset = struct.unpack(">IQ", head[60:72])
+            if count == 0:
+                return []
+            if count > MAX_IMAGE_SNAPSHOTS or offset % 8:
+                raise ImageError(f"{path}: corrupt qcow2 header ({count} snapshots at offset {offset})")
+            f.seek(offset)
+            found = []
+            for n in range(count):
+                entry = f.read(SNAPSHOT_ENTRY.size)
+                if len(entry) < SNAPSHOT_ENTRY.size:
+                    raise ImageError(f"{path}: truncated qcow2 snapshot table (entry {n + 1} of {count})")
+                _l1, _l1size, id_len, name_len, sec, _nsec, _clock, vm_state, extra_len = SNAPSHOT_ENTRY.unpack(entry)
+                rest = f.read(extra_len + id_len + name_len)
+                if len(rest) < extra_len + id_len + name_len:
+                    raise ImageError(f"{path}: truncated qcow2 snapshot table (entry {n + 1} of {count})")
+                if extra_len >= 8:  # version 3: the 64-bit size of the saved memory comes first
+                    vm_state = struct.unpack(">Q", rest[:8])[0]
+                ident = rest[extra_len:extra_len + id_len].decode(errors="replace")
+                name = rest[extra_len + id_len:].decode(errors="replace")
+                found.append(ImageSnapshot(ident, name, sec, vm_state))
+                f.seek(-(SNAPSHOT_ENTRY.size + len(rest)) % 8, os.SEEK_CUR)  # entries are padded to 8 bytes
+            return found
+    except OSError as err:
+        raise ImageError(f"{path}: cannot read the image ({err.strerror or err})") from err
+
+
 def chain_info(disk_chains: dict[str, list[Layer]]) -> dict[str, list[ImageInfo]]:
     """Each disk's chain with sizes; a chain the XML does not show (a domain never started by this
     libvirtd) is followed through the qcow2 headers."""

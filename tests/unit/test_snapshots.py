@@ -1,8 +1,12 @@
 """kvm-snapshot's planning, pure: the tree, prune selection, rename and delete safety, free space,
 durations, qcow2 headers."""
 
+import json
 import random
+import re
 import struct
+import subprocess
+import time
 
 import pytest
 
@@ -250,6 +254,77 @@ def test_chain_info_follows_headers_past_the_xml(tmp_path):
     top.write_bytes(head + b"\0" * (512 - len(head)) + name)
     infos = snapshots.chain_info({"vda": [Layer(str(top), "qcow2")]})
     assert [i.path for i in infos["vda"]] == [str(top), str(base)]
+
+
+def qemu_img(*args: str) -> str:
+    return subprocess.run(["qemu-img", *args], check=True, capture_output=True, text=True).stdout
+
+
+def tagged(path, *tags, compat="1.1"):
+    qemu_img("create", "-q", "-f", "qcow2", "-o", f"compat={compat}", str(path), "16M")
+    for tag in tags:
+        qemu_img("snapshot", "-c", tag, str(path))
+    return str(path)
+
+
+def listed_by_qemu_img(path):
+    """(id, name, vm state size) of each snapshot as qemu-img itself reads the table (-U: no lock)."""
+    info = json.loads(qemu_img("info", "--output=json", "-U", path))
+    return [(s["id"], s["name"], s["vm-state-size"]) for s in info.get("snapshots", [])]
+
+
+NAMES = ["a", "seven77", "eight888", "before-upgrade", "zwölf 🦉 ünïcode", "x" * 200, "1700000000"]
+
+
+@pytest.mark.parametrize("compat", ["1.1", "0.10"])
+def test_qcow2_snapshot_table_matches_qemu_img(tmp_path, compat):
+    # names of every length modulo 8 (entries are padded), non-ASCII, long, and one that looks like an id
+    path = tagged(tmp_path / "many.qcow2", *NAMES, compat=compat)
+    found = snapshots.image_snapshots(path)
+    assert [s.name for s in found] == NAMES
+    assert [(s.id, s.name, s.vm_state_size) for s in found] == listed_by_qemu_img(path)
+    assert all(abs(s.date - time.time()) < 600 for s in found)
+
+
+def test_qcow2_snapshot_table_after_a_tag_is_deleted_and_duplicates(tmp_path):
+    path = tagged(tmp_path / "d.qcow2", "one", "two", "three", "two")
+    qemu_img("snapshot", "-d", "one", path)
+    assert [(s.id, s.name) for s in snapshots.image_snapshots(path)] == [("2", "two"), ("3", "three"), ("4", "two")]
+    assert [(s.id, s.name, s.vm_state_size) for s in snapshots.image_snapshots(path)] == listed_by_qemu_img(path)
+
+
+def test_qcow2_without_snapshots_and_a_raw_file(tmp_path):
+    assert snapshots.image_snapshots(tagged(tmp_path / "none.qcow2")) == []
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(b"\0" * 65536)
+    assert snapshots.image_snapshots(str(raw)) is None
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert snapshots.image_snapshots(str(empty)) is None
+
+
+def test_qcow2_truncated_or_corrupt_is_a_clear_error(tmp_path):
+    path = tagged(tmp_path / "t.qcow2", "one", "two")
+    data = (tmp_path / "t.qcow2").read_bytes()
+    offset = struct.unpack(">Q", data[64:72])[0]
+    cases = {
+        "header": (data[:40], "truncated qcow2 header (40 of 72 bytes)"),
+        "table gone": (data[:offset], "truncated qcow2 snapshot table (entry 1 of 2)"),
+        "mid entry": (data[:offset + 20], "truncated qcow2 snapshot table (entry 1 of 2)"),
+        "second entry": (data[:offset + 70], "truncated qcow2 snapshot table (entry 2 of 2)"),
+        "huge count": (data[:60] + struct.pack(">I", 1 << 30) + data[64:], "corrupt qcow2 header"),
+        "odd offset": (data[:64] + struct.pack(">Q", offset + 3) + data[72:], "corrupt qcow2 header"),
+    }
+    for label, (content, message) in cases.items():
+        broken = tmp_path / f"broken-{label.replace(' ', '-')}.qcow2"
+        broken.write_bytes(content)
+        with pytest.raises(snapshots.ImageError, match=re.escape(message)):
+            snapshots.image_snapshots(str(broken))
+    assert snapshots.image_snapshots(path) is not None  # the original is intact
+    with pytest.raises(snapshots.ImageError, match="cannot read the image"):
+        snapshots.image_snapshots(str(tmp_path / "missing.qcow2"))
+    with pytest.raises(snapshots.ImageError, match="cannot read the image"):
+        snapshots.image_snapshots(str(tmp_path))  # a directory
 
 
 # --- durations -------------------------------------------------------------------------------------
