@@ -12,7 +12,7 @@ import pytest
 
 from sensu_kvm import snapshots
 from sensu_kvm.durations import format_age, parse_duration
-from sensu_kvm.snapinfo import Layer, SnapDisk, Snapshot, parse_snapshot
+from sensu_kvm.snapinfo import Layer, SavedDisk, SnapDisk, Snapshot, parse_snapshot, saved_disks
 
 DAY = 86400
 NOW = 100 * DAY
@@ -197,14 +197,175 @@ def test_delete_problems():
     chain = {"vda": [Layer("/img/a.e3", "qcow2"), Layer("/img/a.qcow2", "qcow2")]}
     ok = lambda path: True  # noqa: E731
     assert snapshots.delete_problem(snaps, "i1", 9_000_000, chain, ok) is None
-    assert "libvirt 8.10.0 cannot delete" in snapshots.delete_problem(snaps, "e3", 8_010_000, chain, ok)
     assert "with children (e3)" in snapshots.delete_problem(snaps, "e2", 9_000_000, chain, ok)
     assert "with children (i2)" in snapshots.delete_problem(snaps, "e3", 9_000_000, chain, ok)
     assert "parent 'i1' is internal" in snapshots.delete_problem(snaps, "e1", 9_000_000, chain, ok)
     leaf = [external("e2", 3), external("e3", 2, "e2")]
     assert snapshots.delete_problem(leaf, "e3", 9_000_000, chain, ok) is None
+    old = snapshots.delete_problem(leaf, "e3", 8_010_000, chain, ok, "web1")
+    assert "libvirt 8.10.0 cannot delete" in old
+    assert "'virsh blockcommit web1 vda --active --shallow --pivot --wait', 'kvm-snapshot delete web1 e3'" in old
     broken = snapshots.delete_problem(leaf, "e3", 9_000_000, chain, lambda p: p != "/img/a.qcow2")
     assert broken == "the backing chain of vda is broken (/img/a.qcow2 missing): nothing deleted"
+
+
+def test_delete_advice_for_an_external_snapshot_with_an_internal_parent():
+    snaps = [internal("s1", 5), external("x1", 4, "s1")]
+    top = {"vda": [Layer("/img/a.x1", "qcow2"), Layer("/img/a.qcow2", "qcow2")]}
+    ok = lambda path: True  # noqa: E731
+    running = snapshots.delete_problem(snaps, "x1", 9_000_000, top, ok, "web1", active=True)
+    assert running == (
+        "'x1' is an external snapshot whose parent 's1' is internal, and libvirt 9.0.0 cannot delete such a snapshot; "
+        "nothing changed; merge its overlay by hand, keeping 's1': "
+        "'virsh blockcommit web1 vda --active --shallow --pivot --wait', "
+        "'kvm-snapshot delete web1 x1' (then only its metadata is left to remove)")
+    off = snapshots.delete_problem(snaps, "x1", 9_000_000, top, ok, "web1", active=False)
+    assert off.endswith("keeping 's1': 'virsh start web1 --paused', 'virsh blockcommit web1 vda --active --shallow "
+                        "--pivot --wait', 'kvm-snapshot delete web1 x1' (then only its metadata is left to remove), "
+                        "'virsh destroy web1'")
+    # the overlay below another (unknown) overlay: a commit of that layer, not of the active one
+    middle = {"vda": [Layer("/img/a.backup", "qcow2"), Layer("/img/a.x1", "qcow2"), Layer("/img/a.qcow2", "qcow2")]}
+    advice = snapshots.delete_problem(snaps, "x1", 9_000_000, middle, ok, "web1")
+    assert "'virsh blockcommit web1 vda --top /img/a.x1 --shallow --wait'" in advice
+    assert "delete 's1' first" not in running + off + advice
+
+
+def test_overlays_gone_and_tag_gone():
+    x1 = external("x1", 4, "s1")
+    assert not snapshots.overlays_gone(x1, {"vda": ["/img/a.x1", "/img/a.qcow2"]})
+    assert snapshots.overlays_gone(x1, {"vda": ["/img/a.qcow2"]})
+    assert snapshots.overlays_gone(x1, {})
+    assert not snapshots.overlays_gone(internal("s1", 1), {})
+    tags = {"/img/a.qcow2": [snapshots.ImageSnapshot("1", "s1", 0, 0)], "/img/b.qcow2": [], "/img/raw": None}
+
+    def read(path):
+        if path == "/img/bad":
+            raise snapshots.ImageError("/img/bad: truncated qcow2 header")
+        return tags[path]
+
+    s1, s2 = internal("s1", 2), internal("s2", 1)
+    assert not snapshots.tag_gone(s1, {"vda": ["/img/b.qcow2", "/img/a.qcow2"]}, read)  # below an overlay
+    assert snapshots.tag_gone(s2, {"vda": ["/img/a.qcow2"]}, read)
+    assert not snapshots.tag_gone(s2, {"vda": ["/img/bad"]}, read)  # unreadable counts as holding it
+    assert not snapshots.tag_gone(s2, {"vda": ["/img/raw"]}, read)
+    assert not snapshots.tag_gone(s2, {}, read)  # no disk to look at: not proven gone
+
+
+# --- revert ---------------------------------------------------------------------------------------
+
+
+def image(*tags, memory=0):
+    return [snapshots.ImageSnapshot(str(n + 1), t, 0, memory) for n, t in enumerate(tags)]
+
+
+def test_revert_problems_of_internal_snapshots():
+    saved = {"vda": SavedDisk("vda", "/img/a.qcow2", "qcow2", False)}
+    here = {"vda": [Layer("/img/a.qcow2", "qcow2")]}
+    running = Snapshot("s1", NOW, "running", None, "", "internal", (SnapDisk("vda", "internal", ""),))
+    shutoff = Snapshot("s1", NOW, "shutoff", None, "", "no", (SnapDisk("vda", "internal", ""),))
+
+    def problem(snap, chains=here, tags=None, snaps=None, disks=saved, active=True):
+        table = tags if tags is not None else {"/img/a.qcow2": image("s1", memory=1 << 20)}
+        return snapshots.revert_problem(snap, "web1", disks, chains, snaps or [snap], active, table.__getitem__)
+
+    assert problem(running) is None
+    assert problem(shutoff, tags={"/img/a.qcow2": image("s1")}) is None
+    # renamed outside the tool: the image's one tag no snapshot is named after is offered back
+    renamed = running._replace(name="r1")
+    line = problem(renamed, snaps=[renamed, shutoff._replace(name="s2")],
+                   tags={"/img/a.qcow2": image("s1", "s2", memory=1)})
+    assert line.startswith("the image of vda (/img/a.qcow2) holds no tag 'r1' (its tags: 's1', 's2'): libvirt would "
+                           "fail the revert and leave web1 shut off; nothing changed;")
+    assert line.endswith("rename it back with 'kvm-snapshot edit web1 r1 --rename s1'")
+    # the tag deleted behind libvirt's back; a shut off domain is not said to be left shut off
+    line = problem(shutoff, tags={"/img/a.qcow2": []}, active=False)
+    assert line == ("the image of vda (/img/a.qcow2) holds no tag 's1' (its tags: none): libvirt would fail the revert; "
+                    "nothing changed; this snapshot cannot be reverted; 'kvm-snapshot delete web1 s1' removes its "
+                    "metadata")
+    # the memory is missing although the tag is there (a disk-only tag of that name)
+    assert "holds the memory saved with 's1'" in problem(running, tags={"/img/a.qcow2": image("s1")})
+    # every writable qcow2 disk must hold a memory snapshot's tag, even one the snapshot does not list
+    two = {**saved, "vdb": SavedDisk("vdb", "/img/b.qcow2", "qcow2", False),
+           "vdc": SavedDisk("vdc", "/img/c.iso", "raw", True)}
+    chains2 = {**here, "vdb": [Layer("/img/b.qcow2", "qcow2")], "vdc": [Layer("/img/c.iso", "raw")]}
+    tags2 = {"/img/a.qcow2": image("s1", memory=1), "/img/b.qcow2": image("other")}
+    assert "the image of vdb (/img/b.qcow2) holds no tag 's1'" in problem(running, chains2, tags2, disks=two)
+    assert problem(shutoff, chains2, tags2, disks=two) is None  # disk-only: only the disks it covers
+    # a raw image or a damaged one
+    raw = problem(shutoff, {"vda": [Layer("/img/a.img", "raw")]}, {"/img/a.img": None},
+                  disks={"vda": SavedDisk("vda", "/img/a.img", "raw", False)})
+    assert raw.startswith("vda runs on /img/a.img, which is not a qcow2 image")
+
+    def broken(path):
+        raise snapshots.ImageError(f"{path}: truncated qcow2 snapshot table (entry 1 of 2)")
+
+    line = snapshots.revert_problem(shutoff, "web1", saved, here, [shutoff], True, broken)
+    assert line.startswith("/img/a.qcow2: truncated qcow2 snapshot table (entry 1 of 2): libvirt would fail")
+    # the disk is gone, or runs on another image
+    assert "vda, which 's1' covers, is no longer a disk of web1 (it was /img/a.qcow2)" in problem(shutoff, {})
+    assert problem(shutoff, {}, disks={}) is None  # a network disk (rbd, iscsi): nothing to read
+    moved = problem(shutoff, {"vda": [Layer("/img/other.qcow2", "qcow2")]})
+    assert moved.startswith("vda now runs on /img/other.qcow2, not on /img/a.qcow2 where 's1' was taken")
+
+
+def test_revert_below_an_overlay_is_refused_with_the_way_out():
+    saved = {"vda": SavedDisk("vda", "/img/a.qcow2", "qcow2", False)}
+    chain = {"vda": [Layer("/img/a.x1", "qcow2"), Layer("/img/a.qcow2", "qcow2")]}
+    s1 = internal("s1", 5)
+    x1 = external("x1", 4, "s1")
+    tags = {"/img/a.qcow2": image("s1", memory=1)}.__getitem__
+    line = snapshots.revert_problem(s1, "web1", saved, chain, [s1, x1], True, tags)
+    assert line.startswith("vda now runs on /img/a.x1, the overlay of external snapshot 'x1', on top of /img/a.qcow2, "
+                           "which holds 's1': libvirt would go back to /img/a.qcow2 and leave the overlay out of every "
+                           "chain; nothing changed; to revert, give up 'x1' first: 'virsh blockcommit web1 vda --active")
+    assert line.endswith("'kvm-snapshot delete web1 x1' (then only its metadata is left to remove), then revert again")
+    # above an external parent: kvm-snapshot delete merges it by itself
+    x0 = external("x0", 4.5, "s1")
+    x2 = external("x2", 3, "x0")
+    chain3 = {"vda": [Layer("/img/a.x2", "qcow2"), Layer("/img/a.x0", "qcow2"), Layer("/img/a.qcow2", "qcow2")]}
+    line = snapshots.revert_problem(s1, "web1", saved, chain3, [s1, x0, x2], True, tags)
+    assert line.endswith("give up 'x2' first: 'kvm-snapshot delete web1 x2' merges its overlay, then revert again")
+    # an overlay that no snapshot knows (a backup running): find out first
+    line = snapshots.revert_problem(s1, "web1", saved, chain, [s1], True, tags)
+    assert "an overlay no snapshot knows" in line and line.endswith("('kvm-snapshot chain web1') before reverting")
+
+
+def test_revert_problems_of_external_snapshots(tmp_path):
+    base = tmp_path / "a.qcow2"
+    base.write_bytes(struct.pack(">IIQIIQ", 0x514649FB, 3, 0, 0, 16, 1 << 20) + b"\0" * 100)
+    name = str(base).encode()
+    head = struct.pack(">IIQIIQ", 0x514649FB, 3, 512, len(name), 16, 1 << 20)
+    overlay = tmp_path / "a.e1"
+    overlay.write_bytes(head + b"\0" * (512 - len(head)) + name)
+    e1 = Snapshot("e1", NOW, "disk-snapshot", None, "", "no", (SnapDisk("vda", "external", str(overlay)),))
+    saved = {"vda": SavedDisk("vda", str(base), "qcow2", False)}
+    assert snapshots.revert_problem(e1, "web1", saved, {}, [e1]) is None
+    elsewhere = {"vda": SavedDisk("vda", str(tmp_path / "b.qcow2"), "qcow2", False)}
+    assert "is missing" in snapshots.revert_problem(e1, "web1", elsewhere, {}, [e1])
+    (tmp_path / "b.qcow2").write_bytes(base.read_bytes())
+    assert f"is now backed by {base}" in snapshots.revert_problem(e1, "web1", elsewhere, {}, [e1])
+
+
+def test_rename_of_an_internal_snapshot_only_back_to_its_tag():
+    snaps = [internal("r1", 2), internal("s2", 1, "r1")]
+    assert snapshots.rename_problem(snaps, "r1", "s1", held={"s1", "s2"}) is None
+    assert "keeps the tag 'r1'" in snapshots.rename_problem(snaps, "r1", "s1", held={"r1", "s1"})
+    assert "keeps the tag 'r1'" in snapshots.rename_problem(snaps, "r1", "x", held={"s1", "s2"})
+    assert "keeps the tag 'r1'" in snapshots.rename_problem(snaps, "r1", "s1")
+    assert snapshots.rename_problem(snaps, "r1", "s2", held={"s2"}) == "a snapshot named 's2' already exists"
+
+
+def test_saved_disks_of_a_snapshot():
+    xml = """<domainsnapshot><name>s1</name><domain type='qemu'><devices>
+      <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/img/a.qcow2'/>
+        <target dev='vda'/></disk>
+      <disk type='block' device='disk'><driver type='raw'/><source dev='/dev/vg/b'/><target dev='vdb'/><readonly/></disk>
+      <disk type='file' device='cdrom'><source file='/iso/x.iso'/><target dev='sda'/></disk>
+      <disk type='file' device='disk'><target dev='vdc'/></disk>
+    </devices></domain></domainsnapshot>"""
+    assert saved_disks(xml) == {"vda": SavedDisk("vda", "/img/a.qcow2", "qcow2", False),
+                                "vdb": SavedDisk("vdb", "/dev/vg/b", "raw", True)}
+    assert saved_disks("<domainsnapshot><name>s</name></domainsnapshot>") == {}
 
 
 # --- free space -----------------------------------------------------------------------------------
