@@ -322,6 +322,27 @@ def commit_advice(snap: Snapshot, disk_chains: dict[str, list[Layer]], domain: s
     return ", ".join(steps)
 
 
+def tag_below_problem(snap: Snapshot, paths: dict[str, list[str]], domain: str, libver: int,
+                      tags_of: Callable[[str], list[ImageSnapshot] | None]) -> str | None:
+    """Why libvirt cannot delete an internal snapshot of a running domain now: its tag is in an image
+    below the one a disk runs on (an external snapshot was taken after it), and libvirt 9.0 deletes
+    tags of a running guest only in the images it runs on. Shut off, it deletes them with qemu-img."""
+    for disk in snap.disks:
+        chain = paths.get(disk.target, [])
+        if disk.kind != "internal" or len(chain) < 2:
+            continue
+        try:
+            holders = [path for path in chain if any(t.name == snap.name for t in tags_of(path) or [])]
+        except ImageError:
+            return None
+        if holders and chain[0] not in holders:
+            return (f"the tag of '{snap.name}' is in {holders[0]}, below {chain[0]}, the image {disk.target} runs on, "
+                    f"and libvirt {version_text(libver)} deletes tags of a running guest only in the images it runs "
+                    f"on; nothing changed; shut {domain} off ('virsh shutdown {domain}') and delete it again, or "
+                    f"keep it")
+    return None
+
+
 def overlays_gone(snap: Snapshot, paths: dict[str, list[str]]) -> bool:
     """Whether no overlay of an external snapshot is in its disk's backing chain any more (committed
     already, or the domain was reverted past it): then only its metadata is left to delete.
@@ -940,7 +961,10 @@ def delete(conn: libvirt.virConnect, dom: libvirt.virDomain, snaps: list[Snapsho
         activity.doing(f"deleting the metadata of snapshot {name} of {dom.name()}")
         return delete_metadata(dom, lookup_snapshot(dom, name), name,
                                "no image of its disks holds its tag any more (removed outside libvirt)")
-    problem = delete_problem(snaps, name, lib_version(conn), disk_chains, domain=dom.name(), active=is_active(dom))
+    libver, active = lib_version(conn), is_active(dom)
+    problem = delete_problem(snaps, name, libver, disk_chains, domain=dom.name(), active=active)
+    if problem is None and active and snap.location == "internal":
+        problem = tag_below_problem(snap, paths, dom.name(), libver, image_snapshots)
     if problem:
         raise Refused(problem)
     handle = lookup_snapshot(dom, name)

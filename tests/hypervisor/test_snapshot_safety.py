@@ -210,7 +210,12 @@ def test_delete_of_an_external_snapshot_with_an_internal_parent_gives_advice_tha
     assert "delete 's1' first" not in line  # the dead end of the audit
     assert (dom.state(), dom.ID(), names(dom)) == (state, ident, ["s1", "x1"])
 
-    out = follow(line)
+    # nor is the internal parent deletable while the guest runs on the overlay: shut off, it is
+    line = refused("delete", "spk-ssafe-del", "s1")
+    assert f"the tag of 's1' is in {image}, below {overlay}" in line and "shut spk-ssafe-del off" in line
+    assert (dom.state(), dom.ID(), names(dom)) == (state, ident, ["s1", "x1"])
+
+    out = follow(refused("delete", "spk-ssafe-del", "x1"))
     assert "as metadata only" in out[-1] and "already committed" in out[-1]
     assert names(dom) == ["s1"]
     assert (dom.state(), dom.ID()) == (state, ident)  # the guest ran on throughout
@@ -229,6 +234,17 @@ def test_delete_of_an_external_snapshot_with_an_internal_parent_gives_advice_tha
     assert [layer["path"] for layer in chain("spk-ssafe-off")] == [str(off_image)]
     assert [t.name for t in image_snapshots(str(off_image)) or []] == ["s1"]
     assert "shut off" in ok("revert", "spk-ssafe-off", "s1")
+
+    # the parent refusal's advice, followed: shut off, the tag goes from the image below the overlay
+    par, par_image = define(conn, images, "spk-ssafe-par", start=True)
+    ok("create", "spk-ssafe-par", "s1")
+    ok("create", "spk-ssafe-par", "x1", "--disk-only")
+    assert "('virsh shutdown spk-ssafe-par')" in refused("delete", "spk-ssafe-par", "s1")
+    par.destroy()  # what shutdown does to a guest without an OS to answer ACPI
+    assert ok("delete", "spk-ssafe-par", "s1") == "deleted snapshot 's1' of spk-ssafe-par\n"
+    assert names(par) == ["x1"] and image_snapshots(str(par_image)) == []
+    assert ok("delete", "spk-ssafe-par", "x1") == "deleted snapshot 'x1' of spk-ssafe-par\n"
+    assert [layer["path"] for layer in chain("spk-ssafe-par")] == [str(par_image)]
 
 
 def chain(domain: str) -> list[dict]:

@@ -251,6 +251,18 @@ def test_overlays_gone_and_tag_gone():
     assert not snapshots.tag_gone(s2, {}, read)  # no disk to look at: not proven gone
 
 
+def test_internal_delete_of_a_running_guest_below_an_overlay():
+    tags = {"/img/a.x1": [], "/img/a.qcow2": [snapshots.ImageSnapshot("1", "s1", 0, 0)]}.__getitem__
+    s1 = internal("s1", 5)
+    line = snapshots.tag_below_problem(s1, {"vda": ["/img/a.x1", "/img/a.qcow2"]}, "web1", 9_000_000, tags)
+    assert line == ("the tag of 's1' is in /img/a.qcow2, below /img/a.x1, the image vda runs on, and libvirt 9.0.0 "
+                    "deletes tags of a running guest only in the images it runs on; nothing changed; shut web1 off "
+                    "('virsh shutdown web1') and delete it again, or keep it")
+    assert snapshots.tag_below_problem(s1, {"vda": ["/img/a.qcow2"]}, "web1", 9_000_000, tags) is None
+    both = {"/img/a.x1": [snapshots.ImageSnapshot("1", "s1", 0, 0)], "/img/a.qcow2": []}.__getitem__
+    assert snapshots.tag_below_problem(s1, {"vda": ["/img/a.x1", "/img/a.qcow2"]}, "web1", 9_000_000, both) is None
+
+
 # --- revert ---------------------------------------------------------------------------------------
 
 
