@@ -92,6 +92,32 @@ def chains(domain_xml: str) -> dict[str, list[Layer]]:
     return found
 
 
+class SavedDisk(NamedTuple):
+    """A disk of the domain definition kept in a snapshot (the domain as it was when it was taken)."""
+
+    target: str
+    path: str
+    format: str
+    readonly: bool
+
+
+def saved_disks(snapshot_xml: str) -> dict[str, SavedDisk]:
+    """The disks (with a file or block source) of the domain definition inside a <domainsnapshot>:
+    the images libvirt goes back to on revert. Empty when the snapshot keeps no definition."""
+    root = ET.fromstring(snapshot_xml)
+    found: dict[str, SavedDisk] = {}
+    for disk in root.iterfind("domain/devices/disk"):
+        target, source, driver = disk.find("target"), disk.find("source"), disk.find("driver")
+        if disk.get("device", "disk") != "disk" or target is None or source is None:
+            continue
+        path = source.get("file") or source.get("dev") or ""
+        if path:
+            fmt = driver.get("type", "raw") if driver is not None else "raw"
+            dev = target.get("dev", "")
+            found[dev] = SavedDisk(dev, path, fmt, disk.find("readonly") is not None)
+    return found
+
+
 def unknown_overlays(disk_chains: dict[str, list[Layer]], snapshots: list[Snapshot],
                      allowed: Any = None) -> dict[str, Layer]:
     """Disks whose top image has a backing file that no snapshot's metadata knows: an overlay

@@ -13,7 +13,16 @@ every libvirtError. Behaviour of libvirt 9.0 that shaped this (measured, ../shar
 - deleting an external snapshot is supported from 9.0 (not when its parent is internal), reverting
   to one from 9.9;
 - deleting an external snapshot whose overlay was already committed fails with ``could not find
-  base disk source in disk source chain``: only its metadata is left to remove.
+  base disk source in disk source chain``: only its metadata is left to remove;
+- an external snapshot whose parent is internal cannot be deleted (``deleting external snapshot
+  that has internal snapshot as parent not supported``), running or shut off, and neither can that
+  parent while the guest runs on the overlay (``disk image 'vda' for internal snapshot ... is not the
+  same as disk image currently used by VM``); ``virsh blockcommit --active --shallow --pivot`` and
+  then a metadata-only delete work (a shut off domain started paused for the commit);
+- reverting to an internal snapshot while a disk runs on a later external overlay succeeds by
+  putting the disk back on the image that holds the tag, leaving the overlay in no chain; and a
+  revert whose tag is missing from an image stops the guest first and leaves it shut off (failed).
+  So revert checks the images first (qcow2 snapshot tables, read in Python: safe while QEMU runs).
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import libvirt
 
 from sensu_kvm import activity, virt
 from sensu_kvm.errors import KvmError, LibvirtFailure, NotFound
-from sensu_kvm.snapinfo import Layer, Snapshot, chains, parse_snapshot, read_snapshots
+from sensu_kvm.snapinfo import Layer, SavedDisk, Snapshot, chains, parse_snapshot, read_snapshots, saved_disks
 
 EXTERNAL_DELETE_VERSION = 9_000_000  # libvirt 9.0: virDomainSnapshotDelete of external snapshots
 EXTERNAL_REVERT_VERSION = 9_009_000  # libvirt 9.9: virDomainRevertToSnapshot of external snapshots
@@ -207,14 +216,20 @@ def plan_prune(snaps: list[Snapshot], now: float, older_than: float | None, keep
 # --- rename, edit ---------------------------------------------------------------------------------
 
 
-def rename_problem(snaps: list[Snapshot], name: str, new: str) -> str | None:
-    """Why ``name`` cannot be renamed to ``new`` safely, or None (pure)."""
+def rename_problem(snaps: list[Snapshot], name: str, new: str, held: set[str] | None = None) -> str | None:
+    """Why ``name`` cannot be renamed to ``new`` safely, or None (pure).
+
+    ``held``: the tags that every image of an internal snapshot's disks holds. An internal
+    snapshot is renamed only back to the tag its images hold, when they hold none under its
+    current name (a repair after a rename outside kvm-snapshot)."""
     index = by_name(snaps)
     if not new.strip() or new != new.strip() or "/" in new:
         return f"'{new}' is not a usable snapshot name"
     if new in index:
         return f"a snapshot named '{new}' already exists"
     snap = index[name]
+    if internal_parts(snap) and held is not None and new in held and name not in held:
+        return None
     if internal_parts(snap):
         return (f"'{name}' is an internal snapshot: its qcow2 image keeps the tag '{name}' (qemu-img cannot "
                 f"rename a tag) and libvirt reverts by name, so a renamed '{new}' could not be reverted; "
@@ -255,31 +270,104 @@ def set_description(xml: str, text: str) -> str:
 
 
 def delete_problem(snaps: list[Snapshot], name: str, libver: int, disk_chains: dict[str, list[Layer]],
-                   exists: Callable[[str], bool] = os.path.exists) -> str | None:
+                   exists: Callable[[str], bool] = os.path.exists, domain: str = "DOMAIN",
+                   active: bool = True) -> str | None:
     """Why deleting ``name`` is refused, or None (pure but for ``exists``).
 
     Internal snapshots: libvirt deletes the tag and reparents the children. External ones need
     libvirt 9.0, no children (their overlays are built on it) and a parent that is not internal
-    (libvirt 9.0 refuses that), and every image of the chains they are part of must exist.
+    (libvirt 9.0 refuses that), and every image of the chains they are part of must exist. An
+    external snapshot that libvirt cannot delete is deleted by committing its overlays by hand and
+    then running delete again, which then removes only its metadata: the advice says how, for a
+    domain that runs (``active``) or is shut off.
     """
     index = by_name(snaps)
     snap = index[name]
     if snap.location != "external":
         return None
-    if libver < EXTERNAL_DELETE_VERSION:
-        return (f"'{name}' is an external snapshot and libvirt {version_text(libver)} cannot delete those (9.0 and "
-                f"later can); commit its overlay with 'virsh blockcommit' and then delete it with "
-                f"'virsh snapshot-delete --metadata'")
     kids = children(snaps)[name]
     if kids:
         return (f"'{name}' is an external snapshot with children ({', '.join(kids)}) built on its overlay: "
                 f"delete them first, newest first")
+    if libver < EXTERNAL_DELETE_VERSION:
+        return (f"'{name}' is an external snapshot and libvirt {version_text(libver)} cannot delete those (9.0 and "
+                f"later can); nothing changed; merge its overlay by hand: {commit_advice(snap, disk_chains, domain, active)}")
     parent = index.get(snap.parent or "")
     if parent is not None and internal_parts(parent):
-        return (f"'{name}' is an external snapshot whose parent '{parent.name}' is internal, and libvirt cannot "
-                f"delete such a snapshot: delete '{parent.name}' first, or keep both")
+        return (f"'{name}' is an external snapshot whose parent '{parent.name}' is internal, and libvirt "
+                f"{version_text(libver)} cannot delete such a snapshot; nothing changed; merge its overlay by hand, "
+                f"keeping '{parent.name}': {commit_advice(snap, disk_chains, domain, active)}")
     broken = chain_problems(disk_chains, exists)
     return f"{broken[0]}: nothing deleted" if broken else None
+
+
+def commit_advice(snap: Snapshot, disk_chains: dict[str, list[Layer]], domain: str, active: bool) -> str:
+    """The commands that merge an external snapshot's overlays into the images below them by hand,
+    keeping every other snapshot: ``virsh blockcommit --shallow`` (into the overlay's own backing
+    file, never further down a shared chain), then ``kvm-snapshot delete``, which then finds the
+    overlays out of the chain and removes only the metadata. Block commits need a running QEMU, so
+    a domain that is shut off is started paused for them and stopped again."""
+    steps = []
+    for disk in snap.disks:
+        if disk.kind != "external":
+            continue
+        layers = [layer.path for layer in disk_chains.get(disk.target, [])]
+        if layers and layers[0] != disk.source and disk.source in layers:
+            steps.append(f"'virsh blockcommit {domain} {disk.target} --top {disk.source} --shallow --wait'")
+        else:
+            steps.append(f"'virsh blockcommit {domain} {disk.target} --active --shallow --pivot --wait'")
+    steps.append(f"'kvm-snapshot delete {domain} {snap.name}' (then only its metadata is left to remove)")
+    if not active:
+        steps = [f"'virsh start {domain} --paused'", *steps, f"'virsh destroy {domain}'"]
+    return ", ".join(steps)
+
+
+def tag_below_problem(snap: Snapshot, paths: dict[str, list[str]], domain: str, libver: int,
+                      tags_of: Callable[[str], list[ImageSnapshot] | None]) -> str | None:
+    """Why libvirt cannot delete an internal snapshot of a running domain now: its tag is in an image
+    below the one a disk runs on (an external snapshot was taken after it), and libvirt 9.0 deletes
+    tags of a running guest only in the images it runs on. Shut off, it deletes them with qemu-img."""
+    for disk in snap.disks:
+        chain = paths.get(disk.target, [])
+        if disk.kind != "internal" or len(chain) < 2:
+            continue
+        try:
+            holders = [path for path in chain if any(t.name == snap.name for t in tags_of(path) or [])]
+        except ImageError:
+            return None
+        if holders and chain[0] not in holders:
+            return (f"the tag of '{snap.name}' is in {holders[0]}, below {chain[0]}, the image {disk.target} runs on, "
+                    f"and libvirt {version_text(libver)} deletes tags of a running guest only in the images it runs "
+                    f"on; nothing changed; shut {domain} off ('virsh shutdown {domain}') and delete it again, or "
+                    f"keep it")
+    return None
+
+
+def overlays_gone(snap: Snapshot, paths: dict[str, list[str]]) -> bool:
+    """Whether no overlay of an external snapshot is in its disk's backing chain any more (committed
+    already, or the domain was reverted past it): then only its metadata is left to delete.
+    ``paths``: each disk's whole chain, top first, as real paths."""
+    overlays = [(d.target, d.source) for d in snap.disks if d.kind == "external" and d.source]
+    return bool(overlays) and all(os.path.realpath(src) not in paths.get(t, []) for t, src in overlays)
+
+
+def tag_gone(snap: Snapshot, paths: dict[str, list[str]],
+             tags_of: Callable[[str], list[ImageSnapshot] | None]) -> bool:
+    """Whether the tag of an internal snapshot is in no image of any disk it covers (removed with
+    qemu-img or the monitor behind libvirt's back): then only its metadata is left to delete. An
+    image that cannot be read counts as holding it."""
+    targets = [d.target for d in snap.disks if d.kind == "internal"]
+    if not targets:
+        return False
+    for target in targets:
+        for path in paths.get(target, []):
+            try:
+                tags = tags_of(path)
+            except ImageError:
+                return False
+            if tags is None or any(t.name == snap.name for t in tags):
+                return False
+    return all(paths.get(t) for t in targets)
 
 
 def chain_problems(disk_chains: dict[str, list[Layer]], exists: Callable[[str], bool] = os.path.exists) -> list[str]:
@@ -373,6 +461,64 @@ def read_image(path: str, fmt: str = "") -> ImageInfo:
     return ImageInfo(path, fmt or "raw", st.st_size, disk_size, None)
 
 
+class ImageError(KvmError):
+    """An image file that cannot be read as what it claims to be (truncated, corrupt, unreadable)."""
+
+
+class ImageSnapshot(NamedTuple):
+    """One entry of a qcow2 image's snapshot table (what ``qemu-img snapshot -l`` lists)."""
+
+    id: str
+    name: str
+    date: int  # seconds since the epoch
+    vm_state_size: int  # bytes of saved memory (0 for a disk-only tag)
+
+
+QCOW2_MAGIC = b"QFI\xfb"
+MAX_IMAGE_SNAPSHOTS = 65536  # QEMU's QCOW_MAX_SNAPSHOTS
+SNAPSHOT_ENTRY = struct.Struct(">QIHHIIQII")  # l1 offset, l1 size, id len, name len, date s, ns, clock, vm state, extra
+
+
+def image_snapshots(path: str) -> list[ImageSnapshot] | None:
+    """The snapshot table of a qcow2 image, read from the file (read only, so safe while QEMU has the
+    image open: nothing is locked or written); None for a file that is not qcow2 (such as raw).
+
+    Raises ImageError for a file that cannot be opened or whose header or table is cut short or
+    out of range: a damaged image is never taken for one without snapshots.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(72)
+            if head[:4] != QCOW2_MAGIC:
+                return None
+            if len(head) < 72:
+                raise ImageError(f"{path}: truncated qcow2 header ({len(head)} of 72 bytes)")
+            count, offset = struct.unpack(">IQ", head[60:72])
+            if count == 0:
+                return []
+            if count > MAX_IMAGE_SNAPSHOTS or offset % 8:
+                raise ImageError(f"{path}: corrupt qcow2 header ({count} snapshots at offset {offset})")
+            f.seek(offset)
+            found = []
+            for n in range(count):
+                entry = f.read(SNAPSHOT_ENTRY.size)
+                if len(entry) < SNAPSHOT_ENTRY.size:
+                    raise ImageError(f"{path}: truncated qcow2 snapshot table (entry {n + 1} of {count})")
+                _l1, _l1size, id_len, name_len, sec, _nsec, _clock, vm_state, extra_len = SNAPSHOT_ENTRY.unpack(entry)
+                rest = f.read(extra_len + id_len + name_len)
+                if len(rest) < extra_len + id_len + name_len:
+                    raise ImageError(f"{path}: truncated qcow2 snapshot table (entry {n + 1} of {count})")
+                if extra_len >= 8:  # version 3: the 64-bit size of the saved memory comes first
+                    vm_state = struct.unpack(">Q", rest[:8])[0]
+                ident = rest[extra_len:extra_len + id_len].decode(errors="replace")
+                name = rest[extra_len + id_len:].decode(errors="replace")
+                found.append(ImageSnapshot(ident, name, sec, vm_state))
+                f.seek(-(SNAPSHOT_ENTRY.size + len(rest)) % 8, os.SEEK_CUR)  # entries are padded to 8 bytes
+            return found
+    except OSError as err:
+        raise ImageError(f"{path}: cannot read the image ({err.strerror or err})") from err
+
+
 def chain_info(disk_chains: dict[str, list[Layer]]) -> dict[str, list[ImageInfo]]:
     """Each disk's chain with sizes; a chain the XML does not show (a domain never started by this
     libvirtd) is followed through the qcow2 headers."""
@@ -390,6 +536,148 @@ def chain_info(disk_chains: dict[str, list[Layer]]) -> dict[str, list[ImageInfo]
             infos.append(read_image(backing))
         found[target] = infos
     return found
+
+
+# --- revert: what libvirt will need, checked first -------------------------------------------------
+
+
+def tag_problem(name: str, target: str, image: str,
+                tags_of: Callable[[str], list[ImageSnapshot] | None] = image_snapshots) -> str | None:
+    """Why ``image`` (the disk ``target``) does not hold the tag ``name``, or None (reads the image)."""
+    try:
+        tags = tags_of(image)
+    except ImageError as err:
+        return str(err)
+    if tags is None:
+        return f"{target} runs on {image}, which is not a qcow2 image and holds no snapshot tags"
+    if not any(t.name == name for t in tags):
+        held = ", ".join(f"'{t.name}'" for t in tags) or "none"
+        return f"the image of {target} ({image}) holds no tag '{name}' (its tags: {held})"
+    return None
+
+
+def covered_disks(snap: Snapshot, saved: dict[str, SavedDisk]) -> list[str]:
+    """The disks whose images must hold the tag of an internal snapshot: those it marks internal,
+    and with saved memory every writable qcow2 disk (QEMU loads memory only from images that all
+    hold the tag)."""
+    targets = [d.target for d in snap.disks if d.kind == "internal"]
+    if snap.memory == "internal":
+        targets += [t for t, d in saved.items() if d.format == "qcow2" and not d.readonly and t not in targets]
+    return targets
+
+
+def held_tags(snap: Snapshot, saved: dict[str, SavedDisk], disk_chains: dict[str, list[Layer]],
+              tags_of: Callable[[str], list[ImageSnapshot] | None] = image_snapshots) -> set[str]:
+    """The tag names that the current image of every disk an internal snapshot covers holds."""
+    held: set[str] | None = None
+    for target in covered_disks(snap, saved):
+        layers = disk_chains.get(target)
+        try:
+            tags = tags_of(layers[0].path) if layers else None
+        except ImageError:
+            tags = None
+        names = {t.name for t in tags or []}
+        held = names if held is None else held & names
+    return held or set()
+
+
+def revert_problem(snap: Snapshot, domain: str, saved: dict[str, SavedDisk], disk_chains: dict[str, list[Layer]],
+                   snaps: list[Snapshot], active: bool = True,
+                   tags_of: Callable[[str], list[ImageSnapshot] | None] = image_snapshots,
+                   exists: Callable[[str], bool] = os.path.exists) -> str | None:
+    """Why reverting to ``snap`` would fail or lose track of images, or None (pure but for reading
+    image headers): libvirt 9.0 stops the guest before it finds out that a tag is missing, and
+    leaves it shut off (failed)."""
+    if snap.location == "external":
+        return external_revert_problem(snap, saved, exists)
+    memory = snap.memory == "internal"
+    with_memory = False
+    for target in covered_disks(snap, saved):
+        layers = disk_chains.get(target)
+        was = saved.get(target)
+        if not layers:
+            if was is None:
+                continue  # a network disk (no file or device to read): libvirt and QEMU are left to judge it
+            return (f"{target}, which '{snap.name}' covers, is no longer a disk of {domain} (it was {was.path}): "
+                    f"nothing changed; attach that image again as {target} to revert to it")
+        top = layers[0].path
+        if was is not None and was.path != top:
+            below = [layer.path for layer in layers[1:]]
+            if was.path in below:
+                owner = next((s for s in snaps for d in s.disks if d.target == target and d.source == top), None)
+                start = f"{target} now runs on {top}, "
+                rest = (f", on top of {was.path}, which holds '{snap.name}': libvirt would go back to {was.path} and "
+                        f"leave the overlay out of every chain; nothing changed; ")
+                if owner is None:
+                    return (start + "an overlay no snapshot knows (a backup that is running or failed, or a snapshot "
+                            "made without metadata)" + rest + f"find out what made it ('kvm-snapshot chain {domain}') "
+                            f"before reverting")
+                return (start + f"the overlay of external snapshot '{owner.name}'" + rest
+                        + overlay_advice(owner, snaps, disk_chains, domain, active))
+            return (f"{target} now runs on {top}, not on {was.path} where '{snap.name}' was taken: nothing changed; "
+                    f"point {target} back at {was.path} (virsh edit, with {domain} shut off) to revert to it")
+        problem = tag_problem(snap.name, target, top, tags_of)
+        if problem:
+            stops = f" and leave {domain} shut off" if active else ""
+            return (f"{problem}: libvirt would fail the revert{stops}; nothing changed; "
+                    + missing_tag_advice(snap, domain, top, snaps, tags_of))
+        if memory:
+            tags = tags_of(top) or []
+            with_memory = with_memory or any(t.name == snap.name and t.vm_state_size > 0 for t in tags)
+    if memory and snap.state in ("running", "paused") and not with_memory:
+        return (f"no image of {domain} holds the memory saved with '{snap.name}': libvirt would fail the revert; "
+                f"nothing changed")
+    return None
+
+
+def overlay_advice(owner: Snapshot, snaps: list[Snapshot], disk_chains: dict[str, list[Layer]], domain: str,
+                   active: bool) -> str:
+    """How to remove the external snapshot whose overlay stands between the domain and an internal
+    snapshot's image (reverting discards what the overlay holds, and that snapshot with it)."""
+    parent = by_name(snaps).get(owner.parent or "")
+    if parent is not None and parent.location == "external":
+        return (f"to revert, give up '{owner.name}' first: 'kvm-snapshot delete {domain} {owner.name}' merges its "
+                f"overlay, then revert again")
+    return (f"to revert, give up '{owner.name}' first: {commit_advice(owner, disk_chains, domain, active)}, then "
+            f"revert again")
+
+
+def missing_tag_advice(snap: Snapshot, domain: str, image: str, snaps: list[Snapshot],
+                       tags_of: Callable[[str], list[ImageSnapshot] | None]) -> str:
+    """What to do about a snapshot whose tag an image lacks: a tag that no snapshot is named after is
+    most likely this one renamed outside kvm-snapshot (virsh snapshot-edit --rename)."""
+    try:
+        tags = tags_of(image) or []
+    except ImageError:
+        tags = []
+    known = {s.name for s in snaps}
+    strays = [t.name for t in tags if t.name not in known]
+    if len(strays) == 1:
+        return (f"the tag '{strays[0]}' there has no snapshot of that name: if '{snap.name}' was renamed from it, "
+                f"rename it back with 'kvm-snapshot edit {domain} {snap.name} --rename {strays[0]}'")
+    return f"this snapshot cannot be reverted; 'kvm-snapshot delete {domain} {snap.name}' removes its metadata"
+
+
+def external_revert_problem(snap: Snapshot, saved: dict[str, SavedDisk], exists: Callable[[str], bool]) -> str | None:
+    """An external snapshot is reverted onto the images it was taken on (the saved definition's
+    sources), the backing files of its overlays: each must still exist and be its overlay's backing."""
+    for disk in snap.disks:
+        if disk.kind != "external":
+            continue
+        was = saved.get(disk.target)
+        if was is None:
+            continue
+        if not exists(was.path):
+            return f"{disk.target}: {was.path}, the image '{snap.name}' was taken on, is missing: nothing changed"
+        if disk.source and exists(disk.source):
+            backing = read_image(disk.source).backing
+            if backing is not None:
+                if not backing.startswith("/"):
+                    backing = os.path.join(os.path.dirname(disk.source), backing)
+                if os.path.normpath(backing) != os.path.normpath(was.path):
+                    return (f"{disk.target}: the overlay {disk.source} of '{snap.name}' is now backed by {backing}, "
+                            f"not by {was.path} where it was taken: nothing changed")
+    return None
 
 
 # --- libvirt ------------------------------------------------------------------------------------
@@ -546,15 +834,16 @@ def edit(dom: libvirt.virDomain, snaps: list[Snapshot], name: str, new: str | No
     index = by_name(snaps)
     snap = index[name]
     notes = []
-    if new is not None and new != name:
-        problem = rename_problem(snaps, name, new)
-        if problem:
-            raise BadRequest(problem)
     handle = lookup_snapshot(dom, name)
     try:
         xml = handle.getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
     except libvirt.libvirtError as err:
         raise virt.translate(err, f"{dom.name()}: snapshot {name}") from err
+    if new is not None and new != name:
+        held = held_tags(snap, saved_disks(xml), domain_chains(dom)) if internal_parts(snap) else None
+        problem = rename_problem(snaps, name, new, held)
+        if problem:
+            raise BadRequest(problem)
     if description is not None:
         xml = set_description(xml, description)
         notes.append(f"description of '{name}' set")
@@ -593,23 +882,48 @@ def _undo_rename(dom: libvirt.virDomain, name: str, new: str, moved: list[str], 
         pass  # the error about the rename is the one to report
 
 
+STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
+          libvirt.VIR_DOMAIN_SHUTOFF: "shut off"}
+
+
+def state_text(dom: libvirt.virDomain) -> str:
+    try:
+        state, reason = dom.state()
+    except libvirt.libvirtError as err:
+        return f"in an unknown state ({virt.reason(err)})"
+    text = STATES.get(state, f"in state {state}")
+    return text + (" (failed)" if state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_FAILED
+                   else "")
+
+
 def revert(conn: libvirt.virConnect, dom: libvirt.virDomain, snap: Snapshot, running: bool, paused: bool) -> None:
+    """Revert to ``snap`` once every image libvirt will need is checked (revert_problem); a
+    refusal changes nothing."""
     if snap.location == "external":
         libver = lib_version(conn)
         if libver < EXTERNAL_REVERT_VERSION:
             raise Refused(f"'{snap.name}' is an external snapshot and libvirt {version_text(libver)} cannot revert to "
                           f"those (9.9 and later can); nothing changed")
+    handle = lookup_snapshot(dom, snap.name)
+    activity.doing(f"checking the images of {dom.name()} for snapshot {snap.name}")
+    try:
+        saved = saved_disks(handle.getXMLDesc(0))
+    except libvirt.libvirtError as err:
+        raise virt.translate(err, f"{dom.name()}: snapshot {snap.name}") from err
+    problem = revert_problem(snap, dom.name(), saved, domain_chains(dom), snapshots_of(dom), is_active(dom))
+    if problem:
+        raise Refused(problem)
     flags = 0
     if running:
         flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING
     if paused:
         flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED
-    handle = lookup_snapshot(dom, snap.name)
     activity.doing(f"reverting {dom.name()} to {snap.name}")
     try:
         dom.revertToSnapshot(handle, flags)
     except libvirt.libvirtError as err:
-        raise virt.translate(err, f"{dom.name()}: cannot revert to {snap.name}") from err
+        failure = virt.translate(err, f"{dom.name()}: cannot revert to {snap.name}")
+        raise type(failure)(f"{failure}; the domain is now {state_text(dom)}") from err
 
 
 def lib_version(conn: libvirt.virConnect) -> int:
@@ -619,9 +933,38 @@ def lib_version(conn: libvirt.virConnect) -> int:
         raise virt.translate(err, "cannot read libvirt's version") from err
 
 
+def chain_paths(disk_chains: dict[str, list[Layer]]) -> dict[str, list[str]]:
+    """Each disk's whole backing chain (through the qcow2 headers), as real paths, top first."""
+    return {t: [os.path.realpath(i.path) for i in infos] for t, infos in chain_info(disk_chains).items()}
+
+
+def delete_metadata(dom: libvirt.virDomain, handle: libvirt.virDomainSnapshot, name: str, why: str) -> str:
+    try:
+        handle.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+    except libvirt.libvirtError as err:
+        raise virt.translate(err, f"{dom.name()}: cannot delete the metadata of {name}") from err
+    return f"deleted snapshot '{name}' of {dom.name()} as metadata only: {why}, no image changed"
+
+
+GONE_OVERLAY = "its overlay is no longer in the backing chain (already committed, or the domain was reverted past it)"
+
+
 def delete(conn: libvirt.virConnect, dom: libvirt.virDomain, snaps: list[Snapshot], name: str) -> str:
     """Delete one snapshot after the safety checks; returns what was done, in words."""
-    problem = delete_problem(snaps, name, lib_version(conn), domain_chains(dom))
+    snap = by_name(snaps)[name]
+    disk_chains = domain_chains(dom)
+    paths = chain_paths(disk_chains)
+    if snap.location == "external" and overlays_gone(snap, paths):
+        activity.doing(f"deleting the metadata of snapshot {name} of {dom.name()}")
+        return delete_metadata(dom, lookup_snapshot(dom, name), name, GONE_OVERLAY)
+    if snap.location == "internal" and tag_gone(snap, paths, image_snapshots):
+        activity.doing(f"deleting the metadata of snapshot {name} of {dom.name()}")
+        return delete_metadata(dom, lookup_snapshot(dom, name), name,
+                               "no image of its disks holds its tag any more (removed outside libvirt)")
+    libver, active = lib_version(conn), is_active(dom)
+    problem = delete_problem(snaps, name, libver, disk_chains, domain=dom.name(), active=active)
+    if problem is None and active and snap.location == "internal":
+        problem = tag_below_problem(snap, paths, dom.name(), libver, image_snapshots)
     if problem:
         raise Refused(problem)
     handle = lookup_snapshot(dom, name)
@@ -631,12 +974,7 @@ def delete(conn: libvirt.virConnect, dom: libvirt.virDomain, snaps: list[Snapsho
     except libvirt.libvirtError as err:
         if COMMITTED not in virt.reason(err):
             raise virt.translate(err, f"{dom.name()}: cannot delete {name}") from err
-        try:
-            handle.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
-        except libvirt.libvirtError as again:
-            raise virt.translate(again, f"{dom.name()}: cannot delete the metadata of {name}") from again
-        return (f"deleted snapshot '{name}' of {dom.name()} as metadata only: its overlay is no longer in the "
-                f"backing chain (already committed, or the domain was reverted past it), no image changed")
+        return delete_metadata(dom, handle, name, GONE_OVERLAY)
     broken = chain_problems(domain_chains(dom))
     if broken:
         raise LibvirtFailure(f"{dom.name()}: deleted snapshot '{name}', but {'; '.join(broken)}")

@@ -129,10 +129,12 @@ def parser() -> Parser:
     p = sub("edit", "rename a snapshot or change its description (metadata; the tree is kept)", cmd_edit)
     p.add_argument("domain", type=domain_arg)
     p.add_argument("name", type=name_arg)
-    p.add_argument("--rename", type=name_arg, metavar="NEW", help="new name (external snapshots; refused for internal ones)")
+    p.add_argument("--rename", type=name_arg, metavar="NEW",
+                   help="new name (external snapshots; an internal one only back to the tag its image holds)")
     p.add_argument("--description", type=text_arg, metavar="TEXT", help="new description")
 
-    p = sub("revert", "revert a domain to a snapshot (internal; external from libvirt 9.9)", cmd_revert)
+    p = sub("revert", "revert a domain to a snapshot (internal; external from libvirt 9.9), once every disk's image "
+                      "is checked to hold its tag", cmd_revert)
     p.add_argument("domain", type=domain_arg)
     p.add_argument("name", type=name_arg)
     state = p.add_mutually_exclusive_group()
