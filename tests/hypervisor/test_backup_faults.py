@@ -6,11 +6,13 @@ After each, the guest must run on its own image with nothing left behind. Domain
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import signal
 import subprocess
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -109,6 +111,41 @@ def wait_overlay(proc: subprocess.Popen[str], base: str, timeout: float = 30) ->
         time.sleep(0.001)
 
 
+def wait_open(proc: subprocess.Popen[str], qemu: int, timeout: float = 30) -> None:
+    """Until QEMU has the overlay open (libvirt is in the middle of the snapshot)."""
+    deadline = time.monotonic() + timeout
+    folder = Path(f"/proc/{qemu}/fd")
+    while True:
+        for fd in folder.iterdir():
+            with contextlib.suppress(OSError):
+                if TAG in os.readlink(fd):
+                    return
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "QEMU never opened an overlay"
+
+
+@pytest.fixture(scope="module")
+def commits() -> Iterator[list[str]]:
+    """The disks of every active commit job that libvirt reports completed (pivoted), as it happens."""
+    libvirt.virEventRegisterDefaultImpl()
+    done: list[str] = []
+    connection = rig.connect()
+
+    def on_job(_conn, _dom, disk, kind, status, _opaque):
+        if kind == libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT and status == libvirt.VIR_DOMAIN_BLOCK_JOB_COMPLETED:
+            done.append(disk)
+
+    def loop() -> None:
+        while True:
+            libvirt.virEventRunDefaultImpl()
+
+    threading.Thread(target=loop, daemon=True).start()
+    callback = connection.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, on_job, None)
+    yield done
+    connection.domainEventDeregisterAny(callback)
+    connection.close()
+
+
 def wait_phase(proc: subprocess.Popen[str], state_dir: Path, phase: str, timeout: float = 60) -> bool:
     """Whether the run reached ``phase`` (False: it ended first)."""
     rig.wait_for(lambda: journal_phase(state_dir) == phase or proc.poll() is not None, timeout=timeout,
@@ -119,7 +156,11 @@ def wait_phase(proc: subprocess.Popen[str], state_dir: Path, phase: str, timeout
 def kill_points(seed: int = 11) -> list[tuple[str, str, float, float]]:
     """(label, event, delay after the event, delay before recover): distinct and reproducible."""
     rng = random.Random(seed)
-    points = [(f"overlay appears, recover after {d:.2f}s", "overlay", 0.0, d) for d in (0, 0, 0.05, 0.1, 0.15, 0.25)]
+    points = [(f"overlay appears, recover after {d:.2f}s", "overlay", 0.0, d) for d in (0, 0.05, 0.1, 0.25)]
+    # QEMU stopped for a while the moment the overlay appears: libvirt is held in the middle of the
+    # snapshot (as on a loaded host) while recover looks, and goes on after it answered or waited
+    points += [(f"overlay appears, QEMU stalled {d:.2f}s", "stall", d, 0.0) for d in (0.4, 0.8)]
+    points += [(f"QEMU opens the overlay, QEMU stalled {d:.2f}s", "stall-open", d, 0.0) for d in (0.4, 0.8, 1.2)]
     points += [(f"copy +{d:.2f}s", "copy", d, rng.uniform(0, 0.25)) for d in sorted(rng.uniform(0, 0.6) for _ in range(4))]
     points += [(f"commit +{d:.2f}s", "commit", d, rng.uniform(0, 0.25)) for d in sorted(rng.uniform(0, 0.4) for _ in range(4))]
     points += [(f"verify +{d:.3f}s", "verify", d, 0.0) for d in sorted(rng.uniform(0, 0.03) for _ in range(3))]
@@ -127,7 +168,7 @@ def kill_points(seed: int = 11) -> list[tuple[str, str, float, float]]:
     return points
 
 
-def test_kill_9_at_random_points_of_live_runs_then_recover_races_libvirt(conn, images, writer, tmp_path):
+def test_kill_9_at_random_points_of_live_runs_then_recover_races_libvirt(conn, images, writer, commits, tmp_path):
     dom, serial = writer
     base = sources(dom)["vda"]
     state_dir = tmp_path / "state"
@@ -139,20 +180,39 @@ def test_kill_9_at_random_points_of_live_runs_then_recover_races_libvirt(conn, i
         what = f"kill point {number} ({label})"
         extra = ["--commit-bwlimit", "1"] if event == "commit" else ["--bwlimit", "24"]
         proc = launch("create", "spk-bkf-writer", "--dest", str(dest), "--compress", "none", *extra, *state)
-        if event == "overlay":
+        qemu = int(Path(f"/run/libvirt/qemu/{dom.name()}.pid").read_text())
+        if event in ("overlay", "stall"):
             wait_overlay(proc, base)
+        elif event == "stall-open":
+            wait_open(proc, qemu)
         elif event != "start":
             wait_phase(proc, state_dir, event)
-        time.sleep(delay)
-        if proc.poll() is None:
+        seen = len(commits)
+        if event.startswith("stall"):
             os.kill(proc.pid, signal.SIGKILL)
-            killed += 1
-        proc.communicate()
-        time.sleep(race)  # recover starts while libvirt may still be finishing the killed run's call
-        result = run("kvm-backup", "recover", "spk-bkf-writer", *state, *URI, timeout=120)
+            os.kill(qemu, signal.SIGSTOP)
+            try:
+                killed += 1
+                proc.communicate()
+                racer = launch("recover", "spk-bkf-writer", *state)
+                time.sleep(delay)
+            finally:
+                os.kill(qemu, signal.SIGCONT)
+            out, err = racer.communicate(timeout=120)
+            result = subprocess.CompletedProcess(racer.args, racer.returncode, out, err)
+        else:
+            time.sleep(delay)
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed += 1
+            proc.communicate()
+            time.sleep(race)  # recover starts while libvirt may still be finishing the killed run's call
+            result = run("kvm-backup", "recover", "spk-bkf-writer", *state, *URI, timeout=120)
         assert result.returncode == 0, (what, result.stdout, result.stderr)
         time.sleep(0.3)  # anything libvirt was still finishing has finished by now
         assert_back_on_its_image(dom, base, dest, state_dir, f"{what}: {result.stdout}")
+        # it says "committed back" exactly when libvirt finished a commit job for it
+        assert ("committed back" in result.stdout) == ("vda" in commits[seen:]), (what, result.stdout, commits[seen:])
         if number % 4 == 3:
             result = run("kvm-backup", "create", "spk-bkf-writer", "--dest", str(dest), "--compress", "none", *state,
                          *URI, timeout=120)
