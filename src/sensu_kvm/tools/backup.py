@@ -57,6 +57,7 @@ EXAMPLES = {
   kvm-backup prune /srv/backup --keep-daily 7 --keep-weekly 4 --dry-run""",
     "recover": """\
   kvm-backup recover web1           commit back an overlay a killed run left, start/resume the guest
+  kvm-backup recover web1 --wait 300   wait longer for libvirt to finish what the killed run started
   kvm-backup recover --all""",
 }
 
