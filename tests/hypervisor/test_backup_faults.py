@@ -188,13 +188,16 @@ def test_kill_9_at_random_points_of_live_runs_then_recover_races_libvirt(conn, i
         elif event != "start":
             wait_phase(proc, state_dir, event)
         seen = len(commits)
+        # the racer: recover, or at every sixth point the next create (which recovers first)
+        racing = (["create", "spk-bkf-writer", "--dest", str(dest), "--compress", "none"] if number % 6 == 5
+                  else ["recover", "spk-bkf-writer"])
         if event.startswith("stall"):
             os.kill(proc.pid, signal.SIGKILL)
             os.kill(qemu, signal.SIGSTOP)
             try:
                 killed += 1
                 proc.communicate()
-                racer = launch("recover", "spk-bkf-writer", *state)
+                racer = launch(*racing, *state)
                 time.sleep(delay)
             finally:
                 os.kill(qemu, signal.SIGCONT)
@@ -207,12 +210,13 @@ def test_kill_9_at_random_points_of_live_runs_then_recover_races_libvirt(conn, i
                 killed += 1
             proc.communicate()
             time.sleep(race)  # recover starts while libvirt may still be finishing the killed run's call
-            result = run("kvm-backup", "recover", "spk-bkf-writer", *state, *URI, timeout=120)
-        assert result.returncode == 0, (what, result.stdout, result.stderr)
+            result = run("kvm-backup", *racing, *state, *URI, timeout=120)
+        assert result.returncode == 0, (what, racing[0], result.stdout, result.stderr)
         time.sleep(0.3)  # anything libvirt was still finishing has finished by now
         assert_back_on_its_image(dom, base, dest, state_dir, f"{what}: {result.stdout}")
-        # it says "committed back" exactly when libvirt finished a commit job for it
-        assert ("committed back" in result.stdout) == ("vda" in commits[seen:]), (what, result.stdout, commits[seen:])
+        if racing[0] == "recover":  # it says "committed back" exactly when libvirt finished a commit job for it
+            assert ("committed back" in result.stdout) == ("vda" in commits[seen:]), (what, result.stdout,
+                                                                                      commits[seen:])
         if number % 4 == 3:
             result = run("kvm-backup", "create", "spk-bkf-writer", "--dest", str(dest), "--compress", "none", *state,
                          *URI, timeout=120)
@@ -356,3 +360,34 @@ def test_an_undo_that_fails_keeps_the_overlay_in_the_journal_and_says_so(conn, i
     result = run("kvm-backup", "recover", "spk-bkf-stuck", "--state-dir", str(state_dir), *URI)
     assert (result.returncode, result.stdout) == (0, "nothing to recover\n"), result.stderr
     dom.destroy()
+
+
+def test_recover_reports_a_killed_publish_and_a_killed_journal_write_truthfully(tmp_path):
+    """A run killed between linking its archive and removing the temporary name, another killed in
+    the copy, a journal write killed half-way: what they leave, as recover finds it (test driver:
+    the domains are gone)."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    final = dest / "gone1-20240101T000000Z.kvmbak.tar"
+    final.write_bytes(b"archive")
+    linked = dest / f".{final.name}.partial"
+    os.link(final, linked)
+    unfinished = dest / ".gone2-20240101T000000Z.kvmbak.tar.partial"
+    unfinished.write_bytes(b"half")
+    for uuid, name, partial in (("11111111-1111-1111-1111-111111111111", "gone1", linked),
+                                ("22222222-2222-2222-2222-222222222222", "gone2", unfinished)):
+        (state_dir / f"{uuid}.journal.json").write_text(json.dumps(
+            {"uuid": uuid, "domain": name, "partial": str(partial), "final": str(final) if name == "gone1" else "",
+             "overlays": {}, "phase": "publish" if name == "gone1" else "copy"}))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (state_dir / f"33333333-3333-3333-3333-333333333333.journal.json.{gone.pid}.tmp").write_text("{")
+    result = run("kvm-backup", "recover", "--all", "--state-dir", str(state_dir), "-u", "test:///default")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"gone1: removed the temporary name {linked} of the published archive {final}",
+        f"gone2: removed the unfinished archive {unfinished}"]
+    assert [p.name for p in dest.iterdir()] == [final.name] and final.read_bytes() == b"archive"
+    assert [p for p in state_dir.iterdir() if not p.name.endswith(".lock")] == []
