@@ -1568,6 +1568,8 @@ def recover_all(conn: Any, state_dir: str, log: Callable[[str], None], only_uuid
             journal.data = journal.load()
             if journal.data:
                 done += recover(conn, journal, log, wait)
+        except Interrupted:
+            raise  # the whole run ends: the journal stays for the next one
         except KvmError as err:
             failed.append(str(err))
         finally:
@@ -1660,8 +1662,9 @@ def _backing_of(path: str) -> str:
 def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> dict[str, Any]:
     """Back one domain up into ``opts.dest``; the summary of the published archive.
 
-    On any failure (an exception, SIGINT, SIGTERM) everything is undone before raising; after a
-    SIGKILL the journal lets the next run (or ``recover``) undo it.
+    On any failure (an error, SIGINT, SIGTERM, SIGHUP, any exception, the commit included)
+    everything is undone before raising; when the undo fails too, NotUndone says what is left and
+    the journal keeps it. After a SIGKILL the journal lets the next run (or ``recover``) undo it.
     """
     libvirt = _libvirt()
     name = dom.name()

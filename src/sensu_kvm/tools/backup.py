@@ -456,13 +456,15 @@ def cmd_recover(o: argparse.Namespace) -> int:
                     failed += problems
                 try:
                     done += backup.recover_orphans(conn, dom, o.state_dir, log, wait=o.wait)
+                except backup.Interrupted:
+                    raise
                 except KvmError as err:
                     failed.append(str(err))
     finally:
         with contextlib.suppress(Exception):
             conn.close()
-    for line in done:
-        say(line)
+        for line in done:  # what was done, even when a signal ends the run
+            say(line)
     for line in failed:
         log(line)
     if not done and not failed:
