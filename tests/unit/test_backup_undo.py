@@ -58,3 +58,11 @@ def test_bandwidths_that_cannot_work_are_refused_before_anything_is_done(tmp_pat
                    option, value, "-u", "test:///default")
     assert option in line and value in line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "86401"])
+def test_a_shutdown_timeout_that_cannot_work_is_refused(tmp_path: Path, value):
+    line = refuses("kvm-backup", 2, "create", "web1", "--mode", "stop", "--dest", str(tmp_path), "--shutdown-timeout",
+                   value, "-u", "test:///default")
+    assert "--shutdown-timeout" in line and value in line
+    assert list(tmp_path.iterdir()) == []

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sensu_kvm import __version__, backup, snapshots, virt
-from sensu_kvm.argtypes import count_arg, positive_arg
+from sensu_kvm.argtypes import count_arg, positive_arg, seconds_arg
 from sensu_kvm.durations import format_age
 from sensu_kvm.errors import KvmError
 from sensu_kvm.tools import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Parser, run_tool
@@ -107,8 +107,8 @@ def parser() -> Parser:
                         "shut down, copy, start again; suspend: pause, copy, resume")
     p.add_argument("--compress", choices=("zstd", "bzip2", "none"), default="zstd", help="default: zstd")
     p.add_argument("--force", action="store_true", help="--mode stop: destroy a guest that does not shut down in time")
-    p.add_argument("--shutdown-timeout", type=positive_arg, default=120.0, metavar="SECONDS",
-                   help="--mode stop: how long to wait for a graceful shutdown (default: 120)")
+    p.add_argument("--shutdown-timeout", type=seconds_arg, default=120.0, metavar="SECONDS",
+                   help="--mode stop: how long to wait for a graceful shutdown, at most 86400 (default: 120)")
     p.add_argument("--no-quiesce", action="store_true",
                    help="live: do not ask the guest agent to freeze file systems (crash-consistent)")
     p.add_argument("--bwlimit", type=rate_arg, metavar="MIB/S", help="limit the copy to this many MiB/s")
