@@ -67,7 +67,15 @@ class Corrupt(KvmError):
 
 
 class Interrupted(KvmError):
-    """SIGINT or SIGTERM arrived; everything is undone on the way out."""
+    """SIGINT, SIGTERM or SIGHUP arrived; everything is undone on the way out."""
+
+
+class NotUndone(KvmError):
+    """A run failed and putting the domain back failed too: what is left is in its journal."""
+
+    def __init__(self, message: str, interrupted: bool = False) -> None:
+        super().__init__(message)
+        self.interrupted = interrupted
 
 
 # --- names and times -------------------------------------------------------------------------------
@@ -1062,6 +1070,7 @@ class Journal:
 
     def __init__(self, folder: str, uuid: str) -> None:
         self.folder = folder
+        self.uuid = uuid
         self.path = os.path.join(folder, f"{uuid}.journal.json")
         self.lock_path = os.path.join(folder, f"{uuid}.lock")
         self.data: dict[str, Any] = {}
@@ -1128,11 +1137,24 @@ def overlay_path(base: str, when: float) -> str:
 # --- signals ---------------------------------------------------------------------------------------
 
 
+class _Shield:
+    """While a domain is being put back on its own images, a signal must not cut the undo in half
+    (that is what leaves a guest on an overlay): it is kept here and raised once the undo is done."""
+
+    depth = 0
+    pending: int | None = None
+
+
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise Interrupted (as SIGINT raises KeyboardInterrupt), so that the
-    cleanup on the way out runs; a second signal while cleaning up is ignored."""
+    """SIGTERM and SIGHUP raise Interrupted (as does SIGINT), so that the cleanup on the way out
+    runs; a second signal while cleaning up is ignored. Inside ``shielded()`` the signal is kept
+    for later instead."""
     def handler(signum: int, _frame: object) -> None:
+        if _Shield.depth:
+            if _Shield.pending is None:
+                _Shield.pending = signum
+            return
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
         raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
@@ -1143,6 +1165,30 @@ def interruptible() -> Iterator[None]:
     finally:
         for sig, what in old.items():
             signal.signal(sig, what)
+
+
+@contextlib.contextmanager
+def shielded(raise_pending: bool = True) -> Iterator[None]:
+    """Run the block to its end even when SIGTERM, SIGHUP or SIGINT arrives (under
+    ``interruptible``); then, with ``raise_pending``, raise Interrupted for the signal that came.
+    A commit job waiting for a signalled run drops its bandwidth limit (``hurry``)."""
+    _Shield.depth += 1
+    signum = None
+    try:
+        yield
+    finally:
+        _Shield.depth -= 1
+        if not _Shield.depth:
+            signum, _Shield.pending = _Shield.pending, None
+    if signum is not None and raise_pending:  # a signal came while the block ran to its end
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
+
+
+def hurry() -> bool:
+    """Whether a signal is waiting for the shielded block to end (finish fast, without limits)."""
+    return _Shield.pending is not None
 
 
 def versions(conn: Any) -> dict[str, str]:
@@ -1189,6 +1235,171 @@ def live_sources(dom: Any) -> dict[str, str]:
     return {d.target: d.source for d in disks_of(dom.XMLDesc(0)) if d.source}
 
 
+def live_chains(xml: str) -> dict[str, list[str]]:
+    """target -> the images of each disk's chain, top first, from its <source> and <backingStore>s
+    (in the live XML: what QEMU uses now)."""
+    from sensu_kvm import snapinfo  # noqa: PLC0415
+
+    return {target: [layer.path for layer in layers] for target, layers in snapinfo.chains(xml).items()}
+
+
+QEMU_PID_DIR = "/run/libvirt/qemu"
+
+
+def qemu_pids() -> set[int]:
+    """Every QEMU process of the host: libvirt's pid files, and any process named qemu-*."""
+    pids: set[int] = set()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(QEMU_PID_DIR):
+            if name.endswith(".pid"):
+                with contextlib.suppress(OSError, ValueError), open(os.path.join(QEMU_PID_DIR, name)) as f:
+                    pids.add(int(f.read().strip()))
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError), open(f"/proc/{entry}/comm") as f:
+                    if f.read().startswith("qemu"):
+                        pids.add(int(entry))
+    return pids
+
+
+def holders(path: str) -> list[int]:
+    """QEMU processes that have ``path`` open (by inode, or by name when it was deleted)."""
+    try:
+        st = os.stat(path)
+        inode: tuple[int, int] | None = (st.st_dev, st.st_ino)
+    except OSError:
+        inode = None
+    real = os.path.realpath(path)
+    found = []
+    for pid in sorted(qemu_pids()):
+        folder = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(folder)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"{folder}/{fd}")
+                if link in (real, f"{real} (deleted)"):
+                    found.append(pid)
+                    break
+                if inode and link.startswith("/"):
+                    st = os.stat(f"{folder}/{fd}")
+                    if (st.st_dev, st.st_ino) == inode:
+                        found.append(pid)
+                        break
+            except OSError:
+                continue
+    return found
+
+
+def in_use(conn: Any, path: str) -> str:
+    """Why ``path`` must not be deleted ("" when nothing uses it): a running domain has it in a disk
+    chain, or a QEMU process has it open."""
+    libvirt = _libvirt()
+    try:
+        doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+    except libvirt.libvirtError as err:
+        raise _fail(err, "cannot list the running domains") from err
+    for other in doms:
+        try:
+            chains = live_chains(other.XMLDesc(0))
+        except libvirt.libvirtError:
+            continue  # gone meanwhile
+        for target, chain in chains.items():
+            if path in chain:
+                return f"{other.name()} has it in the chain of {target}"
+    pids = holders(path)
+    if pids:
+        return f"QEMU process {pids[0]} has it open"
+    return ""
+
+
+SETTLE = 1.0  # seconds a domain must stay unchanged, with no libvirt job, before recover acts on it
+RECOVER_WAIT = 60.0  # default bound of that wait
+JOB_OPERATIONS = {1: "a start", 2: "a save", 3: "a restore", 4: "an incoming migration", 5: "an outgoing migration",
+                  6: "a snapshot", 7: "a snapshot revert", 8: "a dump", 9: "a backup", 10: "a snapshot deletion"}
+
+
+class Activity(NamedTuple):
+    """What libvirt and QEMU are doing with a domain, as far as it matters to a recovery."""
+
+    busy: str  # "" or the libvirt job still running on the domain ("a snapshot")
+    state: tuple[int, int]
+    chains: dict[str, list[str]]  # live chains
+    blockjobs: dict[str, int]  # target -> block job type
+    files: tuple[tuple[str, bool, bool], ...]  # (overlay, exists, held open by QEMU)
+
+
+def observe(dom: Any, overlays: list[str]) -> Activity:
+    libvirt = _libvirt()
+    busy = ""
+    try:
+        state = tuple(dom.state())
+        stats = dom.jobStats()
+        if stats.get("type", 0) not in (0, None):
+            busy = JOB_OPERATIONS.get(stats.get("operation", 0), "a job")
+        chains = live_chains(dom.XMLDesc(0))
+        jobs: dict[str, int] = {}
+        if dom.isActive():
+            for target in chains:
+                info = dom.blockJobInfo(target, 0)
+                if info:
+                    jobs[target] = int(info.get("type", 0))
+    except libvirt.libvirtError as err:
+        if err.get_error_code() in (libvirt.VIR_ERR_OPERATION_TIMEOUT, libvirt.VIR_ERR_OPERATION_FAILED) \
+                and "lock" in str(err):
+            return Activity("another operation (libvirt's job lock is taken)", (0, 0), {}, {}, ())
+        if err.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+            return Activity("", (-1, -1), {}, {}, ())  # it stopped or started while being read: changing
+        raise
+    files = tuple((path, os.path.exists(path), bool(holders(path))) for path in overlays)
+    return Activity(busy, (int(state[0]), int(state[1])), chains, jobs, files)
+
+
+def settle(dom: Any, data: dict[str, Any], log: Callable[[str], None], wait: float) -> Activity:
+    """Wait until libvirt has no job on the domain and nothing about it (state, chains, block jobs,
+    the overlays' files) changed for SETTLE seconds: a killed run's snapshot, shutdown or destroy
+    may still be finishing. Refused (nothing changed) after ``wait`` seconds."""
+    libvirt = _libvirt()
+    name = data.get("domain") or dom.name()
+    overlays = sorted(pair["overlay"] for pair in (data.get("overlays") or {}).values())
+    deadline = time.monotonic() + wait
+    said = ""
+    # a killed run that asked the guest to shut down (or destroyed it): that may still happen
+    if data.get("stopped") and data.get("phase") in ("stop", "destroy"):
+        # a destroy is done within libvirt's own bound (SIGTERM, then SIGKILL after 10 s)
+        until = float(data.get("stop_deadline") or 0) if data.get("phase") == "stop" else time.time() + 15
+        while dom.isActive() and time.time() < until:
+            if time.monotonic() > deadline:
+                raise Refused(f"{name}: still shutting down after {wait:g}s (a killed backup asked it to): nothing "
+                              f"changed; run kvm-backup recover {name} again")
+            if not said:
+                said = "shutdown"
+                log(f"{name}: waiting for the shutdown a killed backup started")
+            time.sleep(0.2)
+    last = None
+    since = time.monotonic()
+    while True:
+        try:
+            now = observe(dom, overlays)
+        except libvirt.libvirtError as err:
+            raise _fail(err, f"{name}: cannot read what libvirt is doing with it") from err
+        clock = time.monotonic()
+        if now.busy or now != last:
+            last, since = now, clock
+        elif clock - since >= SETTLE:
+            return now
+        if clock > deadline:
+            what = f"libvirt is still busy with {now.busy}" if now.busy else "its state keeps changing"
+            raise Refused(f"{name}: {what} after {wait:g}s: nothing changed; run kvm-backup recover {name} again")
+        if now.busy and said != now.busy:
+            said = now.busy
+            log(f"{name}: waiting for {now.busy} to finish")
+        time.sleep(0.1)
+
+
 def agent_answers(dom: Any, xml: str) -> bool:
     """Whether the domain has a guest agent channel and the agent answers a ping within 2 s."""
     if "org.qemu.guest_agent.0" not in xml:
@@ -1203,9 +1414,11 @@ def agent_answers(dom: Any, xml: str) -> bool:
 
 
 def wait_pivot(dom: Any, target: str, timeout: float, log: Callable[[str], None]) -> None:
-    """Wait for the active commit job on ``target`` to be ready, then pivot to the base image."""
+    """Wait for the active commit job on ``target`` to be ready, then pivot to the base image. When
+    a signal waits for the run to end (``hurry``), the job's bandwidth limit goes first."""
     libvirt = _libvirt()
     deadline = time.monotonic() + timeout
+    hurried = False
     while True:
         try:
             info = dom.blockJobInfo(target, 0)
@@ -1213,6 +1426,10 @@ def wait_pivot(dom: Any, target: str, timeout: float, log: Callable[[str], None]
             raise _fail(err, f"{dom.name()}: {target}: block job") from err
         if not info:
             return  # no job: finished (pivoted) already, or never started; the caller checks
+        if hurry() and not hurried:
+            hurried = True
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.blockJobSetSpeed(target, 0, 0)
         if (info.get("end", 0) and info.get("cur") == info.get("end")) or info.get("end") == 0:
             try:
                 dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
@@ -1226,13 +1443,34 @@ def wait_pivot(dom: Any, target: str, timeout: float, log: Callable[[str], None]
         time.sleep(0.05)
 
 
+def _remove_unused(conn: Any, path: str, what: str, timeout: float = 5.0) -> None:
+    """Delete ``path`` once no domain has it in a chain and no QEMU process has it open (QEMU may
+    take a moment to close it after a pivot); KvmError, the file kept, if that does not happen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        why = in_use(conn, path)
+        if not why:
+            break
+        if time.monotonic() > deadline:
+            raise KvmError(f"{what}: {path} is still in use ({why}): kept")
+        time.sleep(0.1)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 def commit_back(dom: Any, target: str, overlay: str, base: str, log: Callable[[str], None],
-                bandwidth: int = 0, timeout: float = 3600) -> None:
+                bandwidth: int = 0, timeout: float = 3600) -> str:
     """Put ``target`` of a running domain back on ``base``: commit ``overlay`` into it (or finish
-    a commit job already running), pivot, confirm, remove the overlay file."""
+    a commit job already running), pivot, confirm from the live XML, remove the overlay file once
+    nothing uses it. What was done, in one line."""
     libvirt = _libvirt()
-    top = live_sources(dom).get(target)
-    if top == overlay:
+    name = dom.name()
+    chain = live_chains(dom.XMLDesc(0)).get(target, [])
+    committed = False
+    if chain[:1] == [overlay]:
+        if chain[1:2] != [base]:
+            raise KvmError(f"{name}: {target}: {overlay} is backed by {chain[1] if len(chain) > 1 else 'nothing'}, "
+                           f"not by {base}: left as it is")
         try:
             job = dom.blockJobInfo(target, 0)
         except libvirt.libvirtError:
@@ -1247,34 +1485,54 @@ def commit_back(dom: Any, target: str, overlay: str, base: str, log: Callable[[s
             try:
                 dom.blockCommit(target, None, None, bandwidth, flags)
             except libvirt.libvirtError as err:
-                raise _fail(err, f"{dom.name()}: {target}: cannot commit {overlay}") from err
+                raise _fail(err, f"{name}: {target}: cannot commit {overlay}") from err
         wait_pivot(dom, target, timeout, log)
-        top = live_sources(dom).get(target)
-    if top != base:
-        raise KvmError(f"{dom.name()}: {target} runs on {top}, not on its image {base}: "
-                       f"{overlay} kept; run kvm-backup recover {dom.name()}")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(overlay)
+        committed = True
+        chain = live_chains(dom.XMLDesc(0)).get(target, [])
+    elif overlay in chain:
+        raise KvmError(f"{name}: {target}: {overlay} is inside the chain ({' <- '.join(chain)}), not on top: "
+                       "left as it is")
+    if chain[:1] != [base] or overlay in chain:
+        raise KvmError(f"{name}: {target} runs on {chain[0] if chain else '?'}, not on its image {base}: "
+                       f"{overlay} kept; run kvm-backup recover {name}")
+    existed = os.path.exists(overlay)
+    _remove_unused(dom.connect(), overlay, f"{name}: {target}")
+    if committed:
+        return f"{target} committed back from {overlay} onto {base}"
+    if existed:
+        return f"{target} runs on {base}: the overlay {overlay} was never used; removed"
+    return f"{target} runs on {base}: the snapshot was never taken; nothing to commit"
 
 
-def commit_offline(dom: Any, target: str, overlay: str, base: str) -> None:
-    """A shut off domain left on an overlay: qemu-img commit it into the base, point the disk back."""
+def commit_offline(dom: Any, target: str, overlay: str, base: str) -> str:
+    """A shut off domain left on an overlay: qemu-img commit it into the base, point the disk back.
+    What was done, in one line."""
     libvirt = _libvirt()
+    name = dom.name()
     xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
     on_overlay = any(d.target == target and d.source == overlay for d in disks_of(xml))
+    what = f"{target} (shut off) runs on {base}: " + (
+        f"the overlay {overlay} was never used; removed" if os.path.exists(overlay) else
+        "the snapshot was never taken; nothing to commit")
     if on_overlay:
+        why = in_use(dom.connect(), overlay)
+        if why:
+            raise KvmError(f"{name}: {target}: {overlay} is in use ({why}): not committed")
         if os.path.exists(overlay):
             result = subprocess.run(["qemu-img", "commit", "-q", overlay], capture_output=True, text=True, check=False)
             if result.returncode:
-                raise KvmError(f"{dom.name()}: {target}: qemu-img commit {overlay}: "
+                raise KvmError(f"{name}: {target}: qemu-img commit {overlay}: "
                                f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'failed'}")
+            what = f"{target} (shut off) committed back from {overlay} onto {base}"
+        else:
+            what = f"{target} (shut off) pointed back at {base} ({overlay} was gone already)"
         fixed = rewrite_xml(xml, {target: base}, None)
         try:
             dom.connect().defineXML(_restore_format(fixed, target, xml, base))
         except libvirt.libvirtError as err:
-            raise _fail(err, f"{dom.name()}: cannot point {target} back at {base}") from err
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(overlay)
+            raise _fail(err, f"{name}: cannot point {target} back at {base}") from err
+    _remove_unused(dom.connect(), overlay, f"{name}: {target}")
+    return what
 
 
 def _restore_format(xml: str, target: str, _old: str, base: str) -> str:
@@ -1297,51 +1555,107 @@ def _is_qcow2(path: str) -> bool:
         return False
 
 
-def recover(conn: Any, data: dict[str, Any], log: Callable[[str], None]) -> list[str]:
-    """Undo what a killed run left, from its journal: commit overlays back, start or resume the
-    domain it stopped or suspended, remove its temporary archive. What was done, one line each."""
-    libvirt = _libvirt()
-    done: list[str] = []
-    name = data.get("domain", "?")
+def remove_stale_temps(folder: str) -> None:
+    """Remove the temporary files of journal writes whose process died (a kill in write_atomic)."""
     try:
-        dom = conn.lookupByUUIDString(data["uuid"])
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        match = re.fullmatch(r".+\.journal\.json\.(\d+)\.tmp", name)
+        if not match:
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # that process still runs
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, name))
+
+
+def _lookup_uuid(conn: Any, uuid: str, name: str) -> Any:
+    libvirt = _libvirt()
+    try:
+        return conn.lookupByUUIDString(uuid)
     except libvirt.libvirtError as err:
         if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            dom = None
-        else:
-            raise _fail(err, f"{name}: lookup") from err
-    for target, pair in sorted((data.get("overlays") or {}).items()):
-        overlay, base = pair["overlay"], pair["base"]
-        if dom is None:
-            continue
-        if dom.isActive():
-            if live_sources(dom).get(target) == overlay or os.path.exists(overlay):
-                commit_back(dom, target, overlay, base, log)
-                done.append(f"{name}: {target} committed back from {overlay} onto {base}")
-        elif os.path.exists(overlay) or any(d.source == overlay for d in disks_of(dom.XMLDesc(0))):
-            commit_offline(dom, target, overlay, base)
-            done.append(f"{name}: {target} (shut off) committed back from {overlay} onto {base}")
-    if dom is not None and data.get("suspended"):
-        with contextlib.suppress(libvirt.libvirtError):
-            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
-                dom.resume()
-                done.append(f"{name}: resumed (a backup had suspended it)")
-    if dom is not None and data.get("stopped"):
-        with contextlib.suppress(libvirt.libvirtError):
-            if not dom.isActive():
-                dom.create()
-                done.append(f"{name}: started again (a backup had stopped it)")
+            return None
+        raise _fail(err, f"{name}: lookup") from err
+
+
+def recover(conn: Any, journal: Journal, log: Callable[[str], None], wait: float = RECOVER_WAIT) -> list[str]:
+    """Undo what a killed run left, from its journal (its lock held): once libvirt is done with the
+    domain (``settle``), commit overlays back, start or resume the domain it stopped or suspended,
+    remove its temporary archive, remove the journal. What was done, one line each. A step that
+    cannot be done raises KvmError; the journal then keeps what is left."""
+    libvirt = _libvirt()
+    data = journal.data
+    done: list[str] = []
+    name = data.get("domain", "?")
+    dom = _lookup_uuid(conn, data.get("uuid") or journal.uuid, name)
+    remaining = dict(data.get("overlays") or {})
+    try:
+        if dom is not None:
+            settle(dom, data, log, wait)
+        for target, pair in sorted(remaining.items()):
+            overlay, base = pair["overlay"], pair["base"]
+            with shielded():  # the commit and its report, whole
+                if dom is None:
+                    if os.path.exists(overlay):
+                        done.append(f"{name}: the domain is gone; its overlay {overlay} is kept")
+                elif dom.isActive():
+                    done.append(f"{name}: " + commit_back(dom, target, overlay, base, log))
+                else:
+                    done.append(f"{name}: " + commit_offline(dom, target, overlay, base))
+                del remaining[target]
+                journal.save(overlays=remaining)
+        if dom is not None and data.get("suspended"):
+            try:
+                if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                    dom.resume()
+                    done.append(f"{name}: resumed (a backup had suspended it)")
+            except libvirt.libvirtError as err:
+                raise _fail(err, f"{name}: cannot resume it") from err
+            journal.save(suspended=False)
+        if dom is not None and data.get("stopped"):
+            try:
+                if not dom.isActive():
+                    dom.create()
+                    done.append(f"{name}: started again (a backup had stopped it)")
+                elif data.get("phase") == "stop":
+                    done.append(f"{name}: still running (a killed backup had asked it to shut down; it did not)")
+            except libvirt.libvirtError as err:
+                raise _fail(err, f"{name}: cannot start it again") from err
+            journal.save(stopped=False)
+    except BaseException:
+        for line in done:
+            log(line)
+        raise
     partial = data.get("partial")
     if partial and os.path.exists(partial):
+        final = data.get("final") or ""
+        published = bool(final) and os.path.exists(final) and os.path.samefile(partial, final)
         with contextlib.suppress(OSError):
             os.unlink(partial)
-            done.append(f"{name}: removed the unfinished archive {partial}")
+            done.append(f"{name}: removed the temporary name {partial} of the published archive {final}" if published
+                        else f"{name}: removed the unfinished archive {partial}")
+    journal.remove()
     return done
 
 
-def recover_all(conn: Any, state_dir: str, log: Callable[[str], None], only_uuid: str | None = None) -> list[str]:
-    """Recover every journal in ``state_dir`` whose run is gone (its lock is free)."""
+def recover_all(conn: Any, state_dir: str, log: Callable[[str], None], only_uuid: str | None = None,
+                wait: float = RECOVER_WAIT) -> tuple[list[str], list[str]]:
+    """Recover every journal in ``state_dir`` whose run is gone (its lock is free): (what was done,
+    what could not be done), one line each."""
     done: list[str] = []
+    failed: list[str] = []
+    remove_stale_temps(state_dir)
     for data in journals(state_dir):
         if only_uuid and data.get("uuid") != only_uuid:
             continue
@@ -1352,11 +1666,44 @@ def recover_all(conn: Any, state_dir: str, log: Callable[[str], None], only_uuid
             log(f"{data.get('domain')}: a kvm-backup run is still working on it; left alone")
             continue
         try:
-            done += recover(conn, data, log)
-            journal.remove()
+            journal.data = journal.load()
+            if journal.data:
+                done += recover(conn, journal, log, wait)
+        except Interrupted:
+            raise  # the whole run ends: the journal stays for the next one
+        except KvmError as err:
+            failed.append(str(err))
         finally:
             journal.release()
-    return done
+    return done, failed
+
+
+def recover_orphans(conn: Any, dom: Any, state_dir: str, log: Callable[[str], None],
+                    wait: float = RECOVER_WAIT) -> list[str]:
+    """Overlays named by this tool that a running domain still runs on without a journal (a
+    journal lost with its state directory): committed back onto their backing image, under the
+    domain's lock (never under a run that is working on it) and once libvirt is done with it."""
+    if not dom.isActive():
+        return []
+    journal = Journal(state_dir, dom.UUIDString())
+    try:
+        journal.acquire()
+    except Refused:
+        return []
+    try:
+        if journal.load():
+            return []  # a journal: recover_all's
+        def orphans() -> dict[str, dict[str, str]]:
+            return {target: {"overlay": chain[0], "base": chain[1]}
+                    for target, chain in live_chains(dom.XMLDesc(0)).items()
+                    if len(chain) >= 2 and OVERLAY_TAG in os.path.basename(chain[0])}
+        if not orphans():
+            return []
+        settle(dom, {"domain": dom.name(), "overlays": orphans()}, log, wait)
+        return [f"{dom.name()}: " + commit_back(dom, target, pair["overlay"], pair["base"], log)
+                for target, pair in sorted(orphans().items())]
+    finally:
+        journal.release()
 
 
 class Options(NamedTuple):
@@ -1416,8 +1763,9 @@ def _backing_of(path: str) -> str:
 def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> dict[str, Any]:
     """Back one domain up into ``opts.dest``; the summary of the published archive.
 
-    On any failure (an exception, SIGINT, SIGTERM) everything is undone before raising; after a
-    SIGKILL the journal lets the next run (or ``recover``) undo it.
+    On any failure (an error, SIGINT, SIGTERM, SIGHUP, any exception, the commit included)
+    everything is undone before raising; when the undo fails too, NotUndone says what is left and
+    the journal keeps it. After a SIGKILL the journal lets the next run (or ``recover``) undo it.
     """
     libvirt = _libvirt()
     name = dom.name()
@@ -1427,11 +1775,10 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
     journal = Journal(opts.state_dir, uuid)
     journal.acquire()
     try:
-        old = journal.load()
-        if old:
-            for line in recover(conn, old, log):
+        journal.data = journal.load()
+        if journal.data:
+            for line in recover(conn, journal, log):
                 log(line)
-            journal.remove()
         try:
             xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
             state = dom.state()[0]
@@ -1456,13 +1803,14 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
             named += 1
             final = os.path.join(opts.dest, archive_name(name, named, opts.compress))
         partial = os.path.join(opts.dest, "." + os.path.basename(final) + ".partial")
-        journal.save(domain=name, uuid=uuid, pid=os.getpid(), started=started, mode=mode, partial=partial,
-                     overlays={}, stopped=False, suspended=False, phase="start")
         consistency = "shut off" if mode == "offline" else "crash-consistent"
         overlays: dict[str, dict[str, str]] = {}
         writer: ArchiveWriter | None = None
         files: list[dict[str, Any]] = []
+        undone = False
         try:
+            journal.save(domain=name, uuid=uuid, pid=os.getpid(), started=started, mode=mode, partial=partial,
+                         overlays={}, stopped=False, suspended=False, phase="start")
             if mode == "live":
                 quiesce = opts.quiesce == "auto" and agent_answers(dom, dom.XMLDesc(0))
                 overlays = {d.target: {"overlay": overlay_path(d.source, started), "base": d.source} for d in copied}
@@ -1472,8 +1820,8 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
                 journal.save(overlays=overlays, phase="snapshot")
                 consistency = _snapshot(dom, disks, overlays, quiesce, log)
             elif mode == "stop":
-                journal.save(stopped=True, phase="stop")
-                _stop(dom, opts, log)
+                journal.save(stopped=True, phase="stop", stop_deadline=time.time() + opts.shutdown_timeout)
+                _stop(dom, opts, journal, log)
                 consistency = "shut down"
             elif mode == "suspend":
                 journal.save(suspended=True, phase="suspend")
@@ -1509,33 +1857,43 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
             writer.member(MANIFEST, mraw, started)
             writer.close(sync=opts.upload is None)
             writer = None
-        except BaseException:
+            with shielded():  # a signal here waits for the guest to be back on its images
+                _undo(dom, overlays, journal, log, opts.commit_bwlimit)
+                undone = True
+        except BaseException as failure:
             if writer is not None:
-                writer.abort()
+                with contextlib.suppress(Exception):
+                    writer.abort()
             with contextlib.suppress(OSError):
                 os.unlink(partial)
-            _undo(dom, overlays, journal, log)
+            if not undone:
+                try:
+                    with shielded(raise_pending=False):
+                        _undo(dom, overlays, journal, log)
+                except BaseException as err:
+                    raise NotUndone(_not_undone(name, failure, err, journal),
+                                    isinstance(failure, (Interrupted, KeyboardInterrupt))) from failure
             journal.remove()  # undone: nothing left for a later run
             raise
-        _undo(dom, overlays, journal, log, opts.commit_bwlimit)
         copied_at = time.monotonic()
-        journal.save(phase="verify")
         upload: dict[str, Any] = {}
         sender = None
-        if opts.upload is not None:  # send while verifying; published there only once verified here
-            def send() -> None:
-                try:
-                    upload["result"] = opts.upload(partial, os.path.basename(final))  # type: ignore[misc]
-                except BaseException as err:
-                    upload["error"] = err
-            sender = threading.Thread(target=send, daemon=True)
-            sender.start()
         try:
+            journal.save(phase="verify", final=final)
+            if opts.upload is not None:  # send while verifying; published there only once verified here
+                def send() -> None:
+                    try:
+                        upload["result"] = opts.upload(partial, os.path.basename(final))  # type: ignore[misc]
+                    except BaseException as err:
+                        upload["error"] = err
+                sender = threading.Thread(target=send, daemon=True)
+                sender.start()
             _manifest, digest = verify(partial)
             if sender is not None:
                 sender.join()
                 if "error" in upload:
                     raise upload["error"]
+            journal.save(phase="publish")
             try:
                 os.link(partial, final)  # fails rather than replace an archive of the same name
                 os.unlink(partial)
@@ -1600,7 +1958,7 @@ def _attr(text: str) -> str:
     return text.replace("&", "&amp;").replace("'", "&apos;").replace("<", "&lt;")
 
 
-def _stop(dom: Any, opts: Options, log: Callable[[str], None]) -> None:
+def _stop(dom: Any, opts: Options, journal: Journal, log: Callable[[str], None]) -> None:
     libvirt = _libvirt()
     try:
         dom.shutdown()
@@ -1614,6 +1972,7 @@ def _stop(dom: Any, opts: Options, log: Callable[[str], None]) -> None:
                 raise Refused(f"{dom.name()} did not shut down within {opts.shutdown_timeout:g}s "
                               "(use --force to destroy it, or a longer --shutdown-timeout)")
             log(f"{dom.name()} did not shut down within {opts.shutdown_timeout:g}s: destroying it (--force)")
+            journal.save(phase="destroy")
             try:
                 dom.destroy()
             except libvirt.libvirtError as err:
@@ -1629,16 +1988,17 @@ def _undo(dom: Any, overlays: dict[str, dict[str, str]], journal: Journal, log: 
     keeps what could not be undone for the next run."""
     libvirt = _libvirt()
     data = journal.data
-    if overlays:
+    remaining = dict(data.get("overlays") or {})
+    if remaining:
         journal.save(phase="commit")
-        for target, pair in sorted(overlays.items()):
-            if not os.path.exists(pair["overlay"]) and live_sources(dom).get(target) != pair["overlay"]:
-                continue  # the snapshot was never made
+        for target, pair in sorted(dict(remaining).items()):
             if dom.isActive():
                 commit_back(dom, target, pair["overlay"], pair["base"], log, bandwidth)
             else:
                 commit_offline(dom, target, pair["overlay"], pair["base"])
-        journal.save(overlays={}, phase="committed")
+            remaining.pop(target, None)
+            journal.save(overlays=remaining)
+        journal.save(phase="committed")
     if data.get("suspended"):
         try:
             if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
@@ -1653,6 +2013,21 @@ def _undo(dom: Any, overlays: dict[str, dict[str, str]], journal: Journal, log: 
         except libvirt.libvirtError as err:
             raise _fail(err, f"{dom.name()}: cannot start it again") from err
         journal.save(stopped=False)
+
+
+def _not_undone(name: str, failure: BaseException, err: BaseException, journal: Journal) -> str:
+    """The one line for a run whose undo failed too: what failed, what is left, where it is kept."""
+    first = str(failure) or type(failure).__name__
+    if not isinstance(failure, (KvmError, KeyboardInterrupt)):
+        first = f"internal error: {type(failure).__name__}: {failure}"
+    why = str(err) if isinstance(err, KvmError) else f"{type(err).__name__}: {err}"
+    left = [f"{t} still on {p['overlay']}" for t, p in sorted((journal.data.get("overlays") or {}).items())]
+    if journal.data.get("suspended"):
+        left.append("still suspended")
+    if journal.data.get("stopped"):
+        left.append("still shut off")
+    return (f"{first}; putting {name} back failed too ({why}): {', '.join(left) or 'see the journal'}, recorded in "
+            f"{journal.path}; run kvm-backup recover {name}")
 
 
 # --- restore ---------------------------------------------------------------------------------------

@@ -5,6 +5,16 @@ demand. SPK_FAULT names one or more, separated by ";":
   crash-in-gather      virt.gather raises an unexpected RuntimeError (a bug in our code)
   bulk-stats-fail      virConnectGetAllDomainStats fails (an old or partial driver)
   state-fails:NAME     virDomainGetState fails for the domain NAME
+  crash-in-commit      kvm-backup: the first wait for a commit job raises RuntimeError (a bug in our
+                       code after the copy, with the commit job running)
+  crash-after-copy     kvm-backup: the archive is written, then RuntimeError (a bug after the copy,
+                       before the commit)
+  commit-refused       every virDomainBlockCommit fails (libvirt refuses the commit: the undo cannot
+                       be done, the overlay stays)
+  pause-after-phase:P  kvm-backup: a 1.5 s pause right after the journal records phase P (start,
+                       snapshot, copy, commit, verify), so that a test's signal lands in that phase
+  slow-snapshot        kvm-backup: a 1.5 s pause right after libvirt made the snapshot (a signal that
+                       comes during the snapshot call is handled when the call returns: here)
   log-domain-calls     not a fault: every virDomain method called is appended to the file
                        SPK_CALL_LOG, to prove which calls a command makes per domain
   log-connections      not a fault: every connection opened is appended to SPK_CALL_LOG as
@@ -46,6 +56,59 @@ if faults:
                 return _real(dom, flags)
 
             libvirt.virDomain.state = _state
+        elif fault == "crash-in-commit":
+            from sensu_kvm import backup
+
+            real_wait = backup.wait_pivot
+            crashed = []
+
+            def _wait_pivot(*args, _real=real_wait, _crashed=crashed, **kwargs):
+                if not _crashed:
+                    _crashed.append(1)
+                    raise RuntimeError("injected fault: in the commit")
+                return _real(*args, **kwargs)
+
+            backup.wait_pivot = _wait_pivot
+        elif fault == "crash-after-copy":
+            from sensu_kvm import backup
+
+            real_close = backup.ArchiveWriter.close
+
+            def _close(writer, *args, _real=real_close, **kwargs):
+                _real(writer, *args, **kwargs)
+                raise RuntimeError("injected fault: after the copy")
+
+            backup.ArchiveWriter.close = _close
+        elif fault.startswith("pause-after-phase:"):
+            import time
+
+            from sensu_kvm import backup
+
+            phase = fault.split(":", 1)[1]
+            real_save = backup.Journal.save
+
+            def _save(journal, _real=real_save, _phase=phase, **changes):
+                _real(journal, **changes)
+                if changes.get("phase") == _phase:
+                    time.sleep(1.5)
+
+            backup.Journal.save = _save
+        elif fault == "commit-refused":
+            def _no_commit(*_args, **_kwargs):
+                raise _libvirt_error("injected fault: block commit refused")
+
+            libvirt.virDomain.blockCommit = _no_commit
+        elif fault == "slow-snapshot":
+            import time
+
+            real_snapshot = libvirt.virDomain.snapshotCreateXML
+
+            def _snapshot(dom, *args, _real=real_snapshot, **kwargs):
+                result = _real(dom, *args, **kwargs)
+                time.sleep(1.5)
+                return result
+
+            libvirt.virDomain.snapshotCreateXML = _snapshot
         elif fault == "log-domain-calls":
             log_path = os.environ["SPK_CALL_LOG"]
 

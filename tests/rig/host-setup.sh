@@ -75,12 +75,24 @@ running() {
     command -v pgrep >/dev/null && pgrep -x "$name" >/dev/null
 }
 
+# A daemon must not inherit our open files: run under `flock /tmp/spk-hv.lock`, it would hold the
+# test lock for as long as it runs (measured: every later flock waited until libvirtd's fd was closed).
+daemon() {
+    (
+        for fd in /proc/$BASHPID/fd/*; do
+            n=${fd##*/}
+            if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi
+        done
+        exec "$@"
+    )
+}
+
 start_virtlogd() {
     if running /run/virtlogd.pid virtlogd; then
         log "virtlogd already running"
     else
         log "starting virtlogd"
-        virtlogd -d || die "virtlogd -d failed"
+        daemon virtlogd -d || die "virtlogd -d failed"
         echo virtlogd >>"$STARTED"
     fi
 }
@@ -90,7 +102,7 @@ start_libvirtd() {
         log "libvirtd already running"
     else
         log "starting libvirtd"
-        libvirtd -d || die "libvirtd -d failed"
+        daemon libvirtd -d || die "libvirtd -d failed"
         grep -qx libvirtd "$STARTED" 2>/dev/null || echo libvirtd >>"$STARTED"
     fi
 }

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sensu_kvm import __version__, archive_policy, backup, snapinfo, snapshots, virt
+from sensu_kvm import __version__, archive_policy, backup, snapshots, virt
 from sensu_kvm.argtypes import count_arg, domain_arg, number_arg, path_arg, seconds_arg, state_dir_arg, text_arg, uri_arg
 from sensu_kvm.durations import format_age
 from sensu_kvm.errors import KvmError
@@ -60,6 +60,7 @@ EXAMPLES = {
   kvm-backup prune /srv/backup --keep-daily 7 --keep-weekly 4 --dry-run""",
     "recover": """\
   kvm-backup recover web1           commit back an overlay a killed run left, start/resume the guest
+  kvm-backup recover web1 --wait 300   wait longer for libvirt to finish what the killed run started
   kvm-backup recover --all""",
 }
 
@@ -175,6 +176,9 @@ def parser() -> Parser:
     p = sub("recover", "undo what a killed backup left: commit overlays back, start or resume the guest", cmd_recover)
     p.add_argument("domains", type=domain_arg, nargs="*", metavar="DOMAIN")
     p.add_argument("--all", action="store_true", help="every journal in --state-dir and every domain")
+    p.add_argument("--wait", type=seconds_arg, default=backup.RECOVER_WAIT, metavar="SECONDS",
+                   help="how long to wait for libvirt to finish what a killed run started (a snapshot, a shutdown) "
+                        f"before giving up with nothing changed (default: {backup.RECOVER_WAIT:g})")
     return top
 
 
@@ -243,8 +247,6 @@ def cmd_create(o: argparse.Namespace) -> int:
         if remote:
             o.rsh, control = backup.multiplexed(o.rsh)
             backup.remote_free(o.rsh, remote[0], remote[1])  # reachable, exists, writable: else exit 2
-        for line in backup.recover_all(conn, o.state_dir, log):
-            log(line)
         opts = backup.Options(mode=o.mode, dest=local, compress=o.compress, state_dir=o.state_dir, force=o.force,
                               shutdown_timeout=o.shutdown_timeout, bwlimit=(o.bwlimit or 0) * backup.MIB,
                               commit_bwlimit=int((o.commit_bwlimit or 0) * backup.MIB),
@@ -255,6 +257,10 @@ def cmd_create(o: argparse.Namespace) -> int:
             opts = opts._replace(upload=lambda path, name: backup.upload(path, name, o.rsh, host, folder, log,
                                                                          opts.progress))
         with backup.interruptible():
+            # what killed runs left, first (a domain that cannot be recovered fails below, with its marker)
+            recovered, unrecovered = backup.recover_all(conn, o.state_dir, log)
+            for line in recovered + unrecovered:
+                log(line)
             for dom in doms:
                 name = dom.name()
                 try:
@@ -281,6 +287,13 @@ def cmd_create(o: argparse.Namespace) -> int:
                         skipped = "".join(f"; {t} not copied ({why})" for t, why in result["skipped"].items())
                         say(f"{name}: {result['archive']} ({size_text(result['size'])}, {result['mode']}, "
                             f"{result['consistency']}, {result['seconds']:.1f}s){skipped}")
+                except backup.NotUndone as err:  # says itself what is left, and where
+                    backup.write_marker(marker_dir, name, str(err), time.time())
+                    results.append({"domain": name, "ok": False, "error": str(err)})
+                    failed += 1
+                    log(f"{name}: backup failed: {err}")
+                    if err.interrupted:
+                        break
                 except (backup.Interrupted, KeyboardInterrupt) as err:
                     text = str(err) or "interrupted"
                     backup.write_marker(marker_dir, name, text, time.time())
@@ -295,6 +308,14 @@ def cmd_create(o: argparse.Namespace) -> int:
                     results.append({"domain": name, "ok": False, "error": str(err)})
                     failed += 1
                     log(f"{name}: backup failed: {err}" if not str(err).startswith(name) else f"backup failed: {err}")
+                except Exception as err:  # a bug: create has put the domain back; marked failed, one line
+                    text = f"internal error: {type(err).__name__}: {err}"
+                    if remote:
+                        backup.remote_cleanup(o.rsh, remote[0], remote[1], name)
+                    backup.write_marker(marker_dir, name, text, time.time())
+                    results.append({"domain": name, "ok": False, "error": text})
+                    failed += 1
+                    log(f"{name}: backup failed: {text}")
     finally:
         with contextlib.suppress(Exception):
             conn.close()
@@ -449,36 +470,36 @@ def cmd_prune(o: argparse.Namespace) -> int:
 def cmd_recover(o: argparse.Namespace) -> int:
     conn = virt.connect(o.uri, readonly=False)
     done: list[str] = []
+    failed: list[str] = []
     try:
         doms = domains_for(conn, o.domains, o.all)
         with backup.interruptible():
             if o.all:
-                done += backup.recover_all(conn, o.state_dir, log)
+                lines, problems = backup.recover_all(conn, o.state_dir, log, wait=o.wait)
+                done += lines
+                failed += problems
             for dom in doms:
                 if not o.all:
-                    done += backup.recover_all(conn, o.state_dir, log, only_uuid=dom.UUIDString())
-                done += leftover_overlays(dom)
+                    lines, problems = backup.recover_all(conn, o.state_dir, log, only_uuid=dom.UUIDString(),
+                                                         wait=o.wait)
+                    done += lines
+                    failed += problems
+                try:
+                    done += backup.recover_orphans(conn, dom, o.state_dir, log, wait=o.wait)
+                except backup.Interrupted:
+                    raise
+                except KvmError as err:
+                    failed.append(str(err))
     finally:
         with contextlib.suppress(Exception):
             conn.close()
-    for line in done:
-        say(line)
-    if not done:
+        for line in done:  # what was done, even when a signal ends the run
+            say(line)
+    for line in failed:
+        log(line)
+    if not done and not failed:
         say("nothing to recover")
-    return EXIT_OK
-
-
-def leftover_overlays(dom: Any) -> list[str]:
-    """Overlays named by this tool that a domain still runs on without a journal (a journal lost
-    with its state directory): committed back onto their backing image."""
-    done: list[str] = []
-    if not dom.isActive():
-        return done
-    for target, layers in snapinfo.chains(dom.XMLDesc(0)).items():
-        if len(layers) >= 2 and backup.OVERLAY_TAG in os.path.basename(layers[0].path):
-            backup.commit_back(dom, target, layers[0].path, layers[1].path, log)
-            done.append(f"{dom.name()}: {target} committed back from {layers[0].path} onto {layers[1].path}")
-    return done
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def run(argv: list[str] | None = None) -> int:
