@@ -51,7 +51,7 @@ def test_stale_journal_temporaries_of_dead_processes_are_removed(tmp_path: Path)
     backup.remove_stale_temps(str(tmp_path / "missing"))  # no folder: nothing to do
 
 
-@pytest.mark.parametrize("value", ["1e300", "inf", "nan", "0", "-1", "1000001", "fast"])
+@pytest.mark.parametrize("value", ["1e300", "inf", "nan", "0", "-1", "1048577", "fast"])
 @pytest.mark.parametrize("option", ["--commit-bwlimit", "--bwlimit"])
 def test_bandwidths_that_cannot_work_are_refused_before_anything_is_done(tmp_path: Path, option, value):
     line = refuses("kvm-backup", 2, "create", "web1", "--dest", str(tmp_path), "--state-dir", str(tmp_path / "s"),
