@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import pytest
@@ -27,6 +28,24 @@ def conn() -> Iterator[libvirt.virConnect]:
 def images(conn: libvirt.virConnect) -> Iterator[Path]:
     with rig.images_of(conn) as path:
         yield path
+
+
+def own_fixtures(prefix: str) -> tuple[Any, Any]:
+    """Module-scoped ``conn`` and ``images`` fixtures for a test module whose domains are named
+    ``prefix*``: that module cleans up only its own domains and images (``conn, images =
+    own_fixtures(PREFIX)`` at its top)."""
+
+    @pytest.fixture(scope="module")
+    def conn() -> Iterator[libvirt.virConnect]:
+        with rig.own_domains(prefix) as connection:
+            yield connection
+
+    @pytest.fixture(scope="module")
+    def images(conn: libvirt.virConnect) -> Iterator[Path]:
+        with rig.images_of(conn, prefix) as path:
+            yield path
+
+    return conn, images
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import os
 import stat
 import subprocess
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,6 +20,7 @@ import pytest
 
 from tests import crafted
 from tests.conftest import refuses, succeeds
+from tests.hypervisor.conftest import own_fixtures
 from tests.rig import rig
 
 PREFIX = "spk-crafted-"
@@ -27,12 +28,7 @@ URI = ["-u", rig.URI]
 SHADOW = "/etc/shadow"
 
 
-@pytest.fixture(scope="module")
-def conn() -> Iterator[libvirt.virConnect]:
-    with rig.own_domains(PREFIX) as connection:
-        yield connection
-
-
+conn = own_fixtures(PREFIX)[0]  # its images live in tmp_path
 class Site(NamedTuple):
     allowed: Path  # given as --allow-dir
     outside: Path  # a folder no restore may write to, with a file that must stay as it is

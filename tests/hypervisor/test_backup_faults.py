@@ -22,6 +22,7 @@ import libvirt
 import pytest
 
 from tests.conftest import BIN, FAULTS, refuses, run
+from tests.hypervisor.conftest import own_fixtures
 from tests.hypervisor.test_backup_qemu import archives, journal_phase, noos, sources
 from tests.rig import rig
 
@@ -30,16 +31,7 @@ URI = ["-u", rig.URI]
 TAG = "kvm-backup-overlay"
 
 
-@pytest.fixture(scope="module")
-def conn() -> Iterator[libvirt.virConnect]:
-    with rig.own_domains(PREFIX) as connection:
-        yield connection
-
-
-@pytest.fixture(scope="module")
-def images(conn: libvirt.virConnect) -> Iterator[Path]:
-    with rig.images_of(conn, PREFIX) as path:
-        yield path
+conn, images = own_fixtures(PREFIX)
 
 
 @pytest.fixture(scope="module")

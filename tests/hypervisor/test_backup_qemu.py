@@ -12,13 +12,13 @@ import signal
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
 import pytest
 
 from tests.conftest import BIN, refuses, run, succeeds
+from tests.hypervisor.conftest import own_fixtures
 from tests.rig import rig
 
 PREFIX = "spk-bak-"
@@ -63,16 +63,7 @@ def compare(a: Path, b: Path) -> None:
     assert result.returncode == 0, (a, b, result.stdout, result.stderr)
 
 
-@pytest.fixture(scope="module")
-def conn() -> Iterator[libvirt.virConnect]:
-    with rig.own_domains(PREFIX) as connection:
-        yield connection
-
-
-@pytest.fixture(scope="module")
-def images(conn: libvirt.virConnect) -> Iterator[Path]:
-    with rig.images_of(conn, PREFIX) as path:
-        yield path
+conn, images = own_fixtures(PREFIX)
 
 
 @pytest.fixture

@@ -8,13 +8,12 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
-import pytest
 
 from tests.conftest import refuses, run, succeeds
+from tests.hypervisor.conftest import own_fixtures
 from tests.rig import rig
 
 PREFIX = "spk-snap-"
@@ -38,16 +37,7 @@ def listing(domain: str, *flags: str) -> list[dict]:
     return json.loads(ok("list", domain, "--json", *flags))
 
 
-@pytest.fixture(scope="module")
-def conn() -> Iterator[libvirt.virConnect]:
-    with rig.own_domains(PREFIX) as connection:
-        yield connection
-
-
-@pytest.fixture(scope="module")
-def images(conn: libvirt.virConnect) -> Iterator[Path]:
-    with rig.images_of(conn, PREFIX) as path:
-        yield path
+conn, images = own_fixtures(PREFIX)
 
 
 def define(conn: libvirt.virConnect, images: Path, name: str, start: bool, disk_format: str = "qcow2",

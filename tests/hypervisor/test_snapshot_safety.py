@@ -9,14 +9,13 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
-import pytest
 
 from sensu_kvm.snapshots import image_snapshots
 from tests.conftest import refuses, succeeds
+from tests.hypervisor.conftest import own_fixtures
 from tests.rig import rig
 
 PREFIX = "spk-ssafe-"
@@ -87,16 +86,7 @@ class Frozen:
         assert digest(self.image) == self.digest
 
 
-@pytest.fixture(scope="module")
-def conn() -> Iterator[libvirt.virConnect]:
-    with rig.own_domains(PREFIX) as connection:
-        yield connection
-
-
-@pytest.fixture(scope="module")
-def images(conn: libvirt.virConnect) -> Iterator[Path]:
-    with rig.images_of(conn, PREFIX) as path:
-        yield path
+conn, images = own_fixtures(PREFIX)
 
 
 def define(conn: libvirt.virConnect, images: Path, name: str, start: bool) -> tuple[libvirt.virDomain, Path]:
