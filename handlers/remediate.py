@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import libvirt
-
 from sensu_kvm import STATE_DIR, states, virt
 from sensu_kvm.argtypes import domain_arg, number_arg, regex_arg, state_dir_arg, uri_arg, whole_arg
 from sensu_kvm.events import Event, domain_of
@@ -78,13 +76,13 @@ def act(options: argparse.Namespace, event: Event, log: Log) -> int:
     if name is None:
         log(f"{head}: names no domain (no proxy client, no source, no --domain), nothing done")
         return EXIT_DONE
-    conn = virt.connect(options.uri, readonly=options.dry_run)  # a dry run only reads: read-only
+    conn = virt.connect(options.uri, readonly=options.dry_run, timeout=options.timeout)  # a dry run only reads: read-only
     try:
         try:
             dom = conn.lookupByName(name)
             state, reason = dom.state()
             uuid = dom.UUIDString()
-        except libvirt.libvirtError as err:
+        except virt.libvirtError as err:
             raise virt.translate(err, f"domain {name}") from err
         action, why = decide(state, reason)
         if action is None:
@@ -116,7 +114,7 @@ def act(options: argparse.Namespace, event: Event, log: Log) -> int:
                 dom.create()
             else:
                 dom.resume()
-        except libvirt.libvirtError as err:
+        except virt.libvirtError as err:
             log(f"{head}: could not {action} {name}: {virt.reason(err)}")
             return EXIT_FAILED
         state, reason = dom.state()

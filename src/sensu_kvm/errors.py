@@ -19,3 +19,23 @@ class LibvirtFailure(KvmError):
 
 class CallTimeout(KvmError):
     """A call did not answer within its deadline."""
+
+
+class ReadOnlyRefused(LibvirtFailure):
+    """libvirt refused a call because the connection is read-only."""
+
+
+class AccessDenied(LibvirtFailure):
+    """libvirt's access control (polkit, ACLs) or authentication refused the call."""
+
+
+class Unsupported(LibvirtFailure):
+    """The hypervisor driver does not support the call."""
+
+
+class AgentUnavailable(LibvirtFailure):
+    """The guest agent is not connected, not answering or out of sync."""
+
+
+class Disconnected(LibvirtFailure):
+    """The connection to libvirtd broke (RPC failure, daemon gone)."""

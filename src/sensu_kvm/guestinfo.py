@@ -8,13 +8,9 @@ systems in libvirt's guest information) is pure and separate from the calls.
 
 from __future__ import annotations
 
-import json
-import math
 import time
 import xml.etree.ElementTree as ET
 from typing import Any, NamedTuple
-
-import libvirt
 
 from sensu_kvm import virt
 
@@ -101,64 +97,24 @@ def section(info: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in info.items() if k.startswith(prefix)}
 
 
-# --- calls -----------------------------------------------------------------------------------------
+# --- calls (made in virt.agent and virt.monitor, each under its deadline) -------------------------
+
+agent_command = virt.agent_command
+guest_info = virt.guest_info
+monitor_command = virt.monitor_command
+FS_INFO = virt.FS_INFO
+OS_INFO = virt.OS_INFO
+HOSTNAME_INFO = virt.HOSTNAME_INFO
 
 
-def _agent_timeout(seconds: float) -> int:
-    """libvirt's own wait for the agent, in whole seconds (at least 1): libvirtd gives up too, so an
-    abandoned call does not keep the domain's agent busy for long."""
-    return max(1, math.ceil(seconds))
-
-
-def agent_command(dom: libvirt.virDomain, command: str, seconds: float, arguments: dict[str, Any] | None = None) -> Any:
-    """One guest agent command (``guest-ping``, ``guest-info``, ...); its ``return`` value."""
-    import libvirt_qemu  # type: ignore[import-untyped]  # noqa: PLC0415 (only agent and monitor users need it)
-
-    request: dict[str, Any] = {"execute": command}
-    if arguments:
-        request["arguments"] = arguments
-    text = json.dumps(request)
-    answer = virt.call_with_deadline(
-        lambda: libvirt_qemu.qemuAgentCommand(dom, text, _agent_timeout(seconds), 0),
-        seconds, f"{dom.name()}: guest agent {command}")
-    try:
-        return json.loads(answer).get("return") if answer else None
-    except (ValueError, AttributeError):
-        return None
-
-
-def ping(dom: libvirt.virDomain, seconds: float) -> float:
+def ping(dom: Any, seconds: float) -> float:
     """guest-ping; the seconds it took to answer."""
     started = time.monotonic()
     agent_command(dom, "guest-ping", seconds)
     return time.monotonic() - started
 
 
-def agent_info(dom: libvirt.virDomain, seconds: float) -> dict[str, Any]:
+def agent_info(dom: Any, seconds: float) -> dict[str, Any]:
     """guest-info: the agent's version and its commands ({} when it says nothing)."""
     answer = agent_command(dom, "guest-info", seconds)
     return answer if isinstance(answer, dict) else {}
-
-
-def guest_info(dom: libvirt.virDomain, types: int, seconds: float) -> dict[str, Any]:
-    """virDomainGetGuestInfo for the given VIR_DOMAIN_GUEST_INFO_* types (0: all)."""
-    return dict(virt.call_with_deadline(lambda: dom.guestInfo(types, 0), seconds, f"{dom.name()}: guest info"))
-
-
-FS_INFO = libvirt.VIR_DOMAIN_GUEST_INFO_FILESYSTEM
-OS_INFO = libvirt.VIR_DOMAIN_GUEST_INFO_OS
-HOSTNAME_INFO = libvirt.VIR_DOMAIN_GUEST_INFO_HOSTNAME
-
-
-def monitor_command(dom: libvirt.virDomain, command: str, seconds: float) -> str:
-    """A human monitor (HMP) command through libvirt, such as ``info status``; its text."""
-    import libvirt_qemu  # noqa: PLC0415
-
-    return str(virt.call_with_deadline(
-        lambda: libvirt_qemu.qemuMonitorCommand(dom, command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP),
-        seconds, f"{dom.name()}: QEMU monitor"))
-
-
-def is_read_only_refusal(message: str) -> bool:
-    """Whether a libvirt failure message is the read-only connection's refusal."""
-    return "read only access prevents" in message or "read-only" in message

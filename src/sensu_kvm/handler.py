@@ -20,9 +20,10 @@ from typing import NoReturn
 from sensu_plugin.handler import SensuHandler
 
 from sensu_kvm import __version__
-from sensu_kvm.argtypes import StrictParsing, one_line
+from sensu_kvm.argtypes import StrictParsing, one_line, seconds_arg
 from sensu_kvm.errors import KvmError
 from sensu_kvm.events import MAX_EVENT_BYTES, Event, EventError, parse
+from sensu_kvm.virt.deadline import DEFAULT_TIMEOUT, LONG_FACTOR
 
 EXIT_DONE = 0  # acted, or nothing to do
 EXIT_FAILED = 1  # an action was needed and failed, or was refused by a guardrail
@@ -42,6 +43,10 @@ def build_parser(prog: str, description: str, examples: str) -> HandlerParser:
                            "Reads one Sensu Core 1.x or Sensu Go event on standard input. Exit codes: 0 done or\n"
                            "nothing to do, 1 an action failed or a guardrail refused it, 2 bad options or event.")
     parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--timeout", type=seconds_arg, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help=f"deadline of each libvirt call, up to 86400 (default: {DEFAULT_TIMEOUT:g}; starting a "
+                             f"guest gets {LONG_FACTOR} times as long); a call that does not answer in time fails "
+                             "the handler (exit 1) with one line naming the call")
     return parser
 
 

@@ -4,7 +4,7 @@ import json
 
 from sensu_kvm import guestinfo
 from sensu_kvm.checks.guest_agent import Answer, _normalise, human_bytes, judge_domain, judge_no_channel, judge_silent, parser
-from sensu_kvm.errors import CallTimeout, LibvirtFailure
+from sensu_kvm.errors import AccessDenied, AgentUnavailable, CallTimeout, LibvirtFailure, ReadOnlyRefused, Unsupported
 from sensu_kvm.output import Status
 from sensu_kvm.tools import inspect
 
@@ -120,11 +120,14 @@ def test_inspect_reasons_and_xml():
     assert nics == [{"type": "network", "mac": "52:54:00:00:00:01", "source": "default", "model": "virtio", "target": "vnet0"}]
     assert channel == guestinfo.Channel("unix", "disconnected") and os_type == "hvm"
     assert inspect.why(CallTimeout("x: no answer within 5s")).startswith("no answer in time")
-    assert inspect.why(LibvirtFailure("x: this function is not supported by the connection driver: virX")).startswith(
+    # by the class the classifier gave (from libvirt's error code), never by the message's words
+    assert inspect.why(Unsupported("x: this function is not supported by the connection driver: virX")).startswith(
         "not supported by this hypervisor driver")
-    assert inspect.why(LibvirtFailure("x: operation forbidden: read only access prevents virX")).startswith(
+    assert inspect.why(ReadOnlyRefused("x: operation forbidden: read only access prevents virX")).startswith(
         "needs a read-write connection")
-    assert inspect.why(LibvirtFailure("x: QEMU guest agent is not connected")).startswith("guest agent not answering")
+    assert inspect.why(AccessDenied("x: access denied")).startswith("no permission")
+    assert inspect.why(AgentUnavailable("x: QEMU guest agent is not connected")).startswith("guest agent not answering")
+    assert inspect.why(LibvirtFailure("x: QEMU guest agent is not connected")) == "x: QEMU guest agent is not connected"
 
 
 def test_inspect_text_rendering():

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 from sensu_kvm import __version__, archive_policy, backup, snapshots, virt
-from sensu_kvm.argtypes import count_arg, domain_arg, number_arg, path_arg, seconds_arg, state_dir_arg, text_arg, uri_arg
+from sensu_kvm.argtypes import count_arg, domain_arg, number_arg, path_arg, seconds_arg, text_arg
 from sensu_kvm.durations import format_age
 from sensu_kvm.errors import KvmError
-from sensu_kvm.tools import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Parser, run_tool
+from sensu_kvm.tools import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Parser, common_options, run_tool, settle
 
 PROG = "kvm-backup"
 
@@ -96,11 +96,7 @@ def parser() -> Parser:
                              "manifest with sha256 sums), locally or over rsync+ssh; verify, list, restore, prune.",
                  epilog=_epilog(""))
     top.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
-    uri = "libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)"
-    common = Parser(add_help=False)
-    common.add_argument("-u", "--uri", type=uri_arg, default=None, help=uri)
-    common.add_argument("--state-dir", type=state_dir_arg, default=backup.STATE_DIR, metavar="DIR",
-                        help=f"journals of running backups, for recovery (default: {backup.STATE_DIR})")
+    common = common_options(top, backup.STATE_DIR, "journals of running backups, for recovery")
     subs = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def sub(name: str, helptext: str, func: Callable[[argparse.Namespace], int],
@@ -108,7 +104,7 @@ def parser() -> Parser:
         p = subs.add_parser(name, help=helptext, description=helptext, parents=[common] if libvirt else [],
                             allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
                             epilog=_epilog(name))
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, uses_libvirt=libvirt)
         return p
 
     p = sub("create", "back domains up: live (overlay + commit), stop or suspend; shut off ones copied directly",
@@ -503,7 +499,9 @@ def cmd_recover(o: argparse.Namespace) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
-    options = parser().parse_args(argv)
+    top = parser()
+    options = settle(top, top.parse_args(argv), backup.STATE_DIR)
+    virt.set_default_timeout(options.timeout)
     return run_tool(PROG, lambda: int(options.func(options)),
                     (backup.BadRequest, snapshots.BadRequest, archive_policy.Unsafe))
 

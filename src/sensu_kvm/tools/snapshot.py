@@ -10,14 +10,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import libvirt
-
 from sensu_kvm import __version__, snapshots, virt
-from sensu_kvm.argtypes import count_arg, domain_arg, name_arg, path_arg, shown, strict_duration_arg, text_arg, uri_arg
+from sensu_kvm.argtypes import count_arg, domain_arg, name_arg, path_arg, shown, strict_duration_arg, text_arg
 from sensu_kvm.durations import format_age
 from sensu_kvm.errors import KvmError, NotFound
 from sensu_kvm.snapinfo import Snapshot
-from sensu_kvm.tools import EXIT_FAILED, EXIT_OK, Parser, run_tool
+from sensu_kvm.tools import EXIT_FAILED, EXIT_OK, Parser, common_options, run_tool, settle
 
 PROG = "kvm-snapshot"
 
@@ -83,10 +81,7 @@ def parser() -> Parser:
                              "connection; the others open a read-write one.",
                  epilog=_epilog(""))
     top.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
-    top.add_argument("-u", "--uri", type=uri_arg, help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
-    common = Parser(add_help=False)
-    common.add_argument("-u", "--uri", type=uri_arg, default=argparse.SUPPRESS,
-                        help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
+    common = common_options(top)
     subs = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def sub(name: str, helptext: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
@@ -211,16 +206,16 @@ class Session:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        with contextlib.suppress(libvirt.libvirtError):
+        with contextlib.suppress(virt.libvirtError):
             self.conn.close()
 
     @property
-    def domain(self) -> libvirt.virDomain:
+    def domain(self) -> Any:
         assert self.dom is not None
         return self.dom
 
 
-def find(snaps: list[Snapshot], dom: libvirt.virDomain, name: str) -> Snapshot:
+def find(snaps: list[Snapshot], dom: Any, name: str) -> Snapshot:
     for snap in snaps:
         if snap.name == name:
             return snap
@@ -311,12 +306,12 @@ def cmd_info(o: argparse.Namespace) -> int:
 
 
 def cmd_dumpxml(o: argparse.Namespace) -> int:
-    flags = libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE if o.security_info else 0
+    flags = virt.VIR_DOMAIN_SNAPSHOT_XML_SECURE if o.security_info else 0
     with Session(o.uri, o.domain, readonly=not o.security_info) as s:  # libvirt shows secrets on read-write only
         handle = snapshots.lookup_snapshot(s.domain, o.name)
         try:
             xml = handle.getXMLDesc(flags)
-        except libvirt.libvirtError as err:
+        except virt.libvirtError as err:
             raise virt.translate(err, f"{o.domain}: snapshot {o.name}") from err
     sys.stdout.write(xml if xml.endswith("\n") else xml + "\n")
     return EXIT_OK
@@ -342,10 +337,10 @@ def cmd_revert(o: argparse.Namespace) -> int:
         took = time.monotonic() - started
         try:
             state = s.domain.state()[0]
-        except libvirt.libvirtError as err:
+        except virt.libvirtError as err:
             raise virt.translate(err, f"{o.domain}: state") from err
-    words = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
-             libvirt.VIR_DOMAIN_SHUTOFF: "shut off"}.get(state, f"in state {state}")
+    words = {virt.VIR_DOMAIN_RUNNING: "running", virt.VIR_DOMAIN_PAUSED: "paused",
+             virt.VIR_DOMAIN_SHUTOFF: "shut off"}.get(state, f"in state {state}")
     say(f"reverted {o.domain} to '{o.name}' in {took:.1f}s: the domain is {words}")
     return EXIT_OK
 
@@ -440,9 +435,9 @@ def cmd_chain(o: argparse.Namespace) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
-    options = parser().parse_args(argv)
-    if "uri" not in options:
-        options.uri = None
+    top = parser()
+    options = settle(top, top.parse_args(argv))
+    virt.set_default_timeout(options.timeout)
     return run_tool(PROG, lambda: int(options.func(options)), (snapshots.BadRequest,))
 
 

@@ -1,369 +1,73 @@
-"""The one module that talks to libvirt.
+"""The only code that imports libvirt (and libvirt_qemu): everything that talks to libvirt.
 
-It opens connections, silences libvirt's default error printer, translates every
-``libvirtError`` into the project's own exceptions, gathers statistics with one bulk call (with a
-per-domain fallback) and runs the per-domain calls that have no bulk form under a deadline.
+Modules:
+
+* ``connection`` -- opening a connection (read-only by default), libvirt's error printer silenced;
+* ``deadline``   -- every call under a per-call deadline: the Timed proxy that ``connect`` returns;
+* ``errors``     -- the one classifier from libvirtError to the project's exceptions (by code);
+* ``stats``      -- the bulk statistics with the per-domain fallback; the host's counters;
+* ``lookup``     -- domains by name, UUID or ID; every domain; the autostart ones;
+* ``versions``   -- version facts of libvirt and the hypervisor;
+* ``agent``, ``monitor`` -- guest agent and QEMU monitor commands.
+
+The names below are the ones the rest of the code uses: ``from sensu_kvm import virt;
+virt.connect(...)``. libvirt's own types and constants are re-exported for the modules that need
+a flag (``virt.VIR_DOMAIN_RUNNING``) without importing libvirt themselves.
 """
 
 from __future__ import annotations
 
-import _thread
-import os
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, TypeVar
-
 import libvirt
 
-from sensu_kvm import activity
-from sensu_kvm.errors import CallTimeout, ConnectError, LibvirtFailure, NotFound
 from sensu_kvm.uris import scrub, shown_uri
-
-DEFAULT_URI = "qemu:///system"
-
-T = TypeVar("T")
-
-
-def _ignore_error(_ctx: object, _err: object) -> None:
-    """libvirt prints every error to stderr unless a handler is registered."""
-
-
-libvirt.registerErrorHandler(_ignore_error, None)
+from sensu_kvm.virt.agent import FS_INFO, HOSTNAME_INFO, OS_INFO, agent_command, agent_timeout, guest_info
+from sensu_kvm.virt.connection import DEFAULT_URI, connect, resolve_uri, set_default_timeout
+from sensu_kvm.virt.deadline import (
+    DEFAULT_TIMEOUT,
+    LONG_CALLS,
+    LONG_FACTOR,
+    Timed,
+    api_name,
+    call_with_deadline,
+    raw,
+    run_with_deadline,
+    wrap,
+)
+from sensu_kvm.virt.errors import kind, reason, translate
+from sensu_kvm.virt.lookup import all_domains, autostart_uuids, domain_by_any, lookup_domain
+from sensu_kvm.virt.monitor import monitor_command
+from sensu_kvm.virt.stats import (
+    FALLBACK_THREADS,
+    GROUPS,
+    DomainRecord,
+    Group,
+    disk_errors,
+    gather,
+    in_parallel,
+    node_cpu_stats,
+    node_memory_stats,
+)
+from sensu_kvm.virt.versions import client_version, hypervisor_version, lib_version, version_text
 
 libvirtError = libvirt.libvirtError
-
-
-def resolve_uri(uri: str | None) -> str:
-    """The URI given, else ``LIBVIRT_DEFAULT_URI``, else ``qemu:///system``.
-
-    An empty URI given on purpose is refused (the option types refuse it first): libvirt would
-    take it for its own default, which may be the real host when a test or remote one was meant."""
-    if uri is not None and not uri.strip():
-        raise ConnectError("empty libvirt URI: give one such as qemu:///system, or none for the default")
-    return uri or os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
-
-
-def reason(err: libvirt.libvirtError) -> str:
-    """libvirt's own message, without the noise of a Python exception."""
-    message = err.get_error_message() or str(err)
-    return " ".join(message.split())
-
-
-def translate(err: libvirt.libvirtError, context: str) -> LibvirtFailure | NotFound:
-    """One place that turns a libvirtError into our exception with a clear message."""
-    if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-        return NotFound(f"{context}: {reason(err)}")
-    return LibvirtFailure(f"{context}: {reason(err)}")
-
-
-def connect(uri: str | None, readonly: bool = True) -> libvirt.virConnect:
-    """Open a connection (read-only unless asked); failures become ConnectError."""
-    target = resolve_uri(uri)
-    shown = shown_uri(target)
-    activity.doing(f"connecting to {shown}")
-    try:
-        conn = libvirt.openReadOnly(target) if readonly else libvirt.open(target)
-    except libvirt.libvirtError as err:
-        raise ConnectError(f"cannot connect to {shown}: {scrub(reason(err), target)}") from err
-    except UnicodeError as err:  # a URI that is not valid UTF-8 cannot be passed to libvirt
-        raise ConnectError(f"cannot connect to {shown}: the URI is not valid UTF-8") from err
-    if conn is None:  # very old bindings returned None instead of raising
-        raise ConnectError(f"cannot connect to {shown}")
-    return conn
-
-
-def call_with_deadline(func: Callable[[], T], seconds: float, what: str) -> T:
-    """Run a libvirt call in a daemon thread and give up on it after ``seconds``.
-
-    libvirt-python releases the GIL while it waits, so a call blocked in libvirt cannot hold the
-    process; the abandoned thread dies with the process.
-    """
-    box: dict[str, Any] = {}
-    done = _thread.allocate_lock()
-    done.acquire()
-
-    def target() -> None:
-        try:
-            box["value"] = func()
-        except BaseException as err:  # handed to the caller below
-            box["error"] = err
-        finally:
-            done.release()
-
-    _thread.start_new_thread(target, ())
-    if not done.acquire(timeout=seconds):
-        raise CallTimeout(f"{what}: no answer within {seconds:g}s")
-    if "error" in box:
-        err = box["error"]
-        if isinstance(err, libvirt.libvirtError):
-            raise translate(err, what) from err
-        raise err
-    return box["value"]
-
-
-# Per-domain fallbacks, for drivers whose bulk call lacks a group; each returns the bulk call's keys.
-class _Domain:
-    """One domain's answers that several fallbacks share, each fetched at most once."""
-
-    def __init__(self, dom: libvirt.virDomain) -> None:
-        self.dom = dom
-        self._info: list[int] | None = None
-        self._xml: list[tuple[str, str, str]] | None = None
-
-    def info(self) -> list[int]:
-        """[state, max memory KiB, memory KiB, vCPUs, CPU time ns]"""
-        if self._info is None:
-            self._info = self.dom.info()
-        return self._info
-
-    def devices(self, kind: str) -> list[tuple[str, str]]:
-        """(target, source) of each disk ('disk') or interface ('interface') in the live XML."""
-        if self._xml is None:
-            self._xml = _device_list(self.dom.XMLDesc(0))
-        return [(target, source) for k, target, source in self._xml if k == kind]
-
-
-def _device_list(text: str) -> list[tuple[str, str, str]]:
-    """(kind, target dev, source) of every disk and interface under <devices>, read with expat
-    (ElementTree costs ~15 ms of imports, on a path that runs once per domain at most)."""
-    import xml.parsers.expat  # noqa: PLC0415 (only the fallback path needs it)
-
-    found: list[tuple[str, str, str]] = []
-    path: list[str] = []
-    current: dict[str, str] = {}
-
-    def start(tag: str, attrs: dict[str, str]) -> None:
-        path.append(tag)
-        if len(path) == 3 and path[1] == "devices" and tag in ("disk", "interface"):
-            current.clear()
-            current["kind"] = tag
-        elif len(path) == 4 and current and tag == "target" and attrs.get("dev"):
-            current["target"] = attrs["dev"]
-        elif len(path) == 4 and current and tag == "source":
-            current["source"] = attrs.get("file") or attrs.get("dev") or attrs.get("network") or ""
-
-    def end(tag: str) -> None:
-        if len(path) == 3 and current:
-            if "target" in current:
-                found.append((current["kind"], current["target"], current.get("source", "")))
-            current.clear()
-        path.pop()
-
-    parser = xml.parsers.expat.ParserCreate()
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
-    parser.Parse(text, True)
-    return found
-
-
-def _state_fallback(d: _Domain) -> dict[str, Any]:
-    state, why = d.dom.state()
-    return {"state.state": state, "state.reason": why}
-
-
-def _cpu_fallback(d: _Domain) -> dict[str, Any]:
-    return {"cpu.time": d.info()[4]}
-
-
-def _vcpu_fallback(d: _Domain) -> dict[str, Any]:
-    infos, _maps = d.dom.vcpus()
-    stats: dict[str, Any] = {"vcpu.current": len(infos)}
-    for number, state, cpu_time, _cpu in infos:
-        stats[f"vcpu.{number}.state"] = state
-        stats[f"vcpu.{number}.time"] = cpu_time
-    return stats
-
-
-def _balloon_fallback(d: _Domain) -> dict[str, Any]:
-    stats = {f"balloon.{'current' if k == 'actual' else k.replace('_update', '-update')}": v
-             for k, v in d.dom.memoryStats().items()}
-    stats["balloon.maximum"] = d.info()[1]
-    return stats
-
-
-def _block_fallback(d: _Domain) -> dict[str, Any]:
-    disks = d.devices("disk")
-    stats: dict[str, Any] = {"block.count": len(disks)}
-    for n, (target, path) in enumerate(disks):
-        key = f"block.{n}."
-        stats[key + "name"] = target
-        if path:
-            stats[key + "path"] = path
-        try:
-            rd_reqs, rd_bytes, wr_reqs, wr_bytes, _errs = d.dom.blockStats(target)
-            stats.update({key + "rd.reqs": rd_reqs, key + "rd.bytes": rd_bytes,
-                          key + "wr.reqs": wr_reqs, key + "wr.bytes": wr_bytes})
-            capacity, allocation, physical = d.dom.blockInfo(target)
-            stats.update({key + "capacity": capacity, key + "allocation": allocation, key + "physical": physical})
-        except libvirt.libvirtError:
-            continue  # an empty CD-ROM drive, say: no statistics for this disk
-    return stats
-
-
-def _interface_fallback(d: _Domain) -> dict[str, Any]:
-    nics = d.devices("interface")
-    stats: dict[str, Any] = {"net.count": len(nics)}
-    names = ("rx.bytes", "rx.pkts", "rx.errs", "rx.drop", "tx.bytes", "tx.pkts", "tx.errs", "tx.drop")
-    for n, (target, _source) in enumerate(nics):
-        stats[f"net.{n}.name"] = target
-        stats.update({f"net.{n}.{k}": v for k, v in zip(names, d.dom.interfaceStats(target))})
-    return stats
-
-
-class Group(NamedTuple):
-    flag: int
-    prefix: str
-    fallback: Callable[[_Domain], dict[str, Any]] | None = None
-
-
-GROUPS: dict[str, Group] = {
-    "state": Group(libvirt.VIR_DOMAIN_STATS_STATE, "state.", _state_fallback),
-    "cpu": Group(libvirt.VIR_DOMAIN_STATS_CPU_TOTAL, "cpu.", _cpu_fallback),
-    "balloon": Group(libvirt.VIR_DOMAIN_STATS_BALLOON, "balloon.", _balloon_fallback),
-    "vcpu": Group(libvirt.VIR_DOMAIN_STATS_VCPU, "vcpu.", _vcpu_fallback),
-    "interface": Group(libvirt.VIR_DOMAIN_STATS_INTERFACE, "net.", _interface_fallback),
-    "block": Group(libvirt.VIR_DOMAIN_STATS_BLOCK, "block.", _block_fallback),
-}
-
-
-class DomainRecord:
-    """One domain's statistics; ``error`` says why some of them could not be read."""
-
-    __slots__ = ("dom", "error", "name", "stats", "uuid")
-
-    def __init__(self, name: str, uuid: str, stats: dict[str, Any], error: str | None = None, dom: Any = None):
-        self.name = name
-        self.uuid = uuid
-        self.stats = stats
-        self.error = error
-        self.dom = dom
-
-
-_INACTIVE = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED)
-
-
-FALLBACK_THREADS = 8
-
-
-def _lacks(record: DomainRecord, groups: Iterable[str]) -> bool:
-    """Whether a group with a fallback is missing from the record (no call made to find out)."""
-    inactive = record.stats.get("state.state") in _INACTIVE
-    for name in groups:
-        group = GROUPS[name]
-        if group.fallback is None or (inactive and name != "state"):
-            continue
-        if not any(k.startswith(group.prefix) for k in record.stats):
-            return True
-    return False
-
-
-def _complete(record: DomainRecord, groups: Iterable[str]) -> None:
-    """Fill groups the bulk call left out through their per-domain fallback.
-
-    Only the state group is filled for a domain that does not run: the others have nothing to
-    say about it. On a driver whose bulk call has every group (QEMU), nothing is called here.
-    """
-    shared = _Domain(record.dom)
-    for name in groups:
-        group = GROUPS[name]
-        if group.fallback is None or any(k.startswith(group.prefix) for k in record.stats):
-            continue
-        if name != "state" and record.stats.get("state.state") in _INACTIVE:
-            continue
-        try:
-            record.stats.update(group.fallback(shared))
-        except libvirt.libvirtError as err:
-            record.error = f"{name} statistics unreadable: {reason(err)}"
-            return
-        except Exception as err:  # unparsable XML, say: this domain alone is unreadable
-            record.error = f"{name} statistics unreadable: {type(err).__name__}: {err}"
-            return
-
-
-def gather(conn: libvirt.virConnect, groups: Iterable[str], fill: bool = True) -> list[DomainRecord]:
-    """Statistics of every domain for the given groups: one bulk call, per-domain fallback.
-
-    Without ``fill`` only the state is read per domain, and only when the bulk call failed: what
-    the driver's bulk call lacks stays missing.
-    """
-    wanted = sorted(dict.fromkeys(groups), key=lambda g: g != "state")  # state first: fallbacks need it
-    flags = 0
-    for name in wanted:
-        flags |= GROUPS[name].flag
-    activity.doing(f"reading domain statistics ({', '.join(wanted)})")
-    try:
-        pairs = conn.getAllDomainStats(flags)
-    except libvirt.libvirtError:
-        try:
-            doms = conn.listAllDomains(0)
-        except libvirt.libvirtError as err:
-            raise translate(err, "cannot list domains") from err
-        pairs = [(dom, {}) for dom in doms]
-    records = [DomainRecord(dom.name(), dom.UUIDString(), dict(stats), None, dom) for dom, stats in pairs]
-    filled = wanted if fill else [g for g in wanted if g == "state"]
-    lacking = [r for r in records if _lacks(r, filled)]
-    if lacking:
-        activity.doing(f"reading statistics of {len(lacking)} domains one by one (the driver's bulk call lacks them)")
-        in_parallel(lambda r: _complete(r, filled), lacking, FALLBACK_THREADS)
-    return records
-
-
-def in_parallel(func: Callable[[T], None], items: list[T], threads: int) -> None:
-    """Call ``func`` on every item from a few threads (libvirt multiplexes independent calls on
-    one connection, and libvirt-python releases the GIL while it waits), and wait for all.
-
-    Bare ``_thread``: concurrent.futures costs ~20 ms of imports. ``func`` must not raise.
-    """
-    pending = list(reversed(items))
-    guard = _thread.allocate_lock()
-    workers = min(threads, len(items))
-    finished = [_thread.allocate_lock() for _ in range(workers)]
-
-    def work(done: Any) -> None:
-        try:
-            while True:
-                with guard:
-                    if not pending:
-                        return
-                    item = pending.pop()
-                func(item)
-        finally:
-            done.release()
-
-    for done in finished:
-        done.acquire()
-        _thread.start_new_thread(work, (done,))
-    for done in finished:
-        done.acquire()
-
-
-def autostart_uuids(conn: libvirt.virConnect) -> set[str]:
-    """UUIDs of the domains marked autostart, in one call."""
-    activity.doing("listing autostart domains")
-    try:
-        doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)
-    except libvirt.libvirtError as err:
-        raise translate(err, "cannot list autostart domains") from err
-    return {dom.UUIDString() for dom in doms}
-
-
-def disk_errors(dom: libvirt.virDomain, seconds: float) -> dict[str, int]:
-    """virDomainGetDiskErrors for one domain, under a deadline."""
-    return call_with_deadline(lambda: dict(dom.diskErrors()), seconds, f"{dom.name()}: disk errors")
-
-
-def node_cpu_stats(conn: libvirt.virConnect) -> dict[str, int]:
-    """The host's CPU time counters in ns (kernel, user, idle, iowait), summed over all CPUs."""
-    activity.doing("reading the host's CPU statistics")
-    try:
-        return dict(conn.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS))
-    except libvirt.libvirtError as err:
-        raise translate(err, "cannot read the host's CPU statistics") from err
-
-
-def node_memory_stats(conn: libvirt.virConnect) -> dict[str, int]:
-    """The host's memory in KiB (total, free, buffers, cached)."""
-    activity.doing("reading the host's memory statistics")
-    try:
-        return dict(conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS))
-    except libvirt.libvirtError as err:
-        raise translate(err, "cannot read the host's memory statistics") from err
+virConnect = libvirt.virConnect
+virDomain = libvirt.virDomain
+virDomainSnapshot = libvirt.virDomainSnapshot
+
+
+def __getattr__(name: str) -> object:
+    """libvirt's constants (VIR_*) through this module, for code that must not import libvirt."""
+    if name.startswith("VIR_"):
+        return getattr(libvirt, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "DEFAULT_TIMEOUT", "DEFAULT_URI", "FALLBACK_THREADS", "FS_INFO", "GROUPS", "HOSTNAME_INFO", "LONG_CALLS",
+    "LONG_FACTOR", "OS_INFO", "DomainRecord", "Group", "Timed", "agent_command", "agent_timeout",
+    "all_domains", "api_name", "autostart_uuids", "call_with_deadline", "client_version", "connect",
+    "disk_errors", "domain_by_any", "gather", "guest_info", "hypervisor_version", "in_parallel", "kind",
+    "lib_version", "libvirtError", "lookup_domain", "monitor_command", "node_cpu_stats", "node_memory_stats",
+    "raw", "reason", "resolve_uri", "run_with_deadline", "scrub", "set_default_timeout", "shown_uri", "translate",
+    "version_text", "virConnect", "virDomain", "virDomainSnapshot", "wrap",
+]
