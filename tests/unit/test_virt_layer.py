@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from typing import Any
@@ -158,3 +159,30 @@ def test_call_with_deadline_translates_and_times_out() -> None:
 def test_connect_failure_is_connect_error() -> None:
     with pytest.raises(ConnectError, match=r"cannot connect to qemu\+unix:///system\?socket=/nonexistent/x\.sock"):
         virt.connect("qemu+unix:///system?socket=/nonexistent/x.sock", timeout=5)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_signal_during_a_call_lets_the_call_end_first() -> None:
+    """As if the call ran in the main thread: the handler's exception comes once libvirt is done,
+    so the backup's undo path sees the snapshot that was being made, not a call in flight."""
+    ended: list[float] = []
+
+    def slow() -> None:
+        time.sleep(0.4)
+        ended.append(time.monotonic())
+
+    def handler(_sig: int, _frame: object) -> None:
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(Interrupted):
+            virt.run_with_deadline(slow, 5, "slow call")
+        assert ended, "the exception came before the call ended"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

@@ -17,6 +17,7 @@ deleting an internal snapshot, saving memory, destroying a guest QEMU is slow to
 from __future__ import annotations
 
 import _thread
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -65,7 +66,16 @@ def run_with_deadline(func: Callable[[], T], seconds: float, what: str, late: st
             done.release()
 
     _thread.start_new_thread(target, ())
-    if not done.acquire(timeout=seconds):
+    give_up = time.monotonic() + seconds
+    try:
+        finished = done.acquire(timeout=seconds)
+    except BaseException:
+        # A signal handler raised while the call runs. Made in this thread, the call would have
+        # ended before the handler ran: let it end first (within its deadline), so that whoever
+        # handles the signal (the backup's undo path) sees what libvirt did, not a call in flight.
+        done.acquire(timeout=max(0.0, give_up - time.monotonic()))
+        raise
+    if not finished:
         raise CallTimeout(late or f"{what}: no answer within {seconds:g}s")
     if "error" in box:
         raise box["error"]
