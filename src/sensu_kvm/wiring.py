@@ -12,9 +12,11 @@ installed one). It writes, under TREE (default: the working directory):
 - packaging/sensu-go/checks.yaml and handlers.yaml: the CheckConfigs, the Handler and its filter;
 - README.md: the command table between the ``<!-- commands`` marker comments.
 
+Each command's module must be a file of the checkout that defines its function.
+
 ``--check`` writes nothing; it names every file that differs from what the registry gives and
-exits 1 (0 when all agree). Exit 2: bad arguments, or a file to edit (setup.cfg, README.md) lacks
-the place the generated part goes.
+exits 1 (0 when all agree). Exit 2: bad arguments, a command whose module is missing, or a file to
+edit (setup.cfg, README.md) that lacks the place the generated part goes.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ NOT_A_STRING = re.compile(r"(?i)y|n|yes|no|true|false|on|off|null|[-+.\d][\d_.:e
 
 
 class WiringError(Exception):
-    """A file to edit lacks the place where the generated part goes."""
+    """A command's module is missing, or a file to edit lacks the place where the generated part goes."""
 
 
 def json_text(data: object) -> str:
@@ -230,8 +232,33 @@ def setup_cfg(text: str) -> str:
     return text[:match.start()] + block + text[match.end():]
 
 
+# setup.cfg's package_dir, the most specific first: where each package's modules are in the checkout
+PACKAGE_DIRS = {"sensu_kvm.checks": "checks", "sensu_kvm.handlers": "handlers", "sensu_kvm": "src/sensu_kvm"}
+
+
+def module_path(module: str) -> Path | None:
+    """sensu_kvm.checks.vcpu -> checks/vcpu.py; None for a module outside this project."""
+    for package, folder in PACKAGE_DIRS.items():
+        if module.startswith(package + "."):
+            return Path(folder, *module[len(package) + 1:].split(".")).with_suffix(".py")
+    return None
+
+
+def check_targets(tree: Path) -> None:
+    """Each command's module is a file of the checkout that defines its function."""
+    for command in COMMANDS:
+        path = module_path(command.module)
+        if path is None:
+            raise WiringError(f"registry: {command.name}: {command.module} is not a module of this project")
+        if not (tree / path).is_file():
+            raise WiringError(f"registry: {command.name}: no {path} for {command.module}")
+        if not re.search(rf"^def {re.escape(command.function)}\(", (tree / path).read_text(encoding="utf-8"), re.M):
+            raise WiringError(f"registry: {command.name}: {path} defines no {command.function}()")
+
+
 def outputs(tree: Path) -> dict[str, str]:
     """Every generated file, relative to the tree, with the content the registry gives."""
+    check_targets(tree)
     files = {c.core_file: json_text(core_definition(c)) for c in COMMANDS if c.core_file is not None}
     files["packaging/sensu-go/checks.yaml"] = checks_yaml()
     files["packaging/sensu-go/handlers.yaml"] = handlers_yaml()

@@ -37,10 +37,17 @@ def test_the_committed_files_are_what_the_registry_gives():
     assert result.stdout == result.stderr == ""
 
 
-def test_check_names_a_stale_file_and_make_wiring_rewrites_it(tmp_path):
+def copy_tree(target: Path) -> None:
+    """What the generator reads and writes, copied from the checkout."""
     for name in wiring.outputs(ROOT):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ROOT / name, tmp_path / name)
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / name, target / name)
+    for folder in ("checks", "handlers", "src/sensu_kvm"):
+        shutil.copytree(ROOT / folder, target / folder, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def test_check_names_a_stale_file_and_make_wiring_rewrites_it(tmp_path):
+    copy_tree(tmp_path)
     (tmp_path / "conf.d" / "check-kvm-vcpu.json").write_text("{}\n")
     (tmp_path / "packaging" / "sensu-go" / "checks.yaml").unlink()
     result = generator("--check", str(tmp_path))
@@ -57,13 +64,27 @@ def test_check_names_a_stale_file_and_make_wiring_rewrites_it(tmp_path):
         assert (tmp_path / name).read_bytes() == (ROOT / name).read_bytes()
 
 
-def test_a_readme_without_the_markers_is_refused(tmp_path):
-    shutil.copyfile(ROOT / "setup.cfg", tmp_path / "setup.cfg")
+def test_a_readme_without_the_markers_is_refused_and_nothing_is_written(tmp_path):
+    copy_tree(tmp_path)
     (tmp_path / "README.md").write_text("# no table here\n")
+    (tmp_path / "conf.d" / "check-kvm-vcpu.json").unlink()
     result = generator(str(tmp_path))
-    assert result.returncode == 2
+    assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr.startswith("make wiring: README.md: no <!-- commands")
-    assert not (tmp_path / "conf.d").exists()
+    assert not (tmp_path / "conf.d" / "check-kvm-vcpu.json").exists()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda tree: (tree / "checks" / "vcpu.py").unlink(),
+     "make wiring: registry: check-kvm-vcpu: no checks/vcpu.py for sensu_kvm.checks.vcpu\n"),
+    (lambda tree: (tree / "src/sensu_kvm/tools/backup.py").write_text("def run():\n    pass\n"),
+     "make wiring: registry: kvm-backup: src/sensu_kvm/tools/backup.py defines no main()\n"),
+])
+def test_a_command_whose_module_is_missing_is_refused(tmp_path, change, message):
+    copy_tree(tmp_path)
+    change(tmp_path)
+    result = generator("--check", str(tmp_path))
+    assert (result.returncode, result.stderr) == (2, message)
 
 
 def test_the_registry_and_the_installed_entry_points_agree():
