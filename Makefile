@@ -10,7 +10,7 @@ DEB_BUILD := gcc pkg-config libvirt-dev python3-dev python3-venv
 # duktape (runs the polkit rule, as polkitd does).
 DEB_TEST := busybox duktape
 
-.PHONY: run test setup lint unit bench clean
+.PHONY: run test setup lint unit bench wiring clean
 
 run: setup
 	@echo "== check-kvm-domstate -u $(URI) -v" >&2
@@ -55,6 +55,13 @@ bench: setup
 	@status=0; $(BIN)/python bench/bench_domstate.py && $(BIN)/python bench/bench_resources.py \
 	  && $(BIN)/python bench/bench_backup.py || status=$$?; \
 	  bash tests/rig/host-teardown.sh; exit $$status
+
+# setup.cfg's console_scripts, conf.d/ (the commands' files), packaging/sensu-go/checks.yaml and
+# handlers.yaml and the README's command table, from src/sensu_kvm/registry.py (the checkout's, not
+# the installed one); then the package is installed again with the new entry points.
+wiring: $(VENV)/.deps
+	PYTHONPATH=src $(BIN)/python -m sensu_kvm.wiring
+	@$(MAKE) --no-print-directory setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
