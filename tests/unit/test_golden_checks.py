@@ -244,3 +244,32 @@ def test_backup_age(clock: Clock, tmp_path: Path) -> None:
     variants = [["--state-dir", str(empty)], ["--state-dir", str(empty), "-v", "-d", "web1"]]
     text = "".join(matrix(backup_age, variants)).replace(str(empty), "STATE")
     compare("backup-age", text)
+
+
+def test_host_evaluation() -> None:
+    """check-kvm-host reads psutil and the node of this machine: its evaluation, on fixed figures."""
+    from collections import namedtuple  # noqa: PLC0415
+
+    from sensu_kvm.checks import host  # noqa: PLC0415
+    from sensu_kvm.statefile import Rate  # noqa: PLC0415
+
+    swap_t = namedtuple("swap_t", "total percent")
+    usage_t = namedtuple("usage_t", "percent free total")
+    memory_ok = {"total": 8 << 20, "free": 2 << 20, "buffers": 1 << 20, "cached": 1 << 20}
+    memory_full = {"total": 8 << 20, "free": 1 << 18, "buffers": 0, "cached": 1 << 10}
+    systems = {"/": usage_t(42.5, 10 << 30, 20 << 30), "/srv/images": usage_t(96.25, 1 << 28, 40 << 30),
+               "/mnt/gone": "Permission denied"}
+    rates = [None, Rate(None), Rate(None, why="counters reset (domain restarted), new sample"),
+             Rate({"kernel": 1e9, "user": 2e9, "idle": 6e9, "iowait": 1e9}, 10.0),
+             Rate({"kernel": 1e9, "user": 8e9, "idle": 1e9}, 10.0, note="the previous run's rate over 10.0s: soon")]
+    out = []
+    for argv in ([], ["-v"], ["--cpu-warning", "20", "--cpu-critical", "25", "--fs-warning", "40"],
+                 ["--memory-critical", "80", "--swap-warning", "10", "-v"]):
+        options = host.parser().parse_args(argv)
+        for k, rate in enumerate(rates):
+            busy = host.cpu_busy(rate) if rate is not None else None
+            for node_memory, swap, fs in ((memory_ok, swap_t(0, 0.0), {}), (memory_full, swap_t(1 << 30, 12.5), systems),
+                                     ("node memory unreadable", None, systems)):
+                report = host.evaluate(busy, node_memory, swap, fs, options, rate)
+                out.append(f"$ host {' '.join(argv)} [rate {k}]\n{host.NAME} {report.status.name}: {report.render()}\n")
+    compare("host", "".join(out))
