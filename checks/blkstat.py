@@ -101,10 +101,12 @@ def contexts(options: argparse.Namespace) -> dict[str, Context]:
             for m in METRICS.values()}
 
 
-def judge_domain(record: virt.DomainRecord, found: dict[str, Rate], options: argparse.Namespace) -> Verdict:
-    """The verdict on one domain's disks from each disk's rates, keyed UUID/device (pure)."""
+def judge_domain(record: virt.DomainRecord, found: dict[str, Rate], options: argparse.Namespace,
+                 of: dict[str, Context] | None = None) -> Verdict:
+    """The verdict on one domain's disks from each disk's rates, keyed UUID/device (pure);
+    ``of`` is ``contexts(options)``, made once for all domains."""
     name, chosen = record.name, options.metric
-    of = contexts(options)
+    of = of or contexts(options)
     statuses, parts, measured = [Status.OK], [], []
     whys, overs, noted = [], [], False
     for device, block in disks(record):
@@ -145,7 +147,8 @@ def check(options: argparse.Namespace) -> Report:
     if default and options.warning is None and options.critical is None:
         options.warning, options.critical = Range.parse(default[0]), Range.parse(default[1])
     chosen, missing, _current, found = sample_domains(options, "blkstat", ["state", "block"], samples, list(COUNTERS))
-    verdicts = judge_each(chosen, lambda r: judge_domain(r, found, options))
+    of = contexts(options)
+    verdicts = judge_each(chosen, lambda r: judge_domain(r, found, options, of))
     judged = [m for v in verdicts for m in v.measurements if m.context.judges]
     top = max(judged, key=lambda m: m.reported, default=None)
     ok_summary = f"{len(judged)} disks measured" + (f", highest {top.label} {top.reported:g}{top.uom}" if top else "")

@@ -38,8 +38,9 @@ def contexts(options: argparse.Namespace) -> dict[str, Context]:
     return found
 
 
-def judge_domain(record: virt.DomainRecord, options: argparse.Namespace) -> Verdict:
-    """The verdict on one running domain from its balloon statistics (pure)."""
+def judge_domain(record: virt.DomainRecord, options: argparse.Namespace, of: dict[str, Context] | None = None) -> Verdict:
+    """The verdict on one running domain from its balloon statistics (pure); ``of`` is
+    ``contexts(options)``, made once for all domains."""
     name, stats = record.name, record.stats
     balloon = {k: stats[f"balloon.{k}"] for k in (*BYTE_FIELDS, "major_fault") if f"balloon.{k}" in stats}
     available = balloon.get("available")
@@ -55,7 +56,7 @@ def judge_domain(record: virt.DomainRecord, options: argparse.Namespace) -> Verd
             return Verdict(Finding(name, Status.UNKNOWN, f"{name}: the guest reports no balloon statistics ({view})"))
     else:
         return Verdict(Finding(name, Status.UNKNOWN, f"{name}: no balloon statistics"))
-    of = contexts(options)
+    of = of or contexts(options)
     used = of["used"](percent, name)
     measured = [used, *(of[k](balloon[k] * KIB, name) for k in BYTE_FIELDS if k in balloon)]
     if "major_fault" in balloon:
@@ -69,7 +70,8 @@ def check(options: argparse.Namespace) -> Report:
         chosen, missing = choose(virt.gather(conn, ["state", "balloon"]), options)
     finally:
         conn.close()
-    verdicts = judge_each(chosen, lambda r: judge_domain(r, options))
+    of = contexts(options)
+    verdicts = judge_each(chosen, lambda r: judge_domain(r, options, of))
     used = [(m.reported, m.domain) for v in verdicts for m in v.of("memory_used")]
     top = max(used, default=None)
     ok_summary = f"{len(used)} domains measured" + (f", highest {top[1]} at {top[0]:.1f}%" if top else "")

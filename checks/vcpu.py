@@ -54,20 +54,24 @@ def sample(record: virt.DomainRecord, now: float) -> dict[str, Any]:
     return entry
 
 
-def contexts(options: argparse.Namespace, maximum: int | None = None) -> tuple[Context, Context, Context]:
-    """What the check measures per domain: vCPU usage and steal in %, the vCPU count."""
+def contexts(options: argparse.Namespace) -> tuple[Context, Context]:
+    """What the check measures per domain: vCPU usage and steal in %; and the vCPU count, whose
+    maximum is each domain's own (``VCPUS._replace(maximum=...)``)."""
     return (Context("vcpu_usage", "%", options.warning, options.critical, 0, 100, digits=3),
-            Context("vcpu_steal", "%", options.steal_warning, options.steal_critical, 0, 100, digits=3),
-            Context("vcpus", minimum=0, maximum=maximum))
+            Context("vcpu_steal", "%", options.steal_warning, options.steal_critical, 0, 100, digits=3))
+
+
+VCPUS = Context("vcpus", minimum=0)
 
 
 def judge_domain(record: virt.DomainRecord, rate: Rate, current: dict[str, Any],
-                 options: argparse.Namespace) -> Verdict:
-    """The verdict on one running domain from its current sample and rates (pure)."""
+                 options: argparse.Namespace, of: tuple[Context, Context] | None = None) -> Verdict:
+    """The verdict on one running domain from its current sample and rates (pure); ``of`` is
+    ``contexts(options)``, made once for all domains."""
     name = record.name
-    usage_of, steal_of, vcpus_of = contexts(options, record.stats.get("vcpu.maximum"))
+    usage_of, steal_of = of or contexts(options)
     vcpus = current["vcpus"]
-    count = vcpus_of(vcpus, name)
+    count = VCPUS._replace(maximum=record.stats.get("vcpu.maximum"))(vcpus, name)
     statuses = [Status.OK]
     notes = []
     if options.expect_vcpus is not None and vcpus != options.expect_vcpus:
@@ -94,7 +98,8 @@ def judge_domain(record: virt.DomainRecord, rate: Rate, current: dict[str, Any],
 def check(options: argparse.Namespace) -> Report:
     chosen, missing, current, found = sample_domains(
         options, "vcpu", ["state", "vcpu"], lambda records, now: {r.uuid: sample(r, now) for r in records}, KEYS)
-    verdicts = judge_each(chosen, lambda r: judge_domain(r, found[r.uuid], current[r.uuid], options))
+    of = contexts(options)
+    verdicts = judge_each(chosen, lambda r: judge_domain(r, found[r.uuid], current[r.uuid], options, of))
     usages = [m for v in verdicts for m in v.of("vcpu_usage")]
     busiest = max(usages, key=lambda m: m.reported, default=None)
     if busiest is not None:

@@ -82,12 +82,13 @@ class Measurement(NamedTuple):
 
     @property
     def label(self) -> str:
+        """``<domain>_<metric>[_<device>]`` (the parts that are set), or the context's pattern."""
         pattern = self.context.label
         if pattern is not None:
             return pattern.format(domain=self.domain, metric=self.metric, device=self.device)
-        return "_".join(part for part in (self.domain, self.metric, self.device) if part)
+        label = f"{self.domain}_{self.context.metric}" if self.domain else self.context.metric
+        return f"{label}_{self.device}" if self.device else label
 
     def perf(self) -> Perf:
         c = self.context
         return Perf(self.label, self.reported, c.uom, c.warning, c.critical, c.minimum, c.maximum)
-
