@@ -7,9 +7,10 @@ import time
 
 from sensu_kvm import backup, virt
 from sensu_kvm.argtypes import duration_range, state_dir_arg
+from sensu_kvm.contexts import Context
 from sensu_kvm.domains import Verdict, choose, judge_each, report
 from sensu_kvm.durations import format_age
-from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
+from sensu_kvm.output import Finding, Report, Status, worst
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 
 NAME = "CheckKvmBackupAge"
@@ -29,6 +30,14 @@ per domain: age in seconds and size in bytes of the newest backup. Reads file na
 no archive is opened."""
 
 
+def contexts(options: argparse.Namespace) -> tuple[Context, Context]:
+    """What the check measures per domain: the newest backup's age (whole seconds) and size."""
+    return (Context("age", "s", options.warning, options.critical, 0, digits=0), Context("size", "B", minimum=0))
+
+
+WITHOUT = "domains_without_backup"
+
+
 def judge_domain(name: str, entries: list[backup.Entry], failure: dict | None, now: float,
                  options: argparse.Namespace) -> Verdict:
     """The verdict on one domain's backups (pure)."""
@@ -39,15 +48,14 @@ def judge_domain(name: str, entries: list[backup.Entry], failure: dict | None, n
         if failure is not None:
             text += f"; the last run failed {format_age(now - failure['time'])} ago: {failure['error']}"
         return Verdict(Finding(name, Status.CRITICAL, text))
-    age = max(0.0, now - newest.created)
-    statuses = [judge(age, options.warning, options.critical)]
-    text = f"{name}: newest backup {format_age(age)} old ({len(entries)} kept)"
+    age_of, size_of = contexts(options)
+    age = age_of(max(0.0, now - newest.created), name)
+    statuses = [age.status]
+    text = f"{name}: newest backup {format_age(age.value)} old ({len(entries)} kept)"
     if failed_after and failure is not None:
         statuses.append(Status.CRITICAL)
         text += f"; a later backup failed {format_age(now - failure['time'])} ago: {failure['error']}"
-    perf = [Perf(f"{name}_age", int(age), "s", options.warning, options.critical, 0),
-            Perf(f"{name}_size", newest.size, "B", minimum=0)]
-    return Verdict(Finding(name, worst(statuses), text), perf)
+    return Verdict(Finding(name, worst(statuses), text), [age, size_of(newest.size, name)])
 
 
 def check(options: argparse.Namespace) -> Report:
@@ -58,7 +66,7 @@ def check(options: argparse.Namespace) -> Report:
             entries = backup.scan(options.backup_dir)
         except backup.BadRequest as err:  # an unmounted backup volume must be loud
             return Report(Status.CRITICAL, f"{err} (not mounted?): no backup can be judged",
-                          [Perf("domains_without_backup", 0, minimum=0)])
+                          [Context(WITHOUT, minimum=0)(0).perf()])
     markers = backup.read_markers(options.state_dir)
     if options.backup_dir:
         markers.update(backup.read_markers(options.backup_dir))
@@ -75,7 +83,7 @@ def check(options: argparse.Namespace) -> Report:
     without = sum(1 for r in chosen if r.name not in by_domain)
     where = options.backup_dir or "--state-dir receipts"
     return report(verdicts, missing, options, f"{len(verdicts)} domains backed up in {where}, none too old",
-                  [Perf("domains_without_backup", without, "", None, None, 0, len(chosen))])
+                  [Context(WITHOUT, minimum=0, maximum=len(chosen))(without).perf()])
 
 
 def parser() -> CheckParser:
