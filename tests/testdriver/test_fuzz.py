@@ -225,7 +225,7 @@ def option_cases() -> list[Case]:
             action = slot.action
             # options parsed by one value type (every range, every count...) share one full pass; plain
             # strings are judged by what reads them, so each option of its own
-            kind_of = (getattr(action.type, "__qualname__", repr(action.type)), repr(action.choices))
+            kind_of: tuple[str, ...] = (getattr(action.type, "__qualname__", repr(action.type)), repr(action.choices))
             if action.choices is not None:
                 kind_of = ("choices",)  # argparse's own check, the same for every list of choices
             elif action.type is None:
@@ -242,7 +242,7 @@ def option_cases() -> list[Case]:
 
 def event_cases() -> list[Case]:
     good = dict(EVENT)
-    go = {"entity": {"entity_class": "proxy", "metadata": {"name": MISSING}},
+    go: dict[str, Any] = {"entity": {"entity_class": "proxy", "metadata": {"name": MISSING}},
           "check": {"metadata": {"name": "check-kvm-domstate"}, "status": 2, "occurrences": 1}}
 
     def core(**changes: Any) -> bytes:
