@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from sensu_kvm import snapinfo, virt
+from sensu_kvm import virt
 from sensu_kvm.argtypes import duration_range, regex_arg
 from sensu_kvm.domains import Verdict, choose, judge_each, report
 from sensu_kvm.durations import format_age
 from sensu_kvm.errors import KvmError
 from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
 from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, run_check
+from sensu_kvm.snapshots import tree
 
 NAME = "CheckKvmSnapshotAge"
 
@@ -31,7 +32,7 @@ count, oldest and newest age in seconds, backing chain depth per disk. Snapshots
 call in libvirt: they are listed once per domain, under a deadline each."""
 
 
-def judge_domain(name: str, snapshots: list[snapinfo.Snapshot], chains: dict[str, list[snapinfo.Layer]],
+def judge_domain(name: str, snapshots: list[tree.Snapshot], chains: dict[str, list[tree.Layer]],
                  now: float, options: argparse.Namespace) -> Verdict:
     """The verdict on one domain's snapshots and disks (pure)."""
     statuses, notes = [Status.OK], []
@@ -52,7 +53,7 @@ def judge_domain(name: str, snapshots: list[snapinfo.Snapshot], chains: dict[str
                  Perf(f"{name}_newest_age", int(young), "s", minimum=0)]
     else:
         summary = "no snapshots"
-    for target, overlay in sorted(snapinfo.unknown_overlays(chains, snapshots, options.allow_backing).items()):
+    for target, overlay in sorted(tree.unknown_overlays(chains, snapshots, options.allow_backing).items()):
         statuses.append(Status.WARNING)
         notes.append(f"{target} runs on {overlay.path}, an overlay no snapshot knows about")
     perf += [Perf(f"{name}_chain_depth_{target}", len(layers), "", minimum=1) for target, layers in sorted(chains.items())]
@@ -68,11 +69,11 @@ def check(options: argparse.Namespace) -> Report:
 
         def one(record: virt.DomainRecord) -> Verdict:
             try:
-                snapshots = virt.call_with_deadline(lambda: snapinfo.read_snapshots(record.dom),
+                snapshots = virt.call_with_deadline(lambda: tree.read_snapshots(record.dom),
                                                     options.timeout / 4, f"{record.name}: snapshots")
                 xml = virt.call_with_deadline(lambda: record.dom.XMLDesc(0), options.timeout / 4,
                                               f"{record.name}: domain XML")
-                return judge_domain(record.name, snapshots, snapinfo.chains(xml), now, options)
+                return judge_domain(record.name, snapshots, tree.chains(xml), now, options)
             except KvmError as err:
                 return Verdict(Finding(record.name, Status.UNKNOWN, str(err)))
 

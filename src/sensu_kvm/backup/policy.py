@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from sensu_kvm.errors import KvmError
+from sensu_kvm.qcow2 import header_problem
 
 IMAGE_FORMATS = ("raw", "qcow2")
 DOMAIN_TYPES = ("qemu", "kvm")
@@ -225,19 +226,8 @@ def check_manifest(header: dict[str, Any], manifest: dict[str, Any]) -> None:
                              f"{show(disk.get(field))}")
 
 
-def image_problem(head: bytes) -> str:
-    """Why the first bytes of a restored image make it unsafe ("" when they do not): a qcow2 image with a
-    backing file or an external data file would have QEMU (and libvirt's labelling) open another host
-    file."""
-    if head[:4] != b"QFI\xfb":
-        return ""
-    if len(head) < 104:
-        return "is a truncated qcow2 image"
-    if int.from_bytes(head[8:16], "big"):
-        return "is a qcow2 image with a backing file"
-    if int.from_bytes(head[4:8], "big") >= 3 and int.from_bytes(head[72:80], "big") & 0x4:
-        return "is a qcow2 image with an external data file"
-    return ""
+image_problem = header_problem  # why a restored image is unsafe: it would have QEMU open another host file
+
 
 
 # --- where the images go ---------------------------------------------------------------------------
