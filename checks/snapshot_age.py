@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from sensu_kvm import virt
+from sensu_kvm import domxml, virt
 from sensu_kvm.argtypes import duration_range, regex_arg
 from sensu_kvm.domains import Verdict, choose, judge_each, report
 from sensu_kvm.durations import format_age
@@ -32,7 +32,7 @@ count, oldest and newest age in seconds, backing chain depth per disk. Snapshots
 call in libvirt: they are listed once per domain, under a deadline each."""
 
 
-def judge_domain(name: str, snapshots: list[tree.Snapshot], chains: dict[str, list[tree.Layer]],
+def judge_domain(name: str, snapshots: list[tree.Snapshot], chains: dict[str, list[domxml.Layer]],
                  now: float, options: argparse.Namespace) -> Verdict:
     """The verdict on one domain's snapshots and disks (pure)."""
     statuses, notes = [Status.OK], []
@@ -73,7 +73,7 @@ def check(options: argparse.Namespace) -> Report:
                                                     options.timeout / 4, f"{record.name}: snapshots")
                 xml = virt.call_with_deadline(lambda: record.dom.XMLDesc(0), options.timeout / 4,
                                               f"{record.name}: domain XML")
-                return judge_domain(record.name, snapshots, tree.chains(xml), now, options)
+                return judge_domain(record.name, snapshots, domxml.chains(xml), now, options)
             except KvmError as err:
                 return Verdict(Finding(record.name, Status.UNKNOWN, str(err)))
 

@@ -17,9 +17,9 @@ import pytest
 
 from sensu_kvm import domxml, space
 from sensu_kvm.backup import archive as archives
-from sensu_kvm.backup import catalog, progress, prune, reader, remote, restore
+from sensu_kvm.backup import catalog, disks, progress, prune, reader, remote, restore
 from sensu_kvm.checks.backup_age import duration_range, judge_domain
-from sensu_kvm.errors import Corrupt
+from sensu_kvm.errors import BadRequest, Corrupt
 from sensu_kvm.output import Status
 
 XML = """<domain type='qemu'><name>web1</name><uuid>11111111-2222-3333-4444-555555555555</uuid>
@@ -39,12 +39,12 @@ XML = """<domain type='qemu'><name>web1</name><uuid>11111111-2222-3333-4444-5555
 
 
 def test_disks_copied_and_recorded():
-    disks = {d.target: d for d in domxml.disks_of(XML)}
-    assert [t for t, d in disks.items() if d.copy] == ["vda", "vdb"]
-    assert disks["vda"].format == "qcow2" and disks["vdb"].format == "raw"
-    assert disks["sda"].why == "a cdrom" and disks["sdb"].why == "a cdrom"
-    assert disks["vdc"].why == "shareable" and disks["vdd"].why == "read-only"
-    assert disks["vde"].why.startswith("a block disk")
+    found = {d.target: d for d in disks.disks_of(XML)}
+    assert [t for t, d in found.items() if d.copy] == ["vda", "vdb"]
+    assert found["vda"].format == "qcow2" and found["vdb"].format == "raw"
+    assert found["sda"].why == "a cdrom" and found["sdb"].why == "a cdrom"
+    assert found["vdc"].why == "shareable" and found["vdd"].why == "read-only"
+    assert found["vde"].why.startswith("a block disk")
 
 
 def test_rewrite_xml_for_a_copy_beside_the_original():
@@ -55,12 +55,12 @@ def test_rewrite_xml_for_a_copy_beside_the_original():
     assert restore.restore_paths({"disks": [{"target": "vda", "copied": True, "source": "/srv/img/web1.qcow2"}]},
                                 "/scratch", None) == {"vda": "/scratch/web1.qcow2"}
     out = domxml.rewrite_xml(XML, paths, "web1-copy")
-    assert domxml.domain_name_of(out) == ("web1-copy", "")
+    assert domxml.name_and_uuid(out) == ("web1-copy", "")
     assert "/srv/img/web1-copy-vda.qcow2" in out and "/srv/img/web1.qcow2" not in out
     assert "52:54:00:aa:bb:cc" not in out and "<backingStore" not in out
     assert "/srv/iso/debian.iso" in out  # the CD-ROM keeps its medium
     same = domxml.rewrite_xml(XML, {}, None)
-    assert domxml.domain_name_of(same) == ("web1", "11111111-2222-3333-4444-555555555555")
+    assert domxml.name_and_uuid(same) == ("web1", "11111111-2222-3333-4444-555555555555")
     assert "52:54:00:aa:bb:cc" in same
 
 
@@ -206,6 +206,33 @@ def test_prune_keeps_the_newest_and_the_policy():
     assert "/b/web-0" in kept and "/b/db-40" in kept and len([k for k in kept if "web" in k]) == 3
     why = {e.path: w for e, _k, w in plan}
     assert why["/b/web-0"] == "the newest"
+
+
+def test_prune_never_deletes_the_newest_verified_archive(tmp_path):
+    """The engine owns the rule: when the newest archive of a domain does not verify, the next one
+    must, and nothing older than the newest one that verifies is deleted."""
+    names = [catalog.archive_name("web1", 1_700_000_000 + n * 86400, "none") for n in range(4)]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    bad = {str(tmp_path / names[3])}  # the newest is damaged
+
+    def verify(path: str) -> None:
+        if path in bad:
+            raise Corrupt(f"{path}: damaged")
+
+    logged: list[str] = []
+    dry = prune.prune(str(tmp_path), 1, 0, 0, True, logged.append, verify)  # a dry run reads nothing
+    assert [r["action"] for r in dry] == ["keep", "would delete", "would delete", "would delete"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+    kept = prune.prune(str(tmp_path), 1, 0, 0, False, logged.append, verify)
+    assert [r["action"] for r in kept] == ["keep"] * 4
+    assert kept[1]["why"] == "no newer archive of this domain verifies" and "does not verify" in logged[0]
+    report = prune.prune(str(tmp_path), 2, 0, 0, False, logged.append, verify)
+    assert [(os.path.basename(r["archive"]), r["action"]) for r in report] == \
+        [(names[3], "keep"), (names[2], "keep"), (names[1], "deleted"), (names[0], "deleted")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
+    with pytest.raises(BadRequest):
+        prune.prune(str(tmp_path), 0, 0, 0, False, logged.append, verify)
 
 
 def test_space_problems_per_file_system():

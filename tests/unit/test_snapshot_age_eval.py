@@ -2,6 +2,7 @@
 
 import re
 
+from sensu_kvm import domxml
 from sensu_kvm.checks.snapshot_age import judge_domain, parser
 from sensu_kvm.output import Status
 from sensu_kvm.snapshots import tree
@@ -28,8 +29,8 @@ def test_parse_snapshot_and_chain():
     assert (s.name, s.created, s.state, s.parent, s.location, s.disk_only) == (
         "snap1", 1000, "disk-snapshot", "base", "external", True)
     assert s.disks == (tree.SnapDisk("vda", "external", "/img/web1.snap1"), tree.SnapDisk("hdc", "no", ""))
-    chains = tree.chains(DOMAIN.format(top="/img/web1.snap1"))
-    assert chains == {"vda": [tree.Layer("/img/web1.snap1", "qcow2"), tree.Layer("/img/web1.qcow2", "qcow2")]}
+    chains = domxml.chains(DOMAIN.format(top="/img/web1.snap1"))
+    assert chains == {"vda": [domxml.Layer("/img/web1.snap1", "qcow2"), domxml.Layer("/img/web1.qcow2", "qcow2")]}
 
 
 def opts(*argv):
@@ -39,7 +40,7 @@ def opts(*argv):
 def test_ages_and_counts():
     now = 10 * 86400
     snaps = [snap("a", now - 4 * 86400), snap("b", now - 3600)]
-    chains = tree.chains(DOMAIN.format(top="/img/web1.snap1"))
+    chains = domxml.chains(DOMAIN.format(top="/img/web1.snap1"))
     verdict = judge_domain("web1", snaps, chains, now, opts())
     assert verdict.finding.status is Status.WARNING
     assert verdict.finding.text == "web1: 2 snapshots, oldest 'a' 4d old"
@@ -52,7 +53,7 @@ def test_ages_and_counts():
 
 
 def test_overlay_no_snapshot_knows_is_a_warning():
-    chains = tree.chains(DOMAIN.format(top="/img/web1.backup-overlay"))
+    chains = domxml.chains(DOMAIN.format(top="/img/web1.backup-overlay"))
     verdict = judge_domain("web1", [], chains, 0, opts())
     assert verdict.finding.status is Status.WARNING
     assert verdict.finding.text == ("web1: no snapshots; vda runs on /img/web1.backup-overlay, "

@@ -11,10 +11,11 @@ import time
 import pytest
 
 from sensu_kvm import qcow2, space
+from sensu_kvm.domxml import Layer
 from sensu_kvm.durations import format_age, parse_duration
 from sensu_kvm.errors import ImageError
 from sensu_kvm.snapshots import policy, tree
-from sensu_kvm.snapshots.tree import Layer, SavedDisk, SnapDisk, Snapshot, parse_snapshot, saved_disks
+from sensu_kvm.snapshots.tree import SavedDisk, SnapDisk, Snapshot, parse_snapshot, saved_disks
 
 DAY = 86400
 NOW = 100 * DAY

@@ -6,13 +6,13 @@ import contextlib
 import os
 import subprocess
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any
 
+from sensu_kvm import domxml
 from sensu_kvm.backup.hostinfo import _fail, _libvirt, in_use, live_chains
 from sensu_kvm.backup.signals import hurry
-from sensu_kvm.domxml import disks_of, rewrite_xml
+from sensu_kvm.domxml import rewrite_xml
 from sensu_kvm.errors import KvmError
 from sensu_kvm.qcow2 import is_qcow2, virtual_size
 
@@ -114,7 +114,7 @@ def commit_offline(dom: Any, target: str, overlay: str, base: str) -> str:
     libvirt = _libvirt()
     name = dom.name()
     xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
-    on_overlay = any(d.target == target and d.source == overlay for d in disks_of(xml))
+    on_overlay = any(d.target == target and d.source == overlay for d in domxml.disks(xml))
     what = f"{target} (shut off) runs on {base}: " + (
         f"the overlay {overlay} was never used; removed" if os.path.exists(overlay) else
         "the snapshot was never taken; nothing to commit")
@@ -141,13 +141,6 @@ def commit_offline(dom: Any, target: str, overlay: str, base: str) -> str:
 
 def _restore_format(xml: str, target: str, _old: str, base: str) -> str:
     """The disk's driver type as the base image is (raw or qcow2), after an overlay changed it."""
-    fmt = "qcow2" if virtual_size(base) and is_qcow2(base) else "raw"
-    root = ET.fromstring(xml)
-    for node in root.iterfind("devices/disk"):
-        tnode = node.find("target")
-        driver = node.find("driver")
-        if tnode is not None and tnode.get("dev") == target and driver is not None:
-            driver.set("type", fmt)
-    return ET.tostring(root, encoding="unicode")
+    return domxml.set_format(xml, target, "qcow2" if virtual_size(base) and is_qcow2(base) else "raw")
 
 

@@ -13,13 +13,13 @@ from sensu_kvm.atomic import sync_dir
 from sensu_kvm.backup.archive import ArchiveWriter, header_json, manifest_json
 from sensu_kvm.backup.blockjobs import commit_back, commit_offline
 from sensu_kvm.backup.catalog import FORMAT, HEADER, MANIFEST, STATE_DIR, XML_MEMBER, archive_name, stamp
+from sensu_kvm.backup.disks import Disk, disks_of
 from sensu_kvm.backup.hostinfo import _fail, _libvirt, agent_answers
 from sensu_kvm.backup.journal import Journal, overlay_path
 from sensu_kvm.backup.progress import Progress
 from sensu_kvm.backup.reader import verify
 from sensu_kvm.backup.recover import recover
 from sensu_kvm.backup.signals import shielded
-from sensu_kvm.domxml import Disk, disks_of
 from sensu_kvm.errors import BadRequest, Interrupted, KvmError, NotUndone, Refused
 from sensu_kvm.qcow2 import backing_file, virtual_size
 from sensu_kvm.space import data_bytes, overlay_need, space_problems, statvfs_free

@@ -6,9 +6,8 @@ import contextlib
 import os
 from typing import Any
 
-from sensu_kvm.domxml import disks_of
+from sensu_kvm import domxml
 from sensu_kvm.errors import KvmError
-from sensu_kvm.snapshots.tree import chains
 
 # --- libvirt flows ---------------------------------------------------------------------------------
 
@@ -32,13 +31,13 @@ def _fail(err: Exception, what: str) -> KvmError:
 
 def live_sources(dom: Any) -> dict[str, str]:
     """target -> top image of each disk in the live (or, when shut off, inactive) XML."""
-    return {d.target: d.source for d in disks_of(dom.XMLDesc(0)) if d.source}
+    return {d.target: d.source for d in domxml.disks(dom.XMLDesc(0)) if d.source}
 
 
 def live_chains(xml: str) -> dict[str, list[str]]:
     """target -> the images of each disk's chain, top first, from its <source> and <backingStore>s
     (in the live XML: what QEMU uses now)."""
-    return {target: [layer.path for layer in layers] for target, layers in chains(xml).items()}
+    return {target: [layer.path for layer in layers] for target, layers in domxml.chains(xml).items()}
 
 
 QEMU_PID_DIR = "/run/libvirt/qemu"

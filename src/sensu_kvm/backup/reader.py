@@ -15,8 +15,8 @@ from typing import IO, Any, NamedTuple
 from sensu_kvm.backup import policy
 from sensu_kvm.backup.archive import parse_sparse_map, widen
 from sensu_kvm.backup.catalog import BLOCK, CHUNK, FORMAT, HEADER, MANIFEST, MIB, XML_MEMBER
+from sensu_kvm.backup.disks import disks_of
 from sensu_kvm.backup.progress import Progress
-from sensu_kvm.domxml import disks_of
 from sensu_kvm.errors import BadRequest, Corrupt, KvmError, Refused
 
 # --- reading an archive ----------------------------------------------------------------------------

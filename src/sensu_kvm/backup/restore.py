@@ -10,10 +10,11 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from sensu_kvm.backup import policy
+from sensu_kvm.backup.disks import disks_of
 from sensu_kvm.backup.hostinfo import _fail, _libvirt
 from sensu_kvm.backup.progress import Progress
 from sensu_kvm.backup.reader import ImageSink, Member, _realsize, check_xml, data_total, read_header, scan_archive
-from sensu_kvm.domxml import disks_of, rewrite_xml
+from sensu_kvm.domxml import rewrite_xml
 from sensu_kvm.errors import BadRequest, Corrupt, KvmError, Refused
 
 # --- restore ---------------------------------------------------------------------------------------

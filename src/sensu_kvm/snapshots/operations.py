@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import NamedTuple
 from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 
-from sensu_kvm import activity, virt
+from sensu_kvm import activity, domxml, virt
 from sensu_kvm.errors import BadRequest, KvmError, LibvirtFailure, NotFound, Refused
 from sensu_kvm.qcow2 import image_snapshots, read_image
 from sensu_kvm.snapshots.policy import (
@@ -35,7 +34,6 @@ from sensu_kvm.snapshots.tree import (
     Layer,
     Snapshot,
     by_name,
-    chains,
     children,
     parse_snapshot,
     read_snapshots,
@@ -87,7 +85,7 @@ def snapshots_of(dom: libvirt.virDomain) -> list[Snapshot]:
 
 def domain_chains(dom: libvirt.virDomain) -> dict[str, list[Layer]]:
     try:
-        return chains(dom.XMLDesc(0))
+        return domxml.chains(dom.XMLDesc(0))
     except libvirt.libvirtError as err:
         raise virt.translate(err, f"{dom.name()}: cannot read the domain XML") from err
 
@@ -102,18 +100,10 @@ def is_active(dom: libvirt.virDomain) -> bool:
 def disk_formats(dom: libvirt.virDomain) -> dict[str, tuple[str, str]]:
     """(format, top image) of each disk with a source (CD-ROMs and empty drives left out)."""
     try:
-        root = ET.fromstring(dom.XMLDesc(0))
+        xml = dom.XMLDesc(0)
     except libvirt.libvirtError as err:
         raise virt.translate(err, f"{dom.name()}: cannot read the domain XML") from err
-    found = {}
-    for disk in root.iterfind("devices/disk"):
-        target, source, driver = disk.find("target"), disk.find("source"), disk.find("driver")
-        if disk.get("device", "disk") != "disk" or target is None or source is None:
-            continue
-        path = source.get("file") or source.get("dev") or ""
-        if path:
-            found[target.get("dev", "")] = (driver.get("type", "raw") if driver is not None else "raw", path)
-    return found
+    return {d.target: (d.format or "raw", d.path) for d in domxml.disks(xml) if d.device == "disk" and d.path}
 
 
 class CreateRequest(NamedTuple):

@@ -7,9 +7,10 @@ import os
 from collections.abc import Callable
 from typing import NamedTuple
 
+from sensu_kvm.domxml import Layer
 from sensu_kvm.errors import ImageError
 from sensu_kvm.qcow2 import ImageInfo, ImageSnapshot, image_snapshots, read_image
-from sensu_kvm.snapshots.tree import Layer, SavedDisk, Snapshot, by_name, children, depths, ordered
+from sensu_kvm.snapshots.tree import SavedDisk, Snapshot, by_name, children, depths, ordered
 from sensu_kvm.space import overlay_need
 from sensu_kvm.virt.versions import version_text
 

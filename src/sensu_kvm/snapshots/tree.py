@@ -11,6 +11,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+from sensu_kvm import domxml
+from sensu_kvm.domxml import Layer
+
 
 class SnapDisk(NamedTuple):
     target: str
@@ -39,9 +42,6 @@ class Snapshot(NamedTuple):
         return self.state == "disk-snapshot"
 
 
-class Layer(NamedTuple):
-    path: str
-    format: str
 
 
 def _text(node: ET.Element | None, default: str = "") -> str:
@@ -70,27 +70,7 @@ def parse_snapshot(xml: str, current: bool = False) -> Snapshot:
     )
 
 
-def chains(domain_xml: str) -> dict[str, list[Layer]]:
-    """Each disk's backing chain from a domain's XML, top image first (disks with a file source)."""
-    root = ET.fromstring(domain_xml)
-    found: dict[str, list[Layer]] = {}
-    for disk in root.iterfind("devices/disk"):
-        if disk.get("device", "disk") != "disk":
-            continue
-        target = disk.find("target")
-        source = disk.find("source")
-        if target is None or source is None or not (source.get("file") or source.get("dev")):
-            continue
-        driver = disk.find("driver")
-        layers = [Layer(source.get("file") or source.get("dev") or "", driver.get("type", "") if driver is not None else "")]
-        store: Any = disk.find("backingStore")
-        while store is not None and store.find("source") is not None:
-            src = store.find("source")
-            fmt = store.find("format")
-            layers.append(Layer(src.get("file") or src.get("dev") or "", fmt.get("type", "") if fmt is not None else ""))
-            store = store.find("backingStore")
-        found[target.get("dev", "")] = layers
-    return found
+
 
 
 class SavedDisk(NamedTuple):
@@ -105,18 +85,11 @@ class SavedDisk(NamedTuple):
 def saved_disks(snapshot_xml: str) -> dict[str, SavedDisk]:
     """The disks (with a file or block source) of the domain definition inside a <domainsnapshot>:
     the images libvirt goes back to on revert. Empty when the snapshot keeps no definition."""
-    root = ET.fromstring(snapshot_xml)
-    found: dict[str, SavedDisk] = {}
-    for disk in root.iterfind("domain/devices/disk"):
-        target, source, driver = disk.find("target"), disk.find("source"), disk.find("driver")
-        if disk.get("device", "disk") != "disk" or target is None or source is None:
-            continue
-        path = source.get("file") or source.get("dev") or ""
-        if path:
-            fmt = driver.get("type", "raw") if driver is not None else "raw"
-            dev = target.get("dev", "")
-            found[dev] = SavedDisk(dev, path, fmt, disk.find("readonly") is not None)
-    return found
+    saved = ET.fromstring(snapshot_xml).find("domain")
+    if saved is None:
+        return {}
+    return {d.target: SavedDisk(d.target, d.path, d.format or "raw", d.readonly)
+            for d in domxml.disks(saved) if d.device == "disk" and d.path}
 
 
 def unknown_overlays(disk_chains: dict[str, list[Layer]], snapshots: list[Snapshot],

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sensu_kvm import __version__, domxml, space, virt
+from sensu_kvm import __version__, space, virt
 from sensu_kvm.argtypes import count_arg, domain_arg, number_arg, path_arg, seconds_arg, state_dir_arg, text_arg, uri_arg
-from sensu_kvm.backup import catalog, create, policy, progress, prune, reader, recover, restore, signals
+from sensu_kvm.backup import catalog, create, disks, policy, progress, prune, reader, recover, restore, signals
 from sensu_kvm.backup import remote as remote_copy
 from sensu_kvm.durations import format_age
 from sensu_kvm.errors import BadRequest, Interrupted, KvmError, NotUndone, Refused
@@ -268,7 +268,7 @@ def cmd_create(o: argparse.Namespace) -> int:
                 name = dom.name()
                 try:
                     if remote:
-                        need = sum(space.data_bytes(d.source) for d in domxml.disks_of(dom.XMLDesc(0)) if d.copy)
+                        need = sum(space.data_bytes(d.source) for d in disks.disks_of(dom.XMLDesc(0)) if d.copy)
                         free = remote_copy.remote_free(o.rsh, remote[0], remote[1])
                         if free < need:
                             raise Refused(f"not enough free space in {o.dest}: {free // catalog.MIB} MiB free, "
@@ -424,50 +424,16 @@ def cmd_restore(o: argparse.Namespace) -> int:
 
 
 def cmd_prune(o: argparse.Namespace) -> int:
-    if not (o.keep_last or o.keep_daily or o.keep_weekly):
-        raise BadRequest("prune needs --keep-last, --keep-daily or --keep-weekly (at least one above 0)")
-    if not os.path.isdir(o.folder):
-        raise BadRequest(f"{o.folder} does not exist or is not a folder")
-    plan = prune.prune_plan(catalog.scan(o.folder), max(o.keep_last, 1), o.keep_daily, o.keep_weekly)
-    report = []
-    failed = 0
-    safe: dict[str, bool] = {}
-    for entry, keep, why in plan:
-        item = {"archive": entry.path, "domain": entry.domain, "created": int(entry.created), "why": why,
-                "action": "keep" if keep else ("would delete" if o.dry_run else "delete")}
-        report.append(item)
-        if keep:
-            if entry.domain not in safe:
-                # the newest kept archive must still verify before anything older goes
-                try:
-                    if not o.dry_run:
-                        reader.verify(entry.path)
-                    safe[entry.domain] = True
-                except KvmError as err:
-                    log(f"{entry.domain}: {entry.path} does not verify ({err}); trying the next one")
-            continue
-        if not safe.get(entry.domain):
-            item["action"] = "keep"
-            item["why"] = "no newer archive of this domain verifies"
-            continue
-        if o.dry_run:
-            if not o.json:
-                say(f"would delete {entry.path}")
-            continue
-        try:
-            os.unlink(entry.path)
-            item["action"] = "deleted"
-            if not o.json:
-                say(f"deleted {entry.path}")
-        except OSError as err:
-            failed += 1
-            item["action"] = "failed"
-            log(f"cannot delete {entry.path}: {err.strerror}")
+    report = prune.prune(o.folder, o.keep_last, o.keep_daily, o.keep_weekly, o.dry_run, log)
     if o.json:
         say(json.dumps(report, indent=1))
-    elif not any(r["action"] != "keep" for r in report):
-        say("nothing to prune")
-    return EXIT_FAILED if failed else EXIT_OK
+    else:
+        for item in report:
+            if item["action"] in ("would delete", "deleted"):
+                say(f"{item['action']} {item['archive']}")
+        if not any(r["action"] != "keep" for r in report):
+            say("nothing to prune")
+    return EXIT_FAILED if any(r["action"] == "failed" for r in report) else EXIT_OK
 
 
 def cmd_recover(o: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from sensu_kvm import __version__, guestinfo, states, virt
+from sensu_kvm import __version__, domxml, guestinfo, states, virt
 from sensu_kvm.argtypes import domain_arg, seconds_arg, uri_arg
 from sensu_kvm.errors import CallTimeout, KvmError, NotFound
 from sensu_kvm.snapshots import tree
@@ -298,7 +298,7 @@ def snapshot_section(ins: Inspector) -> dict[str, Any]:
 
 
 def chain_section(xml: str) -> dict[str, Any]:
-    chains = tree.chains(xml)
+    chains = domxml.chains(xml)
     data = {target: [{"path": layer.path, "format": layer.format} for layer in layers]
             for target, layers in sorted(chains.items())}
     return section("Backing chains", data, None if chains else "no disk with a file or block source")
