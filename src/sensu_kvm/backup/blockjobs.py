@@ -10,37 +10,29 @@ from collections.abc import Callable
 from typing import Any
 
 from sensu_kvm import domxml
-from sensu_kvm.backup.hostinfo import _fail, _libvirt, in_use, live_chains
+from sensu_kvm.backup.hostinfo import _fail, in_use, live_chains
 from sensu_kvm.backup.signals import hurry
 from sensu_kvm.domxml import rewrite_xml
 from sensu_kvm.errors import KvmError
 from sensu_kvm.qcow2 import is_qcow2, virtual_size
+from sensu_kvm.virt import api, jobs
 
 
 def wait_pivot(dom: Any, target: str, timeout: float, log: Callable[[str], None]) -> None:
     """Wait for the active commit job on ``target`` to be ready, then pivot to the base image. When
     a signal waits for the run to end (``hurry``), the job's bandwidth limit goes first."""
-    libvirt = _libvirt()
     deadline = time.monotonic() + timeout
     hurried = False
     while True:
-        try:
-            info = dom.blockJobInfo(target, 0)
-        except libvirt.libvirtError as err:
-            raise _fail(err, f"{dom.name()}: {target}: block job") from err
+        info = jobs.job_info(dom, target)
         if not info:
             return  # no job: finished (pivoted) already, or never started; the caller checks
         if hurry() and not hurried:
             hurried = True
-            with contextlib.suppress(libvirt.libvirtError):
-                dom.blockJobSetSpeed(target, 0, 0)
-        if (info.get("end", 0) and info.get("cur") == info.get("end")) or info.get("end") == 0:
-            try:
-                dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
-                return
-            except libvirt.libvirtError as err:
-                if "not ready" not in str(err) and "pivot" not in str(err).lower():
-                    raise _fail(err, f"{dom.name()}: {target}: pivot") from err
+            jobs.lift_limit(dom, target)
+        if ((info.get("end", 0) and info.get("cur") == info.get("end")) or info.get("end") == 0) and \
+                jobs.pivot(dom, target):
+            return
         if time.monotonic() > deadline:
             raise KvmError(f"{dom.name()}: {target}: the commit job was not ready within {timeout:g}s; "
                            "run kvm-backup recover later")
@@ -67,7 +59,6 @@ def commit_back(dom: Any, target: str, overlay: str, base: str, log: Callable[[s
     """Put ``target`` of a running domain back on ``base``: commit ``overlay`` into it (or finish
     a commit job already running), pivot, confirm from the live XML, remove the overlay file once
     nothing uses it. What was done, in one line."""
-    libvirt = _libvirt()
     name = dom.name()
     chain = live_chains(dom.XMLDesc(0)).get(target, [])
     committed = False
@@ -76,20 +67,13 @@ def commit_back(dom: Any, target: str, overlay: str, base: str, log: Callable[[s
             raise KvmError(f"{name}: {target}: {overlay} is backed by {chain[1] if len(chain) > 1 else 'nothing'}, "
                            f"not by {base}: left as it is")
         try:
-            job = dom.blockJobInfo(target, 0)
-        except libvirt.libvirtError:
+            job = jobs.job_info(dom, target)
+        except KvmError:
             job = {}
         if job:
-            with contextlib.suppress(libvirt.libvirtError):
-                dom.blockJobSetSpeed(target, 0, 0)  # a recovered job: no limit any more
+            jobs.lift_limit(dom, target)  # a recovered job: no limit any more
         else:
-            flags = libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW
-            if bandwidth:
-                flags |= libvirt.VIR_DOMAIN_BLOCK_COMMIT_BANDWIDTH_BYTES
-            try:
-                dom.blockCommit(target, None, None, bandwidth, flags)
-            except libvirt.libvirtError as err:
-                raise _fail(err, f"{name}: {target}: cannot commit {overlay}") from err
+            jobs.commit_active(dom, target, overlay, bandwidth)
         wait_pivot(dom, target, timeout, log)
         committed = True
         chain = live_chains(dom.XMLDesc(0)).get(target, [])
@@ -111,9 +95,8 @@ def commit_back(dom: Any, target: str, overlay: str, base: str, log: Callable[[s
 def commit_offline(dom: Any, target: str, overlay: str, base: str) -> str:
     """A shut off domain left on an overlay: qemu-img commit it into the base, point the disk back.
     What was done, in one line."""
-    libvirt = _libvirt()
     name = dom.name()
-    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
+    xml = dom.XMLDesc(api.VIR_DOMAIN_XML_INACTIVE | api.VIR_DOMAIN_XML_SECURE)
     on_overlay = any(d.target == target and d.source == overlay for d in domxml.disks(xml))
     what = f"{target} (shut off) runs on {base}: " + (
         f"the overlay {overlay} was never used; removed" if os.path.exists(overlay) else
@@ -133,7 +116,7 @@ def commit_offline(dom: Any, target: str, overlay: str, base: str) -> str:
         fixed = rewrite_xml(xml, {target: base}, None)
         try:
             dom.connect().defineXML(_restore_format(fixed, target, xml, base))
-        except libvirt.libvirtError as err:
+        except api.Error as err:
             raise _fail(err, f"{name}: cannot point {target} back at {base}") from err
     _remove_unused(dom.connect(), overlay, f"{name}: {target}")
     return what

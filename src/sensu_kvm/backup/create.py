@@ -14,7 +14,7 @@ from sensu_kvm.backup.archive import ArchiveWriter, header_json, manifest_json
 from sensu_kvm.backup.blockjobs import commit_back, commit_offline
 from sensu_kvm.backup.catalog import FORMAT, HEADER, MANIFEST, STATE_DIR, XML_MEMBER, archive_name, stamp
 from sensu_kvm.backup.disks import Disk, disks_of
-from sensu_kvm.backup.hostinfo import _fail, _libvirt, agent_answers
+from sensu_kvm.backup.hostinfo import _fail, agent_answers
 from sensu_kvm.backup.journal import Journal, overlay_path
 from sensu_kvm.backup.progress import Progress
 from sensu_kvm.backup.reader import verify
@@ -23,6 +23,7 @@ from sensu_kvm.backup.signals import shielded
 from sensu_kvm.errors import BadRequest, Interrupted, KvmError, NotUndone, Refused
 from sensu_kvm.qcow2 import backing_file, virtual_size
 from sensu_kvm.space import data_bytes, overlay_need, space_problems, statvfs_free
+from sensu_kvm.virt import api
 from sensu_kvm.virt.versions import versions
 
 
@@ -73,7 +74,6 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
     everything is undone before raising; when the undo fails too, NotUndone says what is left and
     the journal keeps it. After a SIGKILL the journal lets the next run (or ``recover``) undo it.
     """
-    libvirt = _libvirt()
     name = dom.name()
     uuid = dom.UUIDString()
     started = time.time()
@@ -86,15 +86,15 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
             for line in recover(conn, journal, log):
                 log(line)
         try:
-            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
+            xml = dom.XMLDesc(api.VIR_DOMAIN_XML_INACTIVE | api.VIR_DOMAIN_XML_SECURE)
             state = dom.state()[0]
-        except libvirt.libvirtError as err:
+        except api.Error as err:
             raise _fail(err, f"{name}: cannot read the domain") from err
         disks = disks_of(xml)
         copied = check_disks(name, disks)
-        running = state not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED)
+        running = state not in (api.VIR_DOMAIN_SHUTOFF, api.VIR_DOMAIN_CRASHED)
         mode = (opts.mode or "live") if running else "offline"
-        if mode == "live" and state == libvirt.VIR_DOMAIN_PAUSED:
+        if mode == "live" and state == api.VIR_DOMAIN_PAUSED:
             mode = "live"
         if not os.path.isdir(opts.dest):
             raise BadRequest(f"the destination {opts.dest} does not exist or is not a folder")
@@ -133,7 +133,7 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
                 journal.save(suspended=True, phase="suspend")
                 try:
                     dom.suspend()
-                except libvirt.libvirtError as err:
+                except api.Error as err:
                     raise _fail(err, f"{name}: cannot suspend") from err
                 consistency = "crash-consistent (suspended)"
             header = {"format": FORMAT, "domain": name, "uuid": uuid, "created": int(started),
@@ -228,7 +228,6 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
 def _snapshot(dom: Any, disks: list[Disk], overlays: dict[str, dict[str, str]], quiesce: bool,
               log: Callable[[str], None]) -> str:
     """External disk-only snapshot, no metadata, atomic; quiesced when the agent answers."""
-    libvirt = _libvirt()
     parts = []
     for d in disks:
         if d.target in overlays:
@@ -237,18 +236,18 @@ def _snapshot(dom: Any, disks: list[Disk], overlays: dict[str, dict[str, str]], 
         elif d.device == "disk" and d.source:
             parts.append(f"<disk name='{d.target}' snapshot='no'/>")
     xml = f"<domainsnapshot><name>kvm-backup-{stamp(time.time())}</name><disks>{''.join(parts)}</disks></domainsnapshot>"
-    flags = (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
-             | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
+    flags = (api.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | api.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+             | api.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
     if quiesce:
         try:
-            dom.snapshotCreateXML(xml, flags | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE)
+            dom.snapshotCreateXML(xml, flags | api.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE)
             return "quiesced"
-        except libvirt.libvirtError as err:
+        except api.Error as err:
             log(f"{dom.name()}: the guest agent could not freeze the file systems ({' '.join(str(err).split())}); "
                 "the backup is crash-consistent")
     try:
         dom.snapshotCreateXML(xml, flags)
-    except libvirt.libvirtError as err:
+    except api.Error as err:
         raise _fail(err, f"{dom.name()}: cannot create the temporary overlays") from err
     return "crash-consistent"
 
@@ -258,10 +257,9 @@ def _attr(text: str) -> str:
 
 
 def _stop(dom: Any, opts: Options, journal: Journal, log: Callable[[str], None]) -> None:
-    libvirt = _libvirt()
     try:
         dom.shutdown()
-    except libvirt.libvirtError as err:
+    except api.Error as err:
         if dom.isActive():
             raise _fail(err, f"{dom.name()}: cannot shut down") from err
     deadline = time.monotonic() + opts.shutdown_timeout
@@ -274,7 +272,7 @@ def _stop(dom: Any, opts: Options, journal: Journal, log: Callable[[str], None])
             journal.save(phase="destroy")
             try:
                 dom.destroy()
-            except libvirt.libvirtError as err:
+            except api.Error as err:
                 if dom.isActive():
                     raise _fail(err, f"{dom.name()}: cannot destroy") from err
             break
@@ -285,7 +283,6 @@ def _undo(dom: Any, overlays: dict[str, dict[str, str]], journal: Journal, log: 
           bandwidth: int = 0) -> None:
     """Put the domain back as it was: overlays committed, started or resumed again. The journal
     keeps what could not be undone for the next run."""
-    libvirt = _libvirt()
     data = journal.data
     remaining = dict(data.get("overlays") or {})
     if remaining:
@@ -300,16 +297,16 @@ def _undo(dom: Any, overlays: dict[str, dict[str, str]], journal: Journal, log: 
         journal.save(phase="committed")
     if data.get("suspended"):
         try:
-            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+            if dom.state()[0] == api.VIR_DOMAIN_PAUSED:
                 dom.resume()
-        except libvirt.libvirtError as err:
+        except api.Error as err:
             raise _fail(err, f"{dom.name()}: cannot resume") from err
         journal.save(suspended=False)
     if data.get("stopped"):
         try:
             if not dom.isActive():
                 dom.create()
-        except libvirt.libvirtError as err:
+        except api.Error as err:
             raise _fail(err, f"{dom.name()}: cannot start it again") from err
         journal.save(stopped=False)
 

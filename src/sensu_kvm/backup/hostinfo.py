@@ -6,25 +6,16 @@ import contextlib
 import os
 from typing import Any
 
-from sensu_kvm import domxml
+from sensu_kvm import domxml, virt
 from sensu_kvm.errors import KvmError
+from sensu_kvm.virt import api
 
 # --- libvirt flows ---------------------------------------------------------------------------------
 
 
-def _libvirt() -> Any:
-    import libvirt  # noqa: PLC0415 (the pure parts of this module do without it)
-
-    from sensu_kvm import virt  # noqa: F401,PLC0415 (silences libvirt's error printer)
-
-    return libvirt
-
-
 def _fail(err: Exception, what: str) -> KvmError:
-    from sensu_kvm import virt  # noqa: PLC0415
-
-    libvirt = _libvirt()
-    if isinstance(err, libvirt.libvirtError):
+    """A libvirt error translated in the one place (virt.translate); anything else with ``what``."""
+    if isinstance(err, api.Error):
         return virt.translate(err, what)
     return KvmError(f"{what}: {err}")
 
@@ -94,15 +85,14 @@ def holders(path: str) -> list[int]:
 def in_use(conn: Any, path: str) -> str:
     """Why ``path`` must not be deleted ("" when nothing uses it): a running domain has it in a disk
     chain, or a QEMU process has it open."""
-    libvirt = _libvirt()
     try:
-        doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-    except libvirt.libvirtError as err:
+        doms = conn.listAllDomains(api.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+    except api.Error as err:
         raise _fail(err, "cannot list the running domains") from err
     for other in doms:
         try:
             chains = live_chains(other.XMLDesc(0))
-        except libvirt.libvirtError:
+        except api.Error:
             continue  # gone meanwhile
         for target, chain in chains.items():
             if path in chain:
@@ -115,12 +105,4 @@ def in_use(conn: Any, path: str) -> str:
 
 def agent_answers(dom: Any, xml: str) -> bool:
     """Whether the domain has a guest agent channel and the agent answers a ping within 2 s."""
-    if "org.qemu.guest_agent.0" not in xml:
-        return False
-    try:
-        import libvirt_qemu  # type: ignore[import-untyped]  # noqa: PLC0415
-
-        libvirt_qemu.qemuAgentCommand(dom, '{"execute":"guest-ping"}', 2, 0)
-        return True
-    except Exception:
-        return False
+    return "org.qemu.guest_agent.0" in xml and api.agent_answers(dom, 2)

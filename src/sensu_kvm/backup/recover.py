@@ -10,10 +10,11 @@ from typing import Any, NamedTuple
 
 from sensu_kvm.backup.blockjobs import commit_back, commit_offline
 from sensu_kvm.backup.catalog import OVERLAY_TAG
-from sensu_kvm.backup.hostinfo import _fail, _libvirt, holders, live_chains
+from sensu_kvm.backup.hostinfo import _fail, holders, live_chains
 from sensu_kvm.backup.journal import Journal, journals, remove_stale_temps
 from sensu_kvm.backup.signals import shielded
 from sensu_kvm.errors import Interrupted, KvmError, Refused
+from sensu_kvm.virt import api
 
 SETTLE = 1.0  # seconds a domain must stay unchanged, with no libvirt job, before recover acts on it
 RECOVER_WAIT = 60.0  # default bound of that wait
@@ -32,7 +33,6 @@ class Activity(NamedTuple):
 
 
 def observe(dom: Any, overlays: list[str]) -> Activity:
-    libvirt = _libvirt()
     busy = ""
     try:
         state = tuple(dom.state())
@@ -46,11 +46,11 @@ def observe(dom: Any, overlays: list[str]) -> Activity:
                 info = dom.blockJobInfo(target, 0)
                 if info:
                     jobs[target] = int(info.get("type", 0))
-    except libvirt.libvirtError as err:
-        if err.get_error_code() in (libvirt.VIR_ERR_OPERATION_TIMEOUT, libvirt.VIR_ERR_OPERATION_FAILED) \
+    except api.Error as err:
+        if err.get_error_code() in (api.VIR_ERR_OPERATION_TIMEOUT, api.VIR_ERR_OPERATION_FAILED) \
                 and "lock" in str(err):
             return Activity("another operation (libvirt's job lock is taken)", (0, 0), {}, {}, ())
-        if err.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+        if err.get_error_code() == api.VIR_ERR_OPERATION_INVALID:
             return Activity("", (-1, -1), {}, {}, ())  # it stopped or started while being read: changing
         raise
     files = tuple((path, os.path.exists(path), bool(holders(path))) for path in overlays)
@@ -61,7 +61,6 @@ def settle(dom: Any, data: dict[str, Any], log: Callable[[str], None], wait: flo
     """Wait until libvirt has no job on the domain and nothing about it (state, chains, block jobs,
     the overlays' files) changed for SETTLE seconds: a killed run's snapshot, shutdown or destroy
     may still be finishing. Refused (nothing changed) after ``wait`` seconds."""
-    libvirt = _libvirt()
     name = data.get("domain") or dom.name()
     overlays = sorted(pair["overlay"] for pair in (data.get("overlays") or {}).values())
     deadline = time.monotonic() + wait
@@ -83,7 +82,7 @@ def settle(dom: Any, data: dict[str, Any], log: Callable[[str], None], wait: flo
     while True:
         try:
             now = observe(dom, overlays)
-        except libvirt.libvirtError as err:
+        except api.Error as err:
             raise _fail(err, f"{name}: cannot read what libvirt is doing with it") from err
         clock = time.monotonic()
         if now.busy or now != last:
@@ -100,11 +99,10 @@ def settle(dom: Any, data: dict[str, Any], log: Callable[[str], None], wait: flo
 
 
 def _lookup_uuid(conn: Any, uuid: str, name: str) -> Any:
-    libvirt = _libvirt()
     try:
         return conn.lookupByUUIDString(uuid)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+    except api.Error as err:
+        if err.get_error_code() == api.VIR_ERR_NO_DOMAIN:
             return None
         raise _fail(err, f"{name}: lookup") from err
 
@@ -114,7 +112,6 @@ def recover(conn: Any, journal: Journal, log: Callable[[str], None], wait: float
     domain (``settle``), commit overlays back, start or resume the domain it stopped or suspended,
     remove its temporary archive, remove the journal. What was done, one line each. A step that
     cannot be done raises KvmError; the journal then keeps what is left."""
-    libvirt = _libvirt()
     data = journal.data
     done: list[str] = []
     name = data.get("domain", "?")
@@ -137,10 +134,10 @@ def recover(conn: Any, journal: Journal, log: Callable[[str], None], wait: float
                 journal.save(overlays=remaining)
         if dom is not None and data.get("suspended"):
             try:
-                if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                if dom.state()[0] == api.VIR_DOMAIN_PAUSED:
                     dom.resume()
                     done.append(f"{name}: resumed (a backup had suspended it)")
-            except libvirt.libvirtError as err:
+            except api.Error as err:
                 raise _fail(err, f"{name}: cannot resume it") from err
             journal.save(suspended=False)
         if dom is not None and data.get("stopped"):
@@ -150,7 +147,7 @@ def recover(conn: Any, journal: Journal, log: Callable[[str], None], wait: float
                     done.append(f"{name}: started again (a backup had stopped it)")
                 elif data.get("phase") == "stop":
                     done.append(f"{name}: still running (a killed backup had asked it to shut down; it did not)")
-            except libvirt.libvirtError as err:
+            except api.Error as err:
                 raise _fail(err, f"{name}: cannot start it again") from err
             journal.save(stopped=False)
     except BaseException:

@@ -11,11 +11,12 @@ from typing import Any, NamedTuple
 
 from sensu_kvm.backup import policy
 from sensu_kvm.backup.disks import disks_of
-from sensu_kvm.backup.hostinfo import _fail, _libvirt
+from sensu_kvm.backup.hostinfo import _fail
 from sensu_kvm.backup.progress import Progress
 from sensu_kvm.backup.reader import ImageSink, Member, _realsize, check_xml, data_total, read_header, scan_archive
 from sensu_kvm.domxml import rewrite_xml
 from sensu_kvm.errors import BadRequest, Corrupt, KvmError, Refused
+from sensu_kvm.virt import api
 
 # --- restore ---------------------------------------------------------------------------------------
 
@@ -51,13 +52,12 @@ def host_view(ro: Any, header: dict[str, Any], name: str, new_name: str | None, 
     dir, fs and netfs storage pools, and the folders of the images of the domain with the archive's
     UUID and of the domain being replaced; what those two domains vouch for; what may be overwritten.
     Refuses to replace a running domain, or one that is not the archive's (another UUID)."""
-    libvirt = _libvirt()
 
     def lookup(how: Callable[[str], Any], value: str) -> Any:
         try:
             return how(value)
-        except libvirt.libvirtError as err:
-            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+        except api.Error as err:
+            if err.get_error_code() == api.VIR_ERR_NO_DOMAIN:
                 return None
             raise _fail(err, f"{value}: lookup") from err
 
@@ -77,10 +77,10 @@ def host_view(ro: Any, header: dict[str, Any], name: str, new_name: str | None, 
             raise Refused(f"{name} is running: shut it down before replacing it")
     dirs = [os.path.realpath(d) for d in ([image_dir] if image_dir else []) + list(allow_dirs)]
     pools: list[Any] = []
-    with contextlib.suppress(libvirt.libvirtError):  # no storage driver: no pools
+    with contextlib.suppress(api.Error):  # no storage driver: no pools
         pools = ro.listAllStoragePools(0)
     for pool in pools:
-        with contextlib.suppress(libvirt.libvirtError, ET.ParseError):
+        with contextlib.suppress(api.Error, ET.ParseError):
             root = ET.fromstring(pool.XMLDesc(0))
             folder = root.findtext("target/path") or ""
             if root.get("type") in ("dir", "fs", "netfs") and folder.startswith("/"):
@@ -91,8 +91,8 @@ def host_view(ro: Any, header: dict[str, Any], name: str, new_name: str | None, 
         if dom is None:
             continue
         try:
-            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-        except libvirt.libvirtError as err:
+            xml = dom.XMLDesc(api.VIR_DOMAIN_XML_INACTIVE)
+        except api.Error as err:
             raise _fail(err, f"{dom.name()}: cannot read the domain") from err
         images = [d for d in disks_of(xml) if d.copy]
         dirs += [os.path.realpath(os.path.dirname(d.source)) for d in images]
@@ -131,7 +131,6 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
     """Check an archive against the archive policy (policy.py) and this host (``ro``: a read-only connection), then
     write its images under temporary names while checking every checksum; only when all is well,
     move them into place, define the domain (and start it)."""
-    libvirt = _libvirt()
     header = read_header(path)
     policy.check_header(header)
     if new_name is not None and policy.name_problem(new_name):
@@ -212,7 +211,7 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
         dom = conn.defineXML(new_xml)
         if start:
             dom.create()
-    except libvirt.libvirtError as err:
+    except api.Error as err:
         raise _fail(err, f"{name}: images restored to {', '.join(paths.values())}, but the domain") from err
     return {"domain": name, "images": paths, "started": start, "from": header["domain"], "archive": path}
 

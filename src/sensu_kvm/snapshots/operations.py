@@ -7,8 +7,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 from xml.sax.saxutils import escape, quoteattr
 
-import libvirt
-
 from sensu_kvm import activity, domxml, virt
 from sensu_kvm.errors import BadRequest, KvmError, LibvirtFailure, NotFound, Refused
 from sensu_kvm.qcow2 import image_snapshots, read_image
@@ -43,65 +41,66 @@ from sensu_kvm.snapshots.tree import (
     set_parent,
 )
 from sensu_kvm.space import space_problems, statvfs_free
+from sensu_kvm.virt import api
 from sensu_kvm.virt.versions import version_text
 
 # --- libvirt ------------------------------------------------------------------------------------
 
 
-def lookup_domain(conn: libvirt.virConnect, name: str) -> libvirt.virDomain:
+def lookup_domain(conn: api.Connect, name: str) -> api.Domain:
     try:
         return conn.lookupByName(name)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+    except api.Error as err:
+        if err.get_error_code() == api.VIR_ERR_NO_DOMAIN:
             raise NotFound(f"no domain named '{name}'") from err
         raise virt.translate(err, f"domain {name}") from err
 
 
-def lookup_snapshot(dom: libvirt.virDomain, name: str) -> libvirt.virDomainSnapshot:
+def lookup_snapshot(dom: api.Domain, name: str) -> api.DomainSnapshot:
     try:
         return dom.snapshotLookupByName(name, 0)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+    except api.Error as err:
+        if err.get_error_code() == api.VIR_ERR_NO_DOMAIN_SNAPSHOT:
             raise NotFound(f"domain {dom.name()} has no snapshot named '{name}'") from err
         raise virt.translate(err, f"{dom.name()}: snapshot {name}") from err
 
 
-def current_name(dom: libvirt.virDomain) -> str:
+def current_name(dom: api.Domain) -> str:
     try:
         if not dom.hasCurrentSnapshot(0):
             raise NotFound(f"domain {dom.name()} has no current snapshot")
         return dom.snapshotCurrent(0).getName()
-    except libvirt.libvirtError as err:
+    except api.Error as err:
         raise virt.translate(err, f"{dom.name()}: current snapshot") from err
 
 
-def snapshots_of(dom: libvirt.virDomain) -> list[Snapshot]:
+def snapshots_of(dom: api.Domain) -> list[Snapshot]:
     activity.doing(f"reading the snapshots of {dom.name()}")
     try:
         return read_snapshots(dom)
-    except libvirt.libvirtError as err:
+    except api.Error as err:
         raise virt.translate(err, f"{dom.name()}: cannot read snapshots") from err
 
 
-def domain_chains(dom: libvirt.virDomain) -> dict[str, list[Layer]]:
+def domain_chains(dom: api.Domain) -> dict[str, list[Layer]]:
     try:
         return domxml.chains(dom.XMLDesc(0))
-    except libvirt.libvirtError as err:
+    except api.Error as err:
         raise virt.translate(err, f"{dom.name()}: cannot read the domain XML") from err
 
 
-def is_active(dom: libvirt.virDomain) -> bool:
+def is_active(dom: api.Domain) -> bool:
     try:
         return bool(dom.isActive())
-    except libvirt.libvirtError as err:
+    except api.Error as err:
         raise virt.translate(err, f"{dom.name()}: state") from err
 
 
-def disk_formats(dom: libvirt.virDomain) -> dict[str, tuple[str, str]]:
+def disk_formats(dom: api.Domain) -> dict[str, tuple[str, str]]:
     """(format, top image) of each disk with a source (CD-ROMs and empty drives left out)."""
     try:
         xml = dom.XMLDesc(0)
-    except libvirt.libvirtError as err:
+    except api.Error as err:
         raise virt.translate(err, f"{dom.name()}: cannot read the domain XML") from err
     return {d.target: (d.format or "raw", d.path) for d in domxml.disks(xml) if d.device == "disk" and d.path}
 
@@ -115,7 +114,7 @@ class CreateRequest(NamedTuple):
     atomic: bool
 
 
-def plan_create(dom: libvirt.virDomain, snaps: list[Snapshot], req: CreateRequest, now: float,
+def plan_create(dom: api.Domain, snaps: list[Snapshot], req: CreateRequest, now: float,
                 free_of: Callable[[str], tuple[int, int]] = statvfs_free) -> tuple[str, str, int, list[Overlay]]:
     """Check a create request and build (name, XML, flags, overlays); raises BadRequest/Refused."""
     name = req.name or str(int(now))  # virsh's default: the creation time in seconds
@@ -129,15 +128,15 @@ def plan_create(dom: libvirt.virDomain, snaps: list[Snapshot], req: CreateReques
     unknown = sorted(set(req.diskspecs) - set(disks))
     if unknown:
         raise BadRequest(f"--diskspec names no disk of {dom.name()}: {', '.join(unknown)} (disks: {', '.join(disks)})")
-    flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC if req.atomic else 0
+    flags = api.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC if req.atomic else 0
     overlays: list[Overlay] = []
     body = f"<name>{escape(name)}</name>"
     if req.description:
         body += f"<description>{escape(req.description)}</description>"
     if req.disk_only:
-        flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+        flags |= api.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
         if req.quiesce:
-            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE
+            flags |= api.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE
         parts = []
         for target, (_fmt, image) in sorted(disks.items()):
             path = os.path.abspath(req.diskspecs.get(target) or default_overlay(image, name))
@@ -164,37 +163,37 @@ def plan_create(dom: libvirt.virDomain, snaps: list[Snapshot], req: CreateReques
     return name, f"<domainsnapshot>{body}</domainsnapshot>", flags, overlays
 
 
-def create(dom: libvirt.virDomain, xml: str, flags: int, quiesce: bool) -> Snapshot:
+def create(dom: api.Domain, xml: str, flags: int, quiesce: bool) -> Snapshot:
     activity.doing(f"creating a snapshot of {dom.name()}")
     try:
         snap = dom.snapshotCreateXML(xml, flags)
         return parse_snapshot(snap.getXMLDesc(0), bool(snap.isCurrent()))
-    except libvirt.libvirtError as err:
+    except api.Error as err:
         if quiesce and ("agent" in virt.reason(err).lower()):
             raise Refused(f"{dom.name()}: --quiesce: the guest agent did not answer ({virt.reason(err)}); "
                           f"no snapshot made (run without --quiesce for a crash-consistent one)") from err
         raise virt.translate(err, f"{dom.name()}: cannot create the snapshot") from err
 
 
-def redefine(dom: libvirt.virDomain, xml: str, current: bool, what: str) -> None:
-    flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
+def redefine(dom: api.Domain, xml: str, current: bool, what: str) -> None:
+    flags = api.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
     if current:
-        flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT
+        flags |= api.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT
     try:
         dom.snapshotCreateXML(xml, flags)
-    except libvirt.libvirtError as err:
+    except api.Error as err:
         raise virt.translate(err, f"{dom.name()}: {what}") from err
 
 
-def edit(dom: libvirt.virDomain, snaps: list[Snapshot], name: str, new: str | None, description: str | None) -> list[str]:
+def edit(dom: api.Domain, snaps: list[Snapshot], name: str, new: str | None, description: str | None) -> list[str]:
     """Rename and/or describe a snapshot; the tree and the current mark are kept. Returns notes."""
     index = by_name(snaps)
     snap = index[name]
     notes = []
     handle = lookup_snapshot(dom, name)
     try:
-        xml = handle.getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
-    except libvirt.libvirtError as err:
+        xml = handle.getXMLDesc(api.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
+    except api.Error as err:
         raise virt.translate(err, f"{dom.name()}: snapshot {name}") from err
     if new is not None and new != name:
         held = held_tags(snap, saved_disks(xml), domain_chains(dom)) if internal_parts(snap) else None
@@ -214,46 +213,46 @@ def edit(dom: libvirt.virDomain, snaps: list[Snapshot], name: str, new: str | No
     moved = []
     try:
         for child in children(snaps)[name]:
-            child_xml = lookup_snapshot(dom, child).getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
+            child_xml = lookup_snapshot(dom, child).getXMLDesc(api.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
             redefine(dom, set_parent(child_xml, new), index[child].current, f"cannot reparent {child}")
             moved.append(child)
-        lookup_snapshot(dom, name).delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
-    except (libvirt.libvirtError, KvmError) as err:
+        lookup_snapshot(dom, name).delete(api.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+    except (api.Error, KvmError) as err:
         _undo_rename(dom, name, new, moved, index)
-        text = virt.reason(err) if isinstance(err, libvirt.libvirtError) else str(err)
+        text = virt.reason(err) if isinstance(err, api.Error) else str(err)
         raise LibvirtFailure(f"{dom.name()}: cannot rename {name} to {new} ({text}); left as it was") from err
     notes.append(f"renamed '{name}' to '{new}'" + (f"; children kept: {', '.join(moved)}" if moved else ""))
     return notes
 
 
-def _undo_rename(dom: libvirt.virDomain, name: str, new: str, moved: list[str], index: dict[str, Snapshot]) -> None:
+def _undo_rename(dom: api.Domain, name: str, new: str, moved: list[str], index: dict[str, Snapshot]) -> None:
     try:
         for child in moved:
-            child_xml = lookup_snapshot(dom, child).getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
+            child_xml = lookup_snapshot(dom, child).getXMLDesc(api.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
             redefine(dom, set_parent(child_xml, name), index[child].current, f"cannot reparent {child}")
-        lookup_snapshot(dom, new).delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+        lookup_snapshot(dom, new).delete(api.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
         if index[name].current:
-            xml = lookup_snapshot(dom, name).getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
+            xml = lookup_snapshot(dom, name).getXMLDesc(api.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
             redefine(dom, xml, True, f"cannot mark {name} current")
-    except (libvirt.libvirtError, KvmError):
+    except (api.Error, KvmError):
         pass  # the error about the rename is the one to report
 
 
-STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
-          libvirt.VIR_DOMAIN_SHUTOFF: "shut off"}
+STATES = {api.VIR_DOMAIN_RUNNING: "running", api.VIR_DOMAIN_PAUSED: "paused",
+          api.VIR_DOMAIN_SHUTOFF: "shut off"}
 
 
-def state_text(dom: libvirt.virDomain) -> str:
+def state_text(dom: api.Domain) -> str:
     try:
         state, reason = dom.state()
-    except libvirt.libvirtError as err:
+    except api.Error as err:
         return f"in an unknown state ({virt.reason(err)})"
     text = STATES.get(state, f"in state {state}")
-    return text + (" (failed)" if state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_FAILED
+    return text + (" (failed)" if state == api.VIR_DOMAIN_SHUTOFF and reason == api.VIR_DOMAIN_SHUTOFF_FAILED
                    else "")
 
 
-def revert(conn: libvirt.virConnect, dom: libvirt.virDomain, snap: Snapshot, running: bool, paused: bool) -> None:
+def revert(conn: api.Connect, dom: api.Domain, snap: Snapshot, running: bool, paused: bool) -> None:
     """Revert to ``snap`` once every image libvirt will need is checked (revert_problem); a
     refusal changes nothing."""
     if snap.location == "external":
@@ -265,40 +264,40 @@ def revert(conn: libvirt.virConnect, dom: libvirt.virDomain, snap: Snapshot, run
     activity.doing(f"checking the images of {dom.name()} for snapshot {snap.name}")
     try:
         saved = saved_disks(handle.getXMLDesc(0))
-    except libvirt.libvirtError as err:
+    except api.Error as err:
         raise virt.translate(err, f"{dom.name()}: snapshot {snap.name}") from err
     problem = revert_problem(snap, dom.name(), saved, domain_chains(dom), snapshots_of(dom), is_active(dom))
     if problem:
         raise Refused(problem)
     flags = 0
     if running:
-        flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING
+        flags |= api.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING
     if paused:
-        flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED
+        flags |= api.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED
     activity.doing(f"reverting {dom.name()} to {snap.name}")
     try:
         dom.revertToSnapshot(handle, flags)
-    except libvirt.libvirtError as err:
+    except api.Error as err:
         failure = virt.translate(err, f"{dom.name()}: cannot revert to {snap.name}")
         raise type(failure)(f"{failure}; the domain is now {state_text(dom)}") from err
 
 
-def lib_version(conn: libvirt.virConnect) -> int:
+def lib_version(conn: api.Connect) -> int:
     try:
         return int(conn.getLibVersion())
-    except libvirt.libvirtError as err:
+    except api.Error as err:
         raise virt.translate(err, "cannot read libvirt's version") from err
 
 
-def delete_metadata(dom: libvirt.virDomain, handle: libvirt.virDomainSnapshot, name: str, why: str) -> str:
+def delete_metadata(dom: api.Domain, handle: api.DomainSnapshot, name: str, why: str) -> str:
     try:
-        handle.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
-    except libvirt.libvirtError as err:
+        handle.delete(api.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+    except api.Error as err:
         raise virt.translate(err, f"{dom.name()}: cannot delete the metadata of {name}") from err
     return f"deleted snapshot '{name}' of {dom.name()} as metadata only: {why}, no image changed"
 
 
-def delete(conn: libvirt.virConnect, dom: libvirt.virDomain, snaps: list[Snapshot], name: str) -> str:
+def delete(conn: api.Connect, dom: api.Domain, snaps: list[Snapshot], name: str) -> str:
     """Delete one snapshot after the safety checks; returns what was done, in words."""
     snap = by_name(snaps)[name]
     disk_chains = domain_chains(dom)
@@ -320,7 +319,7 @@ def delete(conn: libvirt.virConnect, dom: libvirt.virDomain, snaps: list[Snapsho
     activity.doing(f"deleting snapshot {name} of {dom.name()}")
     try:
         handle.delete(0)
-    except libvirt.libvirtError as err:
+    except api.Error as err:
         if COMMITTED not in virt.reason(err):
             raise virt.translate(err, f"{dom.name()}: cannot delete {name}") from err
         return delete_metadata(dom, handle, name, GONE_OVERLAY)
@@ -330,8 +329,8 @@ def delete(conn: libvirt.virConnect, dom: libvirt.virDomain, snaps: list[Snapsho
     return f"deleted snapshot '{name}' of {dom.name()}"
 
 
-def all_domains(conn: libvirt.virConnect) -> list[libvirt.virDomain]:
+def all_domains(conn: api.Connect) -> list[api.Domain]:
     try:
         return sorted(conn.listAllDomains(0), key=lambda d: d.name())
-    except libvirt.libvirtError as err:
+    except api.Error as err:
         raise virt.translate(err, "cannot list domains") from err

@@ -10,8 +10,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import libvirt
-
 from sensu_kvm import __version__, virt
 from sensu_kvm.argtypes import count_arg, domain_arg, name_arg, path_arg, shown, strict_duration_arg, text_arg, uri_arg
 from sensu_kvm.durations import format_age
@@ -19,6 +17,7 @@ from sensu_kvm.errors import BadRequest, KvmError, NotFound
 from sensu_kvm.snapshots import operations, policy, tree
 from sensu_kvm.snapshots.tree import Snapshot
 from sensu_kvm.tools import EXIT_FAILED, EXIT_OK, Parser, run_tool
+from sensu_kvm.virt import api
 
 PROG = "kvm-snapshot"
 
@@ -212,16 +211,16 @@ class Session:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        with contextlib.suppress(libvirt.libvirtError):
+        with contextlib.suppress(api.Error):
             self.conn.close()
 
     @property
-    def domain(self) -> libvirt.virDomain:
+    def domain(self) -> api.Domain:
         assert self.dom is not None
         return self.dom
 
 
-def find(snaps: list[Snapshot], dom: libvirt.virDomain, name: str) -> Snapshot:
+def find(snaps: list[Snapshot], dom: api.Domain, name: str) -> Snapshot:
     for snap in snaps:
         if snap.name == name:
             return snap
@@ -312,12 +311,12 @@ def cmd_info(o: argparse.Namespace) -> int:
 
 
 def cmd_dumpxml(o: argparse.Namespace) -> int:
-    flags = libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE if o.security_info else 0
+    flags = api.VIR_DOMAIN_SNAPSHOT_XML_SECURE if o.security_info else 0
     with Session(o.uri, o.domain, readonly=not o.security_info) as s:  # libvirt shows secrets on read-write only
         handle = operations.lookup_snapshot(s.domain, o.name)
         try:
             xml = handle.getXMLDesc(flags)
-        except libvirt.libvirtError as err:
+        except api.Error as err:
             raise virt.translate(err, f"{o.domain}: snapshot {o.name}") from err
     sys.stdout.write(xml if xml.endswith("\n") else xml + "\n")
     return EXIT_OK
@@ -343,10 +342,10 @@ def cmd_revert(o: argparse.Namespace) -> int:
         took = time.monotonic() - started
         try:
             state = s.domain.state()[0]
-        except libvirt.libvirtError as err:
+        except api.Error as err:
             raise virt.translate(err, f"{o.domain}: state") from err
-    words = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
-             libvirt.VIR_DOMAIN_SHUTOFF: "shut off"}.get(state, f"in state {state}")
+    words = {api.VIR_DOMAIN_RUNNING: "running", api.VIR_DOMAIN_PAUSED: "paused",
+             api.VIR_DOMAIN_SHUTOFF: "shut off"}.get(state, f"in state {state}")
     say(f"reverted {o.domain} to '{o.name}' in {took:.1f}s: the domain is {words}")
     return EXIT_OK
 
