@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from sensu_kvm import backup, virt
+from sensu_kvm import virt
 from sensu_kvm.argtypes import duration_range, state_dir_arg
+from sensu_kvm.backup import catalog
 from sensu_kvm.contexts import Context
 from sensu_kvm.domains import Verdict, choose, judge_each, report
 from sensu_kvm.durations import format_age
+from sensu_kvm.errors import BadRequest
 from sensu_kvm.output import Finding, Report, Status, worst
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 
@@ -38,7 +40,7 @@ def contexts(options: argparse.Namespace) -> tuple[Context, Context]:
 WITHOUT = "domains_without_backup"
 
 
-def judge_domain(name: str, entries: list[backup.Entry], failure: dict | None, now: float,
+def judge_domain(name: str, entries: list[catalog.Entry], failure: dict | None, now: float,
                  options: argparse.Namespace) -> Verdict:
     """The verdict on one domain's backups (pure)."""
     newest = max(entries, key=lambda e: e.created) if entries else None
@@ -60,18 +62,18 @@ def judge_domain(name: str, entries: list[backup.Entry], failure: dict | None, n
 
 def check(options: argparse.Namespace) -> Report:
     now = time.time()
-    entries: list[backup.Entry] = []
+    entries: list[catalog.Entry] = []
     if options.backup_dir:
         try:
-            entries = backup.scan(options.backup_dir)
-        except backup.BadRequest as err:  # an unmounted backup volume must be loud
+            entries = catalog.scan(options.backup_dir)
+        except BadRequest as err:  # an unmounted backup volume must be loud
             return Report(Status.CRITICAL, f"{err} (not mounted?): no backup can be judged",
                           [Context(WITHOUT, minimum=0)(0).perf()])
-    markers = backup.read_markers(options.state_dir)
+    markers = catalog.read_markers(options.state_dir)
     if options.backup_dir:
-        markers.update(backup.read_markers(options.backup_dir))
-    by_domain: dict[str, list[backup.Entry]] = {}
-    for entry in entries + backup.read_receipts(options.state_dir):
+        markers.update(catalog.read_markers(options.backup_dir))
+    by_domain: dict[str, list[catalog.Entry]] = {}
+    for entry in entries + catalog.read_receipts(options.state_dir):
         by_domain.setdefault(entry.domain, []).append(entry)
     conn = virt.connect(options.uri)
     try:
@@ -91,8 +93,8 @@ def parser() -> CheckParser:
     p.add_argument("--backup-dir", metavar="DIR",
                    help="the local folder kvm-backup writes to (missing or unreadable: CRITICAL); without it only "
                         "the receipts of remote backups in --state-dir count")
-    p.add_argument("--state-dir", type=state_dir_arg, default=backup.STATE_DIR, metavar="DIR",
-                   help=f"kvm-backup's state folder, for failures of remote backups (default: {backup.STATE_DIR})")
+    p.add_argument("--state-dir", type=state_dir_arg, default=catalog.STATE_DIR, metavar="DIR",
+                   help=f"kvm-backup's state folder, for failures of remote backups (default: {catalog.STATE_DIR})")
     p.add_argument("-w", "--warning", type=duration_range, default=duration_range("26h"), metavar="DURATION",
                    help="WARNING when the newest backup is older (default: 26h)")
     p.add_argument("-c", "--critical", type=duration_range, default=duration_range("50h"), metavar="DURATION",

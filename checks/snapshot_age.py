@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from sensu_kvm import snapinfo, virt
+from sensu_kvm import domxml, virt
 from sensu_kvm.argtypes import duration_range, regex_arg
 from sensu_kvm.contexts import Context
 from sensu_kvm.domains import Verdict, choose, judge_each, report
@@ -13,6 +13,7 @@ from sensu_kvm.durations import format_age
 from sensu_kvm.errors import KvmError
 from sensu_kvm.output import Finding, Report, Status, worst
 from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, run_check
+from sensu_kvm.snapshots import tree
 
 NAME = "CheckKvmSnapshotAge"
 
@@ -41,7 +42,7 @@ def contexts(options: argparse.Namespace) -> tuple[Context, Context, Context, Co
             Context("chain_depth", minimum=1))
 
 
-def judge_domain(name: str, snapshots: list[snapinfo.Snapshot], chains: dict[str, list[snapinfo.Layer]],
+def judge_domain(name: str, snapshots: list[tree.Snapshot], chains: dict[str, list[domxml.Layer]],
                  now: float, options: argparse.Namespace) -> Verdict:
     """The verdict on one domain's snapshots and disks (pure)."""
     count_of, oldest_of, newest_of, depth_of = contexts(options)
@@ -60,7 +61,7 @@ def judge_domain(name: str, snapshots: list[snapinfo.Snapshot], chains: dict[str
         measured += [age, newest_of(max(0.0, now - newest.created), name)]
     else:
         summary = "no snapshots"
-    for target, overlay in sorted(snapinfo.unknown_overlays(chains, snapshots, options.allow_backing).items()):
+    for target, overlay in sorted(tree.unknown_overlays(chains, snapshots, options.allow_backing).items()):
         statuses.append(Status.WARNING)
         notes.append(f"{target} runs on {overlay.path}, an overlay no snapshot knows about")
     measured += [depth_of(len(layers), name, target) for target, layers in sorted(chains.items())]
@@ -76,11 +77,11 @@ def check(options: argparse.Namespace) -> Report:
 
         def one(record: virt.DomainRecord) -> Verdict:
             try:
-                snapshots = virt.call_with_deadline(lambda: snapinfo.read_snapshots(record.dom),
+                snapshots = virt.call_with_deadline(lambda: tree.read_snapshots(record.dom),
                                                     options.timeout / 4, f"{record.name}: snapshots")
                 xml = virt.call_with_deadline(lambda: record.dom.XMLDesc(0), options.timeout / 4,
                                               f"{record.name}: domain XML")
-                return judge_domain(record.name, snapshots, snapinfo.chains(xml), now, options)
+                return judge_domain(record.name, snapshots, domxml.chains(xml), now, options)
             except KvmError as err:
                 return Verdict(Finding(record.name, Status.UNKNOWN, str(err)))
 
