@@ -29,6 +29,7 @@ $(VENV)/.deps: setup.cfg pyproject.toml
 	@touch $@
 
 $(VENV)/.installed: $(VENV)/.deps $(shell find src checks handlers -name '*.py' 2>/dev/null) README.md
+	@rm -rf build  # setuptools' build/lib would carry modules that were moved or removed into the wheel
 	@$(BIN)/pip install -q --no-deps --force-reinstall .
 	@$(BIN)/check-kvm-domstate --version >/dev/null
 	@touch $@
