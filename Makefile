@@ -38,7 +38,7 @@ $(VENV)/.installed: $(VENV)/.deps $(shell find src checks handlers -name '*.py' 
 test: setup
 	@bash packaging/install-debs.sh $(DEB_TEST)
 	$(BIN)/ruff check .
-	$(BIN)/mypy src checks handlers
+	$(BIN)/mypy src checks handlers tests
 	@bash tests/rig/host-setup.sh
 	@bash tests/services/setup.sh
 	@status=0; $(BIN)/pytest -q -ra || status=$$?; bash tests/rig/host-teardown.sh; exit $$status
@@ -48,7 +48,7 @@ unit: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy src checks handlers
+	$(BIN)/mypy src checks handlers tests
 
 bench: setup
 	@bash tests/rig/host-setup.sh
