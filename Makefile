@@ -10,7 +10,7 @@ DEB_BUILD := gcc pkg-config libvirt-dev python3-dev python3-venv
 # duktape (runs the polkit rule, as polkitd does).
 DEB_TEST := busybox duktape
 
-.PHONY: run test setup lint unit bench clean
+.PHONY: run test setup lint unit bench wiring clean
 
 run: setup
 	@echo "== check-kvm-domstate -u $(URI) -v" >&2
@@ -29,6 +29,7 @@ $(VENV)/.deps: setup.cfg pyproject.toml
 	@touch $@
 
 $(VENV)/.installed: $(VENV)/.deps $(shell find src checks handlers -name '*.py' 2>/dev/null) README.md
+	@rm -rf build  # setuptools' build/lib would carry modules that were moved or removed into the wheel
 	@$(BIN)/pip install -q --no-deps --force-reinstall .
 	@$(BIN)/check-kvm-domstate --version >/dev/null
 	@touch $@
@@ -37,7 +38,7 @@ $(VENV)/.installed: $(VENV)/.deps $(shell find src checks handlers -name '*.py' 
 test: setup
 	@bash packaging/install-debs.sh $(DEB_TEST)
 	$(BIN)/ruff check .
-	$(BIN)/mypy src checks handlers
+	$(BIN)/mypy src checks handlers tests
 	@bash tests/rig/host-setup.sh
 	@bash tests/services/setup.sh
 	@status=0; $(BIN)/pytest -q -ra || status=$$?; bash tests/rig/host-teardown.sh; exit $$status
@@ -47,7 +48,7 @@ unit: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy src checks handlers
+	$(BIN)/mypy src checks handlers tests
 
 bench: setup
 	@bash tests/rig/host-setup.sh
@@ -55,6 +56,13 @@ bench: setup
 	@status=0; $(BIN)/python bench/bench_domstate.py && $(BIN)/python bench/bench_resources.py \
 	  && $(BIN)/python bench/bench_backup.py || status=$$?; \
 	  bash tests/rig/host-teardown.sh; exit $$status
+
+# setup.cfg's console_scripts, conf.d/ (the commands' files), packaging/sensu-go/checks.yaml and
+# handlers.yaml and the README's command table, from src/sensu_kvm/registry.py (the checkout's, not
+# the installed one); then the package is installed again with the new entry points.
+wiring: $(VENV)/.deps
+	PYTHONPATH=src $(BIN)/python -m sensu_kvm.wiring
+	@$(MAKE) --no-print-directory setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -69,10 +69,13 @@ def measure(tools: Tools, workdir: Path, count: int, runs: int) -> dict[str, Ser
     states = write_node(node, count, DOMAIN_EXTRA, fixed_uuids=True)
     uri = f"test+unix://{node}"
     state_dir = workdir / f"state-{count}"
+    # The runs follow each other within a second: --min-interval (default 5 s, for runs that overlap)
+    # would report the previous run's rates instead of computing each run's own.
+    floor = ["--min-interval", "0.01"]
     argv: dict[str, list[str]] = {
-        "check-kvm-vcpu": [str(VENV_BIN / "check-kvm-vcpu"), "-u", uri, "--state-dir", str(state_dir)],
+        "check-kvm-vcpu": [str(VENV_BIN / "check-kvm-vcpu"), "-u", uri, "--state-dir", str(state_dir), *floor],
         "check-kvm-blkstat": [str(VENV_BIN / "check-kvm-blkstat"), "-u", uri, "--state-dir", str(state_dir),
-                              "-m", "write_iops"],
+                              "-m", "write_iops", *floor],
         "metrics-kvm": [str(VENV_BIN / "metrics-kvm"), "-u", uri, "--format", "influxdb"],
         "metrics-kvm --fill": [str(VENV_BIN / "metrics-kvm"), "-u", uri, "--format", "influxdb", "--fill"],
     }

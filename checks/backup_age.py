@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from sensu_kvm import backup, virt
+from sensu_kvm import virt
 from sensu_kvm.argtypes import duration_range, state_dir_arg
+from sensu_kvm.backup import catalog
+from sensu_kvm.contexts import Context
 from sensu_kvm.domains import Verdict, choose, judge_each, report
 from sensu_kvm.durations import format_age
-from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
+from sensu_kvm.errors import BadRequest
+from sensu_kvm.output import Finding, Report, Status, worst
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 
 NAME = "CheckKvmBackupAge"
@@ -29,7 +32,15 @@ per domain: age in seconds and size in bytes of the newest backup. Reads file na
 no archive is opened."""
 
 
-def judge_domain(name: str, entries: list[backup.Entry], failure: dict | None, now: float,
+def contexts(options: argparse.Namespace) -> tuple[Context, Context]:
+    """What the check measures per domain: the newest backup's age (whole seconds) and size."""
+    return (Context("age", "s", options.warning, options.critical, 0, digits=0), Context("size", "B", minimum=0))
+
+
+WITHOUT = "domains_without_backup"
+
+
+def judge_domain(name: str, entries: list[catalog.Entry], failure: dict | None, now: float,
                  options: argparse.Namespace) -> Verdict:
     """The verdict on one domain's backups (pure)."""
     newest = max(entries, key=lambda e: e.created) if entries else None
@@ -39,31 +50,30 @@ def judge_domain(name: str, entries: list[backup.Entry], failure: dict | None, n
         if failure is not None:
             text += f"; the last run failed {format_age(now - failure['time'])} ago: {failure['error']}"
         return Verdict(Finding(name, Status.CRITICAL, text))
-    age = max(0.0, now - newest.created)
-    statuses = [judge(age, options.warning, options.critical)]
-    text = f"{name}: newest backup {format_age(age)} old ({len(entries)} kept)"
+    age_of, size_of = contexts(options)
+    age = age_of(max(0.0, now - newest.created), name)
+    statuses = [age.status]
+    text = f"{name}: newest backup {format_age(age.value)} old ({len(entries)} kept)"
     if failed_after and failure is not None:
         statuses.append(Status.CRITICAL)
         text += f"; a later backup failed {format_age(now - failure['time'])} ago: {failure['error']}"
-    perf = [Perf(f"{name}_age", int(age), "s", options.warning, options.critical, 0),
-            Perf(f"{name}_size", newest.size, "B", minimum=0)]
-    return Verdict(Finding(name, worst(statuses), text), perf)
+    return Verdict(Finding(name, worst(statuses), text), [age, size_of(newest.size, name)])
 
 
 def check(options: argparse.Namespace) -> Report:
     now = time.time()
-    entries: list[backup.Entry] = []
+    entries: list[catalog.Entry] = []
     if options.backup_dir:
         try:
-            entries = backup.scan(options.backup_dir)
-        except backup.BadRequest as err:  # an unmounted backup volume must be loud
+            entries = catalog.scan(options.backup_dir)
+        except BadRequest as err:  # an unmounted backup volume must be loud
             return Report(Status.CRITICAL, f"{err} (not mounted?): no backup can be judged",
-                          [Perf("domains_without_backup", 0, minimum=0)])
-    markers = backup.read_markers(options.state_dir)
+                          [Context(WITHOUT, minimum=0)(0).perf()])
+    markers = catalog.read_markers(options.state_dir)
     if options.backup_dir:
-        markers.update(backup.read_markers(options.backup_dir))
-    by_domain: dict[str, list[backup.Entry]] = {}
-    for entry in entries + backup.read_receipts(options.state_dir):
+        markers.update(catalog.read_markers(options.backup_dir))
+    by_domain: dict[str, list[catalog.Entry]] = {}
+    for entry in entries + catalog.read_receipts(options.state_dir):
         by_domain.setdefault(entry.domain, []).append(entry)
     conn = virt.connect(options.uri)
     try:
@@ -75,7 +85,7 @@ def check(options: argparse.Namespace) -> Report:
     without = sum(1 for r in chosen if r.name not in by_domain)
     where = options.backup_dir or "--state-dir receipts"
     return report(verdicts, missing, options, f"{len(verdicts)} domains backed up in {where}, none too old",
-                  [Perf("domains_without_backup", without, "", None, None, 0, len(chosen))])
+                  [Context(WITHOUT, minimum=0, maximum=len(chosen))(without).perf()])
 
 
 def parser() -> CheckParser:
@@ -83,8 +93,8 @@ def parser() -> CheckParser:
     p.add_argument("--backup-dir", metavar="DIR",
                    help="the local folder kvm-backup writes to (missing or unreadable: CRITICAL); without it only "
                         "the receipts of remote backups in --state-dir count")
-    p.add_argument("--state-dir", type=state_dir_arg, default=backup.STATE_DIR, metavar="DIR",
-                   help=f"kvm-backup's state folder, for failures of remote backups (default: {backup.STATE_DIR})")
+    p.add_argument("--state-dir", type=state_dir_arg, default=catalog.STATE_DIR, metavar="DIR",
+                   help=f"kvm-backup's state folder, for failures of remote backups (default: {catalog.STATE_DIR})")
     p.add_argument("-w", "--warning", type=duration_range, default=duration_range("26h"), metavar="DURATION",
                    help="WARNING when the newest backup is older (default: 26h)")
     p.add_argument("-c", "--critical", type=duration_range, default=duration_range("50h"), metavar="DURATION",

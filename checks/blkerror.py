@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from sensu_kvm import states, virt
+from sensu_kvm.contexts import Context
 from sensu_kvm.domains import Verdict, choose, judge_each, report
 from sensu_kvm.errors import KvmError
-from sensu_kvm.output import Finding, Perf, Report, Status
+from sensu_kvm.output import Finding, Report, Status
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 
 NAME = "CheckKvmBlkerror"
@@ -24,13 +25,16 @@ no bulk form of this call: it runs once per running domain, each under its own d
 quarter of -t), so one hung domain is UNKNOWN alone. Perfdata: the number of disks in error."""
 
 
+DISK_ERRORS = Context("disk_errors", minimum=0)  # the number of disks in error: any is CRITICAL (below)
+
+
 def judge_domain(name: str, errors: dict[str, int]) -> Verdict:
     """The verdict on one domain from its disk errors (pure)."""
-    perf = [Perf(f"{name}_disk_errors", len(errors), minimum=0)]
+    measured = [DISK_ERRORS(len(errors), name)]
     if not errors:
-        return Verdict(Finding(name, Status.OK, f"{name}: no errors found"), perf)
+        return Verdict(Finding(name, Status.OK, f"{name}: no errors found"), measured)
     text = ", ".join(f"{disk}: {states.disk_error_name(code)}" for disk, code in sorted(errors.items()))
-    return Verdict(Finding(name, Status.CRITICAL, f"{name}: {text}"), perf)
+    return Verdict(Finding(name, Status.CRITICAL, f"{name}: {text}"), measured)
 
 
 def check(options: argparse.Namespace) -> Report:
@@ -47,7 +51,7 @@ def check(options: argparse.Namespace) -> Report:
         verdicts = judge_each(chosen, one)
     finally:
         conn.close()
-    measured = sum(1 for v in verdicts if v.perfdata)
+    measured = sum(1 for v in verdicts if v.of(DISK_ERRORS.metric))
     return report(verdicts, missing, options, f"no errors found on {measured} running domains")
 
 

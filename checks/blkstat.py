@@ -6,8 +6,9 @@ import argparse
 from typing import Any, NamedTuple
 
 from sensu_kvm import virt
+from sensu_kvm.contexts import Context
 from sensu_kvm.domains import Verdict, judge_each, report
-from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
+from sensu_kvm.output import Finding, Report, Status, worst
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 from sensu_kvm.ranges import Range
 from sensu_kvm.statefile import Rate, add_min_interval, sample_domains
@@ -92,40 +93,47 @@ def values(rate: Rate, block: dict[str, Any]) -> dict[str, float]:
     return result
 
 
-def judge_domain(record: virt.DomainRecord, found: dict[str, Rate], options: argparse.Namespace) -> Verdict:
-    """The verdict on one domain's disks from each disk's rates, keyed UUID/device (pure)."""
+def contexts(options: argparse.Namespace) -> dict[str, Context]:
+    """Every metric's context; -w/-c are the thresholds of the one chosen with -m."""
+    return {m.name: Context(m.name, m.uom, options.warning if m.name == options.metric else None,
+                            options.critical if m.name == options.metric else None, 0,
+                            100 if m.uom == "%" else None, digits=3)
+            for m in METRICS.values()}
+
+
+def judge_domain(record: virt.DomainRecord, found: dict[str, Rate], options: argparse.Namespace,
+                 of: dict[str, Context] | None = None) -> Verdict:
+    """The verdict on one domain's disks from each disk's rates, keyed UUID/device (pure);
+    ``of`` is ``contexts(options)``, made once for all domains."""
     name, chosen = record.name, options.metric
-    statuses, parts, perf = [Status.OK], [], []
-    whys, overs = [], []
+    of = of or contexts(options)
+    statuses, parts, measured = [Status.OK], [], []
+    whys, overs, noted = [], [], False
     for device, block in disks(record):
         if options.device and device not in options.device:
             continue
         rate = found.get(f"{record.uuid}/{device}", Rate(None))
-        measured = values(rate, block)
+        values_of = values(rate, block)
         if rate.per_second is None:
-            whys.append(rate.why)
+            whys.append(rate.reason)
         else:
             overs.append(rate.over())
-        for metric in METRICS.values():
-            if metric.name not in measured:
-                continue
-            judged = metric.name == chosen
-            perf.append(Perf(f"{name}_{metric.name}_{device}", round(measured[metric.name], 3), metric.uom,
-                             options.warning if judged else None, options.critical if judged else None, 0,
-                             100 if metric.uom == "%" else None))
-        if chosen in measured:
-            statuses.append(judge(measured[chosen], options.warning, options.critical))
-            parts.append(f"{device} {chosen} {measured[chosen]:.1f}{METRICS[chosen].uom}")
+            noted = noted or bool(rate.note)
+        measured += [of[metric](values_of[metric], name, device) for metric in METRICS if metric in values_of]
+        if chosen in values_of:
+            judged = of[chosen](values_of[chosen], name, device)
+            statuses.append(judged.status)
+            parts.append(f"{device} {chosen} {judged.value:.1f}{judged.uom}")
     if not parts and not whys:
-        return Verdict(Finding(name, Status.OK, f"{name}: no disks measured"), perf)
+        return Verdict(Finding(name, Status.OK, f"{name}: no disks measured"), measured)
     text = f"{name}: " + ", ".join(parts) if parts else f"{name}:"
     if overs and METRICS[chosen].rate:
         text += f" ({'; '.join(dict.fromkeys(overs))})"
-    elif any(over.startswith("the previous run's") for over in overs):  # perfdata of rates that are not new
+    elif noted:  # perfdata of rates that are not new
         text += f" (rates: {'; '.join(dict.fromkeys(overs))})"
     if whys:
         text += ("; " if parts else " ") + f"{'; '.join(dict.fromkeys(whys))}, rates on the next run"
-    return Verdict(Finding(name, worst(statuses), text), perf)
+    return Verdict(Finding(name, worst(statuses), text), measured, pending=bool(whys))
 
 
 def samples(records: list[virt.DomainRecord], now: float) -> dict[str, dict[str, Any]]:
@@ -139,15 +147,16 @@ def check(options: argparse.Namespace) -> Report:
     if default and options.warning is None and options.critical is None:
         options.warning, options.critical = Range.parse(default[0]), Range.parse(default[1])
     chosen, missing, _current, found = sample_domains(options, "blkstat", ["state", "block"], samples, list(COUNTERS))
-    verdicts = judge_each(chosen, lambda r: judge_domain(r, found, options))
-    judged = [p for v in verdicts for p in v.perfdata if p.warning is not None or p.critical is not None]
-    top = max(judged, key=lambda p: p.value, default=None)
-    ok_summary = f"{len(judged)} disks measured" + (f", highest {top.label} {top.value:g}{top.uom}" if top else "")
+    of = contexts(options)
+    verdicts = judge_each(chosen, lambda r: judge_domain(r, found, options, of))
+    judged = [m for v in verdicts for m in v.measurements if m.context.judges]
+    top = max(judged, key=lambda m: m.reported, default=None)
+    ok_summary = f"{len(judged)} disks measured" + (f", highest {top.label} {top.reported:g}{top.uom}" if top else "")
     rated = [r for r in found.values() if r.per_second is not None]
     if judged and METRICS[options.metric].rate and rated and all(r.note for r in rated):
         ok_summary += " (the previous run's rates, see -v)"
-    if not judged and any("rates on the next run" in v.finding.text for v in verdicts):
-        whys = sorted({r.why for r in found.values() if r.per_second is None} - {"first sample"})
+    if not judged and any(v.pending for v in verdicts):
+        whys = sorted({r.why for r in found.values() if r.why is not None})
         ok_summary = (f"no rates yet ({'; '.join(whys)}), rates on the next run" if whys
                       else "first sample taken, rates on the next run (or use --interval)")
     return report(verdicts, missing, options, ok_summary)

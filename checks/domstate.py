@@ -8,9 +8,10 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from sensu_kvm import states, virt
+from sensu_kvm.contexts import Context
 from sensu_kvm.domains import choose
 from sensu_kvm.errors import KvmError
-from sensu_kvm.output import Finding, Perf, Report, Status, judge, summarise, worst
+from sensu_kvm.output import Finding, Report, Status, summarise, worst
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 
 NAME = "CheckKvmDomstate"
@@ -78,14 +79,14 @@ def evaluate(observed: Sequence[Observed], missing: Sequence[str], options: argp
     findings = [judge_domain(o, named=o.name in options.domain, expect_running=options.expect_running) for o in observed]
     findings += [Finding(name, Status.CRITICAL, f"{name} not found") for name in missing]
     counts = Counter(o.state for o in observed if o.state is not None)
-    running = counts[states.RUNNING]
     total = len(observed)
-    perf = [Perf(label, counts[state], minimum=0, maximum=total) for state, label in states.STATE_LABELS.items()]
-    perf[states.RUNNING] = Perf("running", running, "", options.warning, options.critical, 0, total)
-    perf.append(Perf("unreadable", sum(o.state is None for o in observed), minimum=0, maximum=total))
-    perf.append(Perf("missing", len(missing), minimum=0))
+    measured = [Context(label, minimum=0, maximum=total)(counts[state]) for state, label in states.STATE_LABELS.items()]
+    running = measured[states.RUNNING] = Context(states.STATE_LABELS[states.RUNNING], "", options.warning,
+                                                 options.critical, 0, total)(counts[states.RUNNING])
+    measured.append(Context("unreadable", minimum=0, maximum=total)(sum(o.state is None for o in observed)))
+    measured.append(Context("missing", minimum=0)(len(missing)))
 
-    count_status = judge(running, options.warning, options.critical)
+    count_status = running.status
     status, problems, details = summarise(findings, "domain", options.verbose)
     if len(findings) == 1 and not (options.warning or options.critical):
         summary = findings[0].text
@@ -96,9 +97,9 @@ def evaluate(observed: Sequence[Observed], missing: Sequence[str], options: argp
         summary = f"{total} domain{'s' if total != 1 else ''}: {tally}" if tally else "no domains defined"
     if count_status is not Status.OK:
         limit = options.critical if count_status is Status.CRITICAL else options.warning
-        summary = f"{running} running, outside {limit}; {summary}"
+        summary = f"{running.value} running, outside {limit}; {summary}"
         status = worst([status, count_status])
-    return Report(status, summary, perf, details, findings=findings)
+    return Report(status, summary, [m.perf() for m in measured], details, findings=findings)
 
 
 def gather(options: argparse.Namespace) -> tuple[list[Observed], list[str]]:

@@ -7,9 +7,10 @@ from typing import Any, NamedTuple
 
 from sensu_kvm import guestinfo, states, virt
 from sensu_kvm.argtypes import seconds_arg
+from sensu_kvm.contexts import Context
 from sensu_kvm.domains import Verdict, choose, report
 from sensu_kvm.errors import KvmError
-from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
+from sensu_kvm.output import Finding, Report, Status, worst
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 
 NAME = "CheckKvmGuestAgent"
@@ -74,12 +75,21 @@ def judge_no_channel(name: str, optional: bool) -> Verdict:
     return Verdict(Finding(name, status, f"{name}: no guest agent channel ({guestinfo.AGENT_CHANNEL}) in the domain XML"))
 
 
+PING = Context("agent_ping", "s", minimum=0, digits=3)
+
+
+def contexts(options: argparse.Namespace, total: int) -> tuple[Context, Context]:
+    """What the check measures per mount point: bytes used (of ``total``) and used %."""
+    return (Context("used", "B", minimum=0, maximum=total),
+            Context("used_pct", "%", options.warning, options.critical, 0, 100, digits=2))
+
+
 def judge_domain(name: str, answer: Answer, options: argparse.Namespace) -> Verdict:
     """The verdict on one domain whose agent answered (pure)."""
     statuses = [Status.OK]
     version = f" {answer.version}" if answer.version else ""
     head = f"{name}: agent{version} answered in {answer.ping_seconds * 1000:.0f} ms"
-    perf = [Perf(f"{name}_agent_ping", round(answer.ping_seconds, 3), "s", minimum=0)]
+    measured = [PING(answer.ping_seconds, name)]
     parts: list[tuple[int, str]] = []
     if answer.fs_error is not None:
         statuses.append(Status.UNKNOWN)
@@ -94,16 +104,17 @@ def judge_domain(name: str, answer: Answer, options: argparse.Namespace) -> Verd
             if pct is None or fs.used is None or fs.total is None:
                 parts.append((0, f"{fs.mountpoint} ({fs.fstype}) size not reported"))
                 continue
-            status = judge(pct, options.warning, options.critical)
+            used_of, pct_of = contexts(options, fs.total)
+            used = pct_of(pct, name, fs.mountpoint)
+            status = used.status
             statuses.append(status)
             mark = "" if status is Status.OK else f" ({status.name})"
             parts.append((-status.rank, f"{fs.mountpoint} {pct:.1f}% used of {human_bytes(fs.total)}{mark}"))
-            perf += [Perf(f"{name}_used_{fs.mountpoint}", fs.used, "B", minimum=0, maximum=fs.total),
-                     Perf(f"{name}_used_pct_{fs.mountpoint}", round(pct, 2), "%", options.warning, options.critical, 0, 100)]
+            measured += [used_of(fs.used, name, fs.mountpoint), used]
         if not chosen and not options.mount:
             parts.append((0, "no file systems reported"))
     text = head + "".join(f"; {p}" for _rank, p in sorted(parts, key=lambda p: p[0]))
-    return Verdict(Finding(name, worst(statuses), text), perf)
+    return Verdict(Finding(name, worst(statuses), text), measured)
 
 
 # --- gathering -------------------------------------------------------------------------------------
@@ -193,8 +204,8 @@ def check(options: argparse.Namespace) -> Report:
             rw.close()
         conn.close()
     ordered = [verdicts[r.name] for r in chosen if r.name in verdicts]
-    answered = sum(1 for v in ordered if v.perfdata)
-    counts = [Perf("agents_asked", len(asking), minimum=0), Perf("agents_answered", answered, minimum=0)]
+    answered = sum(1 for v in ordered if v.of(PING.metric))
+    counts = [Context("agents_asked", minimum=0)(len(asking)).perf(), Context("agents_answered", minimum=0)(answered).perf()]
     if not ordered and not missing and not (options.match or options.exclude):
         return Report(Status.OK, "no running domain has a guest agent channel", counts)
     return report(ordered, missing, options, f"guest agent answers on {answered} domains, file systems within thresholds",

@@ -12,9 +12,10 @@ from urllib.parse import urlparse
 import psutil
 
 from sensu_kvm import virt
+from sensu_kvm.contexts import Context
 from sensu_kvm.domains import choose
 from sensu_kvm.errors import KvmError
-from sensu_kvm.output import Finding, Perf, Report, Status, judge, summarise
+from sensu_kvm.output import Finding, Report, Status, summarise
 from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, run_check
 from sensu_kvm.statefile import Rate, StateFile, add_min_interval, exchange
 
@@ -91,43 +92,45 @@ def image_file_systems(paths: Iterable[str]) -> dict[str, list[str]]:
 def evaluate(busy: float | None, memory: dict[str, int] | str, swap: Any, file_systems: dict[str, Any],
              options: argparse.Namespace, rate: Rate | None = None) -> Report:
     """Findings and perfdata for every resource (pure); ``rate`` says how ``busy`` was measured."""
-    findings, perf = [], []
+    findings, measured = [], []
     if busy is None:
-        why = rate.why if rate else "first sample"
+        why = rate.reason if rate else "first sample"
         findings.append(Finding("cpu", Status.OK, f"CPU: {why}, busy % on the next run"))
     else:
         over = f" ({rate.over()})" if rate else ""
-        findings.append(Finding("cpu", judge(busy, options.cpu_warning, options.cpu_critical),
-                                f"CPU {busy:.1f}% busy{over}"))
-        perf.append(Perf("cpu_busy", round(busy, 3), "%", options.cpu_warning, options.cpu_critical, 0, 100))
+        cpu = Context("cpu_busy", "%", options.cpu_warning, options.cpu_critical, 0, 100, digits=3)(busy)
+        findings.append(Finding("cpu", cpu.status, f"CPU {busy:.1f}% busy{over}"))
+        measured.append(cpu)
     if isinstance(memory, str):
         findings.append(Finding("memory", Status.UNKNOWN, f"memory: {memory}"))
     elif memory.get("total"):
         total = memory["total"]
         used = total - memory.get("free", 0) - memory.get("buffers", 0) - memory.get("cached", 0)
-        percent = used / total * 100
-        findings.append(Finding("memory", judge(percent, options.memory_warning, options.memory_critical),
-                                f"memory {percent:.1f}% used ({used // 1024} of {total // 1024} MiB)"))
-        perf += [Perf("memory_used", round(percent, 3), "%", options.memory_warning, options.memory_critical, 0, 100),
-                 Perf("memory_used_bytes", used * 1024, "B", minimum=0, maximum=total * 1024)]
+        percent = Context("memory_used", "%", options.memory_warning, options.memory_critical, 0, 100,
+                          digits=3)(used / total * 100)
+        findings.append(Finding("memory", percent.status,
+                                f"memory {percent.value:.1f}% used ({used // 1024} of {total // 1024} MiB)"))
+        measured += [percent, Context("memory_used_bytes", "B", minimum=0, maximum=total * 1024)(used * 1024)]
     if swap is not None:
         if swap.total:
-            findings.append(Finding("swap", judge(swap.percent, options.swap_warning, options.swap_critical),
-                                    f"swap {swap.percent:.1f}% used"))
-            perf.append(Perf("swap_used", swap.percent, "%", options.swap_warning, options.swap_critical, 0, 100))
+            swapped = Context("swap_used", "%", options.swap_warning, options.swap_critical, 0, 100)(swap.percent)
+            findings.append(Finding("swap", swapped.status, f"swap {swap.percent:.1f}% used"))
+            measured.append(swapped)
         else:
             findings.append(Finding("swap", Status.OK, "no swap"))
+    fs_used = Context("used", "%", options.fs_warning, options.fs_critical, 0, 100, label="fs_{device}_used")
     for mount, usage in sorted(file_systems.items()):
         if isinstance(usage, str):
             findings.append(Finding(mount, Status.UNKNOWN, f"file system {mount}: {usage}"))
             continue
-        findings.append(Finding(mount, judge(usage.percent, options.fs_warning, options.fs_critical),
+        full = fs_used(usage.percent, device=mount)
+        findings.append(Finding(mount, full.status,
                                 f"file system {mount} {usage.percent:.1f}% used ({usage.free // 2**20} MiB free)"))
-        perf += [Perf(f"fs_{mount}_used", usage.percent, "%", options.fs_warning, options.fs_critical, 0, 100),
-                 Perf(f"fs_{mount}_free", usage.free, "B", minimum=0, maximum=usage.total)]
+        measured += [full, Context("free", "B", minimum=0, maximum=usage.total, label="fs_{device}_free")(usage.free,
+                                                                                                          device=mount)]
     status, problems, details = summarise(findings, "resource", options.verbose)
     summary = problems or ", ".join(f.text for f in findings)
-    return Report(status, summary, perf, details)
+    return Report(status, summary, [m.perf() for m in measured], details)
 
 
 def check(options: argparse.Namespace) -> Report:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from sensu_kvm import virt
+from sensu_kvm.contexts import Context
 from sensu_kvm.domains import Verdict, choose, judge_each, report
-from sensu_kvm.output import Finding, Perf, Report, Status, judge
+from sensu_kvm.output import Finding, Report, Status
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 
 NAME = "CheckKvmMemory"
@@ -28,8 +29,18 @@ KIB = 1024
 BYTE_FIELDS = ("current", "rss", "available", "usable", "unused", "swap_in", "swap_out")
 
 
-def judge_domain(record: virt.DomainRecord, options: argparse.Namespace) -> Verdict:
-    """The verdict on one running domain from its balloon statistics (pure)."""
+def contexts(options: argparse.Namespace) -> dict[str, Context]:
+    """What the check measures per domain: memory used in %, the balloon's byte fields (perfdata
+    ``actual`` is libvirt's ``current``), and major faults."""
+    found = {"used": Context("memory_used", "%", options.warning, options.critical, 0, 100, digits=3)}
+    found.update({k: Context("actual" if k == "current" else k, "B", minimum=0) for k in BYTE_FIELDS})
+    found["major_fault"] = Context("major_faults", "c", minimum=0)
+    return found
+
+
+def judge_domain(record: virt.DomainRecord, options: argparse.Namespace, of: dict[str, Context] | None = None) -> Verdict:
+    """The verdict on one running domain from its balloon statistics (pure); ``of`` is
+    ``contexts(options)``, made once for all domains."""
     name, stats = record.name, record.stats
     balloon = {k: stats[f"balloon.{k}"] for k in (*BYTE_FIELDS, "major_fault") if f"balloon.{k}" in stats}
     available = balloon.get("available")
@@ -45,13 +56,12 @@ def judge_domain(record: virt.DomainRecord, options: argparse.Namespace) -> Verd
             return Verdict(Finding(name, Status.UNKNOWN, f"{name}: the guest reports no balloon statistics ({view})"))
     else:
         return Verdict(Finding(name, Status.UNKNOWN, f"{name}: no balloon statistics"))
-    status = judge(percent, options.warning, options.critical)
-    perf = [Perf(f"{name}_memory_used", round(percent, 3), "%", options.warning, options.critical, 0, 100)]
-    perf += [Perf(f"{name}_{'actual' if k == 'current' else k}", balloon[k] * KIB, "B", minimum=0)
-             for k in BYTE_FIELDS if k in balloon]
+    of = of or contexts(options)
+    used = of["used"](percent, name)
+    measured = [used, *(of[k](balloon[k] * KIB, name) for k in BYTE_FIELDS if k in balloon)]
     if "major_fault" in balloon:
-        perf.append(Perf(f"{name}_major_faults", balloon["major_fault"], "c", minimum=0))
-    return Verdict(Finding(name, status, f"{name} memory {percent:.1f}% used ({view})"), perf)
+        measured.append(of["major_fault"](balloon["major_fault"], name))
+    return Verdict(Finding(name, used.status, f"{name} memory {percent:.1f}% used ({view})"), measured)
 
 
 def check(options: argparse.Namespace) -> Report:
@@ -60,9 +70,9 @@ def check(options: argparse.Namespace) -> Report:
         chosen, missing = choose(virt.gather(conn, ["state", "balloon"]), options)
     finally:
         conn.close()
-    verdicts = judge_each(chosen, lambda r: judge_domain(r, options))
-    used = [(p.value, p.label[: -len("_memory_used")]) for v in verdicts for p in v.perfdata
-            if p.label.endswith("_memory_used")]
+    of = contexts(options)
+    verdicts = judge_each(chosen, lambda r: judge_domain(r, options, of))
+    used = [(m.reported, m.domain) for v in verdicts for m in v.of("memory_used")]
     top = max(used, default=None)
     ok_summary = f"{len(used)} domains measured" + (f", highest {top[1]} at {top[0]:.1f}%" if top else "")
     return report(verdicts, missing, options, ok_summary)

@@ -6,7 +6,8 @@ import argparse
 
 import psutil
 
-from sensu_kvm.output import Perf, Report, judge
+from sensu_kvm.contexts import Context
+from sensu_kvm.output import Report
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 
 NAME = "MEM"
@@ -23,14 +24,13 @@ no libvirt. Defaults: WARNING above 80%, CRITICAL above 90%. Perfdata in bytes."
 
 def evaluate(kind: str, total: int, used: int, options: argparse.Namespace) -> Report:
     """The verdict on memory or swap figures in bytes (pure)."""
-    percent = used / total * 100 if total else 0.0
-    status = judge(percent, options.warning, options.critical)
+    percent = Context(f"{kind}_used_percent", "%", options.warning, options.critical, 0, 100,
+                      digits=3)(used / total * 100 if total else 0.0)
     word = "swap" if kind == "swap" else "system memory"
-    summary = f"{word} usage: {percent:.0f}%" if total else f"no {word} configured"
-    perf = [Perf(f"{kind}_used_percent", round(percent, 3), "%", options.warning, options.critical, 0, 100),
-            Perf(f"{kind}_used", used, "B", minimum=0, maximum=total),
-            Perf(f"{kind}_total", total, "B", minimum=0)]
-    return Report(status, summary, perf)
+    summary = f"{word} usage: {percent.value:.0f}%" if total else f"no {word} configured"
+    measured = [percent, Context(f"{kind}_used", "B", minimum=0, maximum=total)(used),
+                Context(f"{kind}_total", "B", minimum=0)(total)]
+    return Report(percent.status, summary, [m.perf() for m in measured])
 
 
 def check(options: argparse.Namespace) -> Report:

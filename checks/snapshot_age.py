@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from sensu_kvm import snapinfo, virt
+from sensu_kvm import domxml, virt
 from sensu_kvm.argtypes import duration_range, regex_arg
+from sensu_kvm.contexts import Context
 from sensu_kvm.domains import Verdict, choose, judge_each, report
 from sensu_kvm.durations import format_age
 from sensu_kvm.errors import KvmError
-from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
+from sensu_kvm.output import Finding, Report, Status, worst
 from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, run_check
+from sensu_kvm.snapshots import tree
 
 NAME = "CheckKvmSnapshotAge"
 
@@ -31,33 +33,40 @@ count, oldest and newest age in seconds, backing chain depth per disk. Snapshots
 call in libvirt: they are listed once per domain, under a deadline each."""
 
 
-def judge_domain(name: str, snapshots: list[snapinfo.Snapshot], chains: dict[str, list[snapinfo.Layer]],
+def contexts(options: argparse.Namespace) -> tuple[Context, Context, Context, Context]:
+    """What the check measures per domain: the snapshot count, the oldest and newest snapshot's age
+    (whole seconds in perfdata) and, per disk, the depth of its backing chain."""
+    return (Context("snapshots", "", options.count_warning, options.count_critical, 0),
+            Context("oldest_age", "s", options.warning, options.critical, 0, digits=0),
+            Context("newest_age", "s", minimum=0, digits=0),
+            Context("chain_depth", minimum=1))
+
+
+def judge_domain(name: str, snapshots: list[tree.Snapshot], chains: dict[str, list[domxml.Layer]],
                  now: float, options: argparse.Namespace) -> Verdict:
     """The verdict on one domain's snapshots and disks (pure)."""
+    count_of, oldest_of, newest_of, depth_of = contexts(options)
     statuses, notes = [Status.OK], []
-    count = len(snapshots)
-    perf = [Perf(f"{name}_snapshots", count, "", options.count_warning, options.count_critical, 0)]
-    count_status = judge(count, options.count_warning, options.count_critical)
-    if count_status is not Status.OK:
-        statuses.append(count_status)
-        notes.append(f"{count} snapshots")
+    count = count_of(len(snapshots), name)
+    measured = [count]
+    if count.status is not Status.OK:
+        statuses.append(count.status)
+        notes.append(f"{count.value} snapshots")
     if snapshots:
         oldest = min(snapshots, key=lambda s: s.created)
         newest = max(snapshots, key=lambda s: s.created)
-        age, young = max(0.0, now - oldest.created), max(0.0, now - newest.created)
-        age_status = judge(age, options.warning, options.critical)
-        statuses.append(age_status)
-        summary = f"{count} snapshot{'s' if count != 1 else ''}, oldest '{oldest.name}' {format_age(age)} old"
-        perf += [Perf(f"{name}_oldest_age", int(age), "s", options.warning, options.critical, 0),
-                 Perf(f"{name}_newest_age", int(young), "s", minimum=0)]
+        age = oldest_of(max(0.0, now - oldest.created), name)
+        statuses.append(age.status)
+        summary = f"{count.value} snapshot{'s' if count.value != 1 else ''}, oldest '{oldest.name}' {format_age(age.value)} old"
+        measured += [age, newest_of(max(0.0, now - newest.created), name)]
     else:
         summary = "no snapshots"
-    for target, overlay in sorted(snapinfo.unknown_overlays(chains, snapshots, options.allow_backing).items()):
+    for target, overlay in sorted(tree.unknown_overlays(chains, snapshots, options.allow_backing).items()):
         statuses.append(Status.WARNING)
         notes.append(f"{target} runs on {overlay.path}, an overlay no snapshot knows about")
-    perf += [Perf(f"{name}_chain_depth_{target}", len(layers), "", minimum=1) for target, layers in sorted(chains.items())]
+    measured += [depth_of(len(layers), name, target) for target, layers in sorted(chains.items())]
     text = f"{name}: {summary}" + "".join(f"; {n}" for n in notes)
-    return Verdict(Finding(name, worst(statuses), text), perf)
+    return Verdict(Finding(name, worst(statuses), text), measured)
 
 
 def check(options: argparse.Namespace) -> Report:
@@ -68,18 +77,18 @@ def check(options: argparse.Namespace) -> Report:
 
         def one(record: virt.DomainRecord) -> Verdict:
             try:
-                snapshots = virt.call_with_deadline(lambda: snapinfo.read_snapshots(record.dom),
+                snapshots = virt.call_with_deadline(lambda: tree.read_snapshots(record.dom),
                                                     options.timeout / 4, f"{record.name}: snapshots")
                 xml = virt.call_with_deadline(lambda: record.dom.XMLDesc(0), options.timeout / 4,
                                               f"{record.name}: domain XML")
-                return judge_domain(record.name, snapshots, snapinfo.chains(xml), now, options)
+                return judge_domain(record.name, snapshots, domxml.chains(xml), now, options)
             except KvmError as err:
                 return Verdict(Finding(record.name, Status.UNKNOWN, str(err)))
 
         verdicts = judge_each(chosen, one, active_only=False)
     finally:
         conn.close()
-    total = sum(int(p.value) for v in verdicts for p in v.perfdata if p.label.endswith("_snapshots"))
+    total = sum(int(m.value) for v in verdicts for m in v.of("snapshots"))
     return report(verdicts, missing, options, f"{total} snapshots on {len(verdicts)} domains, none too old")
 
 

@@ -7,8 +7,9 @@ from typing import Any
 
 from sensu_kvm import virt
 from sensu_kvm.argtypes import count_arg
+from sensu_kvm.contexts import Context
 from sensu_kvm.domains import Verdict, judge_each, report
-from sensu_kvm.output import Finding, Perf, Report, Status, judge, worst
+from sensu_kvm.output import Finding, Report, Status, worst
 from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, run_check
 from sensu_kvm.statefile import Rate, add_min_interval, sample_domains
 
@@ -53,50 +54,60 @@ def sample(record: virt.DomainRecord, now: float) -> dict[str, Any]:
     return entry
 
 
+def contexts(options: argparse.Namespace) -> tuple[Context, Context]:
+    """What the check measures per domain: vCPU usage and steal in %; and the vCPU count, whose
+    maximum is each domain's own (``VCPUS._replace(maximum=...)``)."""
+    return (Context("vcpu_usage", "%", options.warning, options.critical, 0, 100, digits=3),
+            Context("vcpu_steal", "%", options.steal_warning, options.steal_critical, 0, 100, digits=3))
+
+
+VCPUS = Context("vcpus", minimum=0)
+
+
 def judge_domain(record: virt.DomainRecord, rate: Rate, current: dict[str, Any],
-                 options: argparse.Namespace) -> Verdict:
-    """The verdict on one running domain from its current sample and rates (pure)."""
+                 options: argparse.Namespace, of: tuple[Context, Context] | None = None) -> Verdict:
+    """The verdict on one running domain from its current sample and rates (pure); ``of`` is
+    ``contexts(options)``, made once for all domains."""
     name = record.name
-    vcpus, maximum = current["vcpus"], record.stats.get("vcpu.maximum")
-    perf = [Perf(f"{name}_vcpus", vcpus, minimum=0, maximum=maximum)]
+    usage_of, steal_of = of or contexts(options)
+    vcpus = current["vcpus"]
+    count = VCPUS._replace(maximum=record.stats.get("vcpu.maximum"))(vcpus, name)
     statuses = [Status.OK]
     notes = []
     if options.expect_vcpus is not None and vcpus != options.expect_vcpus:
         statuses.append(Status.WARNING)
         notes.append(f"{vcpus} vCPUs, expected {options.expect_vcpus}")
     if "time" not in current or not vcpus:
-        return Verdict(Finding(name, Status.UNKNOWN, f"{name}: no vCPU statistics"), perf)
+        return Verdict(Finding(name, Status.UNKNOWN, f"{name}: no vCPU statistics"), [count])
     per_second = rate.per_second
     if per_second is None or "time" not in per_second:
-        text = f"{name} {rate.why}, usage on the next run"
-        return Verdict(Finding(name, worst(statuses), "; ".join([text, *notes])), perf)
-    usage = per_second["time"] / NS / vcpus * 100
-    statuses.append(judge(usage, options.warning, options.critical))
-    text = f"{name} vCPU usage {usage:.1f}% of {vcpus} vCPU{'s' if vcpus != 1 else ''}"
-    perf.insert(0, Perf(f"{name}_vcpu_usage", round(usage, 3), "%", options.warning, options.critical, 0, 100))
+        text = f"{name} {rate.reason}, usage on the next run"
+        return Verdict(Finding(name, worst(statuses), "; ".join([text, *notes])), [count])
+    usage = usage_of(per_second["time"] / NS / vcpus * 100, name)
+    measured = [usage]
+    text = f"{name} vCPU usage {usage.value:.1f}% of {vcpus} vCPU{'s' if vcpus != 1 else ''}"
     if "delay" in per_second:
-        steal = per_second["delay"] / NS / vcpus * 100
-        statuses.append(judge(steal, options.steal_warning, options.steal_critical))
-        text += f", steal {steal:.1f}%"
-        perf.insert(1, Perf(f"{name}_vcpu_steal", round(steal, 3), "%", options.steal_warning,
-                            options.steal_critical, 0, 100))
+        steal = steal_of(per_second["delay"] / NS / vcpus * 100, name)
+        measured.append(steal)
+        text += f", steal {steal.value:.1f}%"
+    statuses += [m.status for m in measured]
     text += f" ({rate.over()})"
-    return Verdict(Finding(name, worst(statuses), "; ".join([text, *notes])), perf)
+    return Verdict(Finding(name, worst(statuses), "; ".join([text, *notes])), [*measured, count])
 
 
 def check(options: argparse.Namespace) -> Report:
     chosen, missing, current, found = sample_domains(
         options, "vcpu", ["state", "vcpu"], lambda records, now: {r.uuid: sample(r, now) for r in records}, KEYS)
-    verdicts = judge_each(chosen, lambda r: judge_domain(r, found[r.uuid], current[r.uuid], options))
-    busiest = max((p for v in verdicts for p in v.perfdata if p.label.endswith("_vcpu_usage")),
-                  key=lambda p: p.value, default=None)
-    measured = sum(1 for v in verdicts if any(p.label.endswith("_vcpu_usage") for p in v.perfdata))
+    of = contexts(options)
+    verdicts = judge_each(chosen, lambda r: judge_domain(r, found[r.uuid], current[r.uuid], options, of))
+    usages = [m for v in verdicts for m in v.of("vcpu_usage")]
+    busiest = max(usages, key=lambda m: m.reported, default=None)
     if busiest is not None:
-        ok_summary = f"{measured} domains measured, busiest {busiest.label[:-len('_vcpu_usage')]} at {busiest.value:.1f}%"
+        ok_summary = f"{len(usages)} domains measured, busiest {busiest.domain} at {busiest.reported:.1f}%"
         if all(r.note for r in found.values() if r.per_second):
             ok_summary += " (the previous run's rates, see -v)"
     else:
-        whys = sorted({r.why for r in found.values()} - {"first sample"})
+        whys = sorted({r.why for r in found.values() if r.why is not None})
         ok_summary = (f"no usage yet for {len(current)} running domains ({'; '.join(whys)}), usage on the next run"
                       if whys else f"first sample of {len(current)} running domains taken, usage on the next run "
                       "(or use --interval)")

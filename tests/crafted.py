@@ -1,5 +1,5 @@
 """Crafted kvm-backup archives, as an attacker who controls the whole file would write them: with the
-project's own writer (backup.ArchiveWriter, header_json, manifest_json), so every checksum and the
+project's own writer (archive.ArchiveWriter, header_json, manifest_json), so every checksum and the
 manifest are valid and only the content lies."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from sensu_kvm import backup
+from sensu_kvm.backup import archive, catalog, progress
 
 
 def new_uuid() -> str:
@@ -52,30 +52,30 @@ def craft(path: Path, name: str, uuid: str, disks: list[dict[str, Any]], xml: st
     ``images`` (target -> file) as members ``disks/<target>.img`` (or ``members[target]``), then the
     manifest; ``xml_last`` puts domain.xml after the images."""
     now = time.time()
-    header = {"format": backup.FORMAT, "domain": name, "uuid": uuid, "created": int(now),
+    header = {"format": catalog.FORMAT, "domain": name, "uuid": uuid, "created": int(now),
               "created_text": time.strftime("%Y-%m-%d %H:%M:%S +0000", time.gmtime(now)), "mode": "offline",
               "consistency": "shut off", "host": "crafted", "versions": {}, "disks": disks}
     by_target = {d.get("target"): d for d in disks if isinstance(d, dict)}
-    writer = backup.ArchiveWriter(str(path), compress)
+    writer = archive.ArchiveWriter(str(path), compress)
     files: list[dict[str, Any]] = []
     raw = xml.encode()
 
     def add_xml() -> None:
-        files.append({"member": backup.XML_MEMBER, "size": len(raw), "stored": len(raw),
-                      "sha256": writer.member(backup.XML_MEMBER, raw)})
+        files.append({"member": catalog.XML_MEMBER, "size": len(raw), "stored": len(raw),
+                      "sha256": writer.member(catalog.XML_MEMBER, raw)})
 
-    writer.member(backup.HEADER, backup.header_json(header))
+    writer.member(catalog.HEADER, archive.header_json(header))
     if not xml_last:
         add_xml()
     for target, image in images.items():
         member = (members or {}).get(target, f"disks/{target}.img")
-        info = writer.image(member, str(image), backup.Progress(1, False))
+        info = writer.image(member, str(image), progress.Progress(1, False))
         disk = by_target.get(target, {})
         files.append({"member": member, "target": target, "source": disk.get("source"), "format": disk.get("format"),
                       **info})
     if xml_last:
         add_xml()
-    writer.member(backup.MANIFEST, backup.manifest_json(header, files))
+    writer.member(catalog.MANIFEST, archive.manifest_json(header, files))
     writer.close()
     return path
 

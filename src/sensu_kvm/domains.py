@@ -7,16 +7,26 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from sensu_kvm import states
+from sensu_kvm.contexts import Measurement
 from sensu_kvm.output import Finding, Perf, Report, Status, summarise
 from sensu_kvm.plugin import select
 from sensu_kvm.virt import DomainRecord
 
 
 class Verdict(NamedTuple):
-    """One domain's finding and its perfdata."""
+    """One domain's finding and its measurements (which give its perfdata)."""
 
     finding: Finding
-    perfdata: Sequence[Perf] = ()
+    measurements: Sequence[Measurement] = ()
+    pending: bool = False  # a rate check: some of its rates come only with the next sample
+
+    @property
+    def perfdata(self) -> list[Perf]:
+        return [m.perf() for m in self.measurements]
+
+    def of(self, metric: str) -> list[Measurement]:
+        """The measurements of one metric."""
+        return [m for m in self.measurements if m.metric == metric]
 
 
 def choose(records: Sequence[DomainRecord], options: argparse.Namespace) -> tuple[list[DomainRecord], list[str]]:
@@ -71,5 +81,5 @@ def report(verdicts: Sequence[Verdict], missing: Sequence[str], options: argpars
         summary = "no domains defined"
     else:
         summary = ok_summary
-    perf = [p for v in verdicts for p in v.perfdata]
+    perf = [m.perf() for v in verdicts for m in v.measurements]
     return Report(status, summary, [*perf, *extra_perf], details, findings=findings)

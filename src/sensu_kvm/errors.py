@@ -39,3 +39,32 @@ class AgentUnavailable(LibvirtFailure):
 
 class Disconnected(LibvirtFailure):
     """The connection to libvirtd broke (RPC failure, daemon gone)."""
+
+
+class BadRequest(KvmError):
+    """The request cannot be done as asked (bad input: a name taken, a raw disk, ...): nothing changed."""
+
+
+class Refused(KvmError):
+    """The request is valid but the host or libvirt cannot do it now or safely (no space, domain busy):
+    nothing changed."""
+
+
+class Corrupt(KvmError):
+    """An archive is damaged, truncated, or not a kvm-backup archive."""
+
+
+class Interrupted(KvmError):
+    """SIGINT, SIGTERM or SIGHUP arrived; everything is undone on the way out."""
+
+
+class NotUndone(KvmError):
+    """A run failed and putting the domain back failed too: what is left is in its journal."""
+
+    def __init__(self, message: str, interrupted: bool = False) -> None:
+        super().__init__(message)
+        self.interrupted = interrupted
+
+
+class ImageError(KvmError):
+    """An image file that cannot be read as what it claims to be (truncated, corrupt, unreadable)."""

@@ -1,6 +1,7 @@
 """The base of every check: the shared option parser, the sensu-plugin adapter and the watchdog.
 
-sensu-plugin (decision D1) is used through this module only, and its defects stay here:
+sensu-plugin is the base of the checks by the user's choice; why it is wrapped, and how, is
+decision D1 in docs/decisions.md. It is used through this module only, and its defects stay here:
 
 * it parses with ``parse_known_args`` and ignores unknown options: we refuse them, exit 3;
 * argparse exits 2 on a bad option: our parser prints one line and exits 3;
@@ -11,6 +12,10 @@ sensu-plugin (decision D1) is used through this module only, and its defects sta
 * its ``plugin`` module imports ``traceback`` (with ``linecache``, ``tokenize`` and ``textwrap``,
   ~4 ms a run) for the crash report that this adapter replaces: the module is loaded on first
   use instead.
+
+The last two are done by putting stand-ins into ``sys.modules`` before sensu-plugin is imported
+(``_load_sensu_plugin_check``, the only place in the project that changes ``sys.modules``; each
+change is commented where it is made).
 """
 
 from __future__ import annotations
@@ -46,16 +51,30 @@ from sensu_kvm.ranges import Range
 
 
 class _OnFirstUse(types.ModuleType):
-    """A stand-in that imports the real module when one of its attributes is first read."""
+    """A stand-in that imports the real module when one of its attributes is first read, once.
 
-    def __getattr__(self, attribute: str) -> Any:
-        del sys.modules[self.__name__]
-        real = __import__(self.__name__)
+    Whoever imported the stand-in keeps it; every attribute is then read from the real module,
+    which is also what ``sys.modules`` holds from then on.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._real: types.ModuleType | None = None
+
+    def __getattr__(self, attribute: str) -> Any:  # only for what the stand-in itself lacks
+        real = self._real
+        if real is None:
+            if sys.modules.get(self.__name__) is self:
+                # The stand-in leaves sys.modules, or the import below would return it again.
+                del sys.modules[self.__name__]
+            real = self._real = __import__(self.__name__)
         return getattr(real, attribute)
 
 
 def _load_sensu_plugin_check() -> Any:
     if "traceback" not in sys.modules:
+        # sensu_plugin.plugin imports traceback only for the crash report this adapter replaces:
+        # a stand-in defers its import (~4 ms a run) to the first use, if any (decision D1).
         sys.modules["traceback"] = _OnFirstUse("traceback")
     if "sensu_plugin" not in sys.modules:
         where = next((os.path.join(entry, "sensu_plugin") for entry in sys.path
@@ -64,6 +83,8 @@ def _load_sensu_plugin_check() -> Any:
             raise ImportError("the sensu-plugin package is not installed")
         package = types.ModuleType("sensu_plugin")
         package.__path__ = [where]
+        # An empty package in place of sensu_plugin, so that sensu_plugin.check imports without
+        # running the package's __init__, which imports its handler and requests (~80 ms a run).
         sys.modules["sensu_plugin"] = package
     from sensu_plugin.check import SensuPluginCheck  # noqa: PLC0415 (after the package stand-in)
 

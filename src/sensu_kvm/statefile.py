@@ -337,8 +337,18 @@ class Rate(NamedTuple):
 
     per_second: dict[str, float] | None
     seconds: float = 0.0
-    why: str = "first sample"
+    why: str | None = None  # why there are no rates; None: there is no earlier sample at all
     note: str = ""
+
+    @property
+    def first(self) -> bool:
+        """Whether this is the subject's first sample (no rates, and nothing else to blame)."""
+        return self.per_second is None and self.why is None
+
+    @property
+    def reason(self) -> str:
+        """Why there are no rates, for a status line."""
+        return "first sample" if self.why is None else self.why
 
     def over(self) -> str:
         """How the rates were measured, for a status line."""

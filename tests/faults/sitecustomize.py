@@ -1,3 +1,5 @@
+# mypy: disable-error-code="method-assign,assignment"
+# (replacing methods of libvirt and of the engines is what this file is for)
 """Fault injection for tests: loaded into a real command's process through PYTHONPATH.
 
 The faults stand in for failures that the real hypervisors here cannot be made to produce on
@@ -57,10 +59,10 @@ if faults:
 
             libvirt.virDomain.state = _state
         elif fault == "crash-in-commit":
-            from sensu_kvm import backup
+            from sensu_kvm.backup import blockjobs
 
-            real_wait = backup.wait_pivot
-            crashed = []
+            real_wait = blockjobs.wait_pivot
+            crashed: list[int] = []
 
             def _wait_pivot(*args, _real=real_wait, _crashed=crashed, **kwargs):
                 if not _crashed:
@@ -68,31 +70,31 @@ if faults:
                     raise RuntimeError("injected fault: in the commit")
                 return _real(*args, **kwargs)
 
-            backup.wait_pivot = _wait_pivot
+            blockjobs.wait_pivot = _wait_pivot
         elif fault == "crash-after-copy":
-            from sensu_kvm import backup
+            from sensu_kvm.backup import archive
 
-            real_close = backup.ArchiveWriter.close
+            real_close = archive.ArchiveWriter.close
 
             def _close(writer, *args, _real=real_close, **kwargs):
                 _real(writer, *args, **kwargs)
                 raise RuntimeError("injected fault: after the copy")
 
-            backup.ArchiveWriter.close = _close
+            archive.ArchiveWriter.close = _close
         elif fault.startswith("pause-after-phase:"):
             import time
 
-            from sensu_kvm import backup
+            from sensu_kvm.backup.journal import Journal
 
             phase = fault.split(":", 1)[1]
-            real_save = backup.Journal.save
+            real_save = Journal.save
 
             def _save(journal, _real=real_save, _phase=phase, **changes):
                 _real(journal, **changes)
                 if changes.get("phase") == _phase:
                     time.sleep(1.5)
 
-            backup.Journal.save = _save
+            Journal.save = _save
         elif fault == "commit-refused":
             def _no_commit(*_args, **_kwargs):
                 raise _libvirt_error("injected fault: block commit refused")

@@ -47,9 +47,9 @@ def sources(dom: libvirt.virDomain, flags: int = 0) -> dict[str, str]:
     root = ET.fromstring(dom.XMLDesc(flags))
     found = {}
     for disk in root.iterfind("devices/disk"):
-        src = disk.find("source")
-        if src is not None and src.get("file"):
-            found[disk.find("target").get("dev")] = src.get("file")
+        src, target = disk.find("source"), disk.find("target")
+        if src is not None and target is not None and src.get("file"):
+            found[target.get("dev", "")] = src.get("file", "")
     return found
 
 
@@ -472,7 +472,7 @@ def test_live_backup_is_quiesced_when_the_agent_answers(conn, images, dest, stat
     log = images / "agent.log"
     dom = conn.defineXML(rig.linux_guest_xml("spk-bak-agent", disk, kernel, initrd, "agent", log, agent_channel=True))
     dom.create()
-    import libvirt_qemu  # noqa: PLC0415
+    import libvirt_qemu  # type: ignore[import-untyped]  # noqa: PLC0415
 
     def pong() -> bool:
         try:

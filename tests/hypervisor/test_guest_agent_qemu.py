@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 
 import libvirt
-import libvirt_qemu
+import libvirt_qemu  # type: ignore[import-untyped]
 import pytest
 
 from tests.conftest import run
@@ -69,7 +69,8 @@ def guests(agent_conn: libvirt.virConnect) -> Iterator[dict[str, libvirt.virDoma
             for role in ("hung", "noagent", "plain"):
                 rig.wait_serial(images / f"{role}.log", timeout=90)
             for role in ("full", "hung"):
-                rig.wait_for(lambda d=doms[role]: agent_answers(d), 60, 0.5, what=f"{role}'s agent")
+                dom = doms[role]
+                rig.wait_for(lambda: agent_answers(dom), 60, 0.5, what=f"{role}'s agent")  # noqa: B023 (called at once)
             yield doms
         finally:
             rig.cleanup(agent_conn, prefix=PREFIX)  # before the images go

@@ -71,7 +71,9 @@ def wait_service(nagios: Nagios, name: str, wanted: Callable[[ServiceStatus], bo
         return status if status is not None and wanted(status) else None
 
     try:
-        return rig.wait_for(seen, timeout, interval=0.25, what=f"{name}: {what}")
+        found = rig.wait_for(seen, timeout, interval=0.25, what=f"{name}: {what}")
+        assert found is not None  # wait_for returns only a truthy answer
+        return found
     except TimeoutError as err:
         log = "\n".join(nagios.log().splitlines()[-20:])
         raise AssertionError(f"{err}\nlast recorded: {nagios.service(name)!r}\nnagios.log (tail):\n{log}") from None

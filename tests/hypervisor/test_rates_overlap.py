@@ -143,10 +143,10 @@ def test_overlapping_runs_never_rate_a_few_milliseconds(conn, linux_guests, tmp_
             context = (name, trial, [line for line, _ in results])
             assert (len(fresh), len(reused)) == (1, RUNS - 1), context
             (line, perf), = fresh
-            seconds = float(FRESH.search(line)["seconds"])  # type: ignore[index]
+            seconds = float(FRESH.search(line)["seconds"])
             assert FLOOR <= seconds < FLOOR + 5, context
             for other_line, other_perf in reused:  # the same rate, said to be the previous run's
-                assert float(REUSED.search(other_line)["seconds"]) == seconds, context  # type: ignore[index]
+                assert float(REUSED.search(other_line)["seconds"]) == seconds, context
                 assert {k: other_perf[k] for k in rated.labels} == {k: perf[k] for k in rated.labels}, context
             (t0, c0), (t1, c1) = previous[name], marks[name]
             want = rated.expect(c0, c1, t1 - t0)

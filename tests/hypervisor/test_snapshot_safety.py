@@ -13,7 +13,7 @@ from pathlib import Path
 
 import libvirt
 
-from sensu_kvm.snapshots import image_snapshots
+from sensu_kvm.qcow2 import image_snapshots
 from tests.conftest import refuses, succeeds
 from tests.hypervisor.conftest import own_fixtures
 from tests.rig import rig

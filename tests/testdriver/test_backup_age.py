@@ -8,7 +8,8 @@ import re
 import time
 from pathlib import Path
 
-from sensu_kvm import backup
+from sensu_kvm.backup import archive as archives
+from sensu_kvm.backup import catalog
 from tests.conftest import run
 
 URI = ["-u", "test:///default"]
@@ -19,7 +20,7 @@ def check(folder: Path, *args: str):
 
 
 def archive(folder: Path, domain: str, age: float, size: int = 1234) -> Path:
-    path = folder / backup.archive_name(domain, time.time() - age, "zstd")
+    path = folder / catalog.archive_name(domain, time.time() - age, "zstd")
     path.write_bytes(b"x" * size)
     return path
 
@@ -40,13 +41,13 @@ def test_fresh_old_missing_and_failed(tmp_path):
     result = check(tmp_path, "-w", "1h", "-c", "2h")
     assert result.returncode == 0, result.stdout
     assert "test_size=99B" in result.stdout
-    backup.write_marker(str(tmp_path), "test", "not enough free space in /srv/backup", time.time())
+    catalog.write_marker(str(tmp_path), "test", "not enough free space in /srv/backup", time.time())
     result = check(tmp_path)
     assert result.returncode == 2 and "a later backup failed" in result.stdout and "free space" in result.stdout
     # a marker of a remote backup lives in the state folder
-    backup.clear_marker(str(tmp_path), "test")
+    catalog.clear_marker(str(tmp_path), "test")
     (tmp_path / "state").mkdir()
-    backup.write_marker(str(tmp_path / "state"), "test", "rsync failed", time.time())
+    catalog.write_marker(str(tmp_path / "state"), "test", "rsync failed", time.time())
     assert check(tmp_path).returncode == 2
     (tmp_path / "state" / ".kvm-backup-failed.test.json").write_text(json.dumps({"domain": "test", "time": 1}))
     assert check(tmp_path).returncode == 0
@@ -64,16 +65,16 @@ def test_bad_input(tmp_path):
 def make_archive(folder: Path, domain: str, age: float, payload: bytes = b"data") -> Path:
     """A real (tiny) kvm-backup archive of no disk, made by the engine's writer."""
     created = time.time() - age
-    path = folder / backup.archive_name(domain, created, "zstd")
-    writer = backup.ArchiveWriter(str(path), "zstd")
+    path = folder / catalog.archive_name(domain, created, "zstd")
+    writer = archives.ArchiveWriter(str(path), "zstd")
     uuid = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
-    header = {"format": backup.FORMAT, "domain": domain, "uuid": uuid, "created": int(created), "mode": "offline",
+    header = {"format": catalog.FORMAT, "domain": domain, "uuid": uuid, "created": int(created), "mode": "offline",
               "consistency": "shut off", "disks": []}
-    writer.member(backup.HEADER, backup.header_json(header))
+    writer.member(catalog.HEADER, archives.header_json(header))
     xml = (f"<domain type='qemu'><name>{domain}</name><uuid>{uuid}</uuid></domain><!-- ".encode() + payload
            + b" -->")  # one that a restore would accept: verify checks that too
-    files = [{"member": backup.XML_MEMBER, "size": len(xml), "sha256": writer.member(backup.XML_MEMBER, xml)}]
-    writer.member(backup.MANIFEST, backup.manifest_json(header, files))
+    files = [{"member": catalog.XML_MEMBER, "size": len(xml), "sha256": writer.member(catalog.XML_MEMBER, xml)}]
+    writer.member(catalog.MANIFEST, archives.manifest_json(header, files))
     writer.close()
     return path
 

@@ -1,7 +1,7 @@
 """A fuzz pass over every command's options and inputs, as real processes of the installed commands.
 
-The commands come from the installed entry points (console_scripts of this package named check-*,
-metrics-*, handler-* or kvm-*), their options from each command's own argparse parser (every
+The commands come from the installed entry points (the console_scripts of this distribution, named
+check-*, metrics-*, handler-* or kvm-*: tests/entrypoints.py), their options from each command's own argparse parser (every
 subcommand's too). Every option and positional argument that takes a value is fed a seeded corpus
 of bad values: empty, whitespace, control characters, a line break, nan, inf, -inf, 1e300, -1, 0,
 0.5, huge integers, '=', '|', quotes, a very long string and bytes that are not UTF-8 (passed as
@@ -33,13 +33,13 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 
 from tests.conftest import BIN
+from tests.entrypoints import console_scripts
 
 SEED = 11
 PREFIXES = ("check-", "metrics-", "handler-", "kvm-")
@@ -70,8 +70,8 @@ EVENT = {"client": {"name": MISSING, "type": "proxy"},
 
 def commands() -> list[tuple[str, str]]:
     """(command, module) of every installed command of this package."""
-    found = {ep.name: ep.value.split(":")[0] for ep in entry_points(group="console_scripts")
-             if ep.name.startswith(PREFIXES) and ep.value.startswith("sensu_kvm.")}
+    found = {name: target.split(":")[0] for name, target in console_scripts().items()}
+    assert all(name.startswith(PREFIXES) for name in found), f"a command whose kind is not known here: {found}"
     return sorted(found.items())
 
 
@@ -225,7 +225,7 @@ def option_cases() -> list[Case]:
             action = slot.action
             # options parsed by one value type (every range, every count...) share one full pass; plain
             # strings are judged by what reads them, so each option of its own
-            kind_of = (getattr(action.type, "__qualname__", repr(action.type)), repr(action.choices))
+            kind_of: tuple[str, ...] = (getattr(action.type, "__qualname__", repr(action.type)), repr(action.choices))
             if action.choices is not None:
                 kind_of = ("choices",)  # argparse's own check, the same for every list of choices
             elif action.type is None:
@@ -242,7 +242,7 @@ def option_cases() -> list[Case]:
 
 def event_cases() -> list[Case]:
     good = dict(EVENT)
-    go = {"entity": {"entity_class": "proxy", "metadata": {"name": MISSING}},
+    go: dict[str, Any] = {"entity": {"entity_class": "proxy", "metadata": {"name": MISSING}},
           "check": {"metadata": {"name": "check-kvm-domstate"}, "status": 2, "occurrences": 1}}
 
     def core(**changes: Any) -> bytes:

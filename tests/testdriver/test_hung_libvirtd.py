@@ -9,7 +9,6 @@ checks and metrics-kvm, 1 and one line on stderr naming the call for the tools a
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import shutil
 import socket
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run
+from tests.entrypoints import console_scripts
 
 TIMEOUT = 2  # seconds given to each command
 MARGIN = 4.0  # process start-up and a loaded machine
@@ -52,8 +52,7 @@ EVENT = {"client": {"name": "kvm1"}, "check": {"name": "check-kvm-domstate", "st
 
 
 def commands() -> set[str]:
-    return {ep.name for ep in importlib.metadata.entry_points(group="console_scripts")
-            if ep.value.startswith("sensu_kvm.")}
+    return set(console_scripts())
 
 
 @pytest.fixture(scope="module")

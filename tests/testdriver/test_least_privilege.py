@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from sensu_kvm.registry import BY_NAME, Access, Kind
 from tests.conftest import node_uri, run
+from tests.entrypoints import commands
 
 MIXED = node_uri("mixed.xml")
 SNAPS = node_uri("snapshots.xml")
@@ -70,13 +72,24 @@ def test_inspect_opens_read_write_only_for_agent_and_monitor(tmp_path, fault_env
     assert kinds == ["read-only", "read-write"]
 
 
-@pytest.mark.parametrize("command", ["check-kvm-domstate", "check-kvm-vcpu", "check-kvm-memory", "check-kvm-blkerror",
-                                     "check-kvm-blkstat", "check-kvm-snapshot-age", "metrics-kvm"])
-def test_checks_connect_read_only(tmp_path, fault_env, command):
+@pytest.mark.parametrize("command", commands(Kind.CHECK, Kind.METRICS, Kind.GUEST_CHECK))
+def test_checks_connect_as_the_registry_says(tmp_path, fault_env, command):
+    """Every check (from the entry points) opens the connections its registry entry says: read-only,
+    none at all, or read-write besides only for the guest agent calls."""
+    entry = BY_NAME[command]
+    assert entry.check is not None
+    args = [] if entry.access is Access.NONE else ["-u", MIXED]
+    if "--state-dir" in entry.check.go_options:  # the rate checks, and the backup receipts
+        args += ["--state-dir", str(tmp_path / "s")]
     log = tmp_path / "checks.log"
     env = {**fault_env, "SPK_FAULT": "log-connections", "SPK_CALL_LOG": str(log)}
-    args = ["-u", MIXED] + (["--state-dir", str(tmp_path / "s")] if command in ("check-kvm-vcpu", "check-kvm-blkstat")
-                            else [])
     result = run(command, *args, env=env)
-    assert result.returncode in (0, 1, 2, 3) and "Traceback" not in result.stdout, result
-    assert [line.split(" ", 1)[0] for line in log.read_text().splitlines()] == ["read-only"]
+    assert result.returncode in (0, 1, 2, 3) and "Traceback" not in result.stdout + result.stderr, result
+    kinds = [line.split(" ", 1)[0] for line in log.read_text().splitlines()] if log.exists() else []
+    if entry.access is Access.READ_ONLY:
+        assert kinds == ["read-only"]
+    elif entry.access is Access.NONE:
+        assert kinds == []
+    else:
+        assert entry.access is Access.READ_ONLY_AGENT_READ_WRITE
+        assert kinds[:1] == ["read-only"] and set(kinds) <= {"read-only", "read-write"}, kinds

@@ -10,7 +10,6 @@ libvirt's binding and psutil, which the asset does not bundle), against libvirt'
 from __future__ import annotations
 
 import ast
-import configparser
 import hashlib
 import os
 import re
@@ -24,7 +23,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from sensu_kvm.registry import BY_NAME, Kind
 from tests.conftest import BIN
+from tests.entrypoints import commands, console_scripts
 
 ROOT = Path(__file__).resolve().parents[2]
 SENSU_GO = ROOT / "packaging" / "sensu-go"
@@ -56,15 +57,9 @@ NAME = re.compile(r"[\w.\-]+")  # Sensu Go resource names
 FORMAT_OF = {"graphite": "graphite_plaintext", "influxdb": "influxdb_line", "prometheus": "prometheus_text"}
 
 
-def console_scripts() -> dict[str, str]:
-    cfg = configparser.ConfigParser(interpolation=None)
-    cfg.read(ROOT / "setup.cfg", encoding="utf-8")
-    scripts = {}
-    for line in cfg["options.entry_points"]["console_scripts"].splitlines():
-        if line.strip():
-            name, _, target = line.partition("=")
-            scripts[name.strip()] = target.strip()
-    return scripts
+def check_commands() -> list[str]:
+    """The installed commands that Sensu runs as checks: every check, metrics and guest check."""
+    return commands(Kind.CHECK, Kind.METRICS, Kind.GUEST_CHECK)
 
 
 def project_version() -> str:
@@ -134,7 +129,7 @@ def test_every_document_is_a_core_v2_resource():
 
 def test_a_check_config_for_every_check_and_metrics_command():
     commands = {shlex.split(spec["command"])[0] for spec in resources("CheckConfig").values()}
-    checks = {name for name, target in console_scripts().items() if ".checks." in target}
+    checks = set(check_commands())
     assert commands == checks
     assert set(resources("CheckConfig")) == checks  # named after its command
     assert set(resources("Asset")) == {ASSET}
@@ -142,7 +137,7 @@ def test_a_check_config_for_every_check_and_metrics_command():
     assert "kvm-first-occurrences" in resources("EventFilter")
 
 
-@pytest.mark.parametrize("name", sorted(n for n, t in console_scripts().items() if ".checks." in t))
+@pytest.mark.parametrize("name", check_commands())
 def test_check_config(name):
     spec = resources("CheckConfig")[name]
     argv = shlex.split(spec["command"])
@@ -152,7 +147,7 @@ def test_check_config(name):
     assert isinstance(spec["interval"], int)
     assert own_timeout < spec["timeout"] < spec["interval"], "the command gives up first, before the next run"
     assert spec["publish"] is True
-    assert spec["subscriptions"] == (["kvm-guest"] if name == "check-memory-percent" else ["kvm-hypervisor"])
+    assert spec["subscriptions"] == (["kvm-guest"] if BY_NAME[name].kind is Kind.GUEST_CHECK else ["kvm-hypervisor"])
     assert spec["runtime_assets"] == [ASSET]
     assert spec["runtime_assets"][0] in resources("Asset")
     for key in ("handlers", "output_metric_handlers"):
@@ -321,7 +316,7 @@ def test_metrics_prometheus_through_its_wrapper(unpacked):
     assert (up.labels, up.value) == ({"domain": "test"}, 1)
 
 
-@pytest.mark.parametrize("name", sorted(n for n, t in console_scripts().items() if ".checks." in t))
+@pytest.mark.parametrize("name", check_commands())
 def test_check_config_command_runs_from_the_asset(unpacked, tmp_path, name):
     """The command as checks.yaml has it, on the test driver: options valid, output in its format."""
     spec = resources("CheckConfig")[name]

@@ -142,7 +142,7 @@ def future(seconds: float) -> Callable[[dict[str, Any], str, str], None]:
 
 
 class Case(NamedTuple):
-    corrupt: Callable[[Place, Check], None]
+    corrupt: Callable[[Place, Check], object]
     code: int = 0
     says: str = ""  # what the run on the corrupt state says instead of the first-sample line
     user: str | None = None

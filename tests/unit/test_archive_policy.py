@@ -1,17 +1,18 @@
-"""archive_policy: what an archive may bring onto a host, as pure rules on headers, manifests, domain XML
-and image headers; and backup.verify(trust=True) on archives crafted with the project's own writer."""
+"""backup.policy: what an archive may bring onto a host, as pure rules on headers, manifests, domain XML
+and image headers; and reader.verify(trust=True) on archives crafted with the project's own writer."""
 
 from __future__ import annotations
 
 import re
 import struct
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from sensu_kvm import archive_policy as policy
-from sensu_kvm import backup
+from sensu_kvm.backup import catalog, policy, reader
+from sensu_kvm.errors import Corrupt
 from tests import crafted
 
 UUID = "5f0c3a9e-1b2d-4c3e-8f4a-0123456789ab"
@@ -58,7 +59,7 @@ def test_show_keeps_a_message_on_one_line():
 def header(**changes):
     disks = [crafted.header_disk("vda", "/srv/img/web1.qcow2"),
              crafted.header_disk("sda", "/srv/iso/debian.iso", "raw", False, "cdrom", "a cdrom")]
-    base = {"format": backup.FORMAT, "domain": NAME, "uuid": UUID, "created": 1714528800, "disks": disks}
+    base = {"format": catalog.FORMAT, "domain": NAME, "uuid": UUID, "created": 1714528800, "disks": disks}
     base.update(changes)
     return base
 
@@ -189,8 +190,8 @@ def xml(devices="", disks=VDA + SDA, **kw):
 
 
 def analysed(text, head=None):
-    """check_xml, sanitize and references as backup.check_xml runs them."""
-    return backup.check_xml(head or header(), text)
+    """check_xml, sanitize and references as reader.check_xml runs them."""
+    return reader.check_xml(head or header(), text)
 
 
 def test_the_disks_and_names_of_the_xml_are_the_header_s():
@@ -249,7 +250,7 @@ def test_what_a_restore_never_keeps():
                       "file='/srv/img/web1.qcow2'><seclabel model='dac' relabel='no'/></source>"
                       "<target dev='vda' bus='virtio'/></disk>") + SDA)
     root, refs = analysed(text)
-    out = backup.ET.tostring(root, encoding="unicode")
+    out = ET.tostring(root, encoding="unicode")
     for gone in ("seclabel", "evil-qemu", "/dev/pts/9", "/etc/shadow"):
         assert gone not in out
     assert root.find("os/nvram").get("template") == "/usr/share/OVMF/OVMF_VARS.fd"
@@ -506,17 +507,17 @@ def image(tmp_path: Path) -> Path:
 def test_verify_trusts_a_well_formed_archive_and_refuses_crafted_ones(tmp_path):
     disks, text = crafted.good(NAME, UUID, "/srv/img/web1.qcow2")
     good = crafted.craft(tmp_path / "good.tar", NAME, UUID, disks, text, {"vda": image(tmp_path)})
-    backup.verify(str(good), trust=True)
+    reader.verify(str(good), trust=True)
     cases = {
         "member": ({"members": {"vda": "disks/../vda.img"}}, "that is not an image its header lists"),
         "xml-last": ({"xml_last": True}, "comes before domain.xml"),
     }
     for label, (kw, says) in cases.items():
         bad = crafted.craft(tmp_path / f"{label}.tar", NAME, UUID, disks, text, {"vda": image(tmp_path)}, **kw)
-        backup.verify(str(bad))  # every checksum matches: only the rules find it
-        with pytest.raises(backup.Corrupt) as err:
-            backup.verify(str(bad), trust=True)
+        reader.verify(str(bad))  # every checksum matches: only the rules find it
+        with pytest.raises(Corrupt) as err:
+            reader.verify(str(bad), trust=True)
         assert says in str(err.value)
     two = crafted.craft(tmp_path / "two.tar", NAME, UUID, disks, text, {"vda": image(tmp_path), "vdb": image(tmp_path)})
-    with pytest.raises(backup.Corrupt, match=re.escape("disks/vdb.img that is not an image its header lists")):
-        backup.verify(str(two), trust=True)
+    with pytest.raises(Corrupt, match=re.escape("disks/vdb.img that is not an image its header lists")):
+        reader.verify(str(two), trust=True)

@@ -10,29 +10,30 @@ from pathlib import Path
 
 import pytest
 
-from sensu_kvm import backup
+from sensu_kvm.backup import journal, signals
+from sensu_kvm.errors import Interrupted
 from tests.conftest import refuses
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_in_a_shielded_block_waits_for_its_end(sig):
     steps = []
-    with (pytest.raises(backup.Interrupted, match=f"interrupted by {sig.name}"), backup.interruptible(),
-          backup.shielded()):
+    with (pytest.raises(Interrupted, match=f"interrupted by {sig.name}"), signals.interruptible(),
+          signals.shielded()):
         os.kill(os.getpid(), sig)
         steps.append("after the signal")
-        assert backup.hurry()  # a commit job would drop its limit now
+        assert signals.hurry()  # a commit job would drop its limit now
         steps.append("the undo's end")
     assert steps == ["after the signal", "the undo's end"]
-    assert not backup.hurry()
+    assert not signals.hurry()
 
 
 def test_a_shield_on_a_failure_path_drops_the_signal_and_outside_one_it_raises_at_once():
-    with backup.interruptible():
-        with backup.shielded(raise_pending=False):
+    with signals.interruptible():
+        with signals.shielded(raise_pending=False):
             os.kill(os.getpid(), signal.SIGTERM)
-        assert not backup.hurry()
-    with pytest.raises(backup.Interrupted), backup.interruptible():
+        assert not signals.hurry()
+    with pytest.raises(Interrupted), signals.interruptible():
         os.kill(os.getpid(), signal.SIGTERM)
         signal.pause()  # not reached: the handler raises
 
@@ -46,9 +47,9 @@ def test_stale_journal_temporaries_of_dead_processes_are_removed(tmp_path: Path)
     other = tmp_path / f"notes.{gone.pid}.tmp"
     for path in (dead, mine, alive, other):
         path.write_text("{")
-    backup.remove_stale_temps(str(tmp_path))
+    journal.remove_stale_temps(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (mine, alive, other))
-    backup.remove_stale_temps(str(tmp_path / "missing"))  # no folder: nothing to do
+    journal.remove_stale_temps(str(tmp_path / "missing"))  # no folder: nothing to do
 
 
 @pytest.mark.parametrize("value", ["1e300", "inf", "nan", "0", "-1", "1048577", "fast"])

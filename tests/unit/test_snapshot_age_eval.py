@@ -2,9 +2,10 @@
 
 import re
 
-from sensu_kvm import snapinfo
+from sensu_kvm import domxml
 from sensu_kvm.checks.snapshot_age import judge_domain, parser
 from sensu_kvm.output import Status
+from sensu_kvm.snapshots import tree
 
 SNAP = """<domainsnapshot><name>{name}</name><state>disk-snapshot</state><creationTime>{created}</creationTime>
 <memory snapshot='no'/><disks><disk name='vda' snapshot='external' type='file'><driver type='qcow2'/>
@@ -20,16 +21,16 @@ DOMAIN = """<domain type='qemu'><name>web1</name><devices>
 
 def snap(name, created, overlay="/img/web1.snap1", parent=None):
     p = f"<parent><name>{parent}</name></parent>" if parent else ""
-    return snapinfo.parse_snapshot(SNAP.format(name=name, created=created, overlay=overlay, parent=p))
+    return tree.parse_snapshot(SNAP.format(name=name, created=created, overlay=overlay, parent=p))
 
 
 def test_parse_snapshot_and_chain():
     s = snap("snap1", 1000, parent="base")
     assert (s.name, s.created, s.state, s.parent, s.location, s.disk_only) == (
         "snap1", 1000, "disk-snapshot", "base", "external", True)
-    assert s.disks == (snapinfo.SnapDisk("vda", "external", "/img/web1.snap1"), snapinfo.SnapDisk("hdc", "no", ""))
-    chains = snapinfo.chains(DOMAIN.format(top="/img/web1.snap1"))
-    assert chains == {"vda": [snapinfo.Layer("/img/web1.snap1", "qcow2"), snapinfo.Layer("/img/web1.qcow2", "qcow2")]}
+    assert s.disks == (tree.SnapDisk("vda", "external", "/img/web1.snap1"), tree.SnapDisk("hdc", "no", ""))
+    chains = domxml.chains(DOMAIN.format(top="/img/web1.snap1"))
+    assert chains == {"vda": [domxml.Layer("/img/web1.snap1", "qcow2"), domxml.Layer("/img/web1.qcow2", "qcow2")]}
 
 
 def opts(*argv):
@@ -39,7 +40,7 @@ def opts(*argv):
 def test_ages_and_counts():
     now = 10 * 86400
     snaps = [snap("a", now - 4 * 86400), snap("b", now - 3600)]
-    chains = snapinfo.chains(DOMAIN.format(top="/img/web1.snap1"))
+    chains = domxml.chains(DOMAIN.format(top="/img/web1.snap1"))
     verdict = judge_domain("web1", snaps, chains, now, opts())
     assert verdict.finding.status is Status.WARNING
     assert verdict.finding.text == "web1: 2 snapshots, oldest 'a' 4d old"
@@ -52,7 +53,7 @@ def test_ages_and_counts():
 
 
 def test_overlay_no_snapshot_knows_is_a_warning():
-    chains = snapinfo.chains(DOMAIN.format(top="/img/web1.backup-overlay"))
+    chains = domxml.chains(DOMAIN.format(top="/img/web1.backup-overlay"))
     verdict = judge_domain("web1", [], chains, 0, opts())
     assert verdict.finding.status is Status.WARNING
     assert verdict.finding.text == ("web1: no snapshots; vda runs on /img/web1.backup-overlay, "

@@ -14,7 +14,7 @@ URI = "test:///default"
 
 def parse(module: ModuleType, argv: list[str]) -> Any:
     top = module.parser()
-    state = getattr(getattr(module, "backup", None), "STATE_DIR", None)
+    state = module.catalog.STATE_DIR if hasattr(module, "catalog") else None
     return settle(top, top.parse_args(argv), state)
 
 
@@ -30,7 +30,7 @@ def test_backup_common_options_anywhere(argv: list[str]) -> None:
 
 def test_backup_defaults() -> None:
     o = parse(backup, ["recover", "--all"])
-    assert (o.uri, o.timeout, o.state_dir) == (None, 30.0, backup.backup.STATE_DIR)
+    assert (o.uri, o.timeout, o.state_dir) == (None, 30.0, backup.catalog.STATE_DIR)
 
 
 def test_after_the_subcommand_wins_over_before() -> None:

@@ -13,10 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sensu_kvm import __version__, archive_policy, backup, snapshots, virt
+from sensu_kvm import __version__, space, virt
 from sensu_kvm.argtypes import count_arg, domain_arg, number_arg, path_arg, seconds_arg, text_arg
+from sensu_kvm.backup import catalog, create, disks, policy, progress, prune, reader, recover, restore, signals
+from sensu_kvm.backup import remote as remote_copy
 from sensu_kvm.durations import format_age
-from sensu_kvm.errors import KvmError
+from sensu_kvm.errors import BadRequest, Interrupted, KvmError, NotUndone, Refused
+from sensu_kvm.snapshots import operations
 from sensu_kvm.tools import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Parser, common_options, run_tool, settle
 
 PROG = "kvm-backup"
@@ -96,7 +99,7 @@ def parser() -> Parser:
                              "manifest with sha256 sums), locally or over rsync+ssh; verify, list, restore, prune.",
                  epilog=_epilog(""))
     top.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
-    common = common_options(top, backup.STATE_DIR, "journals of running backups, for recovery")
+    common = common_options(top, catalog.STATE_DIR, "journals of running backups, for recovery")
     subs = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def sub(name: str, helptext: str, func: Callable[[argparse.Namespace], int],
@@ -129,7 +132,7 @@ def parser() -> Parser:
                         "above 0, at most 1048576)")
     p.add_argument("--work-dir", type=path_arg, metavar="DIR",
                    help="remote --dest: where the archive is built and verified before rsync "
-                        f"(default: {backup.STATE_DIR}/staging)")
+                        f"(default: {catalog.STATE_DIR}/staging)")
     p.add_argument("--rsh", type=text_arg, default="ssh -o BatchMode=yes", metavar="COMMAND",
                    help="remote --dest: the ssh command (default: 'ssh -o BatchMode=yes')")
     p.add_argument("--json", action="store_true", help="a JSON summary on stdout")
@@ -172,9 +175,9 @@ def parser() -> Parser:
     p = sub("recover", "undo what a killed backup left: commit overlays back, start or resume the guest", cmd_recover)
     p.add_argument("domains", type=domain_arg, nargs="*", metavar="DOMAIN")
     p.add_argument("--all", action="store_true", help="every journal in --state-dir and every domain")
-    p.add_argument("--wait", type=seconds_arg, default=backup.RECOVER_WAIT, metavar="SECONDS",
+    p.add_argument("--wait", type=seconds_arg, default=recover.RECOVER_WAIT, metavar="SECONDS",
                    help="how long to wait for libvirt to finish what a killed run started (a snapshot, a shutdown) "
-                        f"before giving up with nothing changed (default: {backup.RECOVER_WAIT:g})")
+                        f"before giving up with nothing changed (default: {recover.RECOVER_WAIT:g})")
     return top
 
 
@@ -209,12 +212,12 @@ def table(rows: list[list[str]]) -> list[str]:
 
 def domains_for(conn: Any, names: list[str], every: bool) -> list[Any]:
     if every == bool(names):
-        raise backup.BadRequest("name the DOMAINs or give --all (one of them)")
+        raise BadRequest("name the DOMAINs or give --all (one of them)")
     if every:
-        return sorted(snapshots.all_domains(conn), key=lambda d: d.name())
+        return sorted(operations.all_domains(conn), key=lambda d: d.name())
     found = []
     for name in dict.fromkeys(names):
-        found.append(snapshots.lookup_domain(conn, name))
+        found.append(operations.lookup_domain(conn, name))
     return found
 
 
@@ -222,17 +225,17 @@ def domains_for(conn: Any, names: list[str], every: bool) -> list[Any]:
 
 
 def cmd_create(o: argparse.Namespace) -> int:
-    remote = backup.split_remote(o.dest)
+    remote = remote_copy.split_remote(o.dest)
     local = (o.work_dir or os.path.join(o.state_dir, "staging")) if remote else o.dest
     if remote:
         try:
             os.makedirs(local, mode=0o700, exist_ok=True)
         except OSError as err:
-            raise backup.BadRequest(f"cannot create the work folder {local}: {err.strerror}") from err
+            raise BadRequest(f"cannot create the work folder {local}: {err.strerror}") from err
     elif not os.path.isdir(o.dest):
-        raise backup.BadRequest(f"the destination {o.dest} does not exist or is not a folder")
+        raise BadRequest(f"the destination {o.dest} does not exist or is not a folder")
     elif not os.access(o.dest, os.W_OK | os.X_OK):
-        raise backup.BadRequest(f"the destination {o.dest} is not writable")
+        raise BadRequest(f"the destination {o.dest} is not writable")
     marker_dir = o.state_dir if remote else o.dest
     control = None
     conn = virt.connect(o.uri, readonly=False)
@@ -241,74 +244,74 @@ def cmd_create(o: argparse.Namespace) -> int:
     try:
         doms = domains_for(conn, o.domains, o.all)
         if remote:
-            o.rsh, control = backup.multiplexed(o.rsh)
-            backup.remote_free(o.rsh, remote[0], remote[1])  # reachable, exists, writable: else exit 2
-        opts = backup.Options(mode=o.mode, dest=local, compress=o.compress, state_dir=o.state_dir, force=o.force,
-                              shutdown_timeout=o.shutdown_timeout, bwlimit=(o.bwlimit or 0) * backup.MIB,
-                              commit_bwlimit=int((o.commit_bwlimit or 0) * backup.MIB),
+            o.rsh, control = remote_copy.multiplexed(o.rsh)
+            remote_copy.remote_free(o.rsh, remote[0], remote[1])  # reachable, exists, writable: else exit 2
+        opts = create.Options(mode=o.mode, dest=local, compress=o.compress, state_dir=o.state_dir, force=o.force,
+                              shutdown_timeout=o.shutdown_timeout, bwlimit=(o.bwlimit or 0) * catalog.MIB,
+                              commit_bwlimit=int((o.commit_bwlimit or 0) * catalog.MIB),
                               progress=sys.stderr.isatty() and not o.json,
                               quiesce="never" if o.no_quiesce else "auto")
         if remote:
             host, folder = remote
-            opts = opts._replace(upload=lambda path, name: backup.upload(path, name, o.rsh, host, folder, log,
+            opts = opts._replace(upload=lambda path, name: remote_copy.upload(path, name, o.rsh, host, folder, log,
                                                                          opts.progress))
-        with backup.interruptible():
+        with signals.interruptible():
             # what killed runs left, first (a domain that cannot be recovered fails below, with its marker)
-            recovered, unrecovered = backup.recover_all(conn, o.state_dir, log)
+            recovered, unrecovered = recover.recover_all(conn, o.state_dir, log)
             for line in recovered + unrecovered:
                 log(line)
             for dom in doms:
                 name = dom.name()
                 try:
                     if remote:
-                        need = sum(backup.data_bytes(d.source) for d in backup.disks_of(dom.XMLDesc(0)) if d.copy)
-                        free = backup.remote_free(o.rsh, remote[0], remote[1])
+                        need = sum(space.data_bytes(d.source) for d in disks.disks_of(dom.XMLDesc(0)) if d.copy)
+                        free = remote_copy.remote_free(o.rsh, remote[0], remote[1])
                         if free < need:
-                            raise backup.Refused(f"not enough free space in {o.dest}: {free // backup.MIB} MiB free, "
-                                                 f"up to {-(-need // backup.MIB)} MiB needed")
-                    result = backup.create(conn, dom, opts, log)
+                            raise Refused(f"not enough free space in {o.dest}: {free // catalog.MIB} MiB free, "
+                                                 f"up to {-(-need // catalog.MIB)} MiB needed")
+                    result = create.create(conn, dom, opts, log)
                     if remote:
                         try:
                             tmp, final = result.pop("upload")
-                            result["archive"] = backup.publish(o.rsh, remote[0], tmp, final, result["sha256"])
-                            backup.write_receipt(o.state_dir, name, result["archive"], result["created"],
+                            result["archive"] = remote_copy.publish(o.rsh, remote[0], tmp, final, result["sha256"])
+                            catalog.write_receipt(o.state_dir, name, result["archive"], result["created"],
                                                  result["size"])
                         finally:
                             with contextlib.suppress(OSError):
                                 os.unlink(os.path.join(local, os.path.basename(final)))
-                    backup.clear_marker(marker_dir, name)
+                    catalog.clear_marker(marker_dir, name)
                     result["ok"] = True
                     results.append(result)
                     if not o.json:
                         skipped = "".join(f"; {t} not copied ({why})" for t, why in result["skipped"].items())
                         say(f"{name}: {result['archive']} ({size_text(result['size'])}, {result['mode']}, "
                             f"{result['consistency']}, {result['seconds']:.1f}s){skipped}")
-                except backup.NotUndone as err:  # says itself what is left, and where
-                    backup.write_marker(marker_dir, name, str(err), time.time())
+                except NotUndone as err:  # says itself what is left, and where
+                    catalog.write_marker(marker_dir, name, str(err), time.time())
                     results.append({"domain": name, "ok": False, "error": str(err)})
                     failed += 1
                     log(f"{name}: backup failed: {err}")
                     if err.interrupted:
                         break
-                except (backup.Interrupted, KeyboardInterrupt) as err:
+                except (Interrupted, KeyboardInterrupt) as err:
                     text = str(err) or "interrupted"
-                    backup.write_marker(marker_dir, name, text, time.time())
+                    catalog.write_marker(marker_dir, name, text, time.time())
                     results.append({"domain": name, "ok": False, "error": text})
                     failed += 1
                     log(f"{name}: {text}; the domain is back on its own images")
                     break
                 except KvmError as err:
                     if remote:
-                        backup.remote_cleanup(o.rsh, remote[0], remote[1], name)
-                    backup.write_marker(marker_dir, name, str(err), time.time())
+                        remote_copy.remote_cleanup(o.rsh, remote[0], remote[1], name)
+                    catalog.write_marker(marker_dir, name, str(err), time.time())
                     results.append({"domain": name, "ok": False, "error": str(err)})
                     failed += 1
                     log(f"{name}: backup failed: {err}" if not str(err).startswith(name) else f"backup failed: {err}")
                 except Exception as err:  # a bug: create has put the domain back; marked failed, one line
                     text = f"internal error: {type(err).__name__}: {err}"
                     if remote:
-                        backup.remote_cleanup(o.rsh, remote[0], remote[1], name)
-                    backup.write_marker(marker_dir, name, text, time.time())
+                        remote_copy.remote_cleanup(o.rsh, remote[0], remote[1], name)
+                    catalog.write_marker(marker_dir, name, text, time.time())
                     results.append({"domain": name, "ok": False, "error": text})
                     failed += 1
                     log(f"{name}: backup failed: {text}")
@@ -316,7 +319,7 @@ def cmd_create(o: argparse.Namespace) -> int:
         with contextlib.suppress(Exception):
             conn.close()
         if remote:
-            backup.close_multiplexed(o.rsh, remote[0], control)
+            remote_copy.close_multiplexed(o.rsh, remote[0], control)
     if o.json:
         say(json.dumps({"ok": not failed, "backups": results}, indent=1))
     return EXIT_FAILED if failed else EXIT_OK
@@ -329,8 +332,8 @@ def cmd_verify(o: argparse.Namespace) -> int:
     show = sys.stderr.isatty() and not o.json
     for path in o.archives:
         try:
-            header = backup.read_header(path)
-            manifest, digest = backup.verify(path, backup.Progress(backup.data_total(header), show) if show else None,
+            header = reader.read_header(path)
+            manifest, digest = reader.verify(path, progress.Progress(reader.data_total(header), show) if show else None,
                                              trust=True)
             files = manifest.get("files", [])
             report.append({"archive": path, "ok": True, "domain": header["domain"], "files": len(files),
@@ -340,7 +343,7 @@ def cmd_verify(o: argparse.Namespace) -> int:
                     "matches)")
         except KvmError as err:
             failed += 1
-            bad_input += isinstance(err, backup.BadRequest)
+            bad_input += isinstance(err, BadRequest)
             report.append({"archive": path, "ok": False, "error": str(err)})
             log(f"{path}: verification failed: {err}" if path not in str(err) else f"verification failed: {err}")
     if o.json:
@@ -352,20 +355,20 @@ def cmd_verify(o: argparse.Namespace) -> int:
 
 def cmd_list(o: argparse.Namespace) -> int:
     if not os.path.isdir(o.folder):
-        raise backup.BadRequest(f"{o.folder} does not exist or is not a folder")
+        raise BadRequest(f"{o.folder} does not exist or is not a folder")
     now = time.time()
-    entries = [e for e in backup.scan(o.folder) if not o.domain or e.domain in o.domain]
-    markers = backup.read_markers(o.folder)
+    entries = [e for e in catalog.scan(o.folder) if not o.domain or e.domain in o.domain]
+    markers = catalog.read_markers(o.folder)
     rows = []
     for entry in entries:
         row: dict[str, Any] = {"archive": entry.path, "domain": entry.domain, "created": int(entry.created),
                                "age_seconds": int(now - entry.created), "size": entry.size}
         try:
-            header = backup.read_header(entry.path)
+            header = reader.read_header(entry.path)
             row.update(mode=header.get("mode"), consistency=header.get("consistency"),
                        verified="at creation")
             if o.verify:
-                backup.verify(entry.path, trust=True)
+                reader.verify(entry.path, trust=True)
                 row["verified"] = "yes, now"
         except KvmError as err:
             row.update(mode="?", consistency="?", verified=f"FAILED: {err}")
@@ -391,14 +394,14 @@ def cmd_list(o: argparse.Namespace) -> int:
 
 def cmd_restore(o: argparse.Namespace) -> int:
     if not os.path.isfile(o.archive):
-        raise backup.BadRequest(f"{o.archive} does not exist or is not a file")
-    backup.read_header(o.archive)  # a foreign archive: refused before connecting
+        raise BadRequest(f"{o.archive} does not exist or is not a file")
+    reader.read_header(o.archive)  # a foreign archive: refused before connecting
     ro = virt.connect(o.uri, readonly=True)  # what this host allows is read through a read-only connection
     try:
         conn = virt.connect(o.uri, readonly=False)
         try:
-            with backup.interruptible():
-                result = backup.restore(conn, o.archive, o.image_dir, o.name, o.force, o.start,
+            with signals.interruptible():
+                result = restore.restore(conn, o.archive, o.image_dir, o.name, o.force, o.start,
                                         sys.stderr.isatty() and not o.json, tuple(o.allow_dir),
                                         tuple(o.allow_readonly), ro)
         finally:
@@ -417,50 +420,16 @@ def cmd_restore(o: argparse.Namespace) -> int:
 
 
 def cmd_prune(o: argparse.Namespace) -> int:
-    if not (o.keep_last or o.keep_daily or o.keep_weekly):
-        raise backup.BadRequest("prune needs --keep-last, --keep-daily or --keep-weekly (at least one above 0)")
-    if not os.path.isdir(o.folder):
-        raise backup.BadRequest(f"{o.folder} does not exist or is not a folder")
-    plan = backup.prune_plan(backup.scan(o.folder), max(o.keep_last, 1), o.keep_daily, o.keep_weekly)
-    report = []
-    failed = 0
-    safe: dict[str, bool] = {}
-    for entry, keep, why in plan:
-        item = {"archive": entry.path, "domain": entry.domain, "created": int(entry.created), "why": why,
-                "action": "keep" if keep else ("would delete" if o.dry_run else "delete")}
-        report.append(item)
-        if keep:
-            if entry.domain not in safe:
-                # the newest kept archive must still verify before anything older goes
-                try:
-                    if not o.dry_run:
-                        backup.verify(entry.path)
-                    safe[entry.domain] = True
-                except KvmError as err:
-                    log(f"{entry.domain}: {entry.path} does not verify ({err}); trying the next one")
-            continue
-        if not safe.get(entry.domain):
-            item["action"] = "keep"
-            item["why"] = "no newer archive of this domain verifies"
-            continue
-        if o.dry_run:
-            if not o.json:
-                say(f"would delete {entry.path}")
-            continue
-        try:
-            os.unlink(entry.path)
-            item["action"] = "deleted"
-            if not o.json:
-                say(f"deleted {entry.path}")
-        except OSError as err:
-            failed += 1
-            item["action"] = "failed"
-            log(f"cannot delete {entry.path}: {err.strerror}")
+    report = prune.prune(o.folder, o.keep_last, o.keep_daily, o.keep_weekly, o.dry_run, log)
     if o.json:
         say(json.dumps(report, indent=1))
-    elif not any(r["action"] != "keep" for r in report):
-        say("nothing to prune")
-    return EXIT_FAILED if failed else EXIT_OK
+    else:
+        for item in report:
+            if item["action"] in ("would delete", "deleted"):
+                say(f"{item['action']} {item['archive']}")
+        if not any(r["action"] != "keep" for r in report):
+            say("nothing to prune")
+    return EXIT_FAILED if any(r["action"] == "failed" for r in report) else EXIT_OK
 
 
 def cmd_recover(o: argparse.Namespace) -> int:
@@ -469,20 +438,20 @@ def cmd_recover(o: argparse.Namespace) -> int:
     failed: list[str] = []
     try:
         doms = domains_for(conn, o.domains, o.all)
-        with backup.interruptible():
+        with signals.interruptible():
             if o.all:
-                lines, problems = backup.recover_all(conn, o.state_dir, log, wait=o.wait)
+                lines, problems = recover.recover_all(conn, o.state_dir, log, wait=o.wait)
                 done += lines
                 failed += problems
             for dom in doms:
                 if not o.all:
-                    lines, problems = backup.recover_all(conn, o.state_dir, log, only_uuid=dom.UUIDString(),
+                    lines, problems = recover.recover_all(conn, o.state_dir, log, only_uuid=dom.UUIDString(),
                                                          wait=o.wait)
                     done += lines
                     failed += problems
                 try:
-                    done += backup.recover_orphans(conn, dom, o.state_dir, log, wait=o.wait)
-                except backup.Interrupted:
+                    done += recover.recover_orphans(conn, dom, o.state_dir, log, wait=o.wait)
+                except Interrupted:
                     raise
                 except KvmError as err:
                     failed.append(str(err))
@@ -500,10 +469,10 @@ def cmd_recover(o: argparse.Namespace) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     top = parser()
-    options = settle(top, top.parse_args(argv), backup.STATE_DIR)
+    options = settle(top, top.parse_args(argv), catalog.STATE_DIR)
     virt.set_default_timeout(options.timeout)
     return run_tool(PROG, lambda: int(options.func(options)),
-                    (backup.BadRequest, snapshots.BadRequest, archive_policy.Unsafe))
+                    (BadRequest, BadRequest, policy.Unsafe))
 
 
 def main() -> None:

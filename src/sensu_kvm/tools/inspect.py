@@ -18,9 +18,10 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sensu_kvm import __version__, guestinfo, snapinfo, states, virt
+from sensu_kvm import __version__, domxml, guestinfo, states, virt
 from sensu_kvm.argtypes import domain_arg, seconds_arg, uri_arg
 from sensu_kvm.errors import AccessDenied, AgentUnavailable, CallTimeout, KvmError, ReadOnlyRefused, Unsupported
+from sensu_kvm.snapshots import tree
 from sensu_kvm.tools import EXIT_OK, Parser, run_tool
 
 PROG = "kvm-inspect"
@@ -284,7 +285,7 @@ def interface_section(ins: Inspector, nics: list[dict[str, str]], state: int) ->
 
 def snapshot_section(ins: Inspector) -> dict[str, Any]:
     try:
-        snaps = ins.call("snapshots", lambda: snapinfo.read_snapshots(ins.dom))
+        snaps = ins.call("snapshots", lambda: tree.read_snapshots(ins.dom))
     except Missing as err:
         return section("Snapshots", None, str(err))
     current = next((s.name for s in snaps if s.current), None)
@@ -295,7 +296,7 @@ def snapshot_section(ins: Inspector) -> dict[str, Any]:
 
 
 def chain_section(xml: str) -> dict[str, Any]:
-    chains = snapinfo.chains(xml)
+    chains = domxml.chains(xml)
     data = {target: [{"path": layer.path, "format": layer.format} for layer in layers]
             for target, layers in sorted(chains.items())}
     return section("Backing chains", data, None if chains else "no disk with a file or block source")

@@ -10,12 +10,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sensu_kvm import __version__, snapshots, virt
+from sensu_kvm import __version__, virt
 from sensu_kvm.argtypes import count_arg, domain_arg, name_arg, path_arg, shown, strict_duration_arg, text_arg
 from sensu_kvm.durations import format_age
-from sensu_kvm.errors import KvmError, NotFound
-from sensu_kvm.snapinfo import Snapshot
+from sensu_kvm.errors import BadRequest, KvmError, NotFound
+from sensu_kvm.snapshots import operations, policy, tree
+from sensu_kvm.snapshots.tree import Snapshot
 from sensu_kvm.tools import EXIT_FAILED, EXIT_OK, Parser, common_options, run_tool, settle
+from sensu_kvm.virt import api
 
 PROG = "kvm-snapshot"
 
@@ -197,7 +199,7 @@ class Session:
     def __init__(self, uri: str | None, domain: str | None, readonly: bool = False) -> None:
         self.conn = virt.connect(uri, readonly=readonly)
         try:
-            self.dom = snapshots.lookup_domain(self.conn, domain) if domain else None
+            self.dom = operations.lookup_domain(self.conn, domain) if domain else None
         except BaseException:
             self.conn.close()
             raise
@@ -206,16 +208,16 @@ class Session:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        with contextlib.suppress(virt.libvirtError):
+        with contextlib.suppress(api.Error):
             self.conn.close()
 
     @property
-    def domain(self) -> Any:
+    def domain(self) -> api.Domain:
         assert self.dom is not None
         return self.dom
 
 
-def find(snaps: list[Snapshot], dom: Any, name: str) -> Snapshot:
+def find(snaps: list[Snapshot], dom: api.Domain, name: str) -> Snapshot:
     for snap in snaps:
         if snap.name == name:
             return snap
@@ -227,11 +229,11 @@ def find(snaps: list[Snapshot], dom: Any, name: str) -> Snapshot:
 
 def cmd_create(o: argparse.Namespace) -> int:
     specs = dict(o.diskspec)
-    req = snapshots.CreateRequest(o.name, o.description, o.disk_only, specs, o.quiesce, o.atomic)
+    req = operations.CreateRequest(o.name, o.description, o.disk_only, specs, o.quiesce, o.atomic)
     with Session(o.uri, o.domain) as s:
-        snaps = snapshots.snapshots_of(s.domain)
-        name, xml, flags, overlays = snapshots.plan_create(s.domain, snaps, req, time.time())
-        snap = snapshots.create(s.domain, xml, flags, o.quiesce)
+        snaps = operations.snapshots_of(s.domain)
+        name, xml, flags, overlays = operations.plan_create(s.domain, snaps, req, time.time())
+        snap = operations.create(s.domain, xml, flags, o.quiesce)
     if overlays:
         where = ", ".join(f"{ov.target} -> {ov.path}" for ov in overlays)
         say(f"created snapshot '{name}' of {o.domain}: external, disk-only ({where})")
@@ -243,7 +245,7 @@ def cmd_create(o: argparse.Namespace) -> int:
 
 def _filtered(o: argparse.Namespace, snaps: list[Snapshot]) -> list[Snapshot]:
     if o.internal and o.external:
-        raise snapshots.BadRequest("--internal and --external exclude each other")
+        raise BadRequest("--internal and --external exclude each other")
     keep = []
     for snap in snaps:
         if o.internal and snap.location != "internal":
@@ -253,23 +255,23 @@ def _filtered(o: argparse.Namespace, snaps: list[Snapshot]) -> list[Snapshot]:
         if o.disk_only and not snap.disk_only:
             continue
         keep.append(snap)
-    return snapshots.ordered(keep)
+    return tree.ordered(keep)
 
 
 def cmd_list(o: argparse.Namespace) -> int:
     with Session(o.uri, o.domain, readonly=True) as s:
-        snaps = snapshots.snapshots_of(s.domain)
+        snaps = operations.snapshots_of(s.domain)
     now = time.time()
     chosen = _filtered(o, snaps)
     if o.json:
-        kids = snapshots.children(snaps)
-        say(json.dumps([snapshots.snapshot_record(x, o.domain, now, kids) for x in chosen], indent=1))
+        kids = tree.children(snaps)
+        say(json.dumps([tree.snapshot_record(x, o.domain, now, kids) for x in chosen], indent=1))
         return EXIT_OK
     if not chosen:
         say(f"no snapshots of {o.domain}" + (" match" if len(chosen) != len(snaps) else ""))
         return EXIT_OK
     if o.tree:
-        for line in snapshots.tree_lines(chosen):
+        for line in tree.tree_lines(chosen):
             say(line)
         return EXIT_OK
     rows = [["Name", "Created", "State", "Location", "Age", "Parent", "Current"]]
@@ -283,17 +285,17 @@ def cmd_list(o: argparse.Namespace) -> int:
 
 def cmd_info(o: argparse.Namespace) -> int:
     with Session(o.uri, o.domain, readonly=True) as s:
-        snaps = snapshots.snapshots_of(s.domain)
+        snaps = operations.snapshots_of(s.domain)
         snap = find(snaps, s.domain, o.name)
     now = time.time()
-    kids = snapshots.children(snaps)
+    kids = tree.children(snaps)
     if o.json:
-        say(json.dumps(snapshots.snapshot_record(snap, o.domain, now, kids), indent=1))
+        say(json.dumps(tree.snapshot_record(snap, o.domain, now, kids), indent=1))
         return EXIT_OK
     fields = [
         ("Name", snap.name), ("Domain", o.domain), ("Current", "yes" if snap.current else "no"),
         ("State", snap.state), ("Location", snap.location), ("Parent", snap.parent or "-"),
-        ("Children", str(len(kids[snap.name]))), ("Descendants", str(len(snapshots.descendants(snap.name, kids)))),
+        ("Children", str(len(kids[snap.name]))), ("Descendants", str(len(tree.descendants(snap.name, kids)))),
         ("Metadata", "yes"), ("Created", stamp(snap.created)), ("Age", format_age(now - snap.created)),
     ]
     if snap.description:
@@ -306,12 +308,12 @@ def cmd_info(o: argparse.Namespace) -> int:
 
 
 def cmd_dumpxml(o: argparse.Namespace) -> int:
-    flags = virt.VIR_DOMAIN_SNAPSHOT_XML_SECURE if o.security_info else 0
+    flags = api.VIR_DOMAIN_SNAPSHOT_XML_SECURE if o.security_info else 0
     with Session(o.uri, o.domain, readonly=not o.security_info) as s:  # libvirt shows secrets on read-write only
-        handle = snapshots.lookup_snapshot(s.domain, o.name)
+        handle = operations.lookup_snapshot(s.domain, o.name)
         try:
             xml = handle.getXMLDesc(flags)
-        except virt.libvirtError as err:
+        except api.Error as err:
             raise virt.translate(err, f"{o.domain}: snapshot {o.name}") from err
     sys.stdout.write(xml if xml.endswith("\n") else xml + "\n")
     return EXIT_OK
@@ -319,11 +321,11 @@ def cmd_dumpxml(o: argparse.Namespace) -> int:
 
 def cmd_edit(o: argparse.Namespace) -> int:
     if o.rename is None and o.description is None:
-        raise snapshots.BadRequest("edit needs --rename NEW or --description TEXT")
+        raise BadRequest("edit needs --rename NEW or --description TEXT")
     with Session(o.uri, o.domain) as s:
-        snaps = snapshots.snapshots_of(s.domain)
+        snaps = operations.snapshots_of(s.domain)
         find(snaps, s.domain, o.name)
-        notes = snapshots.edit(s.domain, snaps, o.name, o.rename, o.description)
+        notes = operations.edit(s.domain, snaps, o.name, o.rename, o.description)
     for note in notes:
         say(note)
     return EXIT_OK
@@ -331,52 +333,52 @@ def cmd_edit(o: argparse.Namespace) -> int:
 
 def cmd_revert(o: argparse.Namespace) -> int:
     with Session(o.uri, o.domain) as s:
-        snap = find(snapshots.snapshots_of(s.domain), s.domain, o.name)
+        snap = find(operations.snapshots_of(s.domain), s.domain, o.name)
         started = time.monotonic()
-        snapshots.revert(s.conn, s.domain, snap, o.running, o.paused)
+        operations.revert(s.conn, s.domain, snap, o.running, o.paused)
         took = time.monotonic() - started
         try:
             state = s.domain.state()[0]
-        except virt.libvirtError as err:
+        except api.Error as err:
             raise virt.translate(err, f"{o.domain}: state") from err
-    words = {virt.VIR_DOMAIN_RUNNING: "running", virt.VIR_DOMAIN_PAUSED: "paused",
-             virt.VIR_DOMAIN_SHUTOFF: "shut off"}.get(state, f"in state {state}")
+    words = {api.VIR_DOMAIN_RUNNING: "running", api.VIR_DOMAIN_PAUSED: "paused",
+             api.VIR_DOMAIN_SHUTOFF: "shut off"}.get(state, f"in state {state}")
     say(f"reverted {o.domain} to '{o.name}' in {took:.1f}s: the domain is {words}")
     return EXIT_OK
 
 
 def cmd_delete(o: argparse.Namespace) -> int:
     if (o.name is None) == (not o.current):
-        raise snapshots.BadRequest("delete needs a snapshot NAME or --current (one of them)")
+        raise BadRequest("delete needs a snapshot NAME or --current (one of them)")
     with Session(o.uri, o.domain) as s:
-        name = o.name or snapshots.current_name(s.domain)
-        snaps = snapshots.snapshots_of(s.domain)
+        name = o.name or operations.current_name(s.domain)
+        snaps = operations.snapshots_of(s.domain)
         find(snaps, s.domain, name)
-        say(snapshots.delete(s.conn, s.domain, snaps, name))
+        say(operations.delete(s.conn, s.domain, snaps, name))
     return EXIT_OK
 
 
 def cmd_prune(o: argparse.Namespace) -> int:
     if o.all == (o.domain is not None):
-        raise snapshots.BadRequest("prune needs a DOMAIN or --all (one of them)")
+        raise BadRequest("prune needs a DOMAIN or --all (one of them)")
     if o.older_than is None and o.keep is None:
-        raise snapshots.BadRequest("prune needs --older-than DURATION or --keep N (or both)")
+        raise BadRequest("prune needs --older-than DURATION or --keep N (or both)")
     failed = 0
     report: list[dict[str, Any]] = []
     with Session(o.uri, o.domain, readonly=o.dry_run) as s:
-        doms = snapshots.all_domains(s.conn) if o.all else [s.domain]
+        doms = operations.all_domains(s.conn) if o.all else [s.domain]
         now = time.time()
         for dom in doms:
             name = dom.name()
             try:
-                snaps = snapshots.snapshots_of(dom)
+                snaps = operations.snapshots_of(dom)
             except NotFound:
                 continue  # went away meanwhile
             except KvmError as err:
                 log(str(err))
                 failed += 1
                 continue
-            for step in snapshots.plan_prune(snaps, now, o.older_than, o.keep):
+            for step in policy.plan_prune(snaps, now, o.older_than, o.keep):
                 snap = step.snapshot
                 entry = {"domain": name, "name": snap.name, "created": snap.created,
                          "age_seconds": int(now - snap.created), "action": "keep", "why": step.why}
@@ -392,8 +394,8 @@ def cmd_prune(o: argparse.Namespace) -> int:
                         say(f"{name}: would delete '{snap.name}' (age {age}): {step.why}")
                     continue
                 try:
-                    fresh = snapshots.snapshots_of(dom)
-                    done = snapshots.delete(s.conn, dom, fresh, snap.name)
+                    fresh = operations.snapshots_of(dom)
+                    done = operations.delete(s.conn, dom, fresh, snap.name)
                 except KvmError as err:
                     entry["action"] = "failed"
                     entry["error"] = str(err)
@@ -412,7 +414,7 @@ def cmd_prune(o: argparse.Namespace) -> int:
 
 def cmd_chain(o: argparse.Namespace) -> int:
     with Session(o.uri, o.domain, readonly=True) as s:
-        infos = snapshots.chain_info(snapshots.domain_chains(s.domain))
+        infos = policy.chain_info(operations.domain_chains(s.domain))
     if o.json:
         say(json.dumps({t: [i._asdict() for i in layers] for t, layers in infos.items()}, indent=1))
         return EXIT_OK
@@ -438,7 +440,7 @@ def run(argv: list[str] | None = None) -> int:
     top = parser()
     options = settle(top, top.parse_args(argv))
     virt.set_default_timeout(options.timeout)
-    return run_tool(PROG, lambda: int(options.func(options)), (snapshots.BadRequest,))
+    return run_tool(PROG, lambda: int(options.func(options)), (BadRequest,))
 
 
 def main() -> None:

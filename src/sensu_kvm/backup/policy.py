@@ -1,6 +1,11 @@
 """What an archive may bring onto this host (decision D5): the rules of ``kvm-backup restore`` and
 ``verify``, as functions of the archive's header, manifest and domain XML and of what the operator
-and this host allow. Nothing here reads an archive or calls libvirt; ``backup`` does, and asks here.
+and this host allow. Nothing here reads an archive or calls libvirt; ``reader`` and ``restore`` do,
+and ask here.
+
+Longer than 500 lines on purpose: it is one set of security rules that read together (what a
+header, a manifest and a domain XML may name, and what the host vouches for), and splitting it would
+scatter one reviewable policy over several files.
 
 An archive is input from outside (it may come back from a remote backup host): every path, name and
 element in it is checked before anything is written or defined.
@@ -51,6 +56,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from sensu_kvm.errors import KvmError
+from sensu_kvm.qcow2 import header_problem
 
 IMAGE_FORMATS = ("raw", "qcow2")
 DOMAIN_TYPES = ("qemu", "kvm")
@@ -225,19 +231,8 @@ def check_manifest(header: dict[str, Any], manifest: dict[str, Any]) -> None:
                              f"{show(disk.get(field))}")
 
 
-def image_problem(head: bytes) -> str:
-    """Why the first bytes of a restored image make it unsafe ("" when they do not): a qcow2 image with a
-    backing file or an external data file would have QEMU (and libvirt's labelling) open another host
-    file."""
-    if head[:4] != b"QFI\xfb":
-        return ""
-    if len(head) < 104:
-        return "is a truncated qcow2 image"
-    if int.from_bytes(head[8:16], "big"):
-        return "is a qcow2 image with a backing file"
-    if int.from_bytes(head[4:8], "big") >= 3 and int.from_bytes(head[72:80], "big") & 0x4:
-        return "is a qcow2 image with an external data file"
-    return ""
+image_problem = header_problem  # why a restored image is unsafe: it would have QEMU open another host file
+
 
 
 # --- where the images go ---------------------------------------------------------------------------
@@ -301,7 +296,7 @@ def _source_path(source: ET.Element | None) -> str:
 
 def check_xml(root: ET.Element, header: dict[str, Any], xml_disks: list[tuple[str, str, str, str, bool]]) -> None:
     """The structural rules of the domain XML against the header (see the module's text).
-    ``xml_disks`` is (target, device, source, format, copied) of each disk, as ``backup.disks_of`` sees
+    ``xml_disks`` is (target, device, source, format, copied) of each disk, as ``backup.disks.disks_of`` sees
     them: the way the header's list was made."""
     if root.get("type") not in DOMAIN_TYPES:
         raise Unsafe(f"domain.xml is a domain of type {show(root.get('type'))}, not qemu or kvm")

@@ -1,0 +1,326 @@
+"""One backup of one domain: the live, stop and suspend flows, with one undo path after the snapshot."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from sensu_kvm.atomic import sync_dir
+from sensu_kvm.backup.archive import ArchiveWriter, header_json, manifest_json
+from sensu_kvm.backup.blockjobs import commit_back, commit_offline
+from sensu_kvm.backup.catalog import FORMAT, HEADER, MANIFEST, STATE_DIR, XML_MEMBER, archive_name, stamp
+from sensu_kvm.backup.disks import Disk, disks_of
+from sensu_kvm.backup.hostinfo import _fail, agent_answers
+from sensu_kvm.backup.journal import Journal, overlay_path
+from sensu_kvm.backup.progress import Progress
+from sensu_kvm.backup.reader import verify
+from sensu_kvm.backup.recover import recover
+from sensu_kvm.backup.signals import shielded
+from sensu_kvm.errors import BadRequest, Interrupted, KvmError, NotUndone, Refused
+from sensu_kvm.qcow2 import backing_file, virtual_size
+from sensu_kvm.space import data_bytes, overlay_need, space_problems, statvfs_free
+from sensu_kvm.virt import api
+from sensu_kvm.virt.versions import versions
+
+
+class Options(NamedTuple):
+    mode: str | None  # live, stop, suspend; None: live for running domains
+    dest: str  # local folder the archive is written to (the staging folder for remote ones)
+    compress: str = "zstd"
+    state_dir: str = STATE_DIR
+    force: bool = False
+    shutdown_timeout: float = 120.0
+    bwlimit: float = 0.0  # bytes/s for the copy, 0: none
+    commit_bwlimit: int = 0  # bytes/s for the commit job, 0: none
+    progress: bool = False
+    quiesce: str = "auto"  # auto, never
+    upload: Callable[[str, str], Any] | None = None  # (local archive, final name): sent while it is verified
+
+
+def plan_space(copied: list[Disk], live: bool, dest: str,
+               free_of: Callable[[str], tuple[int, int]] = statvfs_free) -> list[str]:
+    needs = [(dest, sum(data_bytes(d.source) for d in copied), "archive")]
+    if live:
+        needs += [(os.path.dirname(d.source), overlay_need(virtual_size(d.source)), "overlays") for d in copied]
+    return space_problems(needs, free_of)
+
+
+def check_disks(name: str, disks: list[Disk]) -> list[Disk]:
+    """The disks to copy; refuses what a backup cannot hold (missing images, backing chains)."""
+    copied = [d for d in disks if d.copy]
+    for d in copied:
+        if not os.path.isfile(d.source):
+            raise Refused(f"{name}: {d.target}: the image {d.source} does not exist or is not a file")
+        backing = backing_file(d.source)
+        if backing:
+            raise Refused(f"{name}: {d.target}: {d.source} has a backing file ({backing}); commit or flatten the "
+                          "chain first (kvm-snapshot chain shows it): a backup copies whole images only")
+    targets = [d.target for d in copied]
+    if len(set(targets)) != len(targets):
+        raise Refused(f"{name}: two disks share a target name")
+    return copied
+
+
+
+
+def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> dict[str, Any]:
+    """Back one domain up into ``opts.dest``; the summary of the published archive.
+
+    On any failure (an error, SIGINT, SIGTERM, SIGHUP, any exception, the commit included)
+    everything is undone before raising; when the undo fails too, NotUndone says what is left and
+    the journal keeps it. After a SIGKILL the journal lets the next run (or ``recover``) undo it.
+    """
+    name = dom.name()
+    uuid = dom.UUIDString()
+    started = time.time()
+    clock = time.monotonic()
+    journal = Journal(opts.state_dir, uuid)
+    journal.acquire()
+    try:
+        journal.data = journal.load()
+        if journal.data:
+            for line in recover(conn, journal, log):
+                log(line)
+        try:
+            xml = dom.XMLDesc(api.VIR_DOMAIN_XML_INACTIVE | api.VIR_DOMAIN_XML_SECURE)
+            state = dom.state()[0]
+        except api.Error as err:
+            raise _fail(err, f"{name}: cannot read the domain") from err
+        disks = disks_of(xml)
+        copied = check_disks(name, disks)
+        running = state not in (api.VIR_DOMAIN_SHUTOFF, api.VIR_DOMAIN_CRASHED)
+        mode = (opts.mode or "live") if running else "offline"
+        if mode == "live" and state == api.VIR_DOMAIN_PAUSED:
+            mode = "live"
+        if not os.path.isdir(opts.dest):
+            raise BadRequest(f"the destination {opts.dest} does not exist or is not a folder")
+        if not os.access(opts.dest, os.W_OK | os.X_OK):
+            raise BadRequest(f"the destination {opts.dest} is not writable")
+        problems = plan_space(copied, mode == "live", opts.dest)
+        if problems:
+            raise Refused(f"{name}: " + "; ".join(problems))
+        named = started
+        final = os.path.join(opts.dest, archive_name(name, named, opts.compress))
+        while os.path.exists(final):  # two backups within a second: never replace an archive
+            named += 1
+            final = os.path.join(opts.dest, archive_name(name, named, opts.compress))
+        partial = os.path.join(opts.dest, "." + os.path.basename(final) + ".partial")
+        consistency = "shut off" if mode == "offline" else "crash-consistent"
+        overlays: dict[str, dict[str, str]] = {}
+        writer: ArchiveWriter | None = None
+        files: list[dict[str, Any]] = []
+        undone = False
+        try:
+            journal.save(domain=name, uuid=uuid, pid=os.getpid(), started=started, mode=mode, partial=partial,
+                         overlays={}, stopped=False, suspended=False, phase="start")
+            if mode == "live":
+                quiesce = opts.quiesce == "auto" and agent_answers(dom, dom.XMLDesc(0))
+                overlays = {d.target: {"overlay": overlay_path(d.source, started), "base": d.source} for d in copied}
+                for pair in overlays.values():
+                    if os.path.exists(pair["overlay"]):
+                        raise Refused(f"{name}: {pair['overlay']} exists already")
+                journal.save(overlays=overlays, phase="snapshot")
+                consistency = _snapshot(dom, disks, overlays, quiesce, log)
+            elif mode == "stop":
+                journal.save(stopped=True, phase="stop", stop_deadline=time.time() + opts.shutdown_timeout)
+                _stop(dom, opts, journal, log)
+                consistency = "shut down"
+            elif mode == "suspend":
+                journal.save(suspended=True, phase="suspend")
+                try:
+                    dom.suspend()
+                except api.Error as err:
+                    raise _fail(err, f"{name}: cannot suspend") from err
+                consistency = "crash-consistent (suspended)"
+            header = {"format": FORMAT, "domain": name, "uuid": uuid, "created": int(started),
+                      "created_text": time.strftime("%Y-%m-%d %H:%M:%S +0000", time.gmtime(started)),
+                      "mode": mode, "consistency": consistency, "host": os.uname().nodename,
+                      "versions": versions(conn),
+                      "disks": [{"target": d.target, "device": d.device, "source": d.source, "format": d.format,
+                                 "copied": d.copy, **({"member": f"disks/{d.target}.img"} if d.copy else {}),
+                                 **({"why": d.why} if d.why else {})} for d in disks]}
+            journal.save(phase="copy")
+            writer = ArchiveWriter(partial, opts.compress)
+            hraw = header_json(header)
+            writer.member(HEADER, hraw, started)
+            xraw = xml.encode()
+            files.append({"member": XML_MEMBER, "size": len(xraw), "stored": len(xraw),
+                          "sha256": writer.member(XML_MEMBER, xraw, started)})
+            total = sum(data_bytes(d.source) for d in copied)
+            progress = Progress(total, opts.progress, opts.bwlimit)
+            for d in copied:
+                progress.label = f"{name} {d.target}"
+                member = f"disks/{d.target}.img"
+                info = writer.image(member, d.source, progress)
+                files.append({"member": member, "target": d.target, "source": d.source, "format": d.format,
+                              "size": info["size"], "data": info["data"], "sha256": info["sha256"]})
+            progress.finish()
+            mraw = manifest_json(header, files)
+            writer.member(MANIFEST, mraw, started)
+            writer.close(sync=opts.upload is None)
+            writer = None
+            with shielded():  # a signal here waits for the guest to be back on its images
+                _undo(dom, overlays, journal, log, opts.commit_bwlimit)
+                undone = True
+        except BaseException as failure:
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.abort()
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            if not undone:
+                try:
+                    with shielded(raise_pending=False):
+                        _undo(dom, overlays, journal, log)
+                except BaseException as err:
+                    raise NotUndone(_not_undone(name, failure, err, journal),
+                                    isinstance(failure, (Interrupted, KeyboardInterrupt))) from failure
+            journal.remove()  # undone: nothing left for a later run
+            raise
+        copied_at = time.monotonic()
+        upload: dict[str, Any] = {}
+        sender = None
+        try:
+            journal.save(phase="verify", final=final)
+            if opts.upload is not None:  # send while verifying; published there only once verified here
+                def send() -> None:
+                    try:
+                        upload["result"] = opts.upload(partial, os.path.basename(final))  # type: ignore[misc]
+                    except BaseException as err:
+                        upload["error"] = err
+                sender = threading.Thread(target=send, daemon=True)
+                sender.start()
+            _manifest, digest = verify(partial)
+            if sender is not None:
+                sender.join()
+                if "error" in upload:
+                    raise upload["error"]
+            journal.save(phase="publish")
+            try:
+                os.link(partial, final)  # fails rather than replace an archive of the same name
+                os.unlink(partial)
+            except OSError as err:
+                raise KvmError(f"cannot publish {final}: {err.strerror}") from err
+            sync_dir(opts.dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            journal.remove()
+            raise
+        journal.remove()
+        size = os.stat(final).st_size
+        return {"domain": name, "uuid": uuid, "archive": final, "upload": upload.get("result"), "size": size,
+                "sha256": digest, "mode": mode,
+                "consistency": consistency, "created": int(started),
+                "disks": {f["target"]: {"size": f["size"], "data": f["data"]} for f in files if "target" in f},
+                "skipped": {d.target: d.why for d in disks if not d.copy},
+                "seconds": round(time.monotonic() - clock, 3), "verify_seconds": round(time.monotonic() - copied_at, 3)}
+    finally:
+        journal.release()
+
+
+
+
+def _snapshot(dom: Any, disks: list[Disk], overlays: dict[str, dict[str, str]], quiesce: bool,
+              log: Callable[[str], None]) -> str:
+    """External disk-only snapshot, no metadata, atomic; quiesced when the agent answers."""
+    parts = []
+    for d in disks:
+        if d.target in overlays:
+            parts.append(f"<disk name='{d.target}' snapshot='external'><driver type='qcow2'/>"
+                         f"<source file='{_attr(overlays[d.target]['overlay'])}'/></disk>")
+        elif d.device == "disk" and d.source:
+            parts.append(f"<disk name='{d.target}' snapshot='no'/>")
+    xml = f"<domainsnapshot><name>kvm-backup-{stamp(time.time())}</name><disks>{''.join(parts)}</disks></domainsnapshot>"
+    flags = (api.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | api.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+             | api.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
+    if quiesce:
+        try:
+            dom.snapshotCreateXML(xml, flags | api.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE)
+            return "quiesced"
+        except api.Error as err:
+            log(f"{dom.name()}: the guest agent could not freeze the file systems ({' '.join(str(err).split())}); "
+                "the backup is crash-consistent")
+    try:
+        dom.snapshotCreateXML(xml, flags)
+    except api.Error as err:
+        raise _fail(err, f"{dom.name()}: cannot create the temporary overlays") from err
+    return "crash-consistent"
+
+
+def _attr(text: str) -> str:
+    return text.replace("&", "&amp;").replace("'", "&apos;").replace("<", "&lt;")
+
+
+def _stop(dom: Any, opts: Options, journal: Journal, log: Callable[[str], None]) -> None:
+    try:
+        dom.shutdown()
+    except api.Error as err:
+        if dom.isActive():
+            raise _fail(err, f"{dom.name()}: cannot shut down") from err
+    deadline = time.monotonic() + opts.shutdown_timeout
+    while dom.isActive():
+        if time.monotonic() > deadline:
+            if not opts.force:
+                raise Refused(f"{dom.name()} did not shut down within {opts.shutdown_timeout:g}s "
+                              "(use --force to destroy it, or a longer --shutdown-timeout)")
+            log(f"{dom.name()} did not shut down within {opts.shutdown_timeout:g}s: destroying it (--force)")
+            journal.save(phase="destroy")
+            try:
+                dom.destroy()
+            except api.Error as err:
+                if dom.isActive():
+                    raise _fail(err, f"{dom.name()}: cannot destroy") from err
+            break
+        time.sleep(0.2)
+
+
+def _undo(dom: Any, overlays: dict[str, dict[str, str]], journal: Journal, log: Callable[[str], None],
+          bandwidth: int = 0) -> None:
+    """Put the domain back as it was: overlays committed, started or resumed again. The journal
+    keeps what could not be undone for the next run."""
+    data = journal.data
+    remaining = dict(data.get("overlays") or {})
+    if remaining:
+        journal.save(phase="commit")
+        for target, pair in sorted(dict(remaining).items()):
+            if dom.isActive():
+                commit_back(dom, target, pair["overlay"], pair["base"], log, bandwidth)
+            else:
+                commit_offline(dom, target, pair["overlay"], pair["base"])
+            remaining.pop(target, None)
+            journal.save(overlays=remaining)
+        journal.save(phase="committed")
+    if data.get("suspended"):
+        try:
+            if dom.state()[0] == api.VIR_DOMAIN_PAUSED:
+                dom.resume()
+        except api.Error as err:
+            raise _fail(err, f"{dom.name()}: cannot resume") from err
+        journal.save(suspended=False)
+    if data.get("stopped"):
+        try:
+            if not dom.isActive():
+                dom.create()
+        except api.Error as err:
+            raise _fail(err, f"{dom.name()}: cannot start it again") from err
+        journal.save(stopped=False)
+
+
+def _not_undone(name: str, failure: BaseException, err: BaseException, journal: Journal) -> str:
+    """The one line for a run whose undo failed too: what failed, what is left, where it is kept."""
+    first = str(failure) or type(failure).__name__
+    if not isinstance(failure, (KvmError, KeyboardInterrupt)):
+        first = f"internal error: {type(failure).__name__}: {failure}"
+    why = str(err) if isinstance(err, KvmError) else f"{type(err).__name__}: {err}"
+    left = [f"{t} still on {p['overlay']}" for t, p in sorted((journal.data.get("overlays") or {}).items())]
+    if journal.data.get("suspended"):
+        left.append("still suspended")
+    if journal.data.get("stopped"):
+        left.append("still shut off")
+    return (f"{first}; putting {name} back failed too ({why}): {', '.join(left) or 'see the journal'}, recorded in "
+            f"{journal.path}; run kvm-backup recover {name}")

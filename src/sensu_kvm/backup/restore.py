@@ -1,0 +1,224 @@
+"""Restore of an archive: where images may go, what the host vouches for, the write of every image."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from sensu_kvm.backup import policy
+from sensu_kvm.backup.disks import disks_of
+from sensu_kvm.backup.hostinfo import _fail
+from sensu_kvm.backup.progress import Progress
+from sensu_kvm.backup.reader import ImageSink, Member, _realsize, check_xml, data_total, read_header, scan_archive
+from sensu_kvm.domxml import rewrite_xml
+from sensu_kvm.errors import BadRequest, Corrupt, KvmError, Refused
+from sensu_kvm.virt import api
+
+# --- restore ---------------------------------------------------------------------------------------
+
+
+def restore_paths(header: dict[str, Any], image_dir: str | None, new_name: str | None) -> dict[str, str]:
+    """target -> where each copied image goes (pure): its original path, or under ``image_dir``;
+    with a new name the file is named after it, so that the copy can live beside the original."""
+    paths = {}
+    for disk in header.get("disks", []):
+        if not disk.get("copied"):
+            continue
+        source = disk["source"]
+        folder = image_dir or os.path.dirname(source)
+        base = os.path.basename(source)
+        if new_name:
+            base = f"{new_name}-{disk['target']}{os.path.splitext(source)[1]}"
+        paths[disk["target"]] = os.path.join(folder, base)
+    return paths
+
+
+class HostView(NamedTuple):
+    """What this host allows a restore (read with a read-only connection)."""
+
+    image_dirs: list[str]  # resolved folders images may be written to
+    vouched: policy.Vouched
+    overwritable: frozenset[str]  # resolved images of the domain being replaced (--force)
+    replaced: str | None  # the name of the domain being replaced
+
+
+def host_view(ro: Any, header: dict[str, Any], name: str, new_name: str | None, image_dir: str | None,
+              allow_dirs: list[str], force: bool) -> HostView:
+    """The folders images may go to: ``--image-dir``, every ``--allow-dir``, the target folders of the
+    dir, fs and netfs storage pools, and the folders of the images of the domain with the archive's
+    UUID and of the domain being replaced; what those two domains vouch for; what may be overwritten.
+    Refuses to replace a running domain, or one that is not the archive's (another UUID)."""
+
+    def lookup(how: Callable[[str], Any], value: str) -> Any:
+        try:
+            return how(value)
+        except api.Error as err:
+            if err.get_error_code() == api.VIR_ERR_NO_DOMAIN:
+                return None
+            raise _fail(err, f"{value}: lookup") from err
+
+    replaced = lookup(ro.lookupByName, name)
+    original = lookup(ro.lookupByUUIDString, header["uuid"])
+    if not new_name and original is not None and original.name() != name:
+        raise BadRequest(f"the archive's UUID is that of the domain {original.name()} here (use --name NEW to restore "
+                         "a copy beside it)")
+    if not new_name and replaced is not None and replaced.UUIDString().lower() != header["uuid"].lower():
+        raise BadRequest(f"a different domain named {name} exists (UUID {replaced.UUIDString()}, the archive's is "
+                         f"{header['uuid']}): use --name NEW")
+    if replaced is not None:
+        if not force:
+            raise BadRequest(f"a domain named {name} exists already (use --force to replace it, or --name NEW to "
+                             "restore a copy beside it)")
+        if replaced.isActive():
+            raise Refused(f"{name} is running: shut it down before replacing it")
+    dirs = [os.path.realpath(d) for d in ([image_dir] if image_dir else []) + list(allow_dirs)]
+    pools: list[Any] = []
+    with contextlib.suppress(api.Error):  # no storage driver: no pools
+        pools = ro.listAllStoragePools(0)
+    for pool in pools:
+        with contextlib.suppress(api.Error, ET.ParseError):
+            root = ET.fromstring(pool.XMLDesc(0))
+            folder = root.findtext("target/path") or ""
+            if root.get("type") in ("dir", "fs", "netfs") and folder.startswith("/"):
+                dirs.append(os.path.realpath(folder))
+    mine: dict[str, list[tuple[Any, list[str]]]] = {"original": [], "replaced": []}
+    overwritable: set[str] = set()
+    for role, dom in (("original", original), ("replaced", replaced)):
+        if dom is None:
+            continue
+        try:
+            xml = dom.XMLDesc(api.VIR_DOMAIN_XML_INACTIVE)
+        except api.Error as err:
+            raise _fail(err, f"{dom.name()}: cannot read the domain") from err
+        images = [d for d in disks_of(xml) if d.copy]
+        dirs += [os.path.realpath(os.path.dirname(d.source)) for d in images]
+        mine[role].append((ET.fromstring(xml), [d.target for d in images]))
+        if role == "replaced":
+            overwritable.update(os.path.realpath(d.source) for d in images)
+    return HostView(list(dict.fromkeys(dirs)), policy.vouched_by(mine["original"], mine["replaced"]),
+                    frozenset(overwritable), replaced.name() if replaced is not None else None)
+
+
+def _destination(target: str, dest: str, dir_fd: int, force: bool, overwritable: frozenset[str]) -> bool:
+    """Whether an image may be written to ``dest`` (in the open folder ``dir_fd``), and whether it
+    replaces a file there: never a symlink or anything but a regular file; an existing file only
+    with --force and only an image of the domain being replaced."""
+    try:
+        st = os.stat(os.path.basename(dest), dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise Refused(f"{target}: cannot look at {dest}: {err.strerror}") from err
+    if stat.S_ISLNK(st.st_mode):
+        raise policy.Unsafe(f"{target}: {policy.show(dest)} is a symlink: a restore never writes through one")
+    if not stat.S_ISREG(st.st_mode):
+        raise policy.Unsafe(f"{target}: {policy.show(dest)} exists and is not a regular file")
+    if not force:
+        raise BadRequest(f"{target}: {dest} exists already (use --force to overwrite it, or --image-dir)")
+    if dest not in overwritable:
+        raise policy.Unsafe(f"{target}: {policy.show(dest)} exists and is not an image of the domain being replaced "
+                            "(--force overwrites only those)")
+    return True
+
+
+def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, force: bool, start: bool,
+            progress: bool = False, allow_dirs: tuple[str, ...] = (), allow_readonly: tuple[str, ...] = (),
+            ro: Any = None) -> dict[str, Any]:
+    """Check an archive against the archive policy (policy.py) and this host (``ro``: a read-only connection), then
+    write its images under temporary names while checking every checksum; only when all is well,
+    move them into place, define the domain (and start it)."""
+    header = read_header(path)
+    policy.check_header(header)
+    if new_name is not None and policy.name_problem(new_name):
+        raise BadRequest(f"--name {policy.show(new_name)} {policy.name_problem(new_name)}")
+    name = new_name or header["domain"]
+    given = [("--allow-dir", d) for d in allow_dirs] + ([("--image-dir", image_dir)] if image_dir is not None else [])
+    for option, folder in given:
+        if not os.path.isdir(folder):
+            raise BadRequest(f"{option} {folder} does not exist or is not a folder")
+    if image_dir is not None:
+        image_dir = os.path.abspath(image_dir)
+    view = host_view(ro if ro is not None else conn, header, name, new_name, image_dir,
+                     [os.path.abspath(d) for d in allow_dirs], force)
+    readonly_ok = [os.path.realpath(os.path.abspath(p)) for p in allow_readonly]
+    paths = policy.place(restore_paths(header, image_dir, new_name), view.image_dirs)
+    folders: dict[str, int] = {}
+    temps: dict[str, str] = {}
+    checked: dict[str, Any] = {}
+
+    def on_xml(hdr: dict[str, Any], xml: str) -> None:
+        if hdr != header:  # the paths come from the header read first: it must be the one checked now
+            raise Corrupt(f"{path}: the archive changed while it was read")
+        root, refs = check_xml(hdr, xml)
+        policy.check_host(refs, readonly_ok, view.vouched)
+        checked["root"] = root
+
+    def sink(member: Member, hdr: dict[str, Any]) -> ImageSink:
+        target = policy.check_member(member.name, hdr, [policy.member_name(t) for t in temps])
+        dest = paths[target]
+        tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.{os.getpid()}.kvm-restore-partial")
+        image = ImageSink(tmp, _realsize(member), folders[os.path.dirname(dest)])
+        temps[target] = tmp
+        return image
+
+    try:
+        for target, dest in paths.items():
+            folder = os.path.dirname(dest)
+            if folder not in folders:
+                try:
+                    folders[folder] = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                except OSError as err:
+                    raise BadRequest(f"{target}: the folder {folder} does not exist (use --image-dir)") from err
+            _destination(target, dest, folders[folder], force, view.overwritable)
+        try:
+            manifest, _xml, _digest = scan_archive(path, sink, Progress(data_total(header), progress) if progress
+                                                   else None, on_xml)
+            policy.check_manifest(header, manifest)
+            if set(temps) != set(paths):
+                raise Corrupt(f"{path}: images missing from the archive: {sorted(set(paths) - set(temps))}")
+            for target, tmp in temps.items():
+                problem = policy.image_problem(_head(tmp, folders[os.path.dirname(tmp)]))
+                if problem:
+                    raise policy.Unsafe(f"{target}: the image {problem}")
+            new_xml = rewrite_xml(ET.tostring(checked["root"], encoding="unicode"), paths, new_name)
+            for target, tmp in temps.items():
+                dest = paths[target]
+                fd = folders[os.path.dirname(dest)]
+                try:
+                    if _destination(target, dest, fd, force, view.overwritable):
+                        os.replace(os.path.basename(tmp), os.path.basename(dest), src_dir_fd=fd, dst_dir_fd=fd)
+                    else:  # a link never replaces a file that appeared meanwhile
+                        os.link(os.path.basename(tmp), os.path.basename(dest), src_dir_fd=fd, dst_dir_fd=fd,
+                                follow_symlinks=False)
+                        os.unlink(os.path.basename(tmp), dir_fd=fd)
+                except OSError as err:
+                    raise KvmError(f"{target}: cannot move the image into place at {dest}: {err.strerror}") from err
+        except BaseException:
+            for tmp in temps.values():
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.basename(tmp), dir_fd=folders[os.path.dirname(tmp)])
+            raise
+    finally:
+        for fd in folders.values():
+            os.close(fd)
+    try:
+        if view.replaced is not None and new_name:
+            conn.lookupByName(view.replaced).undefine()
+        dom = conn.defineXML(new_xml)
+        if start:
+            dom.create()
+    except api.Error as err:
+        raise _fail(err, f"{name}: images restored to {', '.join(paths.values())}, but the domain") from err
+    return {"domain": name, "images": paths, "started": start, "from": header["domain"], "archive": path}
+
+
+def _head(path: str, dir_fd: int, size: int = 512) -> bytes:
+    fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)

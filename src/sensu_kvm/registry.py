@@ -1,0 +1,265 @@
+"""Every command of sensu-plugins-kvm in one table: what it is, what runs it, how Sensu is told.
+
+This table is the one place to add or change a command. `make wiring` (``sensu_kvm.wiring``)
+writes from it setup.cfg's console_scripts, the Sensu Core 1.x definitions in conf.d/, the Sensu Go
+resources packaging/sensu-go/checks.yaml and handlers.yaml, and the command table at the top of
+the README; tests/testdriver/test_wiring.py fails when a committed file differs from what this
+table gives. The tests that walk every command take the list from the installed entry points,
+which this table writes. Nothing here imports more than the standard library: the generator runs
+from a checkout, and the table is read by the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+URI = "qemu:///system"  # the libvirt URI of every shipped definition
+# --state-dir of the rate checks under sensu-agent (its own cache directory, writable by its user)
+AGENT_STATE_DIR = "/var/cache/sensu/sensu-agent/sensu-plugins-kvm"
+BACKEND_STATE_DIR = "/var/cache/sensu/sensu-backend/sensu-plugins-kvm"
+ASSET = "sensu-plugins-kvm"  # the Sensu Go runtime asset (packaging/sensu-go/asset.yaml)
+
+
+class Kind(str, Enum):
+    CHECK = "check"  # a check on the hypervisor host: exit 0/1/2/3, one status line, perfdata
+    METRICS = "metrics"  # counters and gauges for a time-series database
+    GUEST_CHECK = "guest check"  # a check inside a guest, by the guest's own Sensu client
+    HANDLER = "handler"  # reads a Sensu event on stdin and acts
+    TOOL = "tool"  # run by hand or from cron: exit 0 done, 1 failure, 2 bad input
+
+
+class Access(str, Enum):
+    """The libvirt connection a command opens (docs/decisions.md, D3 least privilege)."""
+
+    NONE = "none"  # no libvirt at all (psutil)
+    READ_ONLY = "read-only"
+    # libvirt refuses guest agent and QEMU monitor calls on a read-only connection
+    READ_ONLY_AGENT_READ_WRITE = "read-only; read-write for the guest agent and monitor calls only"
+    READ_WRITE_TO_ACT = "read-only; read-write for what changes a domain"
+
+
+@dataclass(frozen=True)
+class CheckDefinition:
+    """How Sensu runs a check or metrics command: conf.d/<name>.json and its Sensu Go CheckConfig.
+
+    The command line of each is ``<name> [-u URI] -t <command timeout> <options>``; -u is given to
+    every command that opens libvirt.
+    """
+
+    core_options: str = ""  # the command's options in conf.d (Sensu Core 1.x)
+    go_options: str = ""  # ... in checks.yaml (Sensu Go), e.g. an agent-writable --state-dir
+    interval: int = 60  # seconds between runs
+    timeout: int = 20  # Sensu's own timeout: a backstop above the command's -t
+    occurrences: int | None = 2  # Sensu Core: events before the handlers run (None: not set)
+    refresh: int | None = 1800  # Sensu Core: seconds between repeated handler runs (None: not set)
+    core_handlers: tuple[str, ...] = ("default",)
+    go_handlers: tuple[str, ...] = ("default",)
+    go_metric_format: str = "nagios_perfdata"  # output_metric_format
+    go_metric_tags: tuple[tuple[str, str], ...] = ()  # output_metric_tags (name, value)
+    go_note: str = ""  # the comment above the CheckConfig in checks.yaml
+
+
+@dataclass(frozen=True)
+class HandlerDefinition:
+    """How Sensu runs a handler: conf.d/handler-<sensu name>.json and its Sensu Go Handler."""
+
+    sensu_name: str  # the name checks and filters refer to
+    core_options: str
+    go_options: str
+    timeout: int
+    core_severities: tuple[str, ...]
+    core_filters: tuple[str, ...]
+    go_filters: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # the console script
+    target: str  # module:function
+    kind: Kind
+    watches: str  # one line for the README's command table (Markdown)
+    access: Access
+    check: CheckDefinition | None = None  # shipped Sensu check definitions, if any
+    handler: HandlerDefinition | None = None  # shipped Sensu handler definitions, if any
+    command_timeout: int = 10  # the -t of the shipped check definitions
+
+    @property
+    def module(self) -> str:
+        return self.target.partition(":")[0]
+
+    @property
+    def function(self) -> str:
+        return self.target.partition(":")[2]
+
+    @property
+    def core_file(self) -> str | None:
+        """The Sensu Core 1.x file that defines it, relative to the top of the tree."""
+        if self.check is not None:
+            return f"conf.d/guest/{self.name}.json" if self.kind is Kind.GUEST_CHECK else f"conf.d/{self.name}.json"
+        if self.handler is not None:
+            return f"conf.d/handler-{self.handler.sensu_name}.json"
+        return None
+
+    @property
+    def go_file(self) -> str | None:
+        """The Sensu Go file that defines it, relative to the top of the tree."""
+        if self.check is not None:
+            return "packaging/sensu-go/checks.yaml"
+        if self.handler is not None:
+            return "packaging/sensu-go/handlers.yaml"
+        return None
+
+    @property
+    def subscription(self) -> str:
+        """The Sensu Go subscription of its CheckConfig."""
+        return "kvm-guest" if self.kind is Kind.GUEST_CHECK else "kvm-hypervisor"
+
+    def command_line(self, options: str, timeout: bool = True) -> str:
+        """The shipped command line with these options."""
+        words = [self.name]
+        if self.access is not Access.NONE:
+            words += ["-u", URI]
+        if timeout:
+            words += ["-t", str(self.command_timeout)]
+        if options:
+            words.append(options)
+        return " ".join(words)
+
+
+# Hypervisor checks, metrics, the guest check, the handler, then the tools: the order of every
+# generated file.
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "check-kvm-domstate", "sensu_kvm.checks.domstate:main", Kind.CHECK,
+        "every domain's state and reason: crashed, paused by a full disk, shut off while marked autostart, deleted",
+        Access.READ_ONLY,
+        CheckDefinition(
+            core_options="--per-domain sensu --per-domain-handler default --per-domain-handler kvm-remediate",
+            go_options="--per-domain sensu-go --per-domain-handler default --per-domain-handler kvm-remediate",
+        ),
+    ),
+    Command(
+        "check-kvm-vcpu", "sensu_kvm.checks.vcpu:main", Kind.CHECK,
+        "vCPU usage % of each domain, and steal (vCPUs waiting for a host CPU: overcommit)",
+        Access.READ_ONLY,
+        CheckDefinition(go_options=f"--state-dir {AGENT_STATE_DIR}"),
+    ),
+    Command(
+        "check-kvm-memory", "sensu_kvm.checks.memory:main", Kind.CHECK,
+        "memory used % of each domain, from the guest's balloon statistics or the host's view",
+        Access.READ_ONLY,
+        CheckDefinition(),
+    ),
+    Command(
+        "check-kvm-blkerror", "sensu_kvm.checks.blkerror:main", Kind.CHECK,
+        "disk errors QEMU recorded (`no space`, `unspecified error`), like `virsh domblkerror`",
+        Access.READ_ONLY,
+        CheckDefinition(),
+    ),
+    Command(
+        "check-kvm-blkstat", "sensu_kvm.checks.blkstat:main", Kind.CHECK,
+        "per disk: IOPS, bytes/s, latency, flushes/s, allocation % of capacity",
+        Access.READ_ONLY,
+        CheckDefinition(go_options=f"--state-dir {AGENT_STATE_DIR}"),
+    ),
+    Command(
+        "check-kvm-host", "sensu_kvm.checks.host:main", Kind.CHECK,
+        "the host: CPU busy %, memory and swap used %, free space of the file systems holding disk images",
+        Access.READ_ONLY,
+        CheckDefinition(go_options=f"--state-dir {AGENT_STATE_DIR}"),
+    ),
+    Command(
+        "check-kvm-snapshot-age", "sensu_kvm.checks.snapshot_age:main", Kind.CHECK,
+        "snapshots piling up: oldest age, count, and overlays that no snapshot knows about",
+        Access.READ_ONLY,
+        CheckDefinition(
+            core_options="-w 3d -c 7d", go_options="-w 3d -c 7d", interval=3600, occurrences=1, refresh=86400,
+            go_note="Snapshots piling up (oldest older than 3d WARNING, 7d CRITICAL; more than 10 WARNING) and\n"
+                    "overlays no snapshot knows about. Hourly is enough for ages counted in days.",
+        ),
+    ),
+    Command(
+        "check-kvm-guest-agent", "sensu_kvm.checks.guest_agent:main", Kind.CHECK,
+        "the QEMU guest agent answers; used % of the guests' file systems (guest info)",
+        Access.READ_ONLY_AGENT_READ_WRITE,
+        CheckDefinition(
+            core_options="-w 90 -c 95 --exclude-fs-type squashfs,iso9660,udf,vfat",
+            go_options="-w 90 -c 95 --exclude-fs-type squashfs,iso9660,udf,vfat",
+            interval=300, refresh=3600,
+            go_note="The guest agent of every domain with an agent channel answers, and the guests' file systems have\n"
+                    "room. Needs a read-write libvirt connection for the agent calls (see the README).",
+        ),
+    ),
+    Command(
+        "check-kvm-backup-age", "sensu_kvm.checks.backup_age:main", Kind.CHECK,
+        "the newest verified backup of each domain is recent enough; failed backups",
+        Access.READ_ONLY,
+        CheckDefinition(
+            core_options="--backup-dir /srv/backup -w 26h -c 50h",
+            go_options="--backup-dir /srv/backup --state-dir /var/lib/kvm-backup -w 26h -c 50h",
+            interval=3600, occurrences=1, refresh=86400,
+            go_note="Every domain has a backup from kvm-backup younger than 26h (WARNING) / 50h (CRITICAL), and no\n"
+                    "kvm-backup run failed since. Reads the backup folder's file names only (read-only libvirt).",
+        ),
+    ),
+    Command(
+        "metrics-kvm", "sensu_kvm.checks.metrics:main", Kind.METRICS,
+        "every domain and host statistic for Graphite, InfluxDB, Prometheus or JSON",
+        Access.READ_ONLY,
+        CheckDefinition(
+            core_options="--scheme :::name:::.kvm", go_options="--format prometheus",
+            occurrences=None, refresh=None, core_handlers=("graphite",),
+            go_metric_format="prometheus_text", go_metric_tags=(("entity", "{{ .name }}"),),
+            go_note="Raw counters and gauges of every domain and of the host, for a time-series database.\n"
+                    "The entity's name is added as a tag: the Prometheus text itself names no host.",
+        ),
+    ),
+    Command(
+        "check-memory-percent", "sensu_kvm.checks.memory_percent:main", Kind.GUEST_CHECK,
+        "inside a guest: memory (or swap) used %, the classic `check-memory-percent.rb`",
+        Access.NONE,
+        CheckDefinition(
+            core_options="-w 80 -c 90", go_options="-w 80 -c 90",
+            go_note="Inside each guest (subscription kvm-guest): psutil only, no libvirt.",
+        ),
+    ),
+    Command(
+        "handler-kvm-remediate", "sensu_kvm.handlers.remediate:main", Kind.HANDLER,
+        "starts a guest that crashed, resumes one paused by a fault, with guardrails",
+        Access.READ_WRITE_TO_ACT,
+        handler=HandlerDefinition(
+            sensu_name="kvm-remediate",
+            core_options="--max-attempts 3 --window 3600",
+            go_options=f"--max-attempts 3 --window 3600 --state-dir {BACKEND_STATE_DIR}",
+            timeout=60,
+            core_severities=("critical",),
+            core_filters=("kvm-first-occurrences",),
+            go_filters=("is_incident", "not_silenced", "kvm-first-occurrences"),
+        ),
+    ),
+    Command(
+        "kvm-inspect", "sensu_kvm.tools.inspect:main", Kind.TOOL,
+        "everything about one domain in one report (state, vCPUs, memory, disks, chains, snapshots, agent, monitor)",
+        Access.READ_ONLY_AGENT_READ_WRITE,
+    ),
+    Command(
+        "kvm-snapshot", "sensu_kvm.tools.snapshot:main", Kind.TOOL,
+        "the snapshot workflow: create (internal or external), list (tree), info, dumpxml, rename, revert, delete, "
+        "prune, chain",
+        Access.READ_WRITE_TO_ACT,
+    ),
+    Command(
+        "kvm-backup", "sensu_kvm.tools.backup:main", Kind.TOOL,
+        "backups: live (external snapshot, copy, blockcommit), stop or suspend; verify, list, restore, prune, "
+        "recover; rsync to a remote host",
+        Access.READ_WRITE_TO_ACT,
+    ),
+)
+
+BY_NAME: dict[str, Command] = {command.name: command for command in COMMANDS}
+
+
+def of_kind(*kinds: Kind) -> list[Command]:
+    """The commands of these kinds, in the table's order."""
+    return [command for command in COMMANDS if command.kind in kinds]
