@@ -30,6 +30,8 @@ class Disk(NamedTuple):
     readonly: bool
     shareable: bool
     backing: tuple[Layer, ...]  # below the top image, as the live XML shows it
+    bus: str = ""  # virtio, sata, scsi, ide, ...
+    volume: str = ""  # a pool volume's name (kind 'volume'), "" otherwise
 
     @property
     def chain(self) -> list[Layer]:
@@ -42,6 +44,7 @@ class Interface(NamedTuple):
     mac: str
     source: str  # network, bridge or device name
     target: str  # the host side device (vnet0), "" when libvirt has not named it
+    model: str = ""  # virtio, e1000, ...
 
 
 class Domain(NamedTuple):
@@ -72,7 +75,8 @@ def _disk(node: ET.Element) -> Disk:
         store = store.find("backingStore")
     return Disk("" if target is None else target.get("dev", ""), node.get("device", "disk"), node.get("type", "file"),
                 path, path or other, "" if driver is None else driver.get("type", ""),
-                node.find("readonly") is not None, node.find("shareable") is not None, tuple(backing))
+                node.find("readonly") is not None, node.find("shareable") is not None, tuple(backing),
+                "" if target is None else target.get("bus", ""), "" if source is None else source.get("volume", ""))
 
 
 def disks(xml: str | ET.Element) -> list[Disk]:
@@ -88,10 +92,11 @@ def chains(xml: str | ET.Element) -> dict[str, list[Layer]]:
 def interfaces(xml: str | ET.Element) -> list[Interface]:
     found = []
     for node in _root(xml).iterfind("devices/interface"):
-        mac, source, target = node.find("mac"), node.find("source"), node.find("target")
+        mac, source, target, model = node.find("mac"), node.find("source"), node.find("target"), node.find("model")
         src = "" if source is None else (source.get("network") or source.get("bridge") or source.get("dev") or "")
         found.append(Interface(node.get("type", ""), "" if mac is None else mac.get("address", ""), src,
-                               "" if target is None else target.get("dev", "")))
+                               "" if target is None else target.get("dev", ""),
+                               "" if model is None else model.get("type", "")))
     return found
 
 

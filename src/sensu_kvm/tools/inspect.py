@@ -119,22 +119,10 @@ class Inspector:
 def _xml_devices(xml: str) -> tuple[list[dict[str, str]], list[dict[str, str]], guestinfo.Channel | None, str]:
     """Disks, interfaces, the agent channel and the OS type from a domain's XML (pure)."""
     root = ET.fromstring(xml)
-    disks = []
-    for disk in root.iterfind("devices/disk"):
-        target, source, driver = disk.find("target"), disk.find("source"), disk.find("driver")
-        src = "" if source is None else (source.get("file") or source.get("dev") or source.get("name")
-                                          or source.get("volume") or "")
-        disks.append({"target": "" if target is None else target.get("dev", ""),
-                      "bus": "" if target is None else target.get("bus", ""),
-                      "device": disk.get("device", "disk"), "type": disk.get("type", ""), "source": src,
-                      "format": "" if driver is None else driver.get("type", "")})
-    nics = []
-    for nic in root.iterfind("devices/interface"):
-        mac, source, target, model = nic.find("mac"), nic.find("source"), nic.find("target"), nic.find("model")
-        src = "" if source is None else (source.get("network") or source.get("bridge") or source.get("dev") or "")
-        nics.append({"type": nic.get("type", ""), "mac": "" if mac is None else mac.get("address", ""),
-                     "source": src, "model": "" if model is None else model.get("type", ""),
-                     "target": "" if target is None else target.get("dev", "")})
+    disks = [{"target": d.target, "bus": d.bus, "device": d.device, "type": d.kind, "source": d.source or d.volume,
+              "format": d.format} for d in domxml.disks(root)]
+    nics = [{"type": n.kind, "mac": n.mac, "source": n.source, "model": n.model, "target": n.target}
+            for n in domxml.interfaces(root)]
     os_type = root.find("os/type")
     return disks, nics, guestinfo.agent_channel(xml), "" if os_type is None else (os_type.text or "")
 
