@@ -12,7 +12,9 @@ import time
 import xml.etree.ElementTree as ET
 from typing import Any, NamedTuple
 
-from sensu_kvm import virt
+# the calls are made in virt.agent and virt.monitor, each under its deadline; re-exported for the tools
+from sensu_kvm.virt.agent import FS_INFO, HOSTNAME_INFO, OS_INFO, agent_command, guest_info  # noqa: F401
+from sensu_kvm.virt.monitor import monitor_command  # noqa: F401
 
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
@@ -96,15 +98,6 @@ def section(info: dict[str, Any], prefix: str) -> dict[str, Any]:
     """The keys of one group of guest information, without the prefix (``os.`` -> id, name, ...)."""
     return {k[len(prefix):]: v for k, v in info.items() if k.startswith(prefix)}
 
-
-# --- calls (made in virt.agent and virt.monitor, each under its deadline) -------------------------
-
-agent_command = virt.agent_command
-guest_info = virt.guest_info
-monitor_command = virt.monitor_command
-FS_INFO = virt.FS_INFO
-OS_INFO = virt.OS_INFO
-HOSTNAME_INFO = virt.HOSTNAME_INFO
 
 
 def ping(dom: Any, seconds: float) -> float:

@@ -8,7 +8,8 @@ Modules:
 * ``stats``      -- the bulk statistics with the per-domain fallback; the host's counters;
 * ``lookup``     -- domains by name, UUID or ID; every domain; the autostart ones;
 * ``versions``   -- version facts of libvirt and the hypervisor;
-* ``agent``, ``monitor`` -- guest agent and QEMU monitor commands.
+* ``agent``, ``monitor`` -- guest agent and QEMU monitor commands (imported by name where they are
+  used, not here: a check that needs no agent does not pay for loading it, ~2 ms a run).
 
 The names below are the ones the rest of the code uses: ``from sensu_kvm import virt;
 virt.connect(...)``. libvirt's own types and constants are re-exported for the modules that need
@@ -20,7 +21,6 @@ from __future__ import annotations
 import libvirt
 
 from sensu_kvm.uris import scrub, shown_uri
-from sensu_kvm.virt.agent import FS_INFO, HOSTNAME_INFO, OS_INFO, agent_command, agent_timeout, guest_info
 from sensu_kvm.virt.connection import DEFAULT_URI, connect, resolve_uri, set_default_timeout
 from sensu_kvm.virt.deadline import (
     DEFAULT_TIMEOUT,
@@ -35,7 +35,6 @@ from sensu_kvm.virt.deadline import (
 )
 from sensu_kvm.virt.errors import kind, reason, translate
 from sensu_kvm.virt.lookup import all_domains, autostart_uuids, domain_by_any, lookup_domain
-from sensu_kvm.virt.monitor import monitor_command
 from sensu_kvm.virt.stats import (
     FALLBACK_THREADS,
     GROUPS,
@@ -63,11 +62,10 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "DEFAULT_TIMEOUT", "DEFAULT_URI", "FALLBACK_THREADS", "FS_INFO", "GROUPS", "HOSTNAME_INFO", "LONG_CALLS",
-    "LONG_FACTOR", "OS_INFO", "DomainRecord", "Group", "Timed", "agent_command", "agent_timeout",
-    "all_domains", "api_name", "autostart_uuids", "call_with_deadline", "client_version", "connect",
-    "disk_errors", "domain_by_any", "gather", "guest_info", "hypervisor_version", "in_parallel", "kind",
-    "lib_version", "libvirtError", "lookup_domain", "monitor_command", "node_cpu_stats", "node_memory_stats",
-    "raw", "reason", "resolve_uri", "run_with_deadline", "scrub", "set_default_timeout", "shown_uri", "translate",
-    "version_text", "virConnect", "virDomain", "virDomainSnapshot", "wrap",
+    "DEFAULT_TIMEOUT", "DEFAULT_URI", "FALLBACK_THREADS", "GROUPS", "LONG_CALLS", "LONG_FACTOR",
+    "DomainRecord", "Group", "Timed", "all_domains", "api_name", "autostart_uuids", "call_with_deadline",
+    "client_version", "connect", "disk_errors", "domain_by_any", "gather", "hypervisor_version",
+    "in_parallel", "kind", "lib_version", "libvirtError", "lookup_domain", "node_cpu_stats",
+    "node_memory_stats", "raw", "reason", "resolve_uri", "run_with_deadline", "scrub", "set_default_timeout",
+    "shown_uri", "translate", "version_text", "virConnect", "virDomain", "virDomainSnapshot", "wrap",
 ]
