@@ -107,13 +107,14 @@ def text_arg(text: str) -> str:
     return text
 
 
-_METRIC_PATH = re.compile(r"[A-Za-z0-9_:.-]+")
+# patterns, not compiled objects: re compiles each on first use (its cache), not at every check's import
+_METRIC_PATH = r"[A-Za-z0-9_:.-]+"
 
 
 def metric_prefix_arg(text: str) -> str:
     """A Graphite path prefix: letters, digits and ``_ : . -`` only (a space or a line break would
     split the metric lines, and forge others)."""
-    if not _METRIC_PATH.fullmatch(text) or text.startswith(".") or text.endswith(".") or ".." in text:
+    if not re.fullmatch(_METRIC_PATH, text) or text.startswith(".") or text.endswith(".") or ".." in text:
         raise argparse.ArgumentTypeError(f"{shown(text)} is not a Graphite path: use letters, digits, '_', ':', '-' "
                                          "and dots between them (such as kvm.dc1.host7)")
     return text
@@ -222,7 +223,7 @@ def positive_arg(text: str) -> float:
     return number_arg(1e9)(text)
 
 
-_BARE_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_BARE_NUMBER = r"[0-9]+(?:\.[0-9]+)?"
 MAX_DURATION = 1000 * 366 * 86400  # a millennium: any longer is a typo (and may overflow)
 
 
@@ -242,7 +243,7 @@ def duration_arg(text: str) -> float:
 def strict_duration_arg(text: str) -> float:
     """A duration that must carry its unit (``3d``, not ``3``): for options of commands that
     delete, where a bare number taken as seconds would delete far more than meant."""
-    if _BARE_NUMBER.fullmatch(text.strip()):
+    if re.fullmatch(_BARE_NUMBER, text.strip()):
         raise argparse.ArgumentTypeError(f"{shown(text)} has no unit: add s, m, h, d or w (such as 3d, 12h or 90m)")
     return duration_arg(text)
 
@@ -253,17 +254,17 @@ def duration_range(text: str) -> Range:
     return Range(0.0, seconds, False, format_number(seconds))
 
 
-_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]*):(?P<port>[0-9]{1,5})")
-_URL = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?(/[!-~]*)?")
+_HOST_PORT = r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]*):(?P<port>[0-9]{1,5})"
+_URL = r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?(/[!-~]*)?"
 
 
 def address_kind(text: str) -> str | None:
     """'sensu' for HOST:PORT (the Core client socket), 'sensu-go' for an http(s) URL (the Go
     agent's events API), None for anything else."""
-    match = _HOST_PORT.fullmatch(text)
+    match = re.fullmatch(_HOST_PORT, text)
     if match:
         return "sensu" if 1 <= int(match.group("port")) <= 65535 else None
-    match = _URL.fullmatch(text)
+    match = re.fullmatch(_URL, text)
     if match:
         port = match.group(2)
         return "sensu-go" if port is None or 1 <= int(port[1:]) <= 65535 else None

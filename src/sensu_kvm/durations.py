@@ -7,8 +7,9 @@ import re
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
-_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_BARE = re.compile(r"\d+(?:\.\d+)?")
+# patterns, not compiled objects: re compiles each on first use (its cache), not at every check's import
+_PART = r"(\d+(?:\.\d+)?)([smhdw])"
+_BARE = r"\d+(?:\.\d+)?"
 HINT = "a number with a unit s, m, h, d or w, such as 30s, 90m, 12h, 3d, 1w or 1d12h"
 
 
@@ -19,11 +20,11 @@ def parse_duration(text: str) -> float:
     words = text.strip().lower().replace(" ", "")
     if not words:
         raise ValueError(f"empty duration: use {HINT}")
-    if _BARE.fullmatch(words):
+    if re.fullmatch(_BARE, words):
         return float(words)
     total = 0.0
     pos = 0
-    for match in _PART.finditer(words):
+    for match in re.finditer(_PART, words):
         if match.start() != pos:
             break
         total += float(match.group(1)) * UNITS[match.group(2)]

@@ -9,7 +9,8 @@ import re
 __all__ = ["scrub", "shown_uri"]
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-_SECRET_KEYS = re.compile(r"pass|pwd|secret|token|cred|auth", re.IGNORECASE)
+# patterns, not compiled objects: re compiles each on first use (its cache), not at every check's import
+_SECRET_KEYS = r"(?i)pass|pwd|secret|token|cred|auth"
 
 
 def _split(uri: str) -> tuple[str, str, str, str, str]:
@@ -36,7 +37,7 @@ def _secrets(uri: str) -> list[str]:
     found = [password] if password else []
     for pair in query[1:].split("#")[0].split("&"):
         key, eq, value = pair.partition("=")
-        if eq and value and _SECRET_KEYS.search(key):
+        if eq and value and re.search(_SECRET_KEYS, key):
             found.append(value)
     return found
 
@@ -50,7 +51,7 @@ def shown_uri(uri: str) -> str:
         pairs = []
         for pair in body.split("&"):
             key, eq, value = pair.partition("=")
-            pairs.append(f"{key}=***" if eq and value and _SECRET_KEYS.search(key) else pair)
+            pairs.append(f"{key}=***" if eq and value and re.search(_SECRET_KEYS, key) else pair)
         query = "?" + "&".join(pairs) + hash_sep + fragment
     return head + user + rest + query
 
