@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,3 +60,36 @@ def refuses(command: str, code: int, *args: str, timeout: float = 120) -> str:
 def fault_env() -> dict[str, str]:
     """Environment that loads tests/faults/sitecustomize.py into the command's process."""
     return {"PYTHONPATH": str(FAULTS)}
+
+
+@contextlib.contextmanager
+def hung_socket() -> Iterator[Path]:
+    """A Unix socket that accepts connections and never answers (a hung libvirtd: point a command at
+    ``qemu+unix:///system?socket=PATH``), in a folder of its own that goes afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="spk-hang-", dir="/tmp"))  # short: a socket path has at most 107 bytes
+    path = folder / "libvirt.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])  # kept open, never answered
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        stop.set()
+        thread.join(2)
+        for conn in held:
+            conn.close()
+        server.close()
+        shutil.rmtree(folder, ignore_errors=True)

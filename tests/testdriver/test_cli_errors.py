@@ -9,14 +9,13 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sensu_kvm.registry import BY_NAME, Kind
-from tests.conftest import BIN, node_uri, run
+from tests.conftest import BIN, hung_socket, node_uri, run
 from tests.entrypoints import commands
 
 
@@ -88,34 +87,10 @@ def test_uri_from_environment_and_unknown_driver():
 
 
 @pytest.fixture
-def silent_socket() -> Iterator[str]:
+def silent_socket() -> Iterator[Path]:
     """A Unix socket that accepts connections and never answers: a hung libvirtd."""
-    folder = tempfile.mkdtemp(prefix="spk-hang-")
-    path = os.path.join(folder, "hang.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    server.listen(8)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield path
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    server.close()
-    os.unlink(path)
-    os.rmdir(folder)
+    with hung_socket() as path:
+        yield path
 
 
 def test_hanging_hypervisor_times_out_with_unknown(silent_socket):

@@ -10,17 +10,13 @@ checks and metrics-kvm, 1 and one line on stderr naming the call for the tools a
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run
+from tests.conftest import hung_socket, run
 from tests.entrypoints import console_scripts
 
 TIMEOUT = 2  # seconds given to each command
@@ -58,33 +54,10 @@ def commands() -> set[str]:
 @pytest.fixture(scope="module")
 def hung() -> Iterator[tuple[str, Path]]:
     """A libvirt URI whose socket accepts and never answers, and a scratch folder."""
-    folder = Path(tempfile.mkdtemp(prefix="spk-hang-", dir="/tmp"))  # short: a socket path is limited to 107 bytes
-    path = folder / "libvirt.sock"
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])  # kept open, never answered
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    scratch = folder / "scratch"
-    scratch.mkdir()
-    yield f"qemu+unix:///system?socket={path}", scratch
-    stop.set()
-    thread.join(2)
-    for conn in held:
-        conn.close()
-    server.close()
-    shutil.rmtree(folder, ignore_errors=True)
+    with hung_socket() as path:
+        scratch = path.parent / "scratch"
+        scratch.mkdir()
+        yield f"qemu+unix:///system?socket={path}", scratch
 
 
 def test_every_command_is_covered() -> None:
