@@ -284,7 +284,7 @@ class Server:
 
     def create_event(self, client: dict[str, Any], check: dict[str, Any]) -> dict[str, Any]:
         key = f"history:{client['name']}:{check['name']}"
-        history = [h.decode() for h in self.redis.lrange(key, -21, -1)]
+        history = [h.decode() if isinstance(h, bytes) else str(h) for h in self.redis.lrange(key, -21, -1)]
         last_ok = self.redis.get(f"{key}:last_ok")
         check = {**check, "history": history, "total_state_change": 0}
         stored_json = self.redis.hget(f"events:{client['name']}", check["name"])
@@ -333,7 +333,7 @@ class Server:
         """process.rb ``create_check_ttl_results``: the results (``client:check``) whose ttl has run out
         at ``now``, for which the server would publish "Last check execution was ... ago" (status 1)."""
         out = []
-        for key in sorted(k.decode() for k in self.redis.smembers("ttl")):
+        for key in sorted(k.decode() if isinstance(k, bytes) else str(k) for k in self.redis.smembers("ttl")):
             stored = self.redis.get(f"result:{key}")
             if stored is None:
                 continue
