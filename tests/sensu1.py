@@ -53,7 +53,7 @@ def check_result_errors(check: Any) -> list[str]:
         errors.append("check name must be a string")
     elif not NAME.search(name):
         errors.append("check name cannot contain spaces or special characters")
-    if check.get("source") not in (None, False):
+    if check.get("source") is not None and check["source"] is not False:
         source = check["source"]
         if not isinstance(source, str):
             errors.append("check source must be a string")
@@ -66,7 +66,7 @@ def check_result_errors(check: Any) -> list[str]:
             errors.append("check handlers must be an array")
         elif not all(isinstance(h, str) for h in check["handlers"]):
             errors.append("check handlers must each be a string")
-    if check.get("ttl") not in (None, False):  # Ruby: 0 is true, so a ttl of 0 is validated (and refused)
+    if check.get("ttl") is not None and check["ttl"] is not False:  # Ruby: 0 is true, so a ttl of 0 is refused
         ttl = check["ttl"]
         if not isinstance(ttl, int) or isinstance(ttl, bool):
             errors.append("check ttl must be an integer")

@@ -300,11 +300,11 @@ class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
         try:
             outcome = proxies.deliver(options, self._own_parser.prog, self._name, report.findings, directory,
                                       virt.resolve_uri(options.uri), min(2.0, options.timeout / 4))
-            failed, reason, note = outcome.failed, outcome.reason, outcome.note
+            failed, reason, note, tried = outcome.failed, outcome.reason, outcome.note, outcome.tried
         except Exception as err:  # never let the sending hide the check's own verdict
-            failed, reason = len(report.findings), f"{type(err).__name__}: {err}"
+            failed, reason, tried = len(report.findings), f"{type(err).__name__}: {err}", len(report.findings)
         if failed:
-            note = f"; {failed} of {len(report.findings)} per-domain results not sent to {address}: {reason}" + note
+            note = f"; {failed} of {tried} per-domain results not sent to {address}: {reason}" + note
         return report._replace(summary=report.summary + one_line(note)) if note else report
 
 

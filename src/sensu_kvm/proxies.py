@@ -8,7 +8,8 @@ execution was ... ago" WARNING. So the check remembers, in a small state file un
 proxy clients it sent results to, and when one of them is no longer among the domains it judges
 (undefined, or no longer selected by -d/--match/--exclude) it sends that client one last OK result
 without a ttl: Sensu resolves the event and its TTL monitor stops watching the client. A last
-result the agent did not accept is tried again on the next run.
+result that could not be delivered (the agent is down) is tried again on the next run; one the
+agent refused (``invalid``, HTTP 4xx) is not.
 
 The state is read, the results are sent and the state is written under the state file's lock, so
 two overlapping runs take turns; a run that cannot get the lock within a quarter of its timeout
@@ -48,6 +49,13 @@ def _known(stored: Mapping[str, Any], target: str) -> dict[str, str]:
     return known
 
 
+def refused(err: Exception) -> bool:
+    """Whether the agent answered and refused the result (invalid, HTTP 4xx): sending it again
+    would only be refused again, so it is not kept for the next run."""
+    text = str(err)
+    return "answered" in text or text.startswith("HTTP Error")
+
+
 def gone_output(check_name: str, domain: str) -> str:
     return (f"{check_name} OK: {names.visible(domain)} is no longer defined or no longer selected: "
             "no more results for this proxy client\n")
@@ -61,6 +69,7 @@ class Outcome:
         self.reason: str | None = None
         self.note = ""
         self.resolved: list[str] = []  # proxy clients that got their last result
+        self.tried = 0  # results this run tried to send: one per finding, one per guest that is gone
 
     def fail(self, reason: str) -> None:
         self.failed += 1
@@ -78,6 +87,7 @@ def deliver(options: argparse.Namespace, prog: str, check_name: str, findings: S
     current = {results.entity_of(kind, results.payload(kind, prog, f, "", handlers)): f.subject for f in findings}
     target = f"{kind} {address}"
     outcome = Outcome()
+    outcome.tried = len(findings)
     accepted: dict[str, str] = {}
     done = False
 
@@ -105,6 +115,7 @@ def deliver(options: argparse.Namespace, prog: str, check_name: str, findings: S
                 for entity, domain in sorted(known.items()):
                     if entity in current:
                         continue
+                    outcome.tried += 1
                     last = results.gone_payload(kind, prog, entity, gone_output(check_name, domain), handlers,
                                                 schedule.interval)
                     try:
@@ -112,7 +123,8 @@ def deliver(options: argparse.Namespace, prog: str, check_name: str, findings: S
                         outcome.resolved.append(entity)
                     except (OSError, ValueError) as err:
                         outcome.fail(getattr(err, "strerror", None) or str(err))
-                        keep[entity] = domain  # tried again next run
+                        if not refused(err):
+                            keep[entity] = domain  # the agent is down or slow: tried again next run
                 now = time.time()
                 stored = {t: v for t, v in stored.items() if t != target and isinstance(v, dict)}
                 if keep:
