@@ -48,8 +48,9 @@ def scheduled(kind: str, result: dict[str, Any], schedule: Schedule) -> dict[str
     annotations = {key: str(value) for key, value in (("fatigue_check/occurrences", schedule.occurrences),
                                                       ("fatigue_check/interval", schedule.refresh))
                    if value is not None}
-    if annotations:
-        check["metadata"] = {**check["metadata"], "annotations": annotations}
+    if annotations:  # beside any the payload has
+        metadata = check["metadata"]
+        check["metadata"] = {**metadata, "annotations": {**metadata.get("annotations", {}), **annotations}}
     return {**result, "check": check}
 
 
