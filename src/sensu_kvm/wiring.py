@@ -6,10 +6,12 @@ run from a checkout with ``PYTHONPATH=src`` (so that the checkout's registry is 
 installed one). It writes, under TREE (default: the working directory):
 
 - setup.cfg: the console_scripts of [options.entry_points] (the rest of the file is left alone);
-- conf.d/<check>.json, conf.d/guest/<guest check>.json, conf.d/handler-<name>.json: the Sensu
-  Core 1.x definitions of the checks, metrics and handlers (the transport, RabbitMQ, Redis, API,
-  client, filter and other handlers' files are not commands and stay hand-written);
-- packaging/sensu-go/checks.yaml and handlers.yaml: the CheckConfigs, the Handler and its filter;
+- conf.d/<check>.json (subscription checks of kvm-hypervisor), conf.d/standalone/<check>.json
+  (their standalone variants), conf.d/guest/<guest check>.json, conf.d/handler-<name>.json: the
+  Sensu Core 1.x definitions of the checks, metrics and handlers (the transport, RabbitMQ, Redis,
+  API, client, filter and other handlers' files are not commands and stay hand-written);
+- packaging/sensu-go/checks.yaml, handlers.yaml and handler-default.yaml: the CheckConfigs, the
+  Handler and its filters (kvm-first-occurrences, kvm-occurrences), the example default handler;
 - README.md: the command table between the ``<!-- commands`` marker comments.
 
 Each command's module must be a file of the checkout that defines its function.
@@ -56,7 +58,12 @@ CHECKS_YAML_HEAD = """\
 # check-kvm-domstate runs with --per-domain sensu-go: besides its own, aggregate result it posts one
 # result per domain to the agent's events API, as a proxy entity named after the domain, handled by
 # default and kvm-remediate (handlers.yaml), which needs an event about one domain to start or resume
-# a guest.
+# a guest. Each such event has a ttl of three intervals; a guest that is gone gets a last OK event
+# without one, which resolves it (its entity stays until `sensuctl entity delete`).
+#
+# The annotations fatigue_check/occurrences and fatigue_check/interval say when an incident alerts:
+# at that occurrence, then every that many seconds, through the kvm-occurrences filter
+# (handlers.yaml), which the handler the checks name (default) must list.
 """
 
 HANDLERS_YAML_HEAD = """\
