@@ -2,8 +2,8 @@
 
 The config file is written into a temp dir, so nothing is read from /etc/influxdb or written to
 /var/lib/influxdb: meta, data and WAL directories in the temp dir; the HTTP API on
-127.0.0.1:HTTP_PORT only (no auth, no pprof); the RPC service of backup/restore on
-127.0.0.1:RPC_PORT; reporting disabled; the self-monitoring store off; one UDP listener on
+127.0.0.1:HTTP_PORT only (no pprof; no authentication unless start() is given an admin); the
+RPC service of backup/restore on 127.0.0.1:RPC_PORT; reporting disabled; the self-monitoring store off; one UDP listener on
 127.0.0.1:UDP_PORT writing into the database UDP_DATABASE (what the shipped handler-influxdb.json
 of Sensu Core used to send to); no graphite, collectd, opentsdb or ifql listener. The daemon runs
 under the subreaper of tests/services/rabbitmq.py and is stopped with SIGTERM (then SIGKILL), the
@@ -74,7 +74,7 @@ bind-address = "{host}:{rpc_port}"
 [http]
   enabled = true
   bind-address = "{host}:{http_port}"
-  auth-enabled = false
+  auth-enabled = {auth}
   log-enabled = false
   pprof-enabled = false
   unix-socket-enabled = false
@@ -114,6 +114,7 @@ class InfluxDB:
     udp_port: int = UDP_PORT
     udp_database: str = UDP_DATABASE
     reaper: subprocess.Popen[bytes] | None = None
+    admin: tuple[str, str] | None = None  # the credentials of its requests, when authentication is on
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -130,6 +131,8 @@ class InfluxDB:
 
     def request(self, method: str, path: str, params: dict[str, str], body: bytes | None = None,
                 timeout: float = 60) -> Response:
+        if self.admin is not None:
+            params = {**params, "u": self.admin[0], "p": self.admin[1]}
         req = urllib.request.Request(f"{self.url}{path}?{urllib.parse.urlencode(params)}", data=body, method=method)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as answer:
@@ -206,9 +209,11 @@ def _udp_port_free(host: str, port: int) -> None:
 
 
 def start(*, http_port: int = HTTP_PORT, udp_port: int = UDP_PORT, rpc_port: int = RPC_PORT,
-          timeout: float = 30) -> InfluxDB:
+          admin: tuple[str, str] | None = None, timeout: float = 30) -> InfluxDB:
     """Start influxd with a private config, wait until /ping answers 204, create the UDP listener's
-    database; on any failure, clean up and raise ServiceError."""
+    database; on any failure, clean up and raise ServiceError. With ``admin`` (user, password),
+    authentication is on and that admin user is created first (what influxd allows before any user
+    exists); the fixture's own requests then carry it."""
     if shutil.which(INFLUXD) is None:
         raise ServiceError("influxd not found: run `bash tests/services/setup.sh` (installs Debian's influxdb)")
     reap_stale("spk-influxdb-")
@@ -218,7 +223,8 @@ def start(*, http_port: int = HTTP_PORT, udp_port: int = UDP_PORT, rpc_port: int
     tmpdir = Path(tempfile.mkdtemp(prefix=f"spk-influxdb-{os.getpid()}-"))
     server = InfluxDB(tmpdir=tmpdir, http_port=http_port, udp_port=udp_port)
     server.config.write_text(CONFIG.format(host=HOST, rpc_port=rpc_port, http_port=http_port, udp_port=udp_port,
-                                           udp_database=UDP_DATABASE, dir=tmpdir))
+                                           udp_database=UDP_DATABASE, dir=tmpdir,
+                                           auth="true" if admin else "false"))
     began = time.monotonic()
     try:
         server.reaper = spawn_reaped([INFLUXD, "-config", str(server.config)], env=os.environ, tmpdir=tmpdir,
@@ -230,6 +236,10 @@ def start(*, http_port: int = HTTP_PORT, udp_port: int = UDP_PORT, rpc_port: int
             if time.monotonic() > deadline:
                 raise ServiceError(f"influxd not answering on {server.url} after {timeout:.0f} s\n{server.logs}")
             time.sleep(0.05)
+        if admin is not None:
+            user, password = admin
+            server.query(f"CREATE USER \"{user}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES")
+            server.admin = admin
         server.create_database(UDP_DATABASE)  # influxd 1.6's UDP listener creates it only on its first batch
         server.timings["start"] = time.monotonic() - began
     except BaseException:

@@ -55,3 +55,14 @@ def test_zero_and_fractional_seconds_have_one_type_in_one_batch() -> None:
         assert kinds == ({float} if declared == metrics.FLOAT else {int}), (measurement, name, kinds)
     gone = [parse_line(line) for line in text.splitlines() if "domain=gone" in line]
     assert gone[0]["fields"] == {"up": 0, "error": 'cannot read: "x" \\ gone\\nagain'}
+
+
+def test_handler_batches_keep_the_order_and_both_limits() -> None:
+    from sensu_kvm.handlers.influxdb import batches  # noqa: PLC0415 (the handler's pure part)
+
+    lines = [f"m,n={n:02d} f=1i 1" for n in range(12)]
+    by_lines = list(batches(lines, 5))
+    assert [len(b) for b in by_lines] == [5, 5, 2] and [line for b in by_lines for line in b] == lines
+    size = len(lines[0]) + 1
+    assert [len(b) for b in batches(lines, 100, max_bytes=3 * size)] == [3, 3, 3, 3]
+    assert [len(b) for b in batches(["x" * 50, "m f=1i"], 100, max_bytes=10)] == [1, 1]  # a long line alone
