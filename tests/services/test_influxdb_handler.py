@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import time
 from collections.abc import Iterator
@@ -202,3 +203,28 @@ def test_credentials_from_the_environment_or_a_private_file(secured: InfluxDB, t
         assert SECRET not in result.stdout + result.stderr
     assert secured.count("kvm", "kvm_domain", "up") == 1  # the same point twice: one point
     assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_the_shipped_definitions_carry_a_thousand_domains(influxdb: InfluxDB, tmp_path: Path) -> None:
+    """conf.d/examples/metrics-kvm-influxdb.json.example's command, its output piped as Sensu Core
+    would to conf.d/handler-influxdb.json's command (pointed at the test InfluxDB: the last --url
+    and --database win)."""
+    conf_d = Path(__file__).resolve().parents[2] / "conf.d"
+    check = json.loads((conf_d / "examples" / "metrics-kvm-influxdb.json.example").read_text())["checks"]["metrics-kvm"]
+    handler = json.loads((conf_d / "handler-influxdb.json").read_text())["handlers"]["influxdb"]
+    assert check["type"] == "metric" and check["handlers"] == ["influxdb"]
+    assert handler["type"] == "pipe" and "severities" not in handler and "mutator" not in handler
+    argv = shlex.split(check["command"])
+    assert argv[:3] == ["metrics-kvm", "-u", "qemu:///system"]
+    uri = f"test://{nodes.write(tmp_path / 'many.xml', nodes.many(1000))}"
+    output = run(argv[0], *argv[3:], "-u", uri, "--fill").stdout
+    command = shlex.split(handler["command"])
+    influxdb.create_database("shipped")
+    try:
+        result = run(command[0], *command[1:], "--url", influxdb.url, "--database", "shipped",
+                     stdin=sensu_core_event(output), timeout=handler["timeout"])
+        assert result.returncode == 0, result
+        assert_stored_whole(influxdb, "shipped", [output])
+        assert len(influxdb.series("shipped", "kvm_domain")) == 1000
+    finally:
+        influxdb.drop_database("shipped")
