@@ -226,14 +226,17 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "handler-kvm-remediate", "sensu_kvm.handlers.remediate:main", Kind.HANDLER,
-        "starts a guest that crashed, resumes one paused by a fault, with guardrails",
+        "starts a guest that crashed or should run (autostart), resumes one paused by a fault: only the guests "
+        "selected for it (opt-in), with guardrails",
         Access.READ_WRITE_TO_ACT,
         handler=HandlerDefinition(
             sensu_name="kvm-remediate",
-            core_options="--max-attempts 3 --window 3600",
-            go_options=f"--max-attempts 3 --window 3600 --state-dir {BACKEND_STATE_DIR}",
+            # opt-in: no --match, so only the domains marked <remediate>on</remediate> in their metadata
+            core_options="--max-attempts 3 --window 3600 --grace 1800",
+            go_options=f"--max-attempts 3 --window 3600 --grace 1800 --state-dir {BACKEND_STATE_DIR}",
             timeout=60,
-            core_severities=("critical",),
+            # WARNING too: check-kvm-domstate says WARNING for the pauses the handler resumes
+            core_severities=("warning", "critical"),
             core_filters=("kvm-first-occurrences",),
             go_filters=("is_incident", "not_silenced", "kvm-first-occurrences"),
         ),

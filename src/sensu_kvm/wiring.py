@@ -64,9 +64,12 @@ HANDLERS_YAML_HEAD = """\
 # (create asset.yaml first). Written by `make wiring` from src/sensu_kvm/registry.py: edit it there.
 #
 # handler-kvm-remediate reads a check-kvm-domstate event on stdin and starts a domain that crashed or
-# failed, or resumes one paused by a fault (see handler-kvm-remediate --help for what it leaves
-# alone). It needs an event about one domain: the per-domain results of check-kvm-domstate (see
-# checks.yaml) name it; an event of the aggregate check names none and nothing is done.
+# failed, or is marked autostart and down (not stopped by an operator within --grace), or resumes
+# one paused by a fault (see handler-kvm-remediate --help for what it leaves alone). It needs an
+# event about one domain: the per-domain results of check-kvm-domstate (see checks.yaml) name it;
+# an event of the aggregate check names none and nothing is done. It is opt-in: as shipped (no
+# --match) it touches only domains marked <remediate>on</remediate> in their libvirt metadata
+# (README: handler-kvm-remediate); add --match/--exclude to select domains by name.
 #
 # Sensu Go runs handlers on the backend, so the backend host needs the asset's prerequisites
 # (python3, python3-libvirt, python3-requests: see asset.yaml) and a read-write libvirt connection
@@ -79,10 +82,11 @@ HANDLERS_YAML_HEAD = """\
 
 # The filter of kvm-remediate: not a command, kept here next to the handler that names it.
 FIRST_OCCURRENCES_YAML = """\
-# Only the first occurrences of a CRITICAL incident reach kvm-remediate, as with Sensu Core's
-# severities ["critical"] in conf.d: a domain that is still down after three checks needs a
-# person, not another attempt (the handler also refuses more than --max-attempts actions per
-# domain within --window seconds).
+# Only the first occurrences of a WARNING or CRITICAL incident reach kvm-remediate, as with Sensu
+# Core's severities ["warning", "critical"] in conf.d (check-kvm-domstate says WARNING for the
+# pauses the handler resumes, CRITICAL for the domains it starts): a domain that is still down
+# after three checks needs a person, not another attempt (the handler also refuses more than
+# --max-attempts actions per domain within --window seconds).
 type: EventFilter
 api_version: core/v2
 metadata:
@@ -91,7 +95,7 @@ metadata:
 spec:
   action: allow
   expressions:
-    - event.check.status == 2
+    - event.check.status == 1 || event.check.status == 2
     - event.check.occurrences <= 3
 """
 
