@@ -5,6 +5,7 @@ status check-kvm-domstate gives a state the handler acts on."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -189,3 +190,59 @@ def test_every_state_the_handler_acts_on_reaches_it(state, reason):
         assert SEVERITY[status.value] in handler.core_severities, (state, reason, autostart, status)
         assert go_filter_passes(status.value, 1), (state, reason, autostart, status)
     assert not go_filter_passes(0, 1) and not go_filter_passes(3, 1) and not go_filter_passes(2, 4)
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+P, S = states.PAUSED, states.SHUTOFF
+# the first cell of each row of the README's table -> the (state, reason, autostart) it stands for
+ROWS: dict[str, list[tuple[int, int, bool]]] = {
+    "running (any reason), blocked": [(s, r, a) for s in (states.RUNNING, states.BLOCKED)
+                                      for r in range(len(states._REASONS[s])) for a in (False, True)],
+    "paused (unknown), paused (watchdog), paused (crashed), paused (api error)": [(P, r, False) for r in (0, 6, 10, 14)],
+    "paused (I/O error)": [(P, 5, False), (P, 5, True)],
+    "paused (user)": [(P, 1, False)],
+    "paused (migrating, saving, dumping, from snapshot, shutting down, creating snapshot, starting up, post-copy, "
+    "post-copy failed)": [(P, r, False) for r in (2, 3, 4, 7, 8, 9, 11, 12, 13)],
+    "shutting down": [(states.SHUTDOWN, r, False) for r in (0, 1)],
+    "shut off (crashed), shut off (failed)": [(S, r, a) for r in (3, 6) for a in (False, True)],
+    "shut off (unknown), shut off (daemon), marked autostart: after a host reboot where autostart failed, or a "
+    "libvirtd restart": [(S, 0, True), (S, 8, True)],
+    "shut off (shutdown), (destroyed), (saved), (from snapshot), marked autostart: an operator, or the guest "
+    "itself, stopped it": [(S, r, True) for r in (1, 2, 5, 7)],
+    "shut off (migrated), marked autostart": [(S, 4, True)],
+    "shut off (any other reason), not marked autostart": [(S, r, False) for r in (0, 1, 2, 4, 5, 7, 8)],
+    "crashed (unknown), crashed (panicked)": [(states.CRASHED, r, False) for r in (0, 1)],
+    "pmsuspended": [(states.PMSUSPENDED, 0, False)],
+    "no state, unreadable": [(states.NOSTATE, 0, False)],
+    "named with `-d` and not defined": [],
+}
+SAYS = {"start": "starts it", "resume": "resumes it", None: "nothing"}
+
+
+def readme_rows() -> dict[str, tuple[str, str]]:
+    text = README.read_text(encoding="utf-8")
+    head = "| state (reason) | check-kvm-domstate | handler-kvm-remediate, for a selected domain |"
+    table = text[text.index(head):].split("\n\n", 1)[0].splitlines()[2:]
+    rows = {}
+    for line in table:
+        first, status, handler = (cell.strip() for cell in line.strip("|").split(" | "))
+        rows[first] = (status, handler)
+    return rows
+
+
+def test_the_readme_table_is_what_the_check_and_the_handler_do():
+    """Every row of the README's table says the status check-kvm-domstate gives (as shipped) and
+    what the handler does (no stop in the QEMU log), and the rows cover every state and reason."""
+    rows = readme_rows()
+    assert list(rows) == list(ROWS)
+    covered = set()
+    for first, cases in ROWS.items():
+        status, handler = rows[first]
+        for state, reason, autostart in cases:
+            seen = Observed("kvm1", state, reason, autostart)
+            assert status.startswith(judge_domain(seen, named=False, expect_running=False).status.name), first
+            assert handler.startswith(SAYS[decide(facts(state, reason, autostart)).action]), first
+            covered.add((state, reason, autostart))
+    every = {(s, r, a) for s, r in EVERY if r < len(states._REASONS.get(s, ("unknown",))) for a in (False, True)}
+    by_autostart_alone = {(s, r, not a) for s, r, a in covered if s != S}  # only shut off depends on autostart
+    assert every <= covered | by_autostart_alone
