@@ -138,6 +138,7 @@ def act(options: argparse.Namespace, event: Event, log: Log) -> int:
             return EXIT_DONE
         state, reason = _state(dom, name)
         decision = remedy.decide(facts(options, dom, state, reason))
+        uuid = dom.UUIDString()
     finally:
         conn.close()
     if decision.action is None:
@@ -146,7 +147,6 @@ def act(options: argparse.Namespace, event: Event, log: Log) -> int:
     store = StateFile(options.state_dir, "remediate", virt.resolve_uri(options.uri))
     action, said = decision.action, decision.why
     if options.dry_run:  # reads the attempts without taking the lock: a dry run creates nothing
-        uuid = dom.UUIDString()
         attempts = recent(_entry(store.load(), uuid).get("attempts"), time.time(), options.window)
         if len(attempts) >= options.max_attempts:
             log(f"{head}: {name} is {said}: would NOT {action} it (dry run): {len(attempts)} attempts in the last "
