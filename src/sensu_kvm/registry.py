@@ -249,20 +249,26 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "handler-kvm-remediate", "sensu_kvm.handlers.remediate:main", Kind.HANDLER,
-        "starts a guest that crashed, resumes one paused by a fault, with guardrails",
+        "starts a guest that crashed or should run (autostart), resumes one paused by a fault: only the guests "
+        "selected for it (opt-in), with guardrails",
         Access.READ_WRITE_TO_ACT,
         handler=HandlerDefinition(
             sensu_name="kvm-remediate",
-            core_options="--max-attempts 3 --window 3600",
-            go_options=f"--max-attempts 3 --window 3600 --state-dir {BACKEND_STATE_DIR}",
+            # opt-in: no --match, so only the domains marked <remediate>on</remediate> in their metadata
+            core_options="--max-attempts 3 --window 3600 --grace 1800",
+            go_options=f"--max-attempts 3 --window 3600 --grace 1800 --state-dir {BACKEND_STATE_DIR}",
             timeout=60,
-            core_severities=("critical",),
+            # WARNING too: check-kvm-domstate says WARNING for the pauses the handler resumes
+            core_severities=("warning", "critical"),
             core_filters=("kvm-first-occurrences",),
             go_filters=("is_incident", "not_silenced", "kvm-first-occurrences"),
             go_note="handler-kvm-remediate reads a check-kvm-domstate event on stdin and starts a domain that crashed or\n"
-                    "failed, or resumes one paused by a fault (see handler-kvm-remediate --help for what it leaves\n"
-                    "alone). It needs an event about one domain: the per-domain results of check-kvm-domstate (see\n"
-                    "checks.yaml) name it; an event of the aggregate check names none and nothing is done.\n"
+                    "failed, or is marked autostart and down (not stopped by an operator within --grace), or resumes\n"
+                    "one paused by a fault (see handler-kvm-remediate --help for what it leaves alone). It needs an\n"
+                    "event about one domain: the per-domain results of check-kvm-domstate (see checks.yaml) name it;\n"
+                    "an event of the aggregate check names none and nothing is done. It is opt-in: as shipped (no\n"
+                    "--match) it touches only domains marked <remediate>on</remediate> in their libvirt metadata\n"
+                    "(README: handler-kvm-remediate); add --match/--exclude to select domains by name.\n"
                     "\n"
                     "Sensu Go runs handlers on the backend, so the backend host needs the asset's prerequisites\n"
                     "(python3, python3-libvirt, python3-requests: see asset.yaml) and a read-write libvirt connection\n"

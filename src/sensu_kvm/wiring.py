@@ -74,10 +74,11 @@ HANDLERS_YAML_HEAD = """\
 
 # The filter of kvm-remediate: not a command, kept here next to the handler that names it.
 FIRST_OCCURRENCES_YAML = """\
-# Only the first occurrences of a CRITICAL incident reach kvm-remediate, as with Sensu Core's
-# severities ["critical"] in conf.d: a domain that is still down after three checks needs a
-# person, not another attempt (the handler also refuses more than --max-attempts actions per
-# domain within --window seconds).
+# Only the first occurrences of a WARNING or CRITICAL incident reach kvm-remediate, as with Sensu
+# Core's severities ["warning", "critical"] in conf.d (check-kvm-domstate says WARNING for the
+# pauses the handler resumes, CRITICAL for the domains it starts): a domain that is still down
+# after three checks needs a person, not another attempt (the handler also refuses more than
+# --max-attempts actions per domain within --window seconds).
 type: EventFilter
 api_version: core/v2
 metadata:
@@ -86,7 +87,7 @@ metadata:
 spec:
   action: allow
   expressions:
-    - event.check.status == 2
+    - event.check.status == 1 || event.check.status == 2
     - event.check.occurrences <= 3
 """
 

@@ -182,7 +182,8 @@ def test_remediation_handler():
     assert spec["runtime_assets"] == [ASSET]
     assert isinstance(spec["timeout"], int)
     first = resources("EventFilter")["kvm-first-occurrences"]
-    assert first == {"action": "allow", "expressions": ["event.check.status == 2", "event.check.occurrences <= 3"]}
+    assert first == {"action": "allow",
+                     "expressions": ["event.check.status == 1 || event.check.status == 2", "event.check.occurrences <= 3"]}
 
 
 def test_handlers_and_filters_reference_what_exists():
