@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import run
 from tests.hypervisor.conftest import define_noos, paused_by_enospc, record
+from tests.perfdata_consumers import text_lines
 from tests.rig import rig
 
 SYSTEM = "qemu:///system"
@@ -57,11 +58,11 @@ def test_destroyed_domain_turns_critical_and_ok_again(conn, images):
     try:
         dom.create()
         result = domstate("-d", "spk-test-destroyme")
-        assert (result.returncode, result.stdout.split(" | ")[0]) == (
+        assert (result.returncode, text_lines(result.stdout)[0]) == (
             0, "CheckKvmDomstate OK: spk-test-destroyme running (booted)")
         dom.destroy()
         result = domstate("-d", "spk-test-destroyme")
-        assert (result.returncode, result.stdout.split(" | ")[0]) == (
+        assert (result.returncode, text_lines(result.stdout)[0]) == (
             2, "CheckKvmDomstate CRITICAL: spk-test-destroyme shut off (destroyed), named with -d")
         dom.create()
         result = domstate("-d", "spk-test-destroyme")

@@ -9,15 +9,16 @@ import libvirt
 
 from tests.conftest import run
 from tests.hypervisor.conftest import define_noos, paused_by_enospc, record
+from tests.perfdata_consumers import perfdata
 from tests.rig import rig
 
 SYSTEM = "qemu:///system"
 
 
 def perf(stdout: str, label: str) -> float:
-    match = re.search(rf"(?:^|\s)'?{re.escape(label)}'?=([-0-9.]+)", stdout.splitlines()[0])
-    assert match, f"no perfdata {label} in {stdout!r}"
-    return float(match.group(1))
+    found = perfdata(stdout)
+    assert label in found, f"no perfdata {label} in {stdout!r}"
+    return float(re.match(r"[-0-9.]+", found[label]).group())  # type: ignore[union-attr]
 
 
 def record_two_samples(conn: libvirt.virConnect, name: str, dom: libvirt.virDomain, seconds: float = 2) -> None:
