@@ -138,7 +138,7 @@ def ask_agent(dom: Any, seconds: float) -> Answer:
 
 
 def domain_xml(record: virt.DomainRecord, seconds: float) -> str:
-    return virt.call_with_deadline(lambda: str(record.dom.XMLDesc(0)), seconds, f"{record.name}: domain XML")
+    return virt.call_with_deadline(lambda: str(record.dom.XMLDesc(0)), seconds, f"{record.text}: domain XML")
 
 
 def check(options: argparse.Namespace) -> Report:
@@ -185,7 +185,7 @@ def check(options: argparse.Namespace) -> Report:
             record, channel = item
             try:
                 dom = virt.call_with_deadline(lambda: rw.lookupByName(record.name), seconds,
-                                              f"{record.name}: lookup")
+                                              f"{record.text}: lookup")
             except KvmError as err:
                 verdicts[record.name] = Verdict(Finding(record.name, Status.UNKNOWN, str(err)))
                 return

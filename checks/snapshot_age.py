@@ -81,9 +81,9 @@ def check(options: argparse.Namespace) -> Report:
         def one(record: virt.DomainRecord) -> Verdict:
             try:
                 snapshots = virt.call_with_deadline(lambda: tree.read_snapshots(record.dom),
-                                                    options.timeout / 4, f"{record.name}: snapshots")
+                                                    options.timeout / 4, f"{record.text}: snapshots")
                 xml = virt.call_with_deadline(lambda: record.dom.XMLDesc(0), options.timeout / 4,
-                                              f"{record.name}: domain XML")
+                                              f"{record.text}: domain XML")
                 return judge_domain(record, snapshots, domxml.chains(xml), now, options)
             except KvmError as err:
                 return Verdict(Finding(record.name, Status.UNKNOWN, str(err)))
