@@ -103,6 +103,13 @@ class Command:
         return None
 
     @property
+    def standalone_file(self) -> str | None:
+        """The standalone variant of a hypervisor check's Sensu Core 1.x file (conf.d/standalone/)."""
+        if self.check is not None and self.kind is not Kind.GUEST_CHECK:
+            return f"conf.d/standalone/{self.name}.json"
+        return None
+
+    @property
     def go_file(self) -> str | None:
         """The Sensu Go file that defines it, relative to the top of the tree."""
         if self.check is not None:
@@ -116,8 +123,22 @@ class Command:
         """The Sensu Go subscription of its CheckConfig."""
         return "kvm-guest" if self.kind is Kind.GUEST_CHECK else "kvm-hypervisor"
 
+    def per_domain_options(self) -> str:
+        """What a check given --per-domain also says about its schedule, for the per-domain results."""
+        check = self.check
+        if check is None:
+            return ""
+        words = [f"--per-domain-interval {check.interval}"]
+        if check.occurrences is not None:
+            words.append(f"--per-domain-occurrences {check.occurrences}")
+        if check.refresh is not None:
+            words.append(f"--per-domain-refresh {check.refresh}")
+        return " ".join(words)
+
     def command_line(self, options: str, timeout: bool = True) -> str:
-        """The shipped command line with these options."""
+        """The shipped command line with these options (and the per-domain schedule after --per-domain)."""
+        if "--per-domain " in f"{options} ":
+            options = f"{options} {self.per_domain_options()}"
         words = [self.name]
         if self.access is not Access.NONE:
             words += ["-u", URI]
@@ -137,7 +158,8 @@ COMMANDS: tuple[Command, ...] = (
         Access.READ_ONLY,
         CheckDefinition(
             core_options="--per-domain sensu --per-domain-handler default --per-domain-handler kvm-remediate",
-            go_options="--per-domain sensu-go --per-domain-handler default --per-domain-handler kvm-remediate",
+            go_options=f"--per-domain sensu-go --per-domain-handler default --per-domain-handler kvm-remediate "
+                       f"--state-dir {AGENT_STATE_DIR}",
         ),
     ),
     Command(

@@ -1,19 +1,13 @@
 r"""--per-domain: one result per domain, received by listeners that speak the agents' protocols.
 
 The listeners stand in for the Sensu Core 1.x client socket (TCP, one JSON result, answered
-'ok', or 'invalid' when it refuses it) and the Sensu Go agent's events API (HTTP POST /events,
-202 or 400): no Sensu agent is packaged in Debian. Each accepts or refuses a result by the rules
-of the real one's source:
-
-* Sensu Core 1.9.0, lib/sensu/client/utils.rb ``process_check_result`` (status and executed
-  defaulted) and lib/sensu/client/validators/check.rb ``valid?``, whose rules come from
-  sensu-settings 10.17.0 (the version 1.9.0 pins): the check name ``\A[\w\.-]+\z``, the
-  source ``\A[\w\.-]*([:]{3}[\w\|\.-]+[:]{3}[\w\.-]*|[\w\.-]+)\z`` (Ruby's ``\w`` is
-  ASCII), handlers an array of strings;
-* Sensu Go, agent/event.go ``prepareEvent`` and agent/entity.go ``getEntities`` (the check is
-  validated, the event's entity becomes the proxy entity name and is replaced by the agent's
-  own), then core/v2 ``Check.Validate`` as the backend runs it on the event: check and proxy
-  entity names ``\A[\w\.\-\:]+\z`` (Go's ``\w`` is ASCII).
+'ok', or 'invalid' when it refuses it: tests/sensu1.py, after Sensu's source) and the Sensu Go
+agent's events API (HTTP POST /events, 202 or 400): no Sensu agent is packaged in Debian. The
+Sensu Go one accepts or refuses an event as the real agent and backend do: agent/event.go
+``prepareEvent`` and agent/entity.go ``getEntities`` (the check is validated, the event's entity
+becomes the check's proxy entity name and is replaced by the agent's own), then core/v2
+``Check.Validate`` as the backend runs it on the event: check and proxy entity names
+``\A[\w\.\-\:]+\z`` (Go's ``\w`` is ASCII).
 """
 
 from __future__ import annotations
@@ -22,45 +16,21 @@ import json
 import re
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
 
+from tests import sensu1
 from tests.conftest import node_uri, run
 from tests.nodes import HOSTILE
 
 MIXED = node_uri("mixed.xml")
 NAMES = node_uri("names.xml")
 
-CORE_NAME = re.compile(r"\A[\w.-]+\Z", re.ASCII)
-CORE_SOURCE = re.compile(r"\A[\w.-]*([:]{3}[\w|.-]+[:]{3}[\w.-]*|[\w.-]+)\Z", re.ASCII)
 GO_NAME = re.compile(r"\A[\w.\-:]+\Z", re.ASCII)
 AGENT = "kvm-host-1"  # the Sensu Go agent's own entity name
-
-
-def sensu_core_refusal(check: dict[str, Any]) -> str | None:
-    """Why the Sensu Core 1.9 client socket refuses a check result (the message it logs), or None."""
-    check.setdefault("status", 0)
-    check.setdefault("executed", int(time.time()))
-    name = check.get("name")
-    if not isinstance(name, str):
-        return "check name must be a string"
-    if not CORE_NAME.match(name):
-        return "check name cannot contain spaces or special characters"
-    if check.get("source") not in (None, False):
-        if not isinstance(check["source"], str):
-            return "check source must be a string"
-        if not CORE_SOURCE.match(check["source"]):
-            return "check source cannot contain spaces, special characters, or invalid tokens"
-    if check.get("handler") is not None and not isinstance(check["handler"], str):
-        return "check handler must be a string"
-    handlers = check.get("handlers")
-    if handlers is not None and not (isinstance(handlers, list) and all(isinstance(h, str) for h in handlers)):
-        return "check handlers must be an array of strings"
-    return None
 
 
 def sensu_go_refusal(event: dict[str, Any]) -> str | None:
@@ -85,41 +55,12 @@ def sensu_go_refusal(event: dict[str, Any]) -> str | None:
 
 @pytest.fixture
 def client_socket() -> Iterator[tuple[int, list[dict]]]:
-    """A Sensu Core 1.9 client socket: the results it accepted."""
-    received: list[dict] = []
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            with conn:
-                data = b""
-                while chunk := conn.recv(65536):
-                    data += chunk
-                try:
-                    check = json.loads(data)
-                except ValueError:
-                    conn.sendall(b"invalid")
-                    continue
-                if sensu_core_refusal(check) is None:
-                    received.append(check)
-                    conn.sendall(b"ok")
-                else:
-                    conn.sendall(b"invalid")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1], received
-    stop.set()
-    thread.join()
-    server.close()
+    """A Sensu Core 1.9 client socket (tests/sensu1.py): its port, and the results it accepted."""
+    sock = sensu1.ClientSocket("hv1", lambda _payload: None)
+    try:
+        yield sock.port, sock.accepted
+    finally:
+        sock.close()
 
 
 @pytest.fixture
@@ -151,10 +92,10 @@ def events_api() -> Iterator[tuple[str, list[dict]]]:
     server.server_close()
 
 
-def test_results_reach_the_client_socket_one_per_domain(client_socket):
+def test_results_reach_the_client_socket_one_per_domain(client_socket, tmp_path):
     port, received = client_socket
     result = run("check-kvm-domstate", "-u", MIXED, "--per-domain", "sensu", "--per-domain-address",
-                 f"127.0.0.1:{port}", "--per-domain-handler", "kvm-remediate")
+                 f"127.0.0.1:{port}", "--per-domain-handler", "kvm-remediate", "--state-dir", str(tmp_path))
     assert result.returncode == 2, result
     assert "per-domain results not sent" not in result.stdout
     by_domain = {r["kvm_domain"]: r for r in received}
@@ -165,14 +106,16 @@ def test_results_reach_the_client_socket_one_per_domain(client_socket):
     assert (oops["executed"], oops["status"]) > (0, 0)  # defaulted by the client socket, as Sensu does
     del oops["executed"]
     assert oops == {"name": "check-kvm-domstate", "source": "oops", "kvm_domain": "oops", "status": 2,
-                    "output": "CheckKvmDomstate CRITICAL: oops crashed (unknown)\n", "handlers": ["kvm-remediate"]}
+                    "output": "CheckKvmDomstate CRITICAL: oops crashed (unknown)\n", "handlers": ["kvm-remediate"],
+                    "interval": 60, "ttl": 180}
     assert by_domain["web1"]["status"] == 0
     assert by_domain["grüße-ü"]["status"] == 1
 
 
-def test_every_hostile_name_is_a_client_sensu_core_accepts(client_socket):
+def test_every_hostile_name_is_a_client_sensu_core_accepts(client_socket, tmp_path):
     port, received = client_socket
-    result = run("check-kvm-domstate", "-u", NAMES, "--per-domain", "sensu", "--per-domain-address", f"127.0.0.1:{port}")
+    result = run("check-kvm-domstate", "-u", NAMES, "--per-domain", "sensu", "--per-domain-address", f"127.0.0.1:{port}",
+                 "--state-dir", str(tmp_path))
     assert result.returncode == 2 and "per-domain results not sent" not in result.stdout, result
     assert sorted(r["kvm_domain"] for r in received) == sorted(HOSTILE)  # the real names, each once
     sources = [r["source"] for r in received]
@@ -183,39 +126,44 @@ def test_every_hostile_name_is_a_client_sensu_core_accepts(client_socket):
     assert by_domain["new\nline"]["output"] == "CheckKvmDomstate OK: new\\nline running (unknown)\n"
 
 
-def test_a_missing_named_domain_is_sent_too(client_socket):
+def test_a_missing_named_domain_is_sent_too(client_socket, tmp_path):
     port, received = client_socket
     run("check-kvm-domstate", "-u", MIXED, "-d", "gone", "-d", "web1", "--per-domain", "sensu",
-        "--per-domain-address", f"127.0.0.1:{port}")
+        "--per-domain-address", f"127.0.0.1:{port}", "--state-dir", str(tmp_path))
     assert {r["source"]: r["status"] for r in received} == {"gone": 2, "web1": 0}
 
 
-def test_a_socket_that_is_down_does_not_change_the_status():
+def test_a_socket_that_is_down_does_not_change_the_status(tmp_path):
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = run("check-kvm-domstate", "-u", MIXED, "--per-domain", "sensu", "--per-domain-address", f"127.0.0.1:{port}")
+    result = run("check-kvm-domstate", "-u", MIXED, "--per-domain", "sensu", "--per-domain-address", f"127.0.0.1:{port}",
+                 "--state-dir", str(tmp_path))
     assert result.returncode == 2
     first = result.stdout.splitlines()[0]
     assert first.endswith(f"; 6 of 6 per-domain results not sent to 127.0.0.1:{port}: Connection refused"), first
 
 
-def test_results_reach_the_sensu_go_events_api(events_api):
+def test_results_reach_the_sensu_go_events_api(events_api, tmp_path):
     url, received = events_api
-    result = run("check-kvm-memory", "-u", "test:///default", "--per-domain", "sensu-go", "--per-domain-address", url)
+    result = run("check-kvm-memory", "-u", "test:///default", "--per-domain", "sensu-go", "--per-domain-address", url,
+                 "--state-dir", str(tmp_path), "--per-domain-occurrences", "2", "--per-domain-refresh", "1800")
     assert result.returncode == 0, result
     (event,) = received
     assert event["path"] == "/events"
     check = event["body"]["check"]
     assert check["proxy_entity_name"] == "test"
-    assert check["metadata"] == {"name": "check-kvm-memory", "annotations": {"kvm_domain": "test"}}
+    assert check["metadata"] == {"name": "check-kvm-memory", "annotations": {
+        "kvm_domain": "test", "fatigue_check/occurrences": "2", "fatigue_check/interval": "1800"}}  # for kvm-occurrences
+    assert (check["interval"], check["ttl"]) == (60, 180)
     assert check["status"] == 0
     assert check["output"].startswith("CheckKvmMemory OK: test memory 50.0% used")
 
 
-def test_every_hostile_name_is_an_entity_sensu_go_accepts(events_api):
+def test_every_hostile_name_is_an_entity_sensu_go_accepts(events_api, tmp_path):
     url, received = events_api
-    result = run("check-kvm-domstate", "-u", NAMES, "--per-domain", "sensu-go", "--per-domain-address", url)
+    result = run("check-kvm-domstate", "-u", NAMES, "--per-domain", "sensu-go", "--per-domain-address", url,
+                 "--state-dir", str(tmp_path))
     assert result.returncode == 2 and "per-domain results not sent" not in result.stdout, result
     checks = [e["body"]["check"] for e in received]
     assert sorted(c["metadata"]["annotations"]["kvm_domain"] for c in checks) == sorted(HOSTILE)
