@@ -69,16 +69,19 @@ def entity_of(kind: str, result: dict[str, Any]) -> str:
 
 
 def gone_payload(kind: str, check: str, entity: str, output: str, handlers: Sequence[str],
-                 interval: int = 60) -> dict[str, Any]:
+                 interval: int = 60, domain: str | None = None) -> dict[str, Any]:
     """The last result of a proxy client whose domain is gone: OK, so its event resolves, and
-    without a ttl, so that neither Sensu Core's TTL monitor nor Sensu Go's keeps watching it (pure)."""
+    without a ttl, so that neither Sensu Core's TTL monitor nor Sensu Go's keeps watching it; it
+    carries the domain's real name as the other results do, when it is known (pure)."""
+    real = {DOMAIN_KEY: domain} if domain else {}
     if kind == "sensu":
         result: dict[str, Any] = {"name": check, "source": entity, "status": 0, "output": output,
-                                  "interval": interval}
+                                  "interval": interval, **real}
         if handlers:
             result["handlers"] = list(handlers)
         return result
-    check_part: dict[str, Any] = {"metadata": {"name": check}, "status": 0, "output": output, "interval": interval}
+    check_part: dict[str, Any] = {"metadata": {"name": check, **({"annotations": real} if real else {})},
+                                  "status": 0, "output": output, "interval": interval}
     if handlers:
         check_part["handlers"] = list(handlers)
     return {"entity": {"entity_class": "proxy", "metadata": {"name": entity}}, "check": check_part}
