@@ -211,8 +211,17 @@ def _prom_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+UP_HELP = "1 when metrics-kvm read the host's statistics, 0 when it failed (it exits 3, the error on stderr)"
+
+
+def prometheus_up(value: int) -> str:
+    """The ``kvm_up`` family alone: 1 in every output, 0 on its own when the run failed (as an
+    exporter's ``<name>_up``; ``up`` itself is the one Prometheus adds to every scrape)."""
+    return f"# HELP kvm_up {UP_HELP}\n# TYPE kvm_up gauge\nkvm_up {value}"
+
+
 def prometheus(points: Sequence[Point]) -> str:
-    """Prometheus text exposition format 0.0.4, counters with the _total suffix."""
+    """Prometheus text exposition format 0.0.4, counters with the _total suffix; ``kvm_up 1`` first."""
     families: dict[str, list[str]] = {}
     headers: dict[str, str] = {}
     for p in points:
@@ -225,7 +234,7 @@ def prometheus(points: Sequence[Point]) -> str:
                 headers[metric] = f"# HELP {metric} {f.help}\n# TYPE {metric} {kind}"
             sample = f"{metric}{{{labels}}}" if labels else metric
             families.setdefault(metric, []).append(f"{sample} {_number(value)}")
-    return "\n".join(f"{headers[m]}\n" + "\n".join(lines) for m, lines in families.items())
+    return "\n".join([prometheus_up(1), *(f"{headers[m]}\n" + "\n".join(lines) for m, lines in families.items())])
 
 
 def as_json(points: Sequence[Point], host: str, timestamp: float) -> str:

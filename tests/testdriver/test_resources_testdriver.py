@@ -89,7 +89,8 @@ def test_blkstat_metric_choice_and_device_filter(tmp_path):
     for metric in ("read_iops", "write_bps", "read_latency", "flushes", "allocation"):
         assert f"test_{metric}_vda=" in result.stdout
     result = run("check-kvm-blkstat", "-u", DEFAULT, "--device", "vdz", "--state-dir", str(tmp_path))
-    assert "test: no disks measured" in result.stdout
+    assert (result.returncode, result.stdout) == (3, "CheckKvmBlkstat UNKNOWN: --device vdz: no such disk on the 1 "
+                                                     "running domain selected (disks there: vda)\n")
 
 
 def test_blkstat_default_judges_allocation(tmp_path):
