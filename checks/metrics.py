@@ -11,6 +11,7 @@ from sensu_kvm import metrics, virt
 from sensu_kvm.argtypes import metric_prefix_arg
 from sensu_kvm.domains import choose
 from sensu_kvm.errors import BadRequest, KvmError
+from sensu_kvm.names import Names, graphite_node
 from sensu_kvm.output import Report, Status
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 
@@ -43,7 +44,9 @@ stdout, no line for it, its name on stderr."""
 def check(options: argparse.Namespace) -> Report:
     conn = virt.connect(options.uri)
     try:
-        chosen, missing = choose(virt.gather(conn, GROUPS, fill=options.fill), options)
+        records = virt.gather(conn, GROUPS, fill=options.fill)
+        names = Names.of(records)  # every domain of the host, before -d/--match/--exclude choose
+        chosen, missing = choose(records, options)
         if not chosen and not missing and (options.match or options.exclude):
             raise BadRequest("no domain matches --match/--exclude")
         node: list[dict[str, int]] = [{}, {}]
@@ -57,15 +60,15 @@ def check(options: argparse.Namespace) -> Report:
     now = time.time()
     host = os.uname().nodename.split(".")[0]
     if options.format == "graphite":
-        text = metrics.graphite(points, options.scheme or f"{metrics.graphite_node(host)}.kvm", int(now))
+        text = metrics.graphite(points, options.scheme or f"{graphite_node(host)}.kvm", int(now), names)
     elif options.format == "influxdb":
         text = metrics.influxdb(points, host, int(now * 1e9))
     elif options.format == "prometheus":
-        text = metrics.prometheus(points)
+        text = metrics.prometheus(points, names)
     else:
         text = metrics.as_json(points, host, now)
     if missing:  # CRITICAL, as the checks say it; no metric of any kind for a domain that is not there
-        shown = ", ".join(missing)
+        shown = ", ".join(names.text(name) for name in missing)
         return Report(Status.CRITICAL, text, details=[f"CRITICAL: domain{'s' if len(missing) > 1 else ''} "
                                                       f"not found: {shown}"], raw=True)
     return Report(Status.OK, text, raw=True)

@@ -7,9 +7,10 @@ numeric fields in base units (bytes, seconds), each field a counter or a gauge.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
+
+from sensu_kvm.names import Names, graphite_node, prom_value
 
 NS = 1e-9
 KIB = 1024
@@ -157,22 +158,24 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-_GRAPHITE_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
+def _names(points: Sequence[Point], names: Names | None) -> Names:
+    """The names given, else the domains of these points (UUIDs unknown: suffixes from the name)."""
+    return names if names is not None else Names({p.tags["domain"]: None for p in points if "domain" in p.tags})
 
 
-def graphite_node(text: str) -> str:
-    """One node of a Graphite path: anything but letters, digits, '_' and '-' becomes '_'."""
-    return _GRAPHITE_UNSAFE.sub("_", text) or "_"
+def graphite(points: Sequence[Point], scheme: str, timestamp: int, names: Names | None = None) -> str:
+    """Graphite plaintext: ``<scheme>.domain.<name>[.<group>.<id>].<field> <value> <timestamp>``.
 
-
-def graphite(points: Sequence[Point], scheme: str, timestamp: int) -> str:
-    """Graphite plaintext: ``<scheme>.domain.<name>[.<group>.<id>].<field> <value> <timestamp>``."""
+    ``<name>`` is ``names.graphite`` (one path node per domain, never shared: build ``names`` from
+    every domain of the host); devices and interfaces are path nodes by the same character rules.
+    """
+    names = _names(points, names)
     lines = []
     for p in points:
         if p.measurement == "host":
             path = f"{scheme}.host"
         else:
-            path = f"{scheme}.domain.{graphite_node(p.tags['domain'])}"
+            path = f"{scheme}.domain.{names.graphite(p.tags['domain'])}"
             if p.measurement != "domain":
                 ident = next(v for k, v in p.tags.items() if k != "domain")
                 path += f".{p.measurement}.{graphite_node(ident)}"
@@ -207,10 +210,6 @@ def influxdb(points: Sequence[Point], host: str, timestamp_ns: int) -> str:
     return "\n".join(lines)
 
 
-def _prom_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
 UP_HELP = "1 when metrics-kvm read the host's statistics, 0 when it failed (it exits 3, the error on stderr)"
 
 
@@ -220,12 +219,16 @@ def prometheus_up(value: int) -> str:
     return f"# HELP kvm_up {UP_HELP}\n# TYPE kvm_up gauge\nkvm_up {value}"
 
 
-def prometheus(points: Sequence[Point]) -> str:
-    """Prometheus text exposition format 0.0.4, counters with the _total suffix; ``kvm_up 1`` first."""
+def prometheus(points: Sequence[Point], names: Names | None = None) -> str:
+    """Prometheus text exposition format 0.0.4, counters with the _total suffix; ``kvm_up 1`` first.
+
+    Label values are the names themselves, escaped (``names.prometheus``, ``prom_value``).
+    """
+    names = _names(points, names)
     families: dict[str, list[str]] = {}
     headers: dict[str, str] = {}
     for p in points:
-        labels = ",".join(f'{k}="{_prom_label(v)}"' for k, v in p.tags.items())
+        labels = ",".join(f'{k}="{names.prometheus(v) if k == "domain" else prom_value(v)}"' for k, v in p.tags.items())
         for name, value in p.fields.items():
             f = ALL_FIELDS[(p.measurement, name)]
             metric = f"kvm_{p.measurement}_{name}" + ("_total" if f.counter else "")

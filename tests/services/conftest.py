@@ -61,3 +61,26 @@ def prometheus() -> Iterator[prometheus_service.Prometheus]:
         yield server
     finally:
         server.stop()
+
+
+# Real QEMU guests (no OS, tests/rig) whose names Graphite merged before issue 13: "web 1" and
+# "web.1" both became web_1, and every three-letter CJK name ___. One is left shut off, so that a
+# merge would also overwrite one domain's state with another's. Tests that use them make domains on
+# qemu:///system: run them under `flock -o /tmp/spk-hv.lock` by hand (CONTRIBUTING.md).
+QEMU_PREFIX = "spk-gp-"
+QEMU_NAMES = {f"{QEMU_PREFIX}web 1": True, f"{QEMU_PREFIX}web.1": False, f"{QEMU_PREFIX}日本語": True,
+              f"{QEMU_PREFIX}中文字": True}
+
+
+@pytest.fixture(scope="session")
+def qemu_named() -> Iterator[dict[str, bool]]:
+    """The domains of QEMU_NAMES on qemu:///system, each running or shut off as it says; destroyed
+    and undefined afterwards (and before, in case an earlier run was killed)."""
+    from tests.rig import rig  # noqa: PLC0415 (only these tests need libvirt and the rig)
+
+    with rig.own_domains(QEMU_PREFIX) as conn, rig.images_of(conn, QEMU_PREFIX) as images:
+        for n, (name, running) in enumerate(QEMU_NAMES.items()):
+            dom = conn.defineXML(rig.noos_domain_xml(name, rig.make_qcow2(images / f"gp{n}.qcow2")))
+            if running:
+                dom.create()
+        yield dict(QEMU_NAMES)

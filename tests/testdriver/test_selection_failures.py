@@ -13,7 +13,6 @@ The hung-libvirtd timeout is in test_hung_libvirtd.py.
 from __future__ import annotations
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import node_uri, refuses, run
 
@@ -52,11 +51,6 @@ def test_metrics_internal_error_writes_no_data(form: str, fault_env: dict[str, s
 @pytest.mark.parametrize("selection", [["--match", "zzz"], ["--exclude", "."], ["-d", "plain", "--exclude", "pl"]])
 def test_metrics_a_selection_of_nothing_is_unknown(form: str, selection: list[str]) -> None:
     assert failed(form, "-u", NAMES, *selection) == "metrics-kvm: no domain matches --match/--exclude"
-
-
-def test_metrics_prometheus_down_is_what_promtool_and_the_client_parse() -> None:
-    [family] = text_string_to_metric_families(KVM_UP_0)
-    assert (family.name, family.type, [s.value for s in family.samples]) == ("kvm_up", "gauge", [0])
 
 
 @pytest.mark.parametrize("form", ["graphite", "influxdb", "prometheus", "json"])
