@@ -138,7 +138,7 @@ def test_metrics_graphite_paths_are_safe():
         float(value)
         int(stamp)
     assert "dc1.kvm7.domain.a_b_c_d.block.vda.read_bytes" in result.stdout
-    assert "dc1.kvm7.domain.gr__e__.up 1 " in result.stdout
+    assert "dc1.kvm7.domain.grüße_ü.up 1 " in result.stdout  # letters of any script are kept (names.py)
 
 
 def test_metrics_influxdb_parses_back():
