@@ -32,7 +32,8 @@ CPU and memory counters, from one bulk call, as raw counters and gauges in base 
 seconds) for a time-series database to turn into rates. What a driver's bulk call lacks (libvirt's
 test driver has only the state) is left out unless --fill asks for it per domain. A domain whose statistics fail still
 yields its 'up' metric, set to 0, with the error (InfluxDB and JSON). Formats: graphite
-(plaintext), influxdb (line protocol), prometheus (text exposition 0.0.4), json.
+(plaintext), influxdb (line protocol; each field of one type whatever its value: seconds floats,
+0.0 included, counts, bytes and states integers), prometheus (text exposition 0.0.4), json.
 
 stdout holds data only. A run that cannot do its job (libvirtd unreachable, -t ran out, an
 internal error, --match/--exclude selecting no domain) exits 3 with the reason in one line on
@@ -62,7 +63,7 @@ def check(options: argparse.Namespace) -> Report:
     if options.format == "graphite":
         text = metrics.graphite(points, options.scheme or f"{graphite_node(host)}.kvm", int(now), names)
     elif options.format == "influxdb":
-        text = metrics.influxdb(points, host, int(now * 1e9))
+        text = metrics.influxdb(points, host, int(now * 1e9), names)
     elif options.format == "prometheus":
         text = metrics.prometheus(points, names)
     else:
