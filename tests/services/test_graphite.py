@@ -110,3 +110,15 @@ def test_a_thousand_domains_stored_whole(carbon: Carbon, tmp_path: Path) -> None
     name = "say \"hi\" 7"
     assert last(carbon, f"{scheme}.domain.{names.graphite(name)}.state") == domains[name]
     assert carbon.log_problems() == []
+
+
+def test_names_too_long_for_a_file_name_are_cut(carbon: Carbon, tmp_path: Path) -> None:
+    scheme = "spk.long"
+    domains = {"日" * 100: nodes.RUNNING, "日" * 100 + "x": nodes.RUNNING, "a" * 300: nodes.PAUSED, "ok": nodes.RUNNING}
+    uri = f"test://{nodes.write(tmp_path / 'long.xml', domains)}"
+    per_domain = stored(carbon, scheme, metrics("-u", uri, "--scheme", scheme))
+    assert len(per_domain) == len(domains)
+    names = Names({name: nodes.domain_uuid(name) for name in domains})
+    for name, state in domains.items():
+        assert last(carbon, f"{scheme}.domain.{names.graphite(name)}.state") == state, name
+    assert carbon.log_problems() == []

@@ -94,3 +94,12 @@ def test_prometheus_labels_are_the_names_themselves():
 def test_prometheus_down_is_one_gauge():
     [family] = text_string_to_metric_families(metrics.prometheus_up(0) + "\n")
     assert (family.name, family.type, [s.value for s in family.samples]) == ("kvm_up", "gauge", [0])
+
+
+def test_graphite_node_fits_a_file_name():
+    long_cjk, longer = "日" * 100, "日" * 100 + "x"  # 300 bytes of UTF-8: carbon's whisper file cannot be made
+    names = Names({long_cjk: "11111111-0000-0000-0000-000000000000", longer: "22222222-0000-0000-0000-000000000000"})
+    pts = [p for name in (long_cjk, longer) for p in metrics.domain_points(name, {"state.state": 1}, None)]
+    nodes = {line.split(".")[3] for line in metrics.graphite(pts, "h.kvm", 1, names).splitlines()}
+    assert nodes == {"日" * 66 + "-11111111", "日" * 66 + "-22222222"}
+    assert all(len(node.encode()) <= 255 for node in nodes)
