@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 from sensu_kvm import virt
 from sensu_kvm.contexts import Context
-from sensu_kvm.domains import Verdict, judge_each, report
+from sensu_kvm.domains import Verdict, is_active, judge_each, report
 from sensu_kvm.output import Finding, Report, Status, worst
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 from sensu_kvm.ranges import Range
@@ -138,6 +138,22 @@ def judge_domain(record: virt.DomainRecord, found: dict[str, Rate], options: arg
     return Verdict(Finding(record.name, worst(statuses), text), measured, pending=bool(whys))
 
 
+def unmatched_devices(records: list[virt.DomainRecord], wanted: list[str], shown: int = 8) -> str:
+    """Why --device is wrong, when a disk it names is on none of the running domains selected (a
+    typo would otherwise be OK, "no disks measured"); "" when each names a disk of one of them,
+    or when no domain selected is running (then nothing is measured, and nothing to compare)."""
+    running = [r for r in records if not r.error and is_active(r)]
+    if not wanted or not running:
+        return ""
+    seen = sorted({device for r in running for device, _block in disks(r)})
+    unmatched = [device for device in dict.fromkeys(wanted) if device not in seen]
+    if not unmatched:
+        return ""
+    there = ", ".join(seen[:shown]) + (f" and {len(seen) - shown} more" if len(seen) > shown else "")
+    return (f"--device {', '.join(unmatched)}: no such disk on the {len(running)} running domain"
+            f"{'s' if len(running) > 1 else ''} selected ({'disks there: ' + there if seen else 'no disks there'})")
+
+
 def samples(records: list[virt.DomainRecord], now: float) -> dict[str, dict[str, Any]]:
     """The counters kept between runs, per domain UUID and disk."""
     return {f"{r.uuid}/{device}": {"t": now, **{k: block[k] for k in COUNTERS if k in block}}
@@ -149,6 +165,10 @@ def check(options: argparse.Namespace) -> Report:
     if default and options.warning is None and options.critical is None:
         options.warning, options.critical = Range.parse(default[0]), Range.parse(default[1])
     chosen, missing, _current, found = sample_domains(options, "blkstat", ["state", "block"], samples, list(COUNTERS))
+    mistaken = unmatched_devices(chosen, options.device)
+    if mistaken:
+        return Report(Status.CRITICAL if missing else Status.UNKNOWN,
+                      "; ".join([*(f"{name} not found" for name in missing), mistaken]))
     of = contexts(options)
     verdicts = judge_each(chosen, lambda r: judge_domain(r, found, options, of))
     judged = [m for v in verdicts for m in v.measurements if m.context.judges]
@@ -169,7 +189,8 @@ def parser() -> CheckParser:
     p.add_argument("-m", "--metric", choices=list(METRICS), default="allocation", metavar="NAME",
                    help=f"what -w/-c judge: {', '.join(METRICS)} (default: allocation)")
     p.add_argument("--device", action="append", default=[], metavar="DISK",
-                   help="only this disk (target name such as vda); repeat for more")
+                   help="only this disk (target name such as vda); repeat for more. A DISK that no running "
+                        "domain selected has is UNKNOWN (a typo is not 'no disks measured')")
     add_min_interval(p)
     return p
 

@@ -90,9 +90,17 @@ def image_file_systems(paths: Iterable[str]) -> dict[str, list[str]]:
 
 
 def evaluate(busy: float | None, memory: dict[str, int] | str, swap: Any, file_systems: dict[str, Any],
-             options: argparse.Namespace, rate: Rate | None = None) -> Report:
-    """Findings and perfdata for every resource (pure); ``rate`` says how ``busy`` was measured."""
-    findings, measured = [], []
+             options: argparse.Namespace, rate: Rate | None = None, missing: Iterable[str] = (),
+             none_matched: bool = False) -> Report:
+    """Findings and perfdata for every resource (pure); ``rate`` says how ``busy`` was measured.
+
+    A domain named with -d that does not exist is CRITICAL, as in every check; --match/--exclude
+    that select no domain are UNKNOWN (a pattern that finds nothing is a mistake, not a host
+    without images)."""
+    findings = [Finding(name, Status.CRITICAL, f"domain {name} not found") for name in missing]
+    if none_matched and not findings:
+        findings.append(Finding("domains", Status.UNKNOWN, "no domain matches --match/--exclude"))
+    measured = []
     if busy is None:
         why = rate.reason if rate else "first sample"
         findings.append(Finding("cpu", Status.OK, f"CPU: {why}, busy % on the next run"))
@@ -141,9 +149,12 @@ def check(options: argparse.Namespace) -> Report:
                                    options.interval, CPU_KEYS, options.min_interval)
         memory = host_memory(conn, is_local(uri))
         paths: list[str] = []
-        if is_local(uri):
-            chosen, _missing = choose(virt.gather(conn, ["state", "block"]), options)
-            paths = [v for r in chosen for k, v in r.stats.items() if k.startswith("block.") and k.endswith(".path")]
+        selected: list[virt.DomainRecord] = []
+        missing: list[str] = []
+        if is_local(uri) or options.domain or options.match or options.exclude:
+            # the domains' images on a remote host are not read, but -d/--match still say what they find
+            selected, missing = choose(virt.gather(conn, ["state", "block"] if is_local(uri) else ["state"]), options)
+            paths = [v for r in selected for k, v in r.stats.items() if k.startswith("block.") and k.endswith(".path")]
     finally:
         conn.close()
     swap = psutil.swap_memory() if is_local(uri) else None
@@ -154,7 +165,8 @@ def check(options: argparse.Namespace) -> Report:
         except OSError as err:
             file_systems[mount] = err.strerror or str(err)
     rate = found["host"]
-    return evaluate(cpu_busy(rate), memory, swap, file_systems, options, rate)
+    return evaluate(cpu_busy(rate), memory, swap, file_systems, options, rate, missing,
+                    none_matched=not selected and bool(options.match or options.exclude))
 
 
 def parser() -> CheckParser:

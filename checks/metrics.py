@@ -10,8 +10,8 @@ import time
 from sensu_kvm import metrics, virt
 from sensu_kvm.argtypes import metric_prefix_arg
 from sensu_kvm.domains import choose
-from sensu_kvm.errors import KvmError
-from sensu_kvm.names import Names
+from sensu_kvm.errors import BadRequest, KvmError
+from sensu_kvm.names import Names, graphite_node
 from sensu_kvm.output import Report, Status
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 
@@ -33,7 +33,13 @@ seconds) for a time-series database to turn into rates. What a driver's bulk cal
 test driver has only the state) is left out unless --fill asks for it per domain. A domain whose statistics fail still
 yields its 'up' metric, set to 0, with the error (InfluxDB and JSON). Formats: graphite
 (plaintext), influxdb (line protocol; each field of one type whatever its value: seconds floats,
-0.0 included, counts, bytes and states integers), prometheus (text exposition 0.0.4), json."""
+0.0 included, counts, bytes and states integers), prometheus (text exposition 0.0.4), json.
+
+stdout holds data only. A run that cannot do its job (libvirtd unreachable, -t ran out, an
+internal error, --match/--exclude selecting no domain) exits 3 with the reason in one line on
+stderr and nothing on stdout, but for 'kvm_up 0' in the Prometheus format (whose every output
+holds kvm_up 1). A -d domain that does not exist is CRITICAL (exit 2): the others' metrics on
+stdout, no line for it, its name on stderr."""
 
 
 def check(options: argparse.Namespace) -> Report:
@@ -41,7 +47,9 @@ def check(options: argparse.Namespace) -> Report:
     try:
         records = virt.gather(conn, GROUPS, fill=options.fill)
         names = Names.of(records)  # every domain of the host, before -d/--match/--exclude choose
-        chosen, _missing = choose(records, options)
+        chosen, missing = choose(records, options, names)
+        if not chosen and not missing and (options.match or options.exclude):
+            raise BadRequest("no domain matches --match/--exclude")
         node: list[dict[str, int]] = [{}, {}]
         for n, read in enumerate((virt.node_cpu_stats, virt.node_memory_stats)):
             with contextlib.suppress(KvmError):  # a driver without node statistics (the test driver)
@@ -53,14 +61,24 @@ def check(options: argparse.Namespace) -> Report:
     now = time.time()
     host = os.uname().nodename.split(".")[0]
     if options.format == "graphite":
-        text = metrics.graphite(points, options.scheme or f"{metrics.graphite_node(host)}.kvm", int(now))
+        text = metrics.graphite(points, options.scheme or f"{graphite_node(host)}.kvm", int(now), names)
     elif options.format == "influxdb":
         text = metrics.influxdb(points, host, int(now * 1e9), names)
     elif options.format == "prometheus":
-        text = metrics.prometheus(points)
+        text = metrics.prometheus(points, names)
     else:
         text = metrics.as_json(points, host, now)
+    if missing:  # CRITICAL, as the checks say it; no metric of any kind for a domain that is not there
+        shown = ", ".join(names.text(name) for name in missing)
+        return Report(Status.CRITICAL, text, details=[f"CRITICAL: domain{'s' if len(missing) > 1 else ''} "
+                                                      f"not found: {shown}"], raw=True)
     return Report(Status.OK, text, raw=True)
+
+
+def failure(options: argparse.Namespace) -> str:
+    """What stdout says when the run fails (exit 3, the error on stderr): Prometheus's own way of
+    saying "down", ``kvm_up 0``; nothing in the other formats."""
+    return metrics.prometheus_up(0) if options.format == "prometheus" else ""
 
 
 def parser() -> CheckParser:
@@ -76,7 +94,7 @@ def parser() -> CheckParser:
 
 
 def main() -> None:
-    run_check(NAME, parser(), check)
+    run_check(NAME, parser(), check, failure)
 
 
 if __name__ == "__main__":

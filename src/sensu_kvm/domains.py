@@ -30,13 +30,14 @@ class Verdict(NamedTuple):
         return [m for m in self.measurements if m.metric == metric]
 
 
-def choose(records: Sequence[DomainRecord], options: argparse.Namespace) -> tuple[list[DomainRecord], list[str]]:
+def choose(records: Sequence[DomainRecord], options: argparse.Namespace,
+           names: Names | None = None) -> tuple[list[DomainRecord], list[str]]:
     """The records that -d/--match/--exclude select, and the names given with -d that do not exist.
 
-    Every record first gets the host's :class:`Names`, made from all of them, so that a domain's
-    label, text and entity never depend on which domains a run selects.
+    Every record first gets the host's :class:`Names` (``names``, else made here), made from all
+    of them, so that a domain's label, text and entity never depend on which domains a run selects.
     """
-    names = Names.of(records)
+    names = names if names is not None else Names.of(records)
     for record in records:
         record.names = names
     by_name = {r.name: r for r in records}

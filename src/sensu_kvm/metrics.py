@@ -10,11 +10,10 @@ the value (an idle disk's write_seconds is 0.0, never 0i).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from sensu_kvm.names import Names, influx_tag, visible
+from sensu_kvm.names import Names, graphite_node, influx_tag, prom_value, visible
 
 NS = 1e-9
 KIB = 1024
@@ -167,22 +166,24 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-_GRAPHITE_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
+def _names(points: Sequence[Point], names: Names | None) -> Names:
+    """The names given, else the domains of these points (UUIDs unknown: suffixes from the name)."""
+    return names if names is not None else Names({p.tags["domain"]: None for p in points if "domain" in p.tags})
 
 
-def graphite_node(text: str) -> str:
-    """One node of a Graphite path: anything but letters, digits, '_' and '-' becomes '_'."""
-    return _GRAPHITE_UNSAFE.sub("_", text) or "_"
+def graphite(points: Sequence[Point], scheme: str, timestamp: int, names: Names | None = None) -> str:
+    """Graphite plaintext: ``<scheme>.domain.<name>[.<group>.<id>].<field> <value> <timestamp>``.
 
-
-def graphite(points: Sequence[Point], scheme: str, timestamp: int) -> str:
-    """Graphite plaintext: ``<scheme>.domain.<name>[.<group>.<id>].<field> <value> <timestamp>``."""
+    ``<name>`` is ``names.graphite`` (one path node per domain, never shared: build ``names`` from
+    every domain of the host); devices and interfaces are path nodes by the same character rules.
+    """
+    names = _names(points, names)
     lines = []
     for p in points:
         if p.measurement == "host":
             path = f"{scheme}.host"
         else:
-            path = f"{scheme}.domain.{graphite_node(p.tags['domain'])}"
+            path = f"{scheme}.domain.{names.graphite(p.tags['domain'])}"
             if p.measurement != "domain":
                 ident = next(v for k, v in p.tags.items() if k != "domain")
                 path += f".{p.measurement}.{graphite_node(ident)}"
@@ -216,7 +217,7 @@ def influxdb(points: Sequence[Point], host: str, timestamp_ns: int, names: Names
     The domain tag is ``names.influx`` (injective over the host's domains: no two share a series);
     other tags are escaped by the same rules. Each field has its declared type (ALL_FIELDS).
     """
-    names = names if names is not None else Names({p.tags["domain"]: None for p in points if "domain" in p.tags})
+    names = _names(points, names)
     host_tag = influx_tag(host)
     lines = []
     for p in points:
@@ -235,16 +236,25 @@ def influxdb(points: Sequence[Point], host: str, timestamp_ns: int, names: Names
     return "\n".join(lines)
 
 
-def _prom_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+UP_HELP = "1 when metrics-kvm read the host's statistics, 0 when it failed (it exits 3, the error on stderr)"
 
 
-def prometheus(points: Sequence[Point]) -> str:
-    """Prometheus text exposition format 0.0.4, counters with the _total suffix."""
+def prometheus_up(value: int) -> str:
+    """The ``kvm_up`` family alone: 1 in every output, 0 on its own when the run failed (as an
+    exporter's ``<name>_up``; ``up`` itself is the one Prometheus adds to every scrape)."""
+    return f"# HELP kvm_up {UP_HELP}\n# TYPE kvm_up gauge\nkvm_up {value}"
+
+
+def prometheus(points: Sequence[Point], names: Names | None = None) -> str:
+    """Prometheus text exposition format 0.0.4, counters with the _total suffix; ``kvm_up 1`` first.
+
+    Label values are the names themselves, escaped (``names.prometheus``, ``prom_value``).
+    """
+    names = _names(points, names)
     families: dict[str, list[str]] = {}
     headers: dict[str, str] = {}
     for p in points:
-        labels = ",".join(f'{k}="{_prom_label(v)}"' for k, v in p.tags.items())
+        labels = ",".join(f'{k}="{names.prometheus(v) if k == "domain" else prom_value(v)}"' for k, v in p.tags.items())
         for name, value in p.fields.items():
             f = ALL_FIELDS[(p.measurement, name)]
             metric = f"kvm_{p.measurement}_{name}" + ("_total" if f.counter else "")
@@ -253,7 +263,7 @@ def prometheus(points: Sequence[Point]) -> str:
                 headers[metric] = f"# HELP {metric} {f.help}\n# TYPE {metric} {kind}"
             sample = f"{metric}{{{labels}}}" if labels else metric
             families.setdefault(metric, []).append(f"{sample} {_number(value)}")
-    return "\n".join(f"{headers[m]}\n" + "\n".join(lines) for m, lines in families.items())
+    return "\n".join([prometheus_up(1), *(f"{headers[m]}\n" + "\n".join(lines) for m, lines in families.items())])
 
 
 def as_json(points: Sequence[Point], host: str, timestamp: float) -> str:

@@ -8,7 +8,8 @@ form       characters kept (others become ``_``)                        suffix w
 ========== ============================================================= ==========================
 label      letters and digits of any script, ``_ - . / @ +`` (no ``:``:  ``-`` + 8 hex of the UUID
            Icinga 2 reads ``::`` in a label as a check_multi prefix)
-graphite   letters and digits of any script, ``_ -`` (one path node)     ``-`` + 8 hex
+graphite   letters and digits of any script, ``_ -`` (one path node,       ``-`` + 8 hex
+           cut to 200 bytes of UTF-8: a file name of carbon's)
 entity     ASCII letters and digits, ``_ . -`` (Sensu's ``^[\\w.-]+$``);  ``-`` + 8 hex
            accents are dropped first (``café`` -> ``cafe``)
 influx     everything; tab, CR and newline become a space, a backslash   ``-`` + 8 hex
@@ -65,9 +66,16 @@ def perf_label(text: str) -> str:
     return _keep(text, _LABEL_ASCII, True) if text else "_"
 
 
+GRAPHITE_NODE_BYTES = 200  # carbon makes each node a directory or file name: 255 bytes at most
+
+
 def graphite_node(text: str) -> str:
-    """One node of a Graphite path."""
-    return _keep(text, _GRAPHITE_ASCII, True) if text else "_"
+    """One node of a Graphite path, at most GRAPHITE_NODE_BYTES of UTF-8 (a longer one is cut: carbon
+    cannot create its whisper file, "File name too long"), leaving room for a suffix."""
+    node = _keep(text, _GRAPHITE_ASCII, True) if text else "_"
+    if len(node) * 4 > GRAPHITE_NODE_BYTES and len(node.encode()) > GRAPHITE_NODE_BYTES:
+        node = node.encode()[:GRAPHITE_NODE_BYTES].decode(errors="ignore")
+    return node
 
 
 def entity_name(text: str) -> str:

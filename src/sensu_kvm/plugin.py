@@ -207,24 +207,50 @@ class Watchdog:
     A Python signal handler never runs while a libvirt C call blocks; another thread does
     (libvirt-python releases the GIL while it waits). A bare ``_thread`` keeps ``threading``'s
     import off the path of every check run.
+
+    ``raw`` is (prog, stdout text) for a metrics command: its timeout writes that text (the
+    format's own "down", or nothing) on stdout and ``prog: timed out ...`` on stderr, never a
+    status line a consumer would take for data. The lock keeps the timeout from writing while
+    the command prints its output, or after it.
     """
 
-    def __init__(self, name: str, seconds: float) -> None:
+    def __init__(self, name: str, seconds: float, raw: tuple[str, str] | None = None) -> None:
         self.cancelled = False
-        _thread.start_new_thread(self._fire, (name, seconds))
+        self._lock = _thread.allocate_lock()
+        _thread.start_new_thread(self._fire, (name, seconds, raw))
 
-    def _fire(self, name: str, seconds: float) -> None:
+    def _fire(self, name: str, seconds: float, raw: tuple[str, str] | None) -> None:
         time.sleep(seconds)
-        if not self.cancelled:
-            sys.stdout.write(f"{name} UNKNOWN: timed out after {seconds:g}s while {visible(activity.current())}\n")
-            sys.stdout.flush()
+        with self._lock:
+            if self.cancelled:
+                return
+            message = f"timed out after {seconds:g}s while {visible(activity.current())}"
+            if raw is None:
+                sys.stdout.write(f"{name} UNKNOWN: {message}\n")
+            else:
+                fail_raw(raw[0], message, raw[1])
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush()
+                sys.stderr.flush()
             os._exit(Status.UNKNOWN.value)
 
     def cancel(self) -> None:
-        self.cancelled = True
+        with self._lock:
+            self.cancelled = True
+
+
+def fail_raw(prog: str, message: str, text: str) -> None:
+    """How a metrics command fails: ``text`` (the format's own way of saying "down", or nothing)
+    on stdout, flushed first, then ``prog: message`` on stderr."""
+    if text:
+        sys.stdout.write(text.rstrip("\n") + "\n")
+        sys.stdout.flush()
+    sys.stderr.write(f"{prog}: {one_line(message)}\n")
 
 
 Body = Callable[[argparse.Namespace], Report]
+# What a metrics command prints on stdout when it fails (see run_check).
+Failure = Callable[[argparse.Namespace], str]
 
 
 def per_domain_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
@@ -252,41 +278,60 @@ def per_domain_options(parser: argparse.ArgumentParser, options: argparse.Namesp
 
 
 class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
-    def __init__(self, name: str, parser: CheckParser, body: Body) -> None:
+    def __init__(self, name: str, parser: CheckParser, body: Body, failure: Failure | None = None) -> None:
         self._name = name
         self._own_parser = parser
         self._body = body
+        self._failure = failure
         try:
             super().__init__(autorun=True)
         except Exception as err:  # raised while parsing, before run(): sensu-plugin would exit 2
-            print(f"{name} UNKNOWN: internal error: {type(err).__name__}: {err}")
+            message = f"internal error: {type(err).__name__}: {err}"
+            if failure is None:
+                print(f"{name} UNKNOWN: {message}")
+            else:
+                fail_raw(parser.prog, message, "")
             sys.exit(Status.UNKNOWN.value)
 
     def setup(self) -> None:
         self.parser = self._own_parser
+
+    def _fail(self, message: str, text: str) -> NoReturn:
+        """UNKNOWN: a check's status line; a metrics command's error on stderr (fail_raw)."""
+        if self._failure is None:
+            self.unknown(visible(message))  # prints the status line and exits 3
+        else:
+            fail_raw(self._own_parser.prog, message, text)
+        sys.exit(Status.UNKNOWN.value)
 
     def run(self) -> None:
         if self.remain:
             self.parser.error(f"unrecognized arguments: {' '.join(self.remain)}")
         per_domain_options(self.parser, self.options)
         self.check_name(self._name)
-        watchdog = Watchdog(self._name, self.options.timeout)
+        failed = "" if self._failure is None else self._failure(self.options)
+        raw = None if self._failure is None else (self._own_parser.prog, failed)
+        watchdog = Watchdog(self._name, self.options.timeout, raw)
         try:
             report = self._body(self.options)
         except KvmError as err:
             watchdog.cancel()
-            self.unknown(visible(str(err)))
+            self._fail(str(err), failed)
         except Exception as err:  # a bug must still give one UNKNOWN line, not a traceback
             watchdog.cancel()
-            self.unknown(visible(f"internal error: {type(err).__name__}: {err}"))
-        if getattr(self.options, "per_domain", None) and (report.findings or report.status is not Status.UNKNOWN):
+            self._fail(f"internal error: {type(err).__name__}: {err}", failed)
+        if getattr(self.options, "per_domain", None) and not report.raw and (
+                report.findings or report.status is not Status.UNKNOWN):
             report = self._send_per_domain(report)  # no findings, not UNKNOWN: no domains, and those sent before are gone
         watchdog.cancel()
-        if report.raw:  # metrics: the lines themselves, no status prefix
-            print(report.render())
+        if report.raw:  # metrics: the data on stdout, what went wrong (details) on stderr
+            if report.summary:
+                print(report.summary)
+            sys.stdout.flush()
+            for line in report.details:
+                sys.stderr.write(f"{self._own_parser.prog}: {one_line(line)}\n")
             sys.exit(report.status.value)
         getattr(self, report.status.name.lower())(report.render())
-
 
     def _send_per_domain(self, report: Report) -> Report:
         """One result per domain to the Sensu agent, and a last OK one for each guest that is gone
@@ -309,8 +354,13 @@ class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
         return report._replace(summary=report.summary + one_line(note)) if note else report
 
 
-def run_check(name: str, parser: CheckParser, body: Body) -> None:
+def run_check(name: str, parser: CheckParser, body: Body, failure: Failure | None = None) -> None:
     """Run a check: parse, call ``body`` under the watchdog, print and exit with its status.
+
+    ``failure`` makes it a metrics command, whose stdout a time-series database ingests: when it
+    cannot do its job (an error, a bug, the timeout) it exits 3 with the error on stderr and on
+    stdout only ``failure(options)`` (the format's own "down", or nothing), never a status line;
+    its raw reports print their summary (the data) on stdout and their details on stderr.
 
     The process ends with ``os._exit`` once the output is flushed: the interpreter's teardown
     (freeing every libvirt object, atexit handlers) costs ~10 ms a run and has nothing to do.
@@ -319,7 +369,7 @@ def run_check(name: str, parser: CheckParser, body: Body) -> None:
         sys.stdout.reconfigure(errors="backslashreplace")
     code = Status.UNKNOWN.value
     try:
-        _Adapter(name, parser, body)
+        _Adapter(name, parser, body, failure)
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     finally:

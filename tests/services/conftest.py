@@ -1,6 +1,8 @@
 """Fixtures for the services tier: a private RabbitMQ node, a private Redis server and a private
-InfluxDB 1.x, from Debian's packages (installed by tests/services/setup.sh), on the addresses of the shipped conf.d, started
-once per session and always stopped and cleaned up afterwards, even when a test fails.
+InfluxDB 1.x, from Debian's packages (installed by tests/services/setup.sh), on the addresses of the
+shipped conf.d; a private carbon-cache and a private Prometheus server on their own loopback ports.
+Each is started once per session and always stopped and cleaned up afterwards, even when a test
+fails.
 
 A service that cannot be started is an error of the tests that need it, never a skip.
 """
@@ -11,7 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.services import carbon as carbon_service
 from tests.services import influxdb as influxdb_service
+from tests.services import prometheus as prometheus_service
 from tests.services import rabbitmq as rabbitmq_service
 from tests.services import redis as redis_service
 
@@ -44,3 +48,51 @@ def influxdb() -> Iterator[influxdb_service.InfluxDB]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def carbon() -> Iterator[carbon_service.Carbon]:
+    """A carbon-cache with its plaintext line receiver on 127.0.0.1 (tests/services/carbon.py)."""
+    server = carbon_service.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# The expositions the Prometheus tests serve, one scrape target each (tests/services/test_prometheus.py).
+PROMETHEUS_SLOTS = ("names", "qemu", "many", "failure")
+
+
+@pytest.fixture(scope="session")
+def prometheus() -> Iterator[prometheus_service.Prometheus]:
+    """A Prometheus server scraping one exposition endpoint per slot of PROMETHEUS_SLOTS every second
+    (tests/services/prometheus.py)."""
+    server = prometheus_service.start(PROMETHEUS_SLOTS)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# Real QEMU guests (no OS, tests/rig) whose names Graphite merged before issue 13: "web 1" and
+# "web.1" both became web_1, and every three-letter CJK name ___. One is left shut off, so that a
+# merge would also overwrite one domain's state with another's. Tests that use them make domains on
+# qemu:///system: run them under `flock -o /tmp/spk-hv.lock` by hand (CONTRIBUTING.md).
+QEMU_PREFIX = "spk-gp-"
+QEMU_NAMES = {f"{QEMU_PREFIX}web 1": True, f"{QEMU_PREFIX}web.1": False, f"{QEMU_PREFIX}日本語": True,
+              f"{QEMU_PREFIX}中文字": True}
+
+
+@pytest.fixture(scope="session")
+def qemu_named() -> Iterator[dict[str, bool]]:
+    """The domains of QEMU_NAMES on qemu:///system, each running or shut off as it says; destroyed
+    and undefined afterwards (and before, in case an earlier run was killed)."""
+    from tests.rig import rig  # noqa: PLC0415 (only these tests need libvirt and the rig)
+
+    with rig.own_domains(QEMU_PREFIX) as conn, rig.images_of(conn, QEMU_PREFIX) as images:
+        for n, (name, running) in enumerate(QEMU_NAMES.items()):
+            dom = conn.defineXML(rig.noos_domain_xml(name, rig.make_qcow2(images / f"gp{n}.qcow2")))
+            if running:
+                dom.create()
+        yield dict(QEMU_NAMES)

@@ -4,7 +4,9 @@ A UNIX socket server in this process accepts every connection and never writes a
 installed command (the list comes from the entry points, so a new command cannot be missed) is
 pointed at it with ``qemu+unix:///system?socket=PATH`` and must end within its timeout plus a
 small margin, with one clear line and its documented exit code: 3 and an UNKNOWN status line for
-checks and metrics-kvm, 1 and one line on stderr naming the call for the tools and the handler.
+checks, 3 and one line on stderr for metrics-kvm (whose stdout a database ingests: nothing there,
+or Prometheus's ``kvm_up 0``), 1 and one line on stderr naming the call for the tools and the
+handler.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ CHECK_ARGS: dict[str, list[str]] = {
     "check-kvm-memory": [],
     "check-kvm-snapshot-age": [],
     "check-kvm-vcpu": ["--state-dir", "{tmp}"],
-    "metrics-kvm": [],
 }
+METRICS = {"metrics-kvm"}
 TOOL_RUNS: dict[str, list[list[str]]] = {
     "kvm-snapshot": [["list", "web1"], ["prune", "--all", "--keep", "1"]],
     "kvm-backup": [["create", "--all", "--dest", "{tmp}"], ["recover", "--all", "--state-dir", "{tmp}"]],
@@ -62,7 +64,7 @@ def hung() -> Iterator[tuple[str, Path]]:
 
 
 def test_every_command_is_covered() -> None:
-    known = set(CHECK_ARGS) | set(TOOL_RUNS) | HANDLERS | NO_LIBVIRT
+    known = set(CHECK_ARGS) | METRICS | set(TOOL_RUNS) | HANDLERS | NO_LIBVIRT
     assert commands() == known, "a command was added or removed: say here how it is run against a hung libvirtd"
 
 
@@ -81,6 +83,19 @@ def test_check_answers_unknown(hung: tuple[str, Path], command: str) -> None:
     assert code == 3, (code, out, err)
     first = out.splitlines()[0]
     assert " UNKNOWN: " in first and "timed out" in first and "connecting" in first, out
+
+
+@pytest.mark.parametrize("form", ["graphite", "prometheus"])
+def test_metrics_time_out_with_no_data(hung: tuple[str, Path], form: str) -> None:
+    uri, _tmp = hung
+    took, code, out, err = _timed("metrics-kvm", "-u", uri, "-t", str(TIMEOUT), "-f", form)
+    assert took < TIMEOUT + MARGIN, (took, out, err)
+    assert code == 3, (code, out, err)
+    assert out == ("" if form == "graphite" else
+                   "# HELP kvm_up 1 when metrics-kvm read the host's statistics, 0 when it failed (it exits 3, the "
+                   "error on stderr)\n# TYPE kvm_up gauge\nkvm_up 0\n")
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"metrics-kvm: timed out after {TIMEOUT}s while connecting"), err
 
 
 @pytest.mark.parametrize(("command", "args"), [(c, a) for c, runs in sorted(TOOL_RUNS.items()) for a in runs],

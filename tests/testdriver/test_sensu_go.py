@@ -317,7 +317,7 @@ def test_metrics_prometheus_through_its_wrapper(unpacked):
     assert result.returncode == 0, result
     assert result.stderr == ""
     lines = result.stdout.splitlines()
-    assert lines[0] == "# HELP kvm_host_cpu_kernel_seconds_total host CPU time in the kernel, all CPUs"
+    assert lines[2:4] == ["kvm_up 1", "# HELP kvm_host_cpu_kernel_seconds_total host CPU time in the kernel, all CPUs"]
     families = {f.name: f for f in text_string_to_metric_families(result.stdout)}
     [up] = families["kvm_domain_up"].samples
     assert (up.labels, up.value) == ({"domain": "test"}, 1)

@@ -6,6 +6,7 @@ from line_protocol_parser import parse_line
 from prometheus_client.parser import text_string_to_metric_families
 
 from sensu_kvm import metrics
+from sensu_kvm.names import Names
 from tests.conftest import DATA
 
 
@@ -55,3 +56,50 @@ def test_json_document():
     assert doc["host"] == "kvm1"
     assert doc["points"][-1] == {"measurement": "domain", "tags": {"domain": 'bad "one", =x'},
                                  "fields": {"up": 0}, "error": "cannot read: gone"}
+
+
+def near_misses():
+    """Domains whose Graphite nodes were one before issue 13: web 1, web.1 and web_1; two CJK names."""
+    uuids = {"web 1": "11111111-0000-0000-0000-000000000000", "web.1": "22222222-0000-0000-0000-000000000000",
+             "web_1": "33333333-0000-0000-0000-000000000000", "日本語": "44444444-0000-0000-0000-000000000000",
+             "中文字": "55555555-0000-0000-0000-000000000000", "spare": "66666666-0000-0000-0000-000000000000"}
+    states = {"web 1": 1, "web.1": 6, "web_1": 5, "日本語": 1, "中文字": 3, "spare": 5}
+    return Names(uuids), [p for name, state in states.items() if name != "spare"
+                          for p in metrics.domain_points(name, {"state.state": state}, None)]
+
+
+def test_graphite_keeps_near_miss_domains_apart():
+    names, pts = near_misses()
+    lines = dict(line.rsplit(" ", 2)[0:2] for line in metrics.graphite(pts, "h.kvm", 1, names).splitlines())
+    states = {path.split(".")[3]: value for path, value in lines.items() if path.endswith(".state")}
+    assert states == {"web_1-11111111": "1", "web_1-22222222": "6", "web_1": "5", "日本語": "1", "中文字": "3"}
+
+
+def test_graphite_nodes_do_not_depend_on_the_selection():
+    names, pts = near_misses()  # built from every domain of the host, then one domain chosen
+    one = [p for p in pts if p.tags["domain"] == "web.1"]
+    assert metrics.graphite(one, "h.kvm", 1, names).splitlines()[0] == "h.kvm.domain.web_1-22222222.up 1 1"
+
+
+def test_prometheus_labels_are_the_names_themselves():
+    names, pts = near_misses()
+    text = metrics.prometheus(pts, names)
+    assert text.startswith("# HELP kvm_up ") and "\nkvm_up 1\n" in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {s.labels["domain"]: s.value for s in families["kvm_domain_state"].samples} == {
+        "web 1": 1, "web.1": 6, "web_1": 5, "日本語": 1, "中文字": 3}
+    assert [s.value for s in families["kvm_up"].samples] == [1]
+
+
+def test_prometheus_down_is_one_gauge():
+    [family] = text_string_to_metric_families(metrics.prometheus_up(0) + "\n")
+    assert (family.name, family.type, [s.value for s in family.samples]) == ("kvm_up", "gauge", [0])
+
+
+def test_graphite_node_fits_a_file_name():
+    long_cjk, longer = "日" * 100, "日" * 100 + "x"  # 300 bytes of UTF-8: carbon's whisper file cannot be made
+    names = Names({long_cjk: "11111111-0000-0000-0000-000000000000", longer: "22222222-0000-0000-0000-000000000000"})
+    pts = [p for name in (long_cjk, longer) for p in metrics.domain_points(name, {"state.state": 1}, None)]
+    nodes = {line.split(".")[3] for line in metrics.graphite(pts, "h.kvm", 1, names).splitlines()}
+    assert nodes == {"日" * 66 + "-11111111", "日" * 66 + "-22222222"}
+    assert all(len(node.encode()) <= 255 for node in nodes)
