@@ -157,3 +157,43 @@ def test_the_readmes_sensu_core_examples_are_the_shipped_files():
         core_file = BY_NAME[name].core_file
         assert core_file is not None
         assert data == json.loads((ROOT / core_file).read_text(encoding="utf-8")), f"README's {name} example"
+
+
+HELP_OPTION = re.compile(r"^  (?:(-\w)(?: \S+)?, )?(--[a-z][\w-]*)", re.MULTILINE)
+SENSU_ONLY = {(None, "--per-domain"), (None, "--per-domain-address"), (None, "--per-domain-handler")}
+
+
+@pytest.mark.parametrize("name", commands(Kind.CHECK, Kind.GUEST_CHECK))
+def test_the_icinga2_arguments_are_the_options_of_its_help(name):
+    """The registry declares every option of --help for the Icinga 2 CheckCommand (its short form
+    too), but -h, -V and Sensu's own --per-domain*; each variable names one option."""
+    command = BY_NAME[name]
+    in_help = {(short, flag) for short, flag in HELP_OPTION.findall(run(name, "--help").stdout)}
+    declared = {(option.short or None, option.flag) for option in command.options}
+    in_help = {(short or None, flag) for short, flag in in_help}
+    assert in_help - {("-h", "--help"), ("-V", "--version")} - SENSU_ONLY == declared
+    variables = [command.variable(option) for option in command.options]
+    assert len(set(variables)) == len(variables)
+    assert all(re.fullmatch(r"kvm_[a-z0-9_]+", v) for v in variables), variables
+
+
+def test_a_shared_icinga2_variable_means_one_option_everywhere():
+    """kvm_uri, kvm_state_dir...: an option with a shared variable has the same flag and takes the same
+    in every command, so that a Host can set it once for all its checks."""
+    seen: dict[str, tuple[str, str]] = {}
+    for command in wiring.scheduled():
+        for option in command.options:
+            if option.shared:
+                meaning = (option.flag, option.takes.value)
+                assert seen.setdefault(command.variable(option), meaning) == meaning, (command.name, option)
+    assert {"kvm_uri", "kvm_domain", "kvm_timeout", "kvm_verbose", "kvm_state_dir"} <= set(seen)
+
+
+def test_every_check_has_its_icinga2_and_nagios_definition():
+    icinga = (ROOT / wiring.ICINGA2_COMMANDS).read_text(encoding="utf-8")
+    nagios = (ROOT / wiring.NAGIOS_COMMANDS).read_text(encoding="utf-8")
+    for name in commands(Kind.CHECK, Kind.GUEST_CHECK):
+        assert f'object CheckCommand "{name}" {{' in icinga, name
+        assert re.search(rf"^    command_name +{re.escape(name)}$", nagios, re.MULTILINE), name
+    for name in commands(Kind.METRICS, Kind.HANDLER, Kind.TOOL):
+        assert f'"{name}"' not in icinga and f" {name}\n" not in nagios, name
