@@ -9,7 +9,8 @@ check result (state, perfdata) and a GraphiteWriter that sends to a TCP listener
 log, spool, run directory) is moved into the temp dir with ``-DConfiguration.<Dir>=``, so
 nothing of /etc/icinga2 or /var is read or written. ``icinga2 daemon -C`` validates, then
 ``icinga2 daemon`` runs under the subreaper of tests/services/rabbitmq.py until the ``with``
-ends; it is stopped (TERM, then KILL) and the dir removed, even when a test fails.
+ends (or :meth:`Icinga2.stop`); it is stopped (TERM, then KILL) and the dir removed, even when a
+test fails.
 
 Started as root, Icinga 2 runs as user ``nagios`` (Debian's ICINGA2_USER) and so do the checks:
 the read-only libvirt relay and the traversable venv of tests/services/nagios.py serve it too.
@@ -28,7 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,6 +184,7 @@ class Icinga2:
     root: Path
     sink: LineSink
     services_defined: tuple[str, ...]
+    stop: Callable[[], None]  # stop Icinga 2 now (it writes out what its writers hold); the dir stays
 
     def log(self) -> str:
         try:
@@ -298,7 +300,8 @@ def running(services: Mapping[str, Service], check_interval: int = 5, graphite_p
         reaper = spawn_reaped(argv, env=env, tmpdir=root, log=root / "daemon.out")
 
         def stop() -> None:
-            kill_tree(reaper.pid, signal.SIGTERM)
+            if reaper.poll() is None:
+                kill_tree(reaper.pid, signal.SIGTERM)
             finish(reaper, 15)
 
         stack.callback(stop)
@@ -307,4 +310,4 @@ def running(services: Mapping[str, Service], check_interval: int = 5, graphite_p
             if reaper.poll() is not None or time.monotonic() >= deadline:
                 raise RuntimeError(f"icinga2 did not start:\n{(root / 'daemon.out').read_text(errors='replace')}")
             time.sleep(0.1)
-        yield Icinga2(root=root, sink=sink, services_defined=tuple(services))
+        yield Icinga2(root=root, sink=sink, services_defined=tuple(services), stop=stop)
