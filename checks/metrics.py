@@ -11,6 +11,7 @@ from sensu_kvm import metrics, virt
 from sensu_kvm.argtypes import metric_prefix_arg
 from sensu_kvm.domains import choose
 from sensu_kvm.errors import KvmError
+from sensu_kvm.names import Names
 from sensu_kvm.output import Report, Status
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 
@@ -31,13 +32,16 @@ CPU and memory counters, from one bulk call, as raw counters and gauges in base 
 seconds) for a time-series database to turn into rates. What a driver's bulk call lacks (libvirt's
 test driver has only the state) is left out unless --fill asks for it per domain. A domain whose statistics fail still
 yields its 'up' metric, set to 0, with the error (InfluxDB and JSON). Formats: graphite
-(plaintext), influxdb (line protocol), prometheus (text exposition 0.0.4), json."""
+(plaintext), influxdb (line protocol; each field of one type whatever its value: seconds floats,
+0.0 included, counts, bytes and states integers), prometheus (text exposition 0.0.4), json."""
 
 
 def check(options: argparse.Namespace) -> Report:
     conn = virt.connect(options.uri)
     try:
-        chosen, _missing = choose(virt.gather(conn, GROUPS, fill=options.fill), options)
+        records = virt.gather(conn, GROUPS, fill=options.fill)
+        names = Names.of(records)  # every domain of the host, before -d/--match/--exclude choose
+        chosen, _missing = choose(records, options)
         node: list[dict[str, int]] = [{}, {}]
         for n, read in enumerate((virt.node_cpu_stats, virt.node_memory_stats)):
             with contextlib.suppress(KvmError):  # a driver without node statistics (the test driver)
@@ -51,7 +55,7 @@ def check(options: argparse.Namespace) -> Report:
     if options.format == "graphite":
         text = metrics.graphite(points, options.scheme or f"{metrics.graphite_node(host)}.kvm", int(now))
     elif options.format == "influxdb":
-        text = metrics.influxdb(points, host, int(now * 1e9))
+        text = metrics.influxdb(points, host, int(now * 1e9), names)
     elif options.format == "prometheus":
         text = metrics.prometheus(points)
     else:

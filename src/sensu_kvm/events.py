@@ -102,10 +102,10 @@ def _output(value: Any) -> str:
     return value
 
 
-def parse(raw: str | bytes) -> Event:
+def parse(raw: str | bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event:
     """The event in ``raw`` (JSON from stdin), Core 1.x or Go; EventError when it is neither."""
-    if len(raw) > MAX_EVENT_BYTES:
-        raise EventError(f"event larger than {MAX_EVENT_BYTES} bytes")
+    if len(raw) > max_bytes:
+        raise EventError(f"event larger than {max_bytes} bytes")
     if not raw.strip():
         raise EventError("no event on standard input")
     data_bytes = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw

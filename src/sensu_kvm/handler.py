@@ -36,13 +36,16 @@ class HandlerParser(StrictParsing):
         sys.exit(EXIT_BAD_INPUT)
 
 
-def build_parser(prog: str, description: str, examples: str) -> HandlerParser:
+def build_parser(prog: str, description: str, examples: str, libvirt: bool = True) -> HandlerParser:
+    """The handler's parser with -V and, for a handler that calls libvirt, its --timeout."""
     parser = HandlerParser(prog=prog, description=description, allow_abbrev=False,
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog="examples:\n" + examples.rstrip() + "\n\n"
                            "Reads one Sensu Core 1.x or Sensu Go event on standard input. Exit codes: 0 done or\n"
                            "nothing to do, 1 an action failed or a guardrail refused it, 2 bad options or event.")
     parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    if not libvirt:
+        return parser
     parser.add_argument("--timeout", type=seconds_arg, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help=f"deadline of each libvirt call, up to 86400 (default: {DEFAULT_TIMEOUT:g}; starting a "
                              f"guest gets {LONG_FACTOR} times as long); a call that does not answer in time fails "
@@ -66,17 +69,18 @@ Act = Callable[[argparse.Namespace, Event, Log], int]
 
 
 class _Adapter(SensuHandler):
-    def __init__(self, parser: HandlerParser, act: Act) -> None:
+    def __init__(self, parser: HandlerParser, act: Act, max_bytes: int) -> None:
         self._parser = parser
         self._act = act
+        self._max_bytes = max_bytes
         super().__init__(autorun=False)
 
     def run(self) -> None:
         options = self._parser.parse_args()
         log = Log(self._parser.prog)
-        raw = sys.stdin.buffer.read(MAX_EVENT_BYTES + 1)
+        raw = sys.stdin.buffer.read(self._max_bytes + 1)
         try:
-            self.event = parse(raw)
+            self.event = parse(raw, self._max_bytes)
         except (EventError, RecursionError, MemoryError) as err:  # the last two: a guard that failed
             if not isinstance(err, EventError):
                 err = EventError(f"unreadable event ({type(err).__name__})")
@@ -93,6 +97,7 @@ class _Adapter(SensuHandler):
         sys.exit(code)
 
 
-def run_handler(parser: HandlerParser, act: Act) -> None:
-    """Parse the options, read and normalise the event, call ``act`` and exit with its code."""
-    _Adapter(parser, act).run()
+def run_handler(parser: HandlerParser, act: Act, max_bytes: int = MAX_EVENT_BYTES) -> None:
+    """Parse the options, read and normalise the event (at most ``max_bytes``), call ``act`` and
+    exit with its code."""
+    _Adapter(parser, act, max_bytes).run()

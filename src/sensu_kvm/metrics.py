@@ -1,7 +1,10 @@
 """Metric points from libvirt statistics, and their four text formats (pure, no I/O).
 
 One model, four renderings: a Point has a measurement (domain, vcpu, block, net, host), tags and
-numeric fields in base units (bytes, seconds), each field a counter or a gauge.
+numeric fields in base units (bytes, seconds), each field a counter or a gauge, and each of a fixed
+type (INT or FLOAT), declared in the tables below: InfluxDB keeps one type per field and refuses a
+whole batch in which a field's type changes ("field type conflict"), so the type never depends on
+the value (an idle disk's write_seconds is 0.0, never 0i).
 """
 
 from __future__ import annotations
@@ -11,84 +14,91 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from sensu_kvm.names import Names, influx_tag, visible
+
 NS = 1e-9
 KIB = 1024
+INT, FLOAT = "integer", "float"  # a field's type in InfluxDB (Graphite and Prometheus have only numbers)
 
 
 class Field(NamedTuple):
-    """How one libvirt statistic becomes a field: its name, kind, scale and help text."""
+    """How one libvirt statistic becomes a field: its name, kind, scale, type and help text.
+
+    The type: counts, bytes, states and reasons are integers; seconds (and any ratio) are floats.
+    """
 
     key: str
     name: str
     counter: bool
     scale: float
+    type: str
     help: str
 
 
-def _f(key: str, name: str, counter: bool, scale: float, text: str) -> Field:
-    return Field(key, name, counter, scale, text)
+def _f(key: str, name: str, counter: bool, scale: float, kind: str, text: str) -> Field:
+    return Field(key, name, counter, scale, kind, text)
 
 
 DOMAIN_FIELDS = (
-    _f("state.state", "state", False, 1, "libvirt domain state (1 running, 3 paused, 5 shut off, 6 crashed)"),
-    _f("state.reason", "state_reason", False, 1, "libvirt reason code for the state"),
-    _f("cpu.time", "cpu_seconds", True, NS, "CPU time used by the domain"),
-    _f("cpu.user", "cpu_user_seconds", True, NS, "user CPU time used by the domain"),
-    _f("cpu.system", "cpu_system_seconds", True, NS, "system CPU time used by the domain"),
-    _f("vcpu.current", "vcpus", False, 1, "vCPUs online"),
-    _f("vcpu.maximum", "vcpus_maximum", False, 1, "vCPUs at most"),
-    _f("balloon.current", "memory_actual_bytes", False, KIB, "memory the guest has (balloon actual)"),
-    _f("balloon.maximum", "memory_maximum_bytes", False, KIB, "memory the guest may have"),
-    _f("balloon.rss", "memory_rss_bytes", False, KIB, "resident size of the QEMU process"),
-    _f("balloon.available", "memory_available_bytes", False, KIB, "memory the guest sees"),
-    _f("balloon.usable", "memory_usable_bytes", False, KIB, "memory the guest could use without swapping"),
-    _f("balloon.unused", "memory_unused_bytes", False, KIB, "memory the guest leaves unused"),
-    _f("balloon.disk_caches", "memory_disk_caches_bytes", False, KIB, "guest memory used for disk caches"),
-    _f("balloon.swap_in", "swap_in_bytes", True, KIB, "data the guest read from swap"),
-    _f("balloon.swap_out", "swap_out_bytes", True, KIB, "data the guest wrote to swap"),
-    _f("balloon.major_fault", "major_faults", True, 1, "major page faults in the guest"),
-    _f("balloon.minor_fault", "minor_faults", True, 1, "minor page faults in the guest"),
+    _f("state.state", "state", False, 1, INT, "libvirt domain state (1 running, 3 paused, 5 shut off, 6 crashed)"),
+    _f("state.reason", "state_reason", False, 1, INT, "libvirt reason code for the state"),
+    _f("cpu.time", "cpu_seconds", True, NS, FLOAT, "CPU time used by the domain"),
+    _f("cpu.user", "cpu_user_seconds", True, NS, FLOAT, "user CPU time used by the domain"),
+    _f("cpu.system", "cpu_system_seconds", True, NS, FLOAT, "system CPU time used by the domain"),
+    _f("vcpu.current", "vcpus", False, 1, INT, "vCPUs online"),
+    _f("vcpu.maximum", "vcpus_maximum", False, 1, INT, "vCPUs at most"),
+    _f("balloon.current", "memory_actual_bytes", False, KIB, INT, "memory the guest has (balloon actual)"),
+    _f("balloon.maximum", "memory_maximum_bytes", False, KIB, INT, "memory the guest may have"),
+    _f("balloon.rss", "memory_rss_bytes", False, KIB, INT, "resident size of the QEMU process"),
+    _f("balloon.available", "memory_available_bytes", False, KIB, INT, "memory the guest sees"),
+    _f("balloon.usable", "memory_usable_bytes", False, KIB, INT, "memory the guest could use without swapping"),
+    _f("balloon.unused", "memory_unused_bytes", False, KIB, INT, "memory the guest leaves unused"),
+    _f("balloon.disk_caches", "memory_disk_caches_bytes", False, KIB, INT, "guest memory used for disk caches"),
+    _f("balloon.swap_in", "swap_in_bytes", True, KIB, INT, "data the guest read from swap"),
+    _f("balloon.swap_out", "swap_out_bytes", True, KIB, INT, "data the guest wrote to swap"),
+    _f("balloon.major_fault", "major_faults", True, 1, INT, "major page faults in the guest"),
+    _f("balloon.minor_fault", "minor_faults", True, 1, INT, "minor page faults in the guest"),
 )
 VCPU_FIELDS = (
-    _f("state", "state", False, 1, "vCPU state (0 offline, 1 running, 2 blocked)"),
-    _f("time", "seconds", True, NS, "CPU time used by the vCPU"),
-    _f("wait", "wait_seconds", True, NS, "time the vCPU waited on I/O"),
-    _f("delay", "delay_seconds", True, NS, "time the vCPU waited for a host CPU (steal)"),
+    _f("state", "state", False, 1, INT, "vCPU state (0 offline, 1 running, 2 blocked)"),
+    _f("time", "seconds", True, NS, FLOAT, "CPU time used by the vCPU"),
+    _f("wait", "wait_seconds", True, NS, FLOAT, "time the vCPU waited on I/O"),
+    _f("delay", "delay_seconds", True, NS, FLOAT, "time the vCPU waited for a host CPU (steal)"),
 )
 BLOCK_FIELDS = (
-    _f("rd.reqs", "read_ops", True, 1, "read operations"),
-    _f("rd.bytes", "read_bytes", True, 1, "bytes read"),
-    _f("rd.times", "read_seconds", True, NS, "time spent reading"),
-    _f("wr.reqs", "write_ops", True, 1, "write operations"),
-    _f("wr.bytes", "write_bytes", True, 1, "bytes written"),
-    _f("wr.times", "write_seconds", True, NS, "time spent writing"),
-    _f("fl.reqs", "flush_ops", True, 1, "flush operations"),
-    _f("fl.times", "flush_seconds", True, NS, "time spent flushing"),
-    _f("allocation", "allocation_bytes", False, 1, "highest allocated offset (qcow2) or allocated bytes"),
-    _f("capacity", "capacity_bytes", False, 1, "virtual size of the disk"),
-    _f("physical", "physical_bytes", False, 1, "size of the image on the host"),
+    _f("rd.reqs", "read_ops", True, 1, INT, "read operations"),
+    _f("rd.bytes", "read_bytes", True, 1, INT, "bytes read"),
+    _f("rd.times", "read_seconds", True, NS, FLOAT, "time spent reading"),
+    _f("wr.reqs", "write_ops", True, 1, INT, "write operations"),
+    _f("wr.bytes", "write_bytes", True, 1, INT, "bytes written"),
+    _f("wr.times", "write_seconds", True, NS, FLOAT, "time spent writing"),
+    _f("fl.reqs", "flush_ops", True, 1, INT, "flush operations"),
+    _f("fl.times", "flush_seconds", True, NS, FLOAT, "time spent flushing"),
+    _f("allocation", "allocation_bytes", False, 1, INT, "highest allocated offset (qcow2) or allocated bytes"),
+    _f("capacity", "capacity_bytes", False, 1, INT, "virtual size of the disk"),
+    _f("physical", "physical_bytes", False, 1, INT, "size of the image on the host"),
 )
 NET_FIELDS = (
-    _f("rx.bytes", "receive_bytes", True, 1, "bytes received"),
-    _f("rx.pkts", "receive_packets", True, 1, "packets received"),
-    _f("rx.errs", "receive_errors", True, 1, "receive errors"),
-    _f("rx.drop", "receive_drops", True, 1, "received packets dropped"),
-    _f("tx.bytes", "transmit_bytes", True, 1, "bytes sent"),
-    _f("tx.pkts", "transmit_packets", True, 1, "packets sent"),
-    _f("tx.errs", "transmit_errors", True, 1, "transmit errors"),
-    _f("tx.drop", "transmit_drops", True, 1, "sent packets dropped"),
+    _f("rx.bytes", "receive_bytes", True, 1, INT, "bytes received"),
+    _f("rx.pkts", "receive_packets", True, 1, INT, "packets received"),
+    _f("rx.errs", "receive_errors", True, 1, INT, "receive errors"),
+    _f("rx.drop", "receive_drops", True, 1, INT, "received packets dropped"),
+    _f("tx.bytes", "transmit_bytes", True, 1, INT, "bytes sent"),
+    _f("tx.pkts", "transmit_packets", True, 1, INT, "packets sent"),
+    _f("tx.errs", "transmit_errors", True, 1, INT, "transmit errors"),
+    _f("tx.drop", "transmit_drops", True, 1, INT, "sent packets dropped"),
 )
 HOST_FIELDS = (
-    _f("cpu.kernel", "cpu_kernel_seconds", True, NS, "host CPU time in the kernel, all CPUs"),
-    _f("cpu.user", "cpu_user_seconds", True, NS, "host CPU time in user space, all CPUs"),
-    _f("cpu.idle", "cpu_idle_seconds", True, NS, "host CPU time idle, all CPUs"),
-    _f("cpu.iowait", "cpu_iowait_seconds", True, NS, "host CPU time waiting for I/O, all CPUs"),
-    _f("memory.total", "memory_total_bytes", False, KIB, "host memory"),
-    _f("memory.free", "memory_free_bytes", False, KIB, "host memory free"),
-    _f("memory.buffers", "memory_buffers_bytes", False, KIB, "host memory in buffers"),
-    _f("memory.cached", "memory_cached_bytes", False, KIB, "host memory in the page cache"),
+    _f("cpu.kernel", "cpu_kernel_seconds", True, NS, FLOAT, "host CPU time in the kernel, all CPUs"),
+    _f("cpu.user", "cpu_user_seconds", True, NS, FLOAT, "host CPU time in user space, all CPUs"),
+    _f("cpu.idle", "cpu_idle_seconds", True, NS, FLOAT, "host CPU time idle, all CPUs"),
+    _f("cpu.iowait", "cpu_iowait_seconds", True, NS, FLOAT, "host CPU time waiting for I/O, all CPUs"),
+    _f("memory.total", "memory_total_bytes", False, KIB, INT, "host memory"),
+    _f("memory.free", "memory_free_bytes", False, KIB, INT, "host memory free"),
+    _f("memory.buffers", "memory_buffers_bytes", False, KIB, INT, "host memory in buffers"),
+    _f("memory.cached", "memory_cached_bytes", False, KIB, INT, "host memory in the page cache"),
 )
-UP = Field("", "up", False, 1, "1 when the domain's statistics were read, 0 when they failed")
+UP = Field("", "up", False, 1, INT, "1 when the domain's statistics were read, 0 when they failed")
 ALL_FIELDS: dict[tuple[str, str], Field] = {
     (measurement, f.name): f
     for measurement, fields in (("domain", (*DOMAIN_FIELDS, UP)), ("vcpu", VCPU_FIELDS), ("block", BLOCK_FIELDS),
@@ -180,30 +190,48 @@ def graphite(points: Sequence[Point], scheme: str, timestamp: int) -> str:
     return "\n".join(lines)
 
 
-def _influx_escape(text: str, specials: str) -> str:
-    """Escape as Telegraf does: the specials get a backslash, a backslash stays as it is (the
-    protocol reads a lone one literally), and trailing backslashes, which would escape the
-    separator after them, are dropped."""
-    text = text.replace("\n", " ").rstrip("\\")
-    for char in specials:
-        text = text.replace(char, "\\" + char)
-    return text
+MAX_ERROR = 1024  # characters of an error kept in the string field (InfluxDB allows 64 KiB)
 
 
-def influxdb(points: Sequence[Point], host: str, timestamp_ns: int) -> str:
-    """InfluxDB line protocol: measurement kvm_<group>, tags host, domain and device/vcpu/interface."""
+def influx_value(value: float, kind: str) -> str | None:
+    """A field value of a fixed type: INT as ``12i``, FLOAT always with a point or an exponent
+    (``0.0``, ``1.5e-05``); None for a value the type cannot hold (NaN, infinity)."""
+    if not math.isfinite(value):
+        return None
+    if kind == INT:
+        return f"{round(value)}i"
+    return repr(float(value))
+
+
+def influx_string(text: str) -> str:
+    """A string field value, quoted: one line (control characters shown as escapes), '"' and '\\'
+    backslashed, at most MAX_ERROR characters."""
+    shown = visible(text)[:MAX_ERROR]
+    return '"' + shown.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def influxdb(points: Sequence[Point], host: str, timestamp_ns: int, names: Names | None = None) -> str:
+    """InfluxDB line protocol: measurement kvm_<group>, tags host, domain and device/vcpu/interface.
+
+    The domain tag is ``names.influx`` (injective over the host's domains: no two share a series);
+    other tags are escaped by the same rules. Each field has its declared type (ALL_FIELDS).
+    """
+    names = names if names is not None else Names({p.tags["domain"]: None for p in points if "domain" in p.tags})
+    host_tag = influx_tag(host)
     lines = []
     for p in points:
-        tags = {"host": host, **p.tags}
-        tag_text = "".join(f",{_influx_escape(k, ',= ')}={_influx_escape(v, ',= ')}"
-                           for k, v in sorted(tags.items()) if v != "")
+        tags = [("host", host_tag)] if host_tag else []
+        tags += [(k, names.influx(v) if k == "domain" else influx_tag(v)) for k, v in p.tags.items()]
+        tag_text = "".join(f",{k}={v}" for k, v in sorted(tags) if v != "")
         parts = []
         for name, value in p.fields.items():
-            counter = ALL_FIELDS[(p.measurement, name)].counter or name in ("up", "state", "state_reason")
-            parts.append(f"{name}={int(value)}i" if counter and value == int(value) else f"{name}={_number(value)}")
+            text = influx_value(value, ALL_FIELDS[(p.measurement, name)].type)
+            if text is not None:
+                parts.append(f"{name}={text}")
         if p.error:
-            parts.append('error="' + p.error.replace("\\", "\\\\").replace('"', '\\"') + '"')
-        lines.append(f"kvm_{_influx_escape(p.measurement, ', ')}{tag_text} {','.join(parts)} {timestamp_ns}")
+            parts.append(f"error={influx_string(p.error)}")
+        if parts:
+            lines.append(f"kvm_{p.measurement}{tag_text} {','.join(parts)} {timestamp_ns}")
     return "\n".join(lines)
 
 

@@ -106,9 +106,10 @@ class HandlerDefinition:
     core_options: str
     go_options: str
     timeout: int
-    core_severities: tuple[str, ...]
+    core_severities: tuple[str, ...]  # empty: not set (Sensu Core then handles every severity)
     core_filters: tuple[str, ...]
     go_filters: tuple[str, ...]
+    go_note: str = ""  # the comment above the Handler in handlers.yaml
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ class Command:
         return " ".join(words)
 
 
-# Hypervisor checks, metrics, the guest check, the handler, then the tools: the order of every
+# Hypervisor checks, metrics, the guest check, the handlers, then the tools: the order of every
 # generated file.
 COMMANDS: tuple[Command, ...] = (
     Command(
@@ -315,6 +316,37 @@ COMMANDS: tuple[Command, ...] = (
             core_severities=("critical",),
             core_filters=("kvm-first-occurrences",),
             go_filters=("is_incident", "not_silenced", "kvm-first-occurrences"),
+            go_note="handler-kvm-remediate reads a check-kvm-domstate event on stdin and starts a domain that crashed or\n"
+                    "failed, or resumes one paused by a fault (see handler-kvm-remediate --help for what it leaves\n"
+                    "alone). It needs an event about one domain: the per-domain results of check-kvm-domstate (see\n"
+                    "checks.yaml) name it; an event of the aggregate check names none and nothing is done.\n"
+                    "\n"
+                    "Sensu Go runs handlers on the backend, so the backend host needs the asset's prerequisites\n"
+                    "(python3, python3-libvirt, python3-requests: see asset.yaml) and a read-write libvirt connection\n"
+                    "to the hypervisor, allowed for the sensu user by packaging/polkit/60-sensu-plugins-kvm.rules\n"
+                    "(README: Least privilege). qemu:///system below suits a backend on the hypervisor itself.\n"
+                    "CHANGE ME otherwise: -u qemu+ssh://<hypervisor>/system with a key of the backend's sensu user,\n"
+                    "and with several hypervisors one such handler per hypervisor. Its attempt counts are kept under\n"
+                    "the backend's own cache directory.",
+        ),
+    ),
+    Command(
+        "handler-kvm-influxdb", "sensu_kvm.handlers.influxdb:main", Kind.HANDLER,
+        "writes metrics-kvm's InfluxDB lines to InfluxDB's HTTP API in batches, whole at any number of domains",
+        Access.NONE,
+        handler=HandlerDefinition(
+            sensu_name="influxdb",
+            core_options="--url http://127.0.0.1:8086 --database kvm",
+            go_options="--url http://127.0.0.1:8086 --database kvm",
+            timeout=60,
+            core_severities=(),
+            core_filters=(),
+            go_filters=(),
+            go_note="handler-kvm-influxdb writes the InfluxDB line protocol of a check's output (metrics-kvm\n"
+                    "--format influxdb) to InfluxDB 1.x's HTTP /write, in batches (README: handler-kvm-influxdb).\n"
+                    "The CheckConfig of metrics-kvm in checks.yaml prints Prometheus text instead: to use this\n"
+                    "handler, give it --format influxdb and handlers [influxdb]. Credentials: $INFLUX_USERNAME and\n"
+                    "$INFLUX_PASSWORD in the backend's environment, or --credentials-file (mode 0600).",
         ),
     ),
     Command(

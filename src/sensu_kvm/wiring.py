@@ -76,21 +76,9 @@ CHECKS_YAML_HEAD = """\
 """
 
 HANDLERS_YAML_HEAD = """\
-# The kvm-remediate handler for Sensu Go: sensuctl create -f packaging/sensu-go/handlers.yaml
+# The sensu-plugins-kvm handlers for Sensu Go: sensuctl create -f packaging/sensu-go/handlers.yaml
 # (create asset.yaml first). Written by `make wiring` from src/sensu_kvm/registry.py: edit it there.
 #
-# handler-kvm-remediate reads a check-kvm-domstate event on stdin and starts a domain that crashed or
-# failed, or resumes one paused by a fault (see handler-kvm-remediate --help for what it leaves
-# alone). It needs an event about one domain: the per-domain results of check-kvm-domstate (see
-# checks.yaml) name it; an event of the aggregate check names none and nothing is done.
-#
-# Sensu Go runs handlers on the backend, so the backend host needs the asset's prerequisites
-# (python3, python3-libvirt, python3-requests: see asset.yaml) and a read-write libvirt connection
-# to the hypervisor, allowed for the sensu user by packaging/polkit/60-sensu-plugins-kvm.rules
-# (README: Least privilege). qemu:///system below suits a backend on the hypervisor itself.
-# CHANGE ME otherwise: -u qemu+ssh://<hypervisor>/system with a key of the backend's sensu user,
-# and with several hypervisors one such handler per hypervisor. Its attempt counts are kept under
-# the backend's own cache directory.
 """
 
 # The filter of kvm-remediate: not a command, kept here next to the handler that names it.
@@ -139,10 +127,14 @@ def core_definition(command: Command) -> dict[str, object]:
         return {"checks": {command.name: body}}
     if command.handler is not None:
         handler = command.handler
-        return {"handlers": {handler.sensu_name: {
-            "type": "pipe", "command": command.command_line(handler.core_options, timeout=False),
-            "timeout": handler.timeout, "severities": list(handler.core_severities),
-            "filters": list(handler.core_filters)}}}
+        body = {"type": "pipe", "command": command.command_line(handler.core_options, timeout=False),
+                "timeout": handler.timeout}
+        # an empty list would not mean "all": Sensu Core handles no severity that is not listed
+        if handler.core_severities:
+            body["severities"] = list(handler.core_severities)
+        if handler.core_filters:
+            body["filters"] = list(handler.core_filters)
+        return {"handlers": {handler.sensu_name: body}}
     raise ValueError(f"{command.name} has no Sensu definition")
 
 
@@ -191,7 +183,8 @@ def go_check(command: Command) -> str:
 def go_handler(command: Command) -> str:
     handler = command.handler
     assert handler is not None
-    lines = metadata("Handler", handler.sensu_name)
+    lines = comment(handler.go_note)
+    lines += metadata("Handler", handler.sensu_name)
     lines += ["  type: pipe", f"  command: {scalar(command.command_line(handler.go_options, timeout=False))}",
               f"  timeout: {handler.timeout}", *items("filters", handler.go_filters),
               *items("runtime_assets", [ASSET])]

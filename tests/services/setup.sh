@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Install the Debian packages of the real services the tests run: RabbitMQ, Redis and two
-# Nagios-compatible schedulers (nagios4, Icinga 2). Nothing is started here: each test fixture
-# starts a private instance of what it needs and stops it afterwards.
+# Install the Debian packages of the real services the tests run: RabbitMQ, Redis, two
+# Nagios-compatible schedulers (nagios4, Icinga 2) and InfluxDB 1.x (influxdb; influxdb-client
+# gives the influx shell). Nothing is started here: each test fixture starts a private instance of
+# what it needs and stops it afterwards.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 fresh=no
-for pkg in rabbitmq-server redis-server nagios4-core icinga2; do
+for pkg in rabbitmq-server redis-server nagios4-core icinga2 influxdb; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || fresh=yes
 done
-bash "$here/../../packaging/install-debs.sh" rabbitmq-server redis-server nagios4-core icinga2 openssh-server openssh-client rsync zstd bzip2
+bash "$here/../../packaging/install-debs.sh" rabbitmq-server redis-server nagios4-core icinga2 influxdb influxdb-client openssh-server openssh-client rsync zstd bzip2
 # Without systemd the packages' scripts may still start daemons (or leave RabbitMQ's epmd behind)
 # while they install: stop what the installation itself started, never a service already in use.
 if [ "$fresh" = yes ]; then
@@ -16,6 +17,7 @@ if [ "$fresh" = yes ]; then
   pkill -u redis -x redis-server 2>/dev/null || true
   pkill -u nagios -x nagios4 2>/dev/null || true
   pkill -u nagios -x icinga2 2>/dev/null || true
+  pkill -u influxdb -x influxd 2>/dev/null || true
   sleep 1
   pkill -u rabbitmq -x epmd 2>/dev/null || true
 fi

@@ -41,7 +41,8 @@ TOOL_RUNS: dict[str, list[list[str]]] = {
     "kvm-inspect": [["web1"]],
 }
 HANDLERS = {"handler-kvm-remediate"}
-NO_LIBVIRT = {"check-memory-percent"}  # a guest-side check: reads the guest's own /proc, never libvirt
+# never libvirt: a guest-side check (reads the guest's own /proc) and the InfluxDB handler (HTTP only)
+NO_LIBVIRT = {"check-memory-percent", "handler-kvm-influxdb"}
 
 EVENT = {"client": {"name": "kvm1"}, "check": {"name": "check-kvm-domstate", "status": 2, "source": "web1",
                                                "output": "CheckKvmDomstate CRITICAL: web1 crashed"}}

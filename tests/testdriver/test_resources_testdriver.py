@@ -145,7 +145,8 @@ def test_metrics_influxdb_parses_back():
     assert result.returncode == 0
     points = [parse_line(line) for line in result.stdout.splitlines()]
     domains = {p["tags"]["domain"] for p in points if p["measurement"] == "kvm_domain"}
-    assert domains == {"a,b=c d", 'say "hi" \\ back', "grüße.ü"}
+    # names.influx: a backslash before a space (which would escape it) becomes '/'
+    assert domains == {"a,b=c d", 'say "hi" / back', "grüße.ü"}
     block = next(p for p in points if p["measurement"] == "kvm_block")
     assert block["tags"]["device"] == "vda" and block["fields"]["read_bytes"] > 0
     assert all(p["time"] > 1_600_000_000 * 10**9 for p in points)
