@@ -433,8 +433,9 @@ def icinga2_services() -> str:
 
 def nagios_argument(text: str) -> str:
     """Text for one $ARGn$ of a check_command: '!' separates arguments, ';' starts a comment and '$'
-    a macro."""
-    return text.replace("\\", "\\\\").replace("!", "\\!").replace(";", "\\;").replace("$", "$$")
+    a macro. nagios4 reads '\\!' as '!' and '\\;' as ';', and keeps every other backslash as it is
+    (measured: '\\\\' stays two), so backslashes are not doubled."""
+    return text.replace("!", "\\!").replace(";", "\\;").replace("$", "$$")
 
 
 def nagios_define(kind: str, fields: list[tuple[str, str]]) -> str:

@@ -214,7 +214,8 @@ class Execution:
     exit_code: int
 
 
-EXECUTION = re.compile(r"notice/Process: PID \d+ \('(.*)'\) terminated with exit code (-?\d+)$", re.MULTILINE)
+# (an argument may hold a newline: the entry then spans lines)
+EXECUTION = re.compile(r"notice/Process: PID \d+ \('(.*?)'\) terminated with exit code (-?\d+)$", re.MULTILINE | re.DOTALL)
 
 
 def executions(log: str) -> list[Execution]:

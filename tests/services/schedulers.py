@@ -189,5 +189,28 @@ def reference(case: Case, options: Mapping[str, str]) -> Printed:
     return _reference(case.command, tuple(sorted(shared.items())))
 
 
+# A service beside the cases: check-kvm-domstate given every hostile name with -d, to show that the
+# definitions carry such names to the check whole. Not the names with a tab or a newline: the checks
+# refuse control characters in -d (README: Common options), and no Nagios directive holds a newline.
+NAMED_SERVICE = "names-d-check-kvm-domstate"
+
+
+def named_domains() -> list[str]:
+    return [name for name in nodes.HOSTILE if name.isprintable()]
+
+
+@cache
+def named_reference() -> Printed:
+    """check-kvm-domstate run here with -d for each of them."""
+    args = [word for name in named_domains() for word in ("--domain", name)]
+    result = run("check-kvm-domstate", "--uri", node_uri("names.xml"), *args, "--timeout", "10")
+    return Printed(result.returncode, result.stdout)
+
+
+def none_missing(perfdata: str) -> bool:
+    """Whether the perfdata of check-kvm-domstate counts no named domain as missing."""
+    return dict(split_items(perfdata)).get("missing", "").partition(";")[0] == "0"
+
+
 def command_path(command: str) -> str:
     return str(BIN / command)

@@ -22,7 +22,7 @@ import pytest
 
 from sensu_kvm import wiring
 from sensu_kvm.registry import BY_NAME, Takes
-from tests.conftest import DATA
+from tests.conftest import DATA, node_uri
 from tests.rig import rig
 from tests.services import icinga2, schedulers
 from tests.services.schedulers import Case, Site
@@ -116,11 +116,14 @@ def recorded() -> Iterator[Recorded]:
     with schedulers.site() as site:
         options = {case: site.options(case, "icinga2") for case in CASES}
         services = {case.service: icinga2.Service(case.command, variables(case, options[case])) for case in CASES}
+        services[schedulers.NAMED_SERVICE] = icinga2.Service("check-kvm-domstate", {
+            "kvm_uri": node_uri("names.xml"), "kvm_domain": schedulers.named_domains()})
         with icinga2.running(services, check_interval=INTERVAL, extra_paths=[site.root, DATA / "nodes"]) as icinga:
 
             def complete() -> bool:
                 results, connected = icinga.results(), icinga.sink.connected_at
-                return connected is not None and all(sent_after(results.get(c.service, []), connected) for c in CASES)
+                return connected is not None and schedulers.NAMED_SERVICE in results and all(
+                    sent_after(results.get(c.service, []), connected) for c in CASES)
 
             try:
                 rig.wait_for(complete, 120, interval=0.5, what="a result of every Service after Graphite connected")
@@ -160,6 +163,20 @@ def test_icinga2_logs_no_invalid_perfdata_and_no_warning(recorded: Recorded, cas
     bad = [line for line in recorded.log.splitlines()
            if checkable in line and re.search(r"\] (warning|critical)/", line)]
     assert not bad, "\n".join(bad[:5])
+
+
+def test_icinga2_passes_hostile_domain_names_to_the_check_whole(recorded: Recorded) -> None:
+    """kvm_domain = [every hostile name]: Icinga 2 gives each to --domain as it is (no shell), and
+    the check finds every one of them."""
+    names = schedulers.named_domains()
+    [execution, *_] = [e for e in recorded.executions if "--domain" in e.argv]
+    given = [execution.argv[i + 1] for i, word in enumerate(execution.argv) if word == "--domain"]
+    assert given == names
+    printed = schedulers.named_reference()
+    assert execution.exit_code == printed.returncode, printed.stdout
+    result = recorded.results[schedulers.NAMED_SERVICE][0]
+    assert result.state == min(printed.returncode, 3)
+    assert schedulers.none_missing(result.perfdata), result
 
 
 def test_icinga2_logs_no_perfdata_warning_at_all(recorded: Recorded) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import pytest
 
 from sensu_kvm import wiring
-from tests.conftest import DATA
+from tests.conftest import DATA, node_uri
 from tests.rig import rig
 from tests.services import nagios, schedulers
 from tests.services.schedulers import Case, Site
@@ -55,6 +55,8 @@ def recorded() -> Iterator[Recorded]:
     with schedulers.site() as site:
         options = {case: site.options(case, "nagios") for case in CASES}
         services = {case.service: check_command(case, options[case]) for case in CASES}
+        named = ["--uri", node_uri("names.xml")] + [w for n in schedulers.named_domains() for w in ("-d", n)]
+        services[schedulers.NAMED_SERVICE] = f"check-kvm-domstate!{wiring.nagios_argument(shlex.join(named))}"
         with nagios.running(services, check_interval=3600, retry_interval=3600, cfg_files=[nagios.SHIPPED_COMMANDS],
                             extra_paths=[site.root, DATA / "nodes"]) as instance:
 
@@ -95,6 +97,15 @@ def test_every_perfdata_item_reaches_the_service_perfdata_file_whole(recorded: R
 def test_the_output_fits_what_nagios4_keeps_whole(recorded: Recorded, case: Case) -> None:
     printed = schedulers.reference(case, recorded.options[case])
     assert len(printed.stdout.encode()) <= NAGIOS_OUTPUT_LIMIT, (case, len(printed.stdout.encode()))
+
+
+def test_nagios_passes_hostile_domain_names_to_the_check_whole(recorded: Recorded) -> None:
+    """$ARG1$ with -d for every hostile name (quoted for the shell, '!', ';' and '$' escaped as the
+    shipped file says): the check finds every one of them."""
+    printed = schedulers.named_reference()
+    status = recorded.statuses[schedulers.NAMED_SERVICE]
+    assert status.current_state == min(printed.returncode, 3), (status, printed.stdout[:2000])
+    assert schedulers.none_missing(status.performance_data), status
 
 
 def test_nagios_logs_no_warning(recorded: Recorded) -> None:
