@@ -275,7 +275,8 @@ NAGIOS_HEAD = f"""\
 # user nagios may create ({NAGIOS_STATE_DIR}). $ARG1$ holds the other options, e.g.
 #     check_command   check-kvm-vcpu!-w 90 -c 95 --exclude ^test-
 # An option given again in $ARG1$ wins (-u qemu+ssh://kvm2/system, -t 20). In $ARG1$ write '!'
-# as '\\!', ';' as '\\;' and '$' as '$$'.
+# as '\\!', ';' as '\\;' and '$' as '$$' (a backslash before anything else stays as it is), and
+# quote for the shell: -d 'web 1'.
 #
 # Nagios runs the checks as user nagios: they connect through libvirt's read-only socket, no sudo,
 # no libvirt group (README: Least privilege). Every check prints Nagios perfdata
