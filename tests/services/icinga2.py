@@ -185,6 +185,7 @@ class Icinga2:
     sink: LineSink
     services_defined: tuple[str, ...]
     stop: Callable[[], None]  # stop Icinga 2 now (it writes out what its writers hold); the dir stays
+    seen: dict[tuple[str, Result], None] = field(default_factory=dict)  # every result read, in order
 
     def log(self) -> str:
         try:
@@ -193,15 +194,18 @@ class Icinga2:
             return ""
 
     def results(self) -> dict[str, list[Result]]:
-        """Every result the PerfdataWriter wrote so far (rotated files and the current one), per
-        service, oldest first."""
-        found: dict[str, list[Result]] = {}
+        """Every result the PerfdataWriter wrote so far, per service, oldest first.
+
+        It writes each second's results to a file named after the second; when it stops it writes
+        one more, and if that falls in the same second it replaces the last one. So what was read
+        once is kept here: call this while Icinga 2 runs to keep what a later rename may lose."""
         paths = [*sorted((self.root / "perfdata").glob("service-perfdata*")), self.root / "tmp" / "service-perfdata"]
-        records: list[tuple[str, Result]] = []
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
-                records += parse_perfdata_lines(path.read_text(encoding="utf-8", errors="replace"))
-        for service, result in sorted(records, key=lambda record: record[1].time):
+                for record in parse_perfdata_lines(path.read_text(encoding="utf-8", errors="replace")):
+                    self.seen.setdefault(record, None)
+        found: dict[str, list[Result]] = {}
+        for service, result in sorted(self.seen, key=lambda record: record[1].time):
             found.setdefault(service, []).append(result)
         return found
 
@@ -300,10 +304,15 @@ def running(services: Mapping[str, Service], check_interval: int = 5, graphite_p
                     str(relay.path), str(LIBVIRT_RO_SOCKET), *argv]
         reaper = spawn_reaped(argv, env=env, tmpdir=root, log=root / "daemon.out")
 
+        instance = Icinga2(root=root, sink=sink, services_defined=tuple(services), stop=lambda: None)
+
         def stop() -> None:
             if reaper.poll() is None:
+                instance.results()  # what the PerfdataWriter's last rename may replace
                 kill_tree(reaper.pid, signal.SIGTERM)
             finish(reaper, 15)
+
+        instance.stop = stop
 
         stack.callback(stop)
         deadline = time.monotonic() + 30
@@ -311,4 +320,4 @@ def running(services: Mapping[str, Service], check_interval: int = 5, graphite_p
             if reaper.poll() is not None or time.monotonic() >= deadline:
                 raise RuntimeError(f"icinga2 did not start:\n{(root / 'daemon.out').read_text(errors='replace')}")
             time.sleep(0.1)
-        yield Icinga2(root=root, sink=sink, services_defined=tuple(services), stop=stop)
+        yield instance
