@@ -89,7 +89,7 @@ def check(options: argparse.Namespace) -> Report:
 
 
 def parser() -> CheckParser:
-    p = build_parser("check-kvm-backup-age", DESCRIPTION, EXAMPLES)
+    p = build_parser("check-kvm-backup-age", DESCRIPTION, EXAMPLES, state_dir=False)  # its own: kvm-backup's
     p.add_argument("--backup-dir", metavar="DIR",
                    help="the local folder kvm-backup writes to (missing or unreadable: CRITICAL); without it only "
                         "the receipts of remote backups in --state-dir count")

@@ -21,7 +21,9 @@ EXAMPLES = """\
   check-kvm-domstate -d kvm1                  one domain (CRITICAL when it is not running or missing)
   check-kvm-domstate --match '^web' --exclude test --expect-running
   check-kvm-domstate -c 2: -u qemu:///system  CRITICAL when fewer than 2 domains run
-  check-kvm-domstate -u test:///default -v    libvirt's embedded test hypervisor, every domain"""
+  check-kvm-domstate -u test:///default -v    libvirt's embedded test hypervisor, every domain
+  check-kvm-domstate --per-domain sensu --per-domain-occurrences 2 --per-domain-refresh 1800
+                                              also one result per guest to the Sensu client socket"""
 
 DESCRIPTION = """\
 Judge the state of KVM domains. Running is OK. Paused is CRITICAL when an I/O error paused it

@@ -44,6 +44,7 @@ from sensu_kvm.argtypes import (
     seconds_arg,
     state_dir_arg,
     uri_arg,
+    whole_arg,
 )
 from sensu_kvm.errors import KvmError
 from sensu_kvm.output import Report, Status
@@ -127,12 +128,14 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 def build_parser(prog: str, description: str, examples: str, *, thresholds: str | None = None,
                  warning: str | None = None, critical: str | None = None, rates: bool = False,
-                 domains: bool = True) -> CheckParser:
+                 domains: bool = True, state_dir: bool = True) -> CheckParser:
     """The options every check shares.
 
     ``thresholds`` says what -w/-c judge (None: no -w/-c), with optional default ranges;
     ``rates`` adds --state-dir and --interval for checks that compute rates between runs;
-    ``domains`` (the default) adds -u, -d, --match and --exclude, which a guest-side check lacks.
+    ``domains`` (the default) adds -u, -d, --match, --exclude and the --per-domain options, which a
+    guest-side check lacks, and --state-dir for what --per-domain keeps unless ``state_dir`` is
+    false (a check whose --state-dir means something else).
     """
     parser = CheckParser(
         prog=prog,
@@ -158,11 +161,26 @@ def build_parser(prog: str, description: str, examples: str, *, thresholds: str 
                                  "URL for sensu-go (default: http://127.0.0.1:3031/events)")
         parser.add_argument("--per-domain-handler", type=name_arg, action="append", default=[], metavar="NAME",
                             help="handler for the per-domain results (repeatable; default: the agent's)")
+        parser.add_argument("--per-domain-interval", type=whole_arg, default=60, metavar="SECONDS",
+                            help="the check's interval, sent with each per-domain result (default: 60)")
+        parser.add_argument("--per-domain-ttl", type=whole_arg, metavar="SECONDS",
+                            help="Sensu raises a WARNING for a guest whose result is older than this (default: "
+                                 "three intervals); a guest that is gone gets a last OK result instead")
+        parser.add_argument("--per-domain-occurrences", type=whole_arg, metavar="N",
+                            help="the per-domain results alert after N occurrences (Sensu's occurrences filter)")
+        parser.add_argument("--per-domain-refresh", type=whole_arg, metavar="SECONDS",
+                            help="... and again every SECONDS while they last")
     if thresholds is not None:
         add_thresholds(parser, ("-w", "-c"), "", thresholds, warning, critical)
     if rates:
         parser.add_argument("--state-dir", type=state_dir_arg, default=DEFAULT_STATE_DIR, metavar="DIR",
-                            help=f"where samples are kept between runs, for rates (default: {DEFAULT_STATE_DIR})")
+                            help=f"where samples are kept between runs, for rates, and with --per-domain the proxy "
+                                 f"clients sent results (default: {DEFAULT_STATE_DIR})")
+    elif domains and state_dir:
+        parser.add_argument("--state-dir", type=state_dir_arg, default=DEFAULT_STATE_DIR, metavar="DIR",
+                            help="with --per-domain: where the proxy clients sent results are kept, so that a guest "
+                                 f"that is gone gets a last OK result (default: {DEFAULT_STATE_DIR})")
+    if rates:
         parser.add_argument("--interval", type=seconds_arg, metavar="SECONDS",
                             help="take two samples this far apart now instead of using the previous run's")
     parser.add_argument("-t", "--timeout", type=seconds_arg, default=10.0, metavar="SECONDS",
@@ -215,11 +233,18 @@ def per_domain_options(parser: argparse.ArgumentParser, options: argparse.Namesp
     address = getattr(options, "per_domain_address", None)
     if kind is None:
         given = [flag for flag, value in (("--per-domain-address", address),
-                                          ("--per-domain-handler", getattr(options, "per_domain_handler", None)))
+                                          ("--per-domain-handler", getattr(options, "per_domain_handler", None)),
+                                          ("--per-domain-ttl", getattr(options, "per_domain_ttl", None)),
+                                          ("--per-domain-occurrences", getattr(options, "per_domain_occurrences", None)),
+                                          ("--per-domain-refresh", getattr(options, "per_domain_refresh", None)))
                  if value]
         if given:
             parser.error(f"{given[0]} needs --per-domain sensu or --per-domain sensu-go")
         return
+    ttl = options.per_domain_ttl
+    if ttl is not None and ttl <= options.per_domain_interval:
+        parser.error("argument --per-domain-ttl: must be above --per-domain-interval "
+                     f"({options.per_domain_interval}), or every guest's result goes stale between two runs")
     if address is not None and address_kind(address) != kind:
         wanted = "HOST:PORT, such as 127.0.0.1:3030" if kind == "sensu" else "an http(s) URL, such as http://127.0.0.1:3031/events"
         parser.error(f"argument --per-domain-address: --per-domain {kind} sends to {wanted}")
@@ -253,8 +278,8 @@ class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
         except Exception as err:  # a bug must still give one UNKNOWN line, not a traceback
             watchdog.cancel()
             self.unknown(one_line(f"internal error: {type(err).__name__}: {err}"))
-        if getattr(self.options, "per_domain", None) and report.findings:
-            report = self._send_per_domain(report)
+        if getattr(self.options, "per_domain", None) and (report.findings or report.status is not Status.UNKNOWN):
+            report = self._send_per_domain(report)  # no findings, not UNKNOWN: no domains, and those sent before are gone
         watchdog.cancel()
         if report.raw:  # metrics: the lines themselves, no status prefix
             print(report.render())
@@ -263,21 +288,24 @@ class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
 
 
     def _send_per_domain(self, report: Report) -> Report:
-        """One result per domain to the Sensu agent; the check's own status is not changed."""
-        from sensu_kvm import results  # noqa: PLC0415 (only with --per-domain)
+        """One result per domain to the Sensu agent, and a last OK one for each guest that is gone
+        (sensu_kvm.proxies); the check's own status is not changed."""
+        from sensu_kvm import proxies, results, virt  # noqa: PLC0415 (only with --per-domain)
 
         options = self.options
         activity.doing(f"sending per-domain results to the {options.per_domain} agent")
         address = options.per_domain_address or results.DEFAULT_ADDRESS[options.per_domain]
+        directory = getattr(options, "state_dir", None) or DEFAULT_STATE_DIR
+        note = ""
         try:
-            failed, reason = results.send(options.per_domain, address, self._own_parser.prog, self._name,
-                                          report.findings, options.per_domain_handler, min(2.0, options.timeout / 4))
+            outcome = proxies.deliver(options, self._own_parser.prog, self._name, report.findings, directory,
+                                      virt.resolve_uri(options.uri), min(2.0, options.timeout / 4))
+            failed, reason, note, tried = outcome.failed, outcome.reason, outcome.note, outcome.tried
         except Exception as err:  # never let the sending hide the check's own verdict
-            failed, reason = len(report.findings), f"{type(err).__name__}: {err}"
-        if not failed:
-            return report
-        note = one_line(f"; {failed} of {len(report.findings)} per-domain results not sent to {address}: {reason}")
-        return report._replace(summary=report.summary + note)
+            failed, reason, tried = len(report.findings), f"{type(err).__name__}: {err}", len(report.findings)
+        if failed:
+            note = f"; {failed} of {tried} per-domain results not sent to {address}: {reason}" + note
+        return report._replace(summary=report.summary + one_line(note)) if note else report
 
 
 def run_check(name: str, parser: CheckParser, body: Body) -> None:

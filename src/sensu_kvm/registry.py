@@ -144,6 +144,13 @@ class Command:
         return None
 
     @property
+    def standalone_file(self) -> str | None:
+        """The standalone variant of a hypervisor check's Sensu Core 1.x file (conf.d/standalone/)."""
+        if self.check is not None and self.kind is not Kind.GUEST_CHECK:
+            return f"conf.d/standalone/{self.name}.json"
+        return None
+
+    @property
     def go_file(self) -> str | None:
         """The Sensu Go file that defines it, relative to the top of the tree."""
         if self.check is not None:
@@ -177,8 +184,22 @@ class Command:
         """The Sensu Go subscription of its CheckConfig."""
         return "kvm-guest" if self.kind is Kind.GUEST_CHECK else "kvm-hypervisor"
 
+    def per_domain_options(self) -> str:
+        """What a check given --per-domain also says about its schedule, for the per-domain results."""
+        check = self.check
+        if check is None:
+            return ""
+        words = [f"--per-domain-interval {check.interval}"]
+        if check.occurrences is not None:
+            words.append(f"--per-domain-occurrences {check.occurrences}")
+        if check.refresh is not None:
+            words.append(f"--per-domain-refresh {check.refresh}")
+        return " ".join(words)
+
     def command_line(self, options: str, timeout: bool = True) -> str:
-        """The shipped command line with these options."""
+        """The shipped command line with these options (and the per-domain schedule after --per-domain)."""
+        if "--per-domain " in f"{options} ":
+            options = f"{options} {self.per_domain_options()}"
         words = [self.name]
         if self.access is not Access.NONE:
             words += ["-u", URI]
@@ -198,7 +219,8 @@ COMMANDS: tuple[Command, ...] = (
         Access.READ_ONLY,
         CheckDefinition(
             core_options="--per-domain sensu --per-domain-handler default --per-domain-handler kvm-remediate",
-            go_options="--per-domain sensu-go --per-domain-handler default --per-domain-handler kvm-remediate",
+            go_options=f"--per-domain sensu-go --per-domain-handler default --per-domain-handler kvm-remediate "
+                       f"--state-dir {AGENT_STATE_DIR}",
         ),
         options=URI_OPTIONS + THRESHOLDS + RUN_OPTIONS + (Option("--expect-running", takes=Takes.FLAG),),
     ),
@@ -306,20 +328,26 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "handler-kvm-remediate", "sensu_kvm.handlers.remediate:main", Kind.HANDLER,
-        "starts a guest that crashed, resumes one paused by a fault, with guardrails",
+        "starts a guest that crashed or should run (autostart), resumes one paused by a fault: only the guests "
+        "selected for it (opt-in), with guardrails",
         Access.READ_WRITE_TO_ACT,
         handler=HandlerDefinition(
             sensu_name="kvm-remediate",
-            core_options="--max-attempts 3 --window 3600",
-            go_options=f"--max-attempts 3 --window 3600 --state-dir {BACKEND_STATE_DIR}",
+            # opt-in: no --match, so only the domains marked <remediate>on</remediate> in their metadata
+            core_options="--max-attempts 3 --window 3600 --grace 1800",
+            go_options=f"--max-attempts 3 --window 3600 --grace 1800 --state-dir {BACKEND_STATE_DIR}",
             timeout=60,
-            core_severities=("critical",),
+            # WARNING too: check-kvm-domstate says WARNING for the pauses the handler resumes
+            core_severities=("warning", "critical"),
             core_filters=("kvm-first-occurrences",),
             go_filters=("is_incident", "not_silenced", "kvm-first-occurrences"),
             go_note="handler-kvm-remediate reads a check-kvm-domstate event on stdin and starts a domain that crashed or\n"
-                    "failed, or resumes one paused by a fault (see handler-kvm-remediate --help for what it leaves\n"
-                    "alone). It needs an event about one domain: the per-domain results of check-kvm-domstate (see\n"
-                    "checks.yaml) name it; an event of the aggregate check names none and nothing is done.\n"
+                    "failed, or is marked autostart and down (not stopped by an operator within --grace), or resumes\n"
+                    "one paused by a fault (see handler-kvm-remediate --help for what it leaves alone). It needs an\n"
+                    "event about one domain: the per-domain results of check-kvm-domstate (see checks.yaml) name it;\n"
+                    "an event of the aggregate check names none and nothing is done. It is opt-in: as shipped (no\n"
+                    "--match) it touches only domains marked <remediate>on</remediate> in their libvirt metadata\n"
+                    "(README: handler-kvm-remediate); add --match/--exclude to select domains by name.\n"
                     "\n"
                     "Sensu Go runs handlers on the backend, so the backend host needs the asset's prerequisites\n"
                     "(python3, python3-libvirt, python3-requests: see asset.yaml) and a read-write libvirt connection\n"

@@ -6,10 +6,12 @@ run from a checkout with ``PYTHONPATH=src`` (so that the checkout's registry is 
 installed one). It writes, under TREE (default: the working directory):
 
 - setup.cfg: the console_scripts of [options.entry_points] (the rest of the file is left alone);
-- conf.d/<check>.json, conf.d/guest/<guest check>.json, conf.d/handler-<name>.json: the Sensu
-  Core 1.x definitions of the checks, metrics and handlers (the transport, RabbitMQ, Redis, API,
-  client, filter and other handlers' files are not commands and stay hand-written);
-- packaging/sensu-go/checks.yaml and handlers.yaml: the CheckConfigs, the Handler and its filter;
+- conf.d/<check>.json (subscription checks of kvm-hypervisor), conf.d/standalone/<check>.json
+  (their standalone variants), conf.d/guest/<guest check>.json, conf.d/handler-<name>.json: the
+  Sensu Core 1.x definitions of the checks, metrics and handlers (the transport, RabbitMQ, Redis,
+  API, client, filter and other handlers' files are not commands and stay hand-written);
+- packaging/sensu-go/checks.yaml, handlers.yaml and handler-default.yaml: the CheckConfigs, the
+  Handler and its filters (kvm-first-occurrences, kvm-occurrences), the example default handler;
 - packaging/icinga2/sensu-plugins-kvm.conf and sensu-plugins-kvm-services.conf: one Icinga 2
   CheckCommand per check, and example apply rules for its Services;
 - packaging/nagios/sensu-plugins-kvm.cfg and sensu-plugins-kvm-services.cfg: one Nagios command
@@ -72,7 +74,12 @@ CHECKS_YAML_HEAD = """\
 # check-kvm-domstate runs with --per-domain sensu-go: besides its own, aggregate result it posts one
 # result per domain to the agent's events API, as a proxy entity named after the domain, handled by
 # default and kvm-remediate (handlers.yaml), which needs an event about one domain to start or resume
-# a guest.
+# a guest. Each such event has a ttl of three intervals; a guest that is gone gets a last OK event
+# without one, which resolves it (its entity stays until `sensuctl entity delete`).
+#
+# The annotations fatigue_check/occurrences and fatigue_check/interval say when an incident alerts:
+# at that occurrence, then every that many seconds, through the kvm-occurrences filter
+# (handlers.yaml), which the handler the checks name (default) must list.
 """
 
 HANDLERS_YAML_HEAD = """\
@@ -83,10 +90,11 @@ HANDLERS_YAML_HEAD = """\
 
 # The filter of kvm-remediate: not a command, kept here next to the handler that names it.
 FIRST_OCCURRENCES_YAML = """\
-# Only the first occurrences of a CRITICAL incident reach kvm-remediate, as with Sensu Core's
-# severities ["critical"] in conf.d: a domain that is still down after three checks needs a
-# person, not another attempt (the handler also refuses more than --max-attempts actions per
-# domain within --window seconds).
+# Only the first occurrences of a WARNING or CRITICAL incident reach kvm-remediate, as with Sensu
+# Core's severities ["warning", "critical"] in conf.d (check-kvm-domstate says WARNING for the
+# pauses the handler resumes, CRITICAL for the domains it starts): a domain that is still down
+# after three checks needs a person, not another attempt (the handler also refuses more than
+# --max-attempts actions per domain within --window seconds).
 type: EventFilter
 api_version: core/v2
 metadata:
@@ -95,8 +103,46 @@ metadata:
 spec:
   action: allow
   expressions:
-    - event.check.status == 2
+    - event.check.status == 1 || event.check.status == 2
     - event.check.occurrences <= 3
+"""
+
+# Sensu Core 1.x's built-in occurrences filter (sensu-extensions-occurrences), for Sensu Go: an event
+# passes at its check's N-th occurrence, then every refresh seconds (refresh / interval occurrences,
+# rounded down; every occurrence when that is 0), and its resolution passes when the incident got
+# that far. N and refresh come from the check's annotations fatigue_check/occurrences and
+# fatigue_check/interval (the names the community fatigue_check filter reads), else Sensu Core's
+# defaults 1 and 1800. One ECMAScript 5 expression (Sensu Go evaluates filters with otto).
+OCCURRENCES_EXPRESSION = (
+    "(function (c) { var a = c.annotations || {};"
+    " var n = parseInt(a['fatigue_check/occurrences'] || '1', 10);"
+    " var every = Math.floor(parseInt(a['fatigue_check/interval'] || '1800', 10) / (c.interval || 60));"
+    " if (event.is_resolution) { return c.occurrences_watermark >= n; }"
+    " return c.occurrences == n || (c.occurrences > n && (every == 0 || (c.occurrences - n) % every == 0)); })"
+    "(event.check)")
+
+OCCURRENCES_YAML = """\
+# What Sensu Core 1.x's occurrences filter does, for Sensu Go: an incident reaches the handler at its
+# check's fatigue_check/occurrences-th occurrence (2 for most checks.yaml checks), then every
+# fatigue_check/interval seconds (1800), and its resolution when it got that far. Add it to the
+# filters of the handler the checks name (default), after is_incident and not_silenced, as
+# handler-default.yaml does. check-kvm-domstate's per-domain events carry the same annotations.
+type: EventFilter
+api_version: core/v2
+metadata:
+  name: kvm-occurrences
+  namespace: default
+spec:
+  action: allow
+  expressions:
+    - {expression}
+"""
+
+HANDLER_DEFAULT_YAML_HEAD = """\
+# An example default handler for Sensu Go, for a backend that has none: it logs each event that
+# passes is_incident, not_silenced and kvm-occurrences (handlers.yaml) to syslog. A backend that has
+# its own default handler keeps it: add kvm-occurrences to its filters instead of creating this.
+# Written by `make wiring` from src/sensu_kvm/wiring.py.
 """
 
 # A YAML plain scalar that reads back as the same string: no indicator first, no ': ' or ' #'.
@@ -113,13 +159,24 @@ def json_text(data: object) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def core_definition(command: Command) -> dict[str, object]:
-    """The Sensu Core 1.x file of a check, metrics or handler command."""
+def core_definition(command: Command, standalone: bool | None = None) -> dict[str, object]:
+    """The Sensu Core 1.x file of a check, metrics or handler command.
+
+    A hypervisor check is a subscription check (``subscribers``, published by the server), unless
+    ``standalone`` is asked for (the conf.d/standalone/ variant, scheduled by the client itself); a
+    guest check is always standalone.
+    """
     if command.check is not None:
         check = command.check
+        if standalone is None:
+            standalone = command.kind is Kind.GUEST_CHECK
         body: dict[str, object] = {"type": "metric"} if command.kind is Kind.METRICS else {}
-        body.update(command=command.command_line(check.core_options), standalone=True, interval=check.interval,
-                    timeout=check.timeout, handlers=list(check.core_handlers))
+        body["command"] = command.command_line(check.core_options)
+        if standalone:
+            body["standalone"] = True
+        else:
+            body["subscribers"] = [command.subscription]
+        body.update(interval=check.interval, timeout=check.timeout, handlers=list(check.core_handlers))
         if check.occurrences is not None:
             body["occurrences"] = check.occurrences
         if check.refresh is not None:
@@ -168,6 +225,12 @@ def go_check(command: Command) -> str:
     check = command.check
     assert check is not None
     lines = comment(check.go_note) + metadata("CheckConfig", command.name)
+    if check.occurrences is not None or check.refresh is not None:  # read by kvm-occurrences (handlers.yaml)
+        lines[lines.index("  namespace: default"):lines.index("  namespace: default") + 1] = [
+            "  namespace: default", "  annotations:",
+            *(f"    {key}: {scalar(str(value))}" for key, value in (("fatigue_check/occurrences", check.occurrences),
+                                                                ("fatigue_check/interval", check.refresh))
+              if value is not None)]
     lines += [f"  command: {scalar(command.command_line(check.go_options))}",
               *items("subscriptions", [command.subscription]),
               f"  interval: {check.interval}", f"  timeout: {check.timeout}", "  publish: true",
@@ -191,13 +254,24 @@ def go_handler(command: Command) -> str:
     return "\n".join(lines) + "\n"
 
 
+def occurrences_yaml() -> str:
+    return OCCURRENCES_YAML.replace("{expression}", scalar(OCCURRENCES_EXPRESSION))
+
+
+def handler_default_yaml() -> str:
+    lines = metadata("Handler", "default")
+    lines += ["  type: pipe", "  command: logger -t sensu-event", "  timeout: 10",
+              *items("filters", ("is_incident", "not_silenced", "kvm-occurrences"))]
+    return HANDLER_DEFAULT_YAML_HEAD + "\n".join(lines) + "\n"
+
+
 def checks_yaml() -> str:
     return CHECKS_YAML_HEAD + "---\n".join(go_check(c) for c in COMMANDS if c.check is not None)
 
 
 def handlers_yaml() -> str:
     return HANDLERS_YAML_HEAD + "---\n".join([*(go_handler(c) for c in COMMANDS if c.handler is not None),
-                                              FIRST_OCCURRENCES_YAML])
+                                              FIRST_OCCURRENCES_YAML, occurrences_yaml()])
 
 
 # --- Icinga 2 and Nagios ----------------------------------------------------------------------------
@@ -567,6 +641,9 @@ def outputs(tree: Path) -> dict[str, str]:
     """Every generated file, relative to the tree, with the content the registry gives."""
     check_targets(tree)
     files = {c.core_file: json_text(core_definition(c)) for c in COMMANDS if c.core_file is not None}
+    files.update({c.standalone_file: json_text(core_definition(c, standalone=True))
+                  for c in COMMANDS if c.standalone_file is not None})
+    files["packaging/sensu-go/handler-default.yaml"] = handler_default_yaml()
     files["packaging/sensu-go/checks.yaml"] = checks_yaml()
     files["packaging/sensu-go/handlers.yaml"] = handlers_yaml()
     files[ICINGA2_COMMANDS] = icinga2_commands()

@@ -244,6 +244,12 @@ REFUSED = [
      "argument --per-domain-address: --per-domain sensu sends to HOST:PORT"),
     ("check-kvm-domstate", ["--per-domain-address", "127.0.0.1:3030"], 3,
      "--per-domain-address needs --per-domain sensu or --per-domain sensu-go"),
+    ("check-kvm-domstate", ["--per-domain-ttl", "180"], 3,
+     "--per-domain-ttl needs --per-domain sensu or --per-domain sensu-go"),
+    ("check-kvm-domstate", ["--per-domain", "sensu", "--per-domain-ttl", "60"], 3,
+     "argument --per-domain-ttl: must be above --per-domain-interval (60)"),
+    ("check-kvm-domstate", ["--per-domain", "sensu", "--per-domain-occurrences", "0"], 3,
+     "argument --per-domain-occurrences: '0' is below 1"),
     ("check-kvm-domstate", ["-d", "a\nb"], 3, "argument -d/--domain: domain name 'a\\nb' contains control characters"),
     ("kvm-snapshot", ["info", "web1", "x\x1b[2J"], 2, "argument name: name 'x\\x1b[2J' contains control characters"),
     ("metrics-kvm", ["--scheme", "kvm\nforged.metric 1"], 3, "argument -s/--scheme: 'kvm\\nforged.metric 1' is not a "

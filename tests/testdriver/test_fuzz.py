@@ -288,9 +288,9 @@ def run_case(case: Case) -> Outcome:
         scratch = Scratch(Path(top, "cwd"), Path(top, "state"), Path(top, "dest"))
         for folder in scratch:
             folder.mkdir()
-        if case.slot is None:  # an event: the handler with valid options, read-only
+        if case.slot is None:  # an event: the handler with valid options (every domain selected), read-only
             args = [os.fsencode(str(BIN / case.command)), b"-u", TEST_URI.encode(), b"--state-dir",
-                    os.fsencode(str(scratch.state)), b"--dry-run"]
+                    os.fsencode(str(scratch.state)), b"--dry-run", b"--match", b"."]
             return execute(case.command, case.what, args, scratch, case.stdin, False)
         is_path = case.slot.action.dest in PATHS
         return execute(case.command, case.what, argv(case.command, case.slot, case.value, scratch), scratch,

@@ -36,14 +36,21 @@ def event(domain: str) -> str:
 def test_handler_dry_run_reads_on_a_read_only_connection_and_creates_nothing(tmp_path, fault_env):
     state = tmp_path / "state"
     kinds, said = connections(tmp_path, fault_env, "handler-kvm-remediate", "-u", MIXED, "--state-dir", str(state),
-                              "--dry-run", stdin=event("grüße-ü"))
+                              "--match", ".", "--dry-run", stdin=event("grüße-ü"))
     assert kinds == ["read-only"]
     assert "grüße-ü is paused (unknown): would resume it (dry run, attempt 1 of 3)" in said
     assert not state.exists()  # no lock file, no state file, no folder
     kinds, said = connections(tmp_path, fault_env, "handler-kvm-remediate", "-u", MIXED, "--state-dir", str(state),
-                              stdin=event("grüße-ü"))
-    assert kinds == ["read-write"]
+                              "--match", ".", stdin=event("grüße-ü"))
+    assert kinds == ["read-only", "read-write"]  # it decides on a read-only connection, acts on a read-write one
     assert "grüße-ü is now running" in said
+
+
+def test_handler_that_has_nothing_to_do_never_opens_a_read_write_connection(tmp_path, fault_env):
+    for args, said in ((["--match", "."], "web1 is running"), ([], "web1: not selected")):
+        kinds, text = connections(tmp_path, fault_env, "handler-kvm-remediate", "-u", MIXED, "--state-dir",
+                                  str(tmp_path / "state"), *args, stdin=event("web1"))
+        assert (kinds, said in text) == (["read-only"], True), text
 
 
 @pytest.mark.parametrize(("args", "kinds"), [

@@ -53,39 +53,40 @@ def client_socket() -> Iterator[tuple[int, list[dict]]]:
     server.close()
 
 
-def test_results_reach_the_client_socket_one_per_domain(client_socket):
+def test_results_reach_the_client_socket_one_per_domain(client_socket, tmp_path):
     port, received = client_socket
     result = run("check-kvm-domstate", "-u", MIXED, "--per-domain", "sensu", "--per-domain-address",
-                 f"127.0.0.1:{port}", "--per-domain-handler", "kvm-remediate")
+                 f"127.0.0.1:{port}", "--per-domain-handler", "kvm-remediate", "--state-dir", str(tmp_path))
     assert result.returncode == 2, result
     assert "per-domain results not sent" not in result.stdout
     by_source = {r["source"]: r for r in received}
     assert set(by_source) == {"web1", "db 1", "grüße-ü", "batch", "oops", "sleepy"}
     assert by_source["oops"] == {"name": "check-kvm-domstate", "source": "oops", "status": 2,
                                  "output": "CheckKvmDomstate CRITICAL: oops crashed (unknown)\n",
-                                 "handlers": ["kvm-remediate"]}
+                                 "handlers": ["kvm-remediate"], "interval": 60, "ttl": 180}
     assert by_source["web1"]["status"] == 0
     assert by_source["grüße-ü"]["status"] == 1
 
 
-def test_a_missing_named_domain_is_sent_too(client_socket):
+def test_a_missing_named_domain_is_sent_too(client_socket, tmp_path):
     port, received = client_socket
     run("check-kvm-domstate", "-u", MIXED, "-d", "gone", "-d", "web1", "--per-domain", "sensu",
-        "--per-domain-address", f"127.0.0.1:{port}")
+        "--per-domain-address", f"127.0.0.1:{port}", "--state-dir", str(tmp_path))
     assert {r["source"]: r["status"] for r in received} == {"gone": 2, "web1": 0}
 
 
-def test_a_socket_that_is_down_does_not_change_the_status():
+def test_a_socket_that_is_down_does_not_change_the_status(tmp_path):
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = run("check-kvm-domstate", "-u", MIXED, "--per-domain", "sensu", "--per-domain-address", f"127.0.0.1:{port}")
+    result = run("check-kvm-domstate", "-u", MIXED, "--per-domain", "sensu", "--per-domain-address", f"127.0.0.1:{port}",
+                 "--state-dir", str(tmp_path))
     assert result.returncode == 2
     first = result.stdout.splitlines()[0]
     assert f"; 6 of 6 per-domain results not sent to 127.0.0.1:{port}: Connection refused | " in first
 
 
-def test_results_reach_the_sensu_go_events_api():
+def test_results_reach_the_sensu_go_events_api(tmp_path):
     received: list[dict] = []
 
     class Agent(BaseHTTPRequestHandler):
@@ -103,7 +104,8 @@ def test_results_reach_the_sensu_go_events_api():
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/events"
-        result = run("check-kvm-memory", "-u", "test:///default", "--per-domain", "sensu-go", "--per-domain-address", url)
+        result = run("check-kvm-memory", "-u", "test:///default", "--per-domain", "sensu-go", "--per-domain-address", url,
+                     "--state-dir", str(tmp_path), "--per-domain-occurrences", "2", "--per-domain-refresh", "1800")
     finally:
         server.shutdown()
         thread.join()
@@ -111,6 +113,9 @@ def test_results_reach_the_sensu_go_events_api():
     (event,) = received
     assert event["path"] == "/events"
     assert event["body"]["entity"] == {"entity_class": "proxy", "metadata": {"name": "test"}}
-    assert event["body"]["check"]["metadata"] == {"name": "check-kvm-memory"}
+    assert event["body"]["check"]["metadata"] == {
+        "name": "check-kvm-memory",
+        "annotations": {"fatigue_check/occurrences": "2", "fatigue_check/interval": "1800"}}  # for kvm-occurrences
+    assert (event["body"]["check"]["interval"], event["body"]["check"]["ttl"]) == (60, 180)
     assert event["body"]["check"]["status"] == 0
     assert event["body"]["check"]["output"].startswith("CheckKvmMemory OK: test memory 50.0% used")

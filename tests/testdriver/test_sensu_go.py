@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -24,6 +25,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from sensu_kvm.registry import BY_NAME, Kind
+from tests import sensu1
 from tests.conftest import BIN
 from tests.entrypoints import commands, console_scripts
 
@@ -52,6 +54,7 @@ BUILD_FIELDS = {"url", "sha512", "filters", "headers"}
 METRIC_FORMATS = {"nagios_perfdata", "graphite_plaintext", "influxdb_line", "opentsdb_line", "prometheus_text"}
 BUILTIN_FILTERS = {"is_incident", "not_silenced", "has_metrics"}
 EXTERNAL_HANDLERS = {"default"}  # the only handler these files may name without defining it
+SYSTEM_COMMANDS = {"logger"}  # util-linux (bsdutils, Essential in Debian)
 NAME = re.compile(r"[\w.\-]+")  # Sensu Go resource names
 # metrics-kvm --format -> the output_metric_format that parses it
 FORMAT_OF = {"graphite": "graphite_plaintext", "influxdb": "influxdb_line", "prometheus": "prometheus_text"}
@@ -179,15 +182,18 @@ def test_remediation_handler():
     assert spec["runtime_assets"] == [ASSET]
     assert isinstance(spec["timeout"], int)
     first = resources("EventFilter")["kvm-first-occurrences"]
-    assert first == {"action": "allow", "expressions": ["event.check.status == 2", "event.check.occurrences <= 3"]}
+    assert first == {"action": "allow",
+                     "expressions": ["event.check.status == 1 || event.check.status == 2", "event.check.occurrences <= 3"]}
 
 
 def test_handlers_and_filters_reference_what_exists():
     filters = resources("EventFilter")
     for name, spec in resources("Handler").items():
         assert spec["type"] in {"pipe", "tcp", "udp", "set"}, name
-        if spec["type"] == "pipe":
+        if spec["type"] == "pipe" and ASSET in (spec.get("runtime_assets") or []):
             assert shlex.split(spec["command"])[0] in console_scripts(), name
+        elif spec["type"] == "pipe":  # the example default handler: a command of every Debian system
+            assert shlex.split(spec["command"])[0] in SYSTEM_COMMANDS, name
         assert set(spec.get("filters") or []) <= set(filters) | BUILTIN_FILTERS, name
         assert set(spec.get("runtime_assets") or []) <= set(resources("Asset")), name
     for name, spec in filters.items():
@@ -338,6 +344,8 @@ def test_check_config_command_runs_from_the_asset(unpacked, tmp_path, name):
 
 def test_handler_options_in_handlers_yaml_exist(unpacked):
     for name, spec in resources("Handler").items():
+        if ASSET not in (spec.get("runtime_assets") or []):
+            continue
         argv = shlex.split(spec["command"])
         result = wrapper(unpacked, argv[0], "--help")
         assert result.returncode == 0, result
@@ -390,3 +398,57 @@ def test_wrappers_are_posix_sh(unpacked, shell):
                             env={"PATH": str(unpacked / "bin"), "SENSU_KVM_PYTHON": str(PYTHON)})
     assert result.returncode == 0, result
     assert result.stdout.startswith("CheckKvmDomstate OK: test running")
+
+
+def test_kvm_occurrences_passes_what_sensu_cores_occurrences_filter_passes(tmp_path):
+    """The kvm-occurrences expression, run under duktape (an ECMAScript 5 engine, like the otto that
+    Sensu Go evaluates filters with), on the events Sensu Go makes for a failing check and for its
+    resolution, passes the occurrences that Sensu Core's built-in filter passes (tests/sensu1.py
+    follows its source): 2, then every refresh / interval occurrences; the resolution when the
+    incident reached the threshold."""
+    (expression,) = resources("EventFilter")["kvm-occurrences"]["expressions"]
+    checks = resources("CheckConfig")
+    cases = []
+    for name in ("check-kvm-domstate", "check-kvm-backup-age"):
+        annotations = documents_metadata(name)
+        interval = checks[name]["interval"]
+        for n in range(1, 65):
+            cases.append({"check": {"annotations": annotations, "interval": interval, "occurrences": n,
+                                    "occurrences_watermark": n, "status": 2}, "is_resolution": False})
+        for watermark in (1, 2, 40):
+            cases.append({"check": {"annotations": annotations, "interval": interval, "occurrences": 1,
+                                    "occurrences_watermark": watermark, "status": 0}, "is_resolution": True})
+    cases.append({"check": {"interval": 60, "occurrences": 1, "occurrences_watermark": 1, "status": 2},
+                  "is_resolution": False})  # no annotations: Sensu Core's defaults, 1 and 1800
+    script = tmp_path / "filter.js"
+    script.write_text("var CASES = " + json.dumps(cases) + ";\nvar out = [];\n"
+                      "for (var i = 0; i < CASES.length; i++) { var event = CASES[i];\n"
+                      f"  out.push(!!({expression})); }}\nprint(JSON.stringify(out));\n")
+    result = subprocess.run([shutil.which("duk") or "duk", str(script)], capture_output=True, text=True,
+                            timeout=30, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    passed = json.loads(result.stdout)
+    expected = []
+    for case in cases:
+        check = case["check"]
+        annotations = check.get("annotations", {})
+        core = {"occurrences": check["occurrences_watermark"] if case["is_resolution"] else check["occurrences"],
+                "action": "resolve" if case["is_resolution"] else "create",
+                "check": {"interval": check["interval"],
+                          "occurrences": int(annotations.get("fatigue_check/occurrences", 1)),
+                          "refresh": int(annotations.get("fatigue_check/interval", 1800))}}
+        expected.append(not sensu1.occurrences_filtered(core))
+    assert passed == expected
+    domstate = [n for n, ok in zip(range(1, 65), passed[:64], strict=True) if ok]
+    assert domstate == [2, 32, 62]
+    backup_age = [n for n, ok in zip(range(1, 65), passed[67:131], strict=True) if ok]
+    assert backup_age == [1, 25, 49]  # hourly, alerting at once and again every day
+    assert passed[64:67] == [False, True, True] and passed[-1] is True
+
+
+def documents_metadata(name: str) -> dict[str, str]:
+    """The annotations of a CheckConfig of checks.yaml."""
+    for _path, document in documents():
+        if document["type"] == "CheckConfig" and document["metadata"]["name"] == name:
+            return dict(document["metadata"].get("annotations") or {})
+    raise KeyError(name)

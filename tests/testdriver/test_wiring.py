@@ -153,10 +153,33 @@ def test_the_readmes_sensu_core_examples_are_the_shipped_files():
     shown = [data for data in map(json.loads, blocks) if set(data) == {"checks"}]
     assert len(shown) >= 4
     for data in shown:
-        ((name, _),) = data["checks"].items()
-        core_file = BY_NAME[name].core_file
+        ((name, body),) = data["checks"].items()
+        command = BY_NAME[name]
+        core_file = command.core_file if not body.get("standalone") or command.kind is Kind.GUEST_CHECK \
+            else command.standalone_file
         assert core_file is not None
         assert data == json.loads((ROOT / core_file).read_text(encoding="utf-8")), f"README's {name} example"
+    standalone = [data for data in shown if next(iter(data["checks"].values())).get("standalone")]
+    assert standalone and len(standalone) < len(shown), "the README shows both the subscription and the standalone form"
+
+
+def test_hypervisor_checks_are_subscription_checks_with_a_standalone_variant():
+    """Uchiwa lists only subscription checks (/checks of Sensu 1.9 omits standalone ones): every
+    hypervisor check is one, published to kvm-hypervisor, and its standalone variant in
+    conf.d/standalone/ differs only in how it is scheduled."""
+    for command in COMMANDS:
+        if command.check is None:
+            continue
+        ((name, body),) = json.loads((ROOT / str(command.core_file)).read_text())["checks"].items()
+        assert name == command.name
+        if command.kind is Kind.GUEST_CHECK:
+            assert body["standalone"] is True and "subscribers" not in body
+            assert command.standalone_file is None
+            continue
+        assert body["subscribers"] == ["kvm-hypervisor"] and "standalone" not in body, name
+        ((_, alone),) = json.loads((ROOT / str(command.standalone_file)).read_text())["checks"].items()
+        assert alone.pop("standalone") is True
+        assert alone == {k: v for k, v in body.items() if k != "subscribers"}, name
 
 
 HELP_OPTION = re.compile(r"^  (?:(-\w)(?: \S+)?, )?(--[a-z][\w-]*)", re.MULTILINE)

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from sensu_kvm.events import MAX_DEPTH, MAX_EVENT_BYTES, EventError, depth, domain_of, parse
-from sensu_kvm.handlers.remediate import decide, recent
+from sensu_kvm.handlers.remediate import recent
+from sensu_kvm.remedy import Facts, decide
 
 # Recorded from a real Sensu Core 1.9 stack (copied from the project's shared fixtures; see README there).
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "sensu-core-1.9"
@@ -101,7 +102,7 @@ def test_bad_events(raw, message):
     (1, 1, None, "running (booted)"),
 ])
 def test_decisions(state, reason, action, why):
-    got_action, got_why = decide(state, reason)
+    got_action, got_why = decide(Facts(state, reason))  # not marked autostart
     assert got_action == action
     assert why in got_why
 

@@ -34,7 +34,15 @@ from sensu_kvm.virt.deadline import (
     wrap,
 )
 from sensu_kvm.virt.errors import kind, reason, translate
-from sensu_kvm.virt.lookup import all_domains, autostart_uuids, domain_by_any, lookup_domain
+from sensu_kvm.virt.lookup import (
+    all_domains,
+    autostart_uuids,
+    domain_by_any,
+    is_autostart,
+    lookup_domain,
+    metadata_element,
+    qemu_log,
+)
 from sensu_kvm.virt.stats import (
     FALLBACK_THREADS,
     GROUPS,
@@ -65,7 +73,7 @@ __all__ = [
     "DEFAULT_TIMEOUT", "DEFAULT_URI", "FALLBACK_THREADS", "GROUPS", "LONG_CALLS", "LONG_FACTOR",
     "DomainRecord", "Group", "Timed", "all_domains", "api_name", "autostart_uuids", "call_with_deadline",
     "client_version", "connect", "disk_errors", "domain_by_any", "gather", "hypervisor_version",
-    "in_parallel", "kind", "lib_version", "libvirtError", "lookup_domain", "node_cpu_stats",
-    "node_memory_stats", "raw", "reason", "resolve_uri", "run_with_deadline", "scrub", "set_default_timeout",
+    "in_parallel", "is_autostart", "kind", "lib_version", "libvirtError", "lookup_domain", "metadata_element", "node_cpu_stats",
+    "node_memory_stats", "qemu_log", "raw", "reason", "resolve_uri", "run_with_deadline", "scrub", "set_default_timeout",
     "shown_uri", "translate", "version_text", "virConnect", "virDomain", "virDomainSnapshot", "wrap",
 ]
