@@ -73,8 +73,10 @@ URI_OPTIONS = (Option("--uri", "-u", shared=True), Option("--domain", "-d", Take
                Option("--match", shared=True), Option("--exclude", shared=True))
 RUN_OPTIONS = (Option("--timeout", "-t", shared=True), Option("--verbose", "-v", Takes.FLAG, shared=True))
 THRESHOLDS = (Option("--warning", "-w"), Option("--critical", "-c"))
-RATE_OPTIONS = (Option("--state-dir", shared=True), Option("--interval", shared=True),
-                Option("--min-interval", shared=True))
+# --state-dir: the rate checks' samples, and what --per-domain keeps (every libvirt check has it but
+# check-kvm-backup-age, whose --state-dir is kvm-backup's)
+STATE_OPTIONS = (Option("--state-dir", shared=True),)
+RATE_OPTIONS = (Option("--interval", shared=True), Option("--min-interval", shared=True))
 
 
 @dataclass(frozen=True)
@@ -222,14 +224,14 @@ COMMANDS: tuple[Command, ...] = (
             go_options=f"--per-domain sensu-go --per-domain-handler default --per-domain-handler kvm-remediate "
                        f"--state-dir {AGENT_STATE_DIR}",
         ),
-        options=URI_OPTIONS + THRESHOLDS + RUN_OPTIONS + (Option("--expect-running", takes=Takes.FLAG),),
+        options=URI_OPTIONS + THRESHOLDS + STATE_OPTIONS + RUN_OPTIONS + (Option("--expect-running", takes=Takes.FLAG),),
     ),
     Command(
         "check-kvm-vcpu", "sensu_kvm.checks.vcpu:main", Kind.CHECK,
         "vCPU usage % of each domain, and steal (vCPUs waiting for a host CPU: overcommit)",
         Access.READ_ONLY,
         CheckDefinition(go_options=f"--state-dir {AGENT_STATE_DIR}"),
-        options=URI_OPTIONS + THRESHOLDS + RATE_OPTIONS + RUN_OPTIONS + (
+        options=URI_OPTIONS + THRESHOLDS + STATE_OPTIONS + RATE_OPTIONS + RUN_OPTIONS + (
             Option("--steal-warning"), Option("--steal-critical"), Option("--expect-vcpus")),
     ),
     Command(
@@ -237,21 +239,21 @@ COMMANDS: tuple[Command, ...] = (
         "memory used % of each domain, from the guest's balloon statistics or the host's view",
         Access.READ_ONLY,
         CheckDefinition(),
-        options=URI_OPTIONS + THRESHOLDS + RUN_OPTIONS + (Option("--view"),),
+        options=URI_OPTIONS + THRESHOLDS + STATE_OPTIONS + RUN_OPTIONS + (Option("--view"),),
     ),
     Command(
         "check-kvm-blkerror", "sensu_kvm.checks.blkerror:main", Kind.CHECK,
         "disk errors QEMU recorded (`no space`, `unspecified error`), like `virsh domblkerror`",
         Access.READ_ONLY,
         CheckDefinition(),
-        options=URI_OPTIONS + RUN_OPTIONS,
+        options=URI_OPTIONS + STATE_OPTIONS + RUN_OPTIONS,
     ),
     Command(
         "check-kvm-blkstat", "sensu_kvm.checks.blkstat:main", Kind.CHECK,
         "per disk: IOPS, bytes/s, latency, flushes/s, allocation % of capacity",
         Access.READ_ONLY,
         CheckDefinition(go_options=f"--state-dir {AGENT_STATE_DIR}"),
-        options=URI_OPTIONS + THRESHOLDS + RATE_OPTIONS + RUN_OPTIONS + (
+        options=URI_OPTIONS + THRESHOLDS + STATE_OPTIONS + RATE_OPTIONS + RUN_OPTIONS + (
             Option("--metric", "-m"), Option("--device", takes=Takes.LIST)),
     ),
     Command(
@@ -259,7 +261,7 @@ COMMANDS: tuple[Command, ...] = (
         "the host: CPU busy %, memory and swap used %, free space of the file systems holding disk images",
         Access.READ_ONLY,
         CheckDefinition(go_options=f"--state-dir {AGENT_STATE_DIR}"),
-        options=URI_OPTIONS + RATE_OPTIONS + RUN_OPTIONS + tuple(
+        options=URI_OPTIONS + STATE_OPTIONS + RATE_OPTIONS + RUN_OPTIONS + tuple(
             Option(f"--{resource}-{level}") for resource in ("cpu", "memory", "swap", "fs")
             for level in ("warning", "critical")),
     ),
@@ -272,7 +274,7 @@ COMMANDS: tuple[Command, ...] = (
             go_note="Snapshots piling up (oldest older than 3d WARNING, 7d CRITICAL; more than 10 WARNING) and\n"
                     "overlays no snapshot knows about. Hourly is enough for ages counted in days.",
         ),
-        options=URI_OPTIONS + THRESHOLDS + RUN_OPTIONS + (
+        options=URI_OPTIONS + THRESHOLDS + STATE_OPTIONS + RUN_OPTIONS + (
             Option("--count-warning"), Option("--count-critical"), Option("--allow-backing")),
     ),
     Command(
@@ -286,7 +288,7 @@ COMMANDS: tuple[Command, ...] = (
             go_note="The guest agent of every domain with an agent channel answers, and the guests' file systems have\n"
                     "room. Needs a read-write libvirt connection for the agent calls (see the README).",
         ),
-        options=URI_OPTIONS + THRESHOLDS + RUN_OPTIONS + (
+        options=URI_OPTIONS + THRESHOLDS + STATE_OPTIONS + RUN_OPTIONS + (
             Option("--agent-optional", takes=Takes.FLAG), Option("--mount", takes=Takes.LIST),
             Option("--exclude-fs-type", takes=Takes.LIST), Option("--agent-timeout")),
     ),

@@ -293,7 +293,7 @@ ICINGA2_HEAD = f"""\
  *
  * Every argument comes from a custom variable, so a Service or a Host sets only what it changes.
  * kvm_<option> names the options that mean the same for every check (kvm_uri, kvm_domain,
- * kvm_match, kvm_exclude, kvm_timeout, kvm_verbose; for the rate checks kvm_state_dir,
+ * kvm_match, kvm_exclude, kvm_timeout, kvm_verbose, kvm_state_dir; for the rate checks
  * kvm_interval, kvm_min_interval); kvm_<check>_<option> names the others (kvm_vcpu_warning,
  * kvm_snapshot_age_count_warning, ...), so that a value set on a Host never reaches a check it was
  * not meant for. A list (kvm_domain, kvm_blkstat_device, ...) gives its option once per item; a
@@ -345,8 +345,8 @@ NAGIOS_HEAD = f"""\
 # services.
 #
 # Each command line gives -u {URI} and the check's -t (it gives up after that long and
-# reports UNKNOWN; keep service_check_timeout above it), and the rate checks a --state-dir that
-# user nagios may create ({NAGIOS_STATE_DIR}). $ARG1$ holds the other options, e.g.
+# reports UNKNOWN; keep service_check_timeout above it), and a --state-dir that user nagios may
+# create ({NAGIOS_STATE_DIR}: the rate checks keep their previous sample there). $ARG1$ holds the other options, e.g.
 #     check_command   check-kvm-vcpu!-w 90 -c 95 --exclude ^test-
 # An option given again in $ARG1$ wins (-u qemu+ssh://kvm2/system, -t 20). In $ARG1$ write '!'
 # as '\\!', ';' as '\\;' and '$' as '$$' (a backslash before anything else stays as it is), and
@@ -439,8 +439,8 @@ def duration(seconds: int) -> str:
 
 
 def icinga_defaults(command: Command) -> dict[str, str | int | list[str] | bool]:
-    """The CheckCommand's custom variables: where the commands are, the URI, -t, the rate checks'
-    state folder, and the options of the shipped Sensu definitions."""
+    """The CheckCommand's custom variables: where the commands are, the URI, -t, the state folder,
+    and the options of the shipped Sensu definitions."""
     values: dict[str, str | int | list[str] | bool] = {"kvm_plugin_dir": PLUGIN_DIR}
     if has(command, "--uri"):
         values["kvm_uri"] = URI

@@ -114,7 +114,9 @@ def cases() -> list[Case]:
 
 
 def rate_check(command: str) -> bool:
-    """Whether its shipped definitions give it a --state-dir for samples (the rate checks)."""
+    """Whether it keeps state between runs in a --state-dir of its own (the rate checks' samples;
+    check-kvm-backup-age's --state-dir is kvm-backup's, and only read): each case then gets a fresh
+    one."""
     return any(option.flag == "--state-dir" and option.shared for option in BY_NAME[command].options)
 
 
