@@ -176,6 +176,7 @@ def test_icinga2_passes_hostile_domain_names_to_the_check_whole(recorded: Record
     assert execution.exit_code == printed.returncode, printed.stdout
     result = recorded.results[schedulers.NAMED_SERVICE][0]
     assert result.state == min(printed.returncode, 3)
+    assert [label for label, _ in schedulers.split_items(result.perfdata)] == [label for label, _ in printed.items]
     assert schedulers.none_missing(result.perfdata), result
 
 

@@ -105,6 +105,8 @@ def test_nagios_passes_hostile_domain_names_to_the_check_whole(recorded: Recorde
     printed = schedulers.named_reference()
     status = recorded.statuses[schedulers.NAMED_SERVICE]
     assert status.current_state == min(printed.returncode, 3), (status, printed.stdout[:2000])
+    labels = [label for label, _ in schedulers.split_items(status.performance_data)]
+    assert labels == [label for label, _ in printed.items], status
     assert schedulers.none_missing(status.performance_data), status
 
 
