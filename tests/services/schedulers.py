@@ -63,7 +63,8 @@ def split_items(text: str) -> list[tuple[str, str]]:
 
 
 def printed_items(output: str) -> list[tuple[str, str]]:
-    """The perfdata items of a check's output, in order (see the module's docstring)."""
+    """The perfdata items of a check's output, in order (see the module's docstring); none when it
+    printed no '|'."""
     lines = output.rstrip("\n").split("\n")
     parts = []
     _, bar, perf = lines[0].partition("|")
@@ -82,9 +83,9 @@ def printed_items(output: str) -> list[tuple[str, str]]:
         if "\t" in part or "\r" in part:
             raise UnreadablePerfdata(f"a control character in the perfdata: {part[:200]!r}")
     items = split_items(" ".join(part.strip(" ") for part in parts if part.strip(" ")))
-    if not items:
-        raise UnreadablePerfdata(f"no perfdata in {output[:300]!r}")
-    return items
+    if parts and not items:
+        raise UnreadablePerfdata(f"a '|' and no perfdata in {output[:300]!r}")
+    return items  # none: the check printed no perfdata (no '|')
 
 
 @dataclass(frozen=True)
