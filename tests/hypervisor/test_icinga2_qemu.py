@@ -1,6 +1,7 @@
 """A real Icinga 2 runs check-kvm-domstate against the real hypervisor through the shipped
-CheckCommand with its own defaults (``kvm_uri`` qemu:///system, ``kvm_timeout`` 10): nothing but
-the commands' folder is set. Icinga 2 runs it as user nagios over the read-only libvirt socket
+CheckCommand with its own defaults (``kvm_uri`` qemu:///system, ``kvm_timeout`` 10,
+``kvm_state_dir``, which check-kvm-domstate uses only with --per-domain): nothing but the
+commands' folder is set. Icinga 2 runs it as user nagios over the read-only libvirt socket
 (relayed as tests/services/nagios.py explains). It only reads: it makes no domain and counts on
 none, so the states it finds are whatever the host has; what it recorded must agree with itself.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from sensu_kvm.registry import ICINGA2_STATE_DIR
 from tests.rig import rig
 from tests.services import icinga2, schedulers
 from tests.services.schedulers import Case
@@ -27,7 +29,8 @@ def test_icinga2_runs_domstate_on_the_real_host_with_the_shipped_defaults() -> N
         result = icinga.results()[SERVICE][0]
         log = icinga.log()
     [execution, *_] = [e for e in icinga2.executions(log) if e.argv[0] == schedulers.command_path(case.command)]
-    assert execution.argv[1:] == ("--timeout", "10", "--uri", "qemu:///system"), execution
+    assert execution.argv[1:] == ("--state-dir", ICINGA2_STATE_DIR, "--timeout", "10", "--uri", "qemu:///system"), \
+        execution
     # it connected (read-only, as user nagios): not UNKNOWN, and the state is its exit code
     assert execution.exit_code in (0, 1, 2), (execution, result)
     assert result.state == execution.exit_code
