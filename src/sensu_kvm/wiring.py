@@ -304,6 +304,9 @@ ICINGA2_HEAD = f"""\
  * puts them). The checks connect through libvirt's read-only socket as Icinga's user (nagios on
  * Debian): no sudo, no libvirt group (README: Least privilege). The rate checks keep their previous
  * sample in kvm_state_dir, a folder that user may create (default {ICINGA2_STATE_DIR}).
+ * check-kvm-guest-agent also talks to the guest agents, which libvirt allows only on a read-write
+ * connection: packaging/polkit/60-sensu-plugins-kvm.rules grants it to one user (set its SENSU_USER
+ * to nagios).
  * Each check gives up after kvm_timeout seconds and reports UNKNOWN; Icinga's own timeout is only a
  * backstop above it.
  *
@@ -353,7 +356,9 @@ NAGIOS_HEAD = f"""\
 # quote for the shell: -d 'web 1'.
 #
 # Nagios runs the checks as user nagios: they connect through libvirt's read-only socket, no sudo,
-# no libvirt group (README: Least privilege). Every check prints Nagios perfdata
+# no libvirt group (README: Least privilege). check-kvm-guest-agent also talks to the guest agents,
+# which libvirt allows only on a read-write connection: packaging/polkit/60-sensu-plugins-kvm.rules
+# grants it to one user (set its SENSU_USER to nagios). Every check prints Nagios perfdata
 # (process_performance_data). metrics-kvm has no command: it prints a metrics stream, not plugin
 # output.
 """
