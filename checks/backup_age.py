@@ -40,24 +40,25 @@ def contexts(options: argparse.Namespace) -> tuple[Context, Context]:
 WITHOUT = "domains_without_backup"
 
 
-def judge_domain(name: str, entries: list[catalog.Entry], failure: dict | None, now: float,
+def judge_domain(record: virt.DomainRecord, entries: list[catalog.Entry], failure: dict | None, now: float,
                  options: argparse.Namespace) -> Verdict:
     """The verdict on one domain's backups (pure)."""
+    name, shown = record.name, record.text
     newest = max(entries, key=lambda e: e.created) if entries else None
     failed_after = failure is not None and (newest is None or failure["time"] > newest.created)
     if newest is None:
-        text = f"{name}: no backup in {options.backup_dir or 'the receipts of remote backups'}"
+        text = f"{shown}: no backup in {options.backup_dir or 'the receipts of remote backups'}"
         if failure is not None:
             text += f"; the last run failed {format_age(now - failure['time'])} ago: {failure['error']}"
         return Verdict(Finding(name, Status.CRITICAL, text))
     age_of, size_of = contexts(options)
-    age = age_of(max(0.0, now - newest.created), name)
+    age = age_of(max(0.0, now - newest.created), record.label)
     statuses = [age.status]
-    text = f"{name}: newest backup {format_age(age.value)} old ({len(entries)} kept)"
+    text = f"{shown}: newest backup {format_age(age.value)} old ({len(entries)} kept)"
     if failed_after and failure is not None:
         statuses.append(Status.CRITICAL)
         text += f"; a later backup failed {format_age(now - failure['time'])} ago: {failure['error']}"
-    return Verdict(Finding(name, worst(statuses), text), [age, size_of(newest.size, name)])
+    return Verdict(Finding(name, worst(statuses), text), [age, size_of(newest.size, record.label)])
 
 
 def check(options: argparse.Namespace) -> Report:
@@ -80,7 +81,7 @@ def check(options: argparse.Namespace) -> Report:
         chosen, missing = choose(virt.gather(conn, ["state"], fill=False), options)
     finally:
         conn.close()
-    verdicts = judge_each(chosen, lambda r: judge_domain(r.name, by_domain.get(r.name, []), markers.get(r.name),
+    verdicts = judge_each(chosen, lambda r: judge_domain(r, by_domain.get(r.name, []), markers.get(r.name),
                                                          now, options), active_only=False)
     without = sum(1 for r in chosen if r.name not in by_domain)
     where = options.backup_dir or "--state-dir receipts"

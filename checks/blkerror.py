@@ -28,13 +28,13 @@ quarter of -t), so one hung domain is UNKNOWN alone. Perfdata: the number of dis
 DISK_ERRORS = Context("disk_errors", minimum=0)  # the number of disks in error: any is CRITICAL (below)
 
 
-def judge_domain(name: str, errors: dict[str, int]) -> Verdict:
+def judge_domain(record: virt.DomainRecord, errors: dict[str, int]) -> Verdict:
     """The verdict on one domain from its disk errors (pure)."""
-    measured = [DISK_ERRORS(len(errors), name)]
+    measured = [DISK_ERRORS(len(errors), record.label)]
     if not errors:
-        return Verdict(Finding(name, Status.OK, f"{name}: no errors found"), measured)
+        return Verdict(Finding(record.name, Status.OK, f"{record.text}: no errors found"), measured)
     text = ", ".join(f"{disk}: {states.disk_error_name(code)}" for disk, code in sorted(errors.items()))
-    return Verdict(Finding(name, Status.CRITICAL, f"{name}: {text}"), measured)
+    return Verdict(Finding(record.name, Status.CRITICAL, f"{record.text}: {text}"), measured)
 
 
 def check(options: argparse.Namespace) -> Report:
@@ -44,7 +44,7 @@ def check(options: argparse.Namespace) -> Report:
 
         def one(record: virt.DomainRecord) -> Verdict:
             try:
-                return judge_domain(record.name, virt.disk_errors(record.dom, options.timeout / 4))
+                return judge_domain(record, virt.disk_errors(record.dom, options.timeout / 4))
             except KvmError as err:
                 return Verdict(Finding(record.name, Status.UNKNOWN, str(err)))
 

@@ -49,8 +49,10 @@ DESCRIPTION = f"""\
 Per disk of each running domain: read and write IOPS, read and write bytes/s, average read,
 write and flush latency in ms, flushes/s (rates between this run and the previous one, kept in
 --state-dir, or two samples --interval apart), and allocation in % of capacity (a thin qcow2
-nearing its virtual size). -m/--metric chooses what -w/-c judge; perfdata carries them all, labelled
-<domain>_<metric>_<disk>. The first run has no rates: it says so, judges allocation, and is OK.
+nearing its virtual size; no maximum: a qcow2's allocation can pass its capacity). -m/--metric
+chooses what -w/-c judge; perfdata carries them all, labelled <domain>_<metric>_<disk>, never
+quoted (a domain name in its label form: see the README, "Domain names in the output"), in the
+order domain, metric, disk. The first run has no rates: it says so, judges allocation, and is OK.
 A rate between runs covers at least --min-interval (5 s): a run that comes sooner after the last
 sample (runs that overlap, a retry) reports the previous run's rates, marked so in its line (see
 -v), and keeps the older sample for the next run.
@@ -97,7 +99,7 @@ def contexts(options: argparse.Namespace) -> dict[str, Context]:
     """Every metric's context; -w/-c are the thresholds of the one chosen with -m."""
     return {m.name: Context(m.name, m.uom, options.warning if m.name == options.metric else None,
                             options.critical if m.name == options.metric else None, 0,
-                            100 if m.uom == "%" else None, digits=3)
+                            digits=3)
             for m in METRICS.values()}
 
 
@@ -105,7 +107,7 @@ def judge_domain(record: virt.DomainRecord, found: dict[str, Rate], options: arg
                  of: dict[str, Context] | None = None) -> Verdict:
     """The verdict on one domain's disks from each disk's rates, keyed UUID/device (pure);
     ``of`` is ``contexts(options)``, made once for all domains."""
-    name, chosen = record.name, options.metric
+    shown, chosen = record.text, options.metric
     of = of or contexts(options)
     statuses, parts, measured = [Status.OK], [], []
     whys, overs, noted = [], [], False
@@ -119,21 +121,21 @@ def judge_domain(record: virt.DomainRecord, found: dict[str, Rate], options: arg
         else:
             overs.append(rate.over())
             noted = noted or bool(rate.note)
-        measured += [of[metric](values_of[metric], name, device) for metric in METRICS if metric in values_of]
+        measured += [of[metric](values_of[metric], record.label, device) for metric in METRICS if metric in values_of]
         if chosen in values_of:
-            judged = of[chosen](values_of[chosen], name, device)
+            judged = of[chosen](values_of[chosen], record.label, device)
             statuses.append(judged.status)
             parts.append(f"{device} {chosen} {judged.value:.1f}{judged.uom}")
     if not parts and not whys:
-        return Verdict(Finding(name, Status.OK, f"{name}: no disks measured"), measured)
-    text = f"{name}: " + ", ".join(parts) if parts else f"{name}:"
+        return Verdict(Finding(record.name, Status.OK, f"{shown}: no disks measured"), measured)
+    text = f"{shown}: " + ", ".join(parts) if parts else f"{shown}:"
     if overs and METRICS[chosen].rate:
         text += f" ({'; '.join(dict.fromkeys(overs))})"
     elif noted:  # perfdata of rates that are not new
         text += f" (rates: {'; '.join(dict.fromkeys(overs))})"
     if whys:
         text += ("; " if parts else " ") + f"{'; '.join(dict.fromkeys(whys))}, rates on the next run"
-    return Verdict(Finding(name, worst(statuses), text), measured, pending=bool(whys))
+    return Verdict(Finding(record.name, worst(statuses), text), measured, pending=bool(whys))
 
 
 def samples(records: list[virt.DomainRecord], now: float) -> dict[str, dict[str, Any]]:

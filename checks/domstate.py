@@ -11,6 +11,7 @@ from sensu_kvm import states, virt
 from sensu_kvm.contexts import Context
 from sensu_kvm.domains import choose
 from sensu_kvm.errors import KvmError
+from sensu_kvm.names import entity_name, visible
 from sensu_kvm.output import Finding, Report, Status, summarise, worst
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 
@@ -42,14 +43,20 @@ class Observed(NamedTuple):
     autostart: bool = False
     disk_errors: Mapping[str, int] | None = None
     error: str | None = None
+    text: str = ""  # the name in human text (names.text); empty: made from the name alone
+    entity: str = ""  # the Sensu entity name, for --per-domain (names.entity)
+
+    @property
+    def shown(self) -> str:
+        return self.text or visible(self.name)
 
 
 def judge_domain(seen: Observed, *, named: bool, expect_running: bool) -> Finding:
     """The verdict on one domain (pure)."""
     if seen.state is None:
-        return Finding(seen.name, Status.UNKNOWN, f"{seen.name}: {seen.error or 'state unreadable'}")
+        return Finding(seen.name, Status.UNKNOWN, f"{seen.shown}: {seen.error or 'state unreadable'}")
     state, reason = seen.state, seen.reason
-    text = f"{seen.name} {states.state_name(state)} ({states.reason_name(state, reason)})"
+    text = f"{seen.shown} {states.state_name(state)} ({states.reason_name(state, reason)})"
     if state in (states.RUNNING, states.BLOCKED):
         return Finding(seen.name, Status.OK, text)
     if state == states.PAUSED:
@@ -78,8 +85,9 @@ def judge_domain(seen: Observed, *, named: bool, expect_running: bool) -> Findin
 
 def evaluate(observed: Sequence[Observed], missing: Sequence[str], options: argparse.Namespace) -> Report:
     """All verdicts, the summary and the perfdata (pure)."""
-    findings = [judge_domain(o, named=o.name in options.domain, expect_running=options.expect_running) for o in observed]
-    findings += [Finding(name, Status.CRITICAL, f"{name} not found") for name in missing]
+    findings = [judge_domain(o, named=o.name in options.domain, expect_running=options.expect_running)._replace(
+        entity=o.entity) for o in observed]
+    findings += [Finding(name, Status.CRITICAL, f"{visible(name)} not found", entity_name(name)) for name in missing]
     counts = Counter(o.state for o in observed if o.state is not None)
     total = len(observed)
     measured = [Context(label, minimum=0, maximum=total)(counts[state]) for state, label in states.STATE_LABELS.items()]
@@ -127,7 +135,8 @@ def gather(options: argparse.Namespace) -> tuple[list[Observed], list[str]]:
                     errors = virt.disk_errors(record.dom, options.timeout / 4)
                 except KvmError as err:
                     error = str(err)
-            observed.append(Observed(name, state, reason, record.uuid in autostart, errors, error))
+            observed.append(Observed(name, state, reason, record.uuid in autostart, errors, error, record.text,
+                                     record.entity))
         return observed, missing
     finally:
         conn.close()

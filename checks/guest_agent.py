@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 from sensu_kvm import guestinfo, states, virt
 from sensu_kvm.argtypes import seconds_arg
 from sensu_kvm.contexts import Context
-from sensu_kvm.domains import Verdict, choose, report
+from sensu_kvm.domains import Verdict, choose, report, unreadable, with_entity
 from sensu_kvm.errors import KvmError
 from sensu_kvm.output import Finding, Report, Status, worst
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
@@ -59,20 +59,22 @@ class Answer(NamedTuple):
     fs_error: str | None = None
 
 
-def judge_silent(name: str, error: str, channel: guestinfo.Channel | None, optional: bool) -> Verdict:
+def judge_silent(record: virt.DomainRecord, error: str, channel: guestinfo.Channel | None, optional: bool) -> Verdict:
     """A domain whose agent did not answer guest-ping (pure)."""
+    name = record.name
     status = Status.WARNING if optional else Status.CRITICAL
     error = error[len(name) + 2:] if error.startswith(f"{name}: ") else error
     hint = ""
     if channel is not None and channel.connected is False:
         hint = " (channel disconnected: is qemu-guest-agent installed and running in the guest?)"
-    return Verdict(Finding(name, status, f"{name}: guest agent does not answer{hint}: {error}"))
+    return Verdict(Finding(name, status, f"{record.text}: guest agent does not answer{hint}: {error}"))
 
 
-def judge_no_channel(name: str, optional: bool) -> Verdict:
+def judge_no_channel(record: virt.DomainRecord, optional: bool) -> Verdict:
     """A domain named with -d that has no agent channel in its XML (pure)."""
     status = Status.WARNING if optional else Status.CRITICAL
-    return Verdict(Finding(name, status, f"{name}: no guest agent channel ({guestinfo.AGENT_CHANNEL}) in the domain XML"))
+    return Verdict(Finding(record.name, status,
+                           f"{record.text}: no guest agent channel ({guestinfo.AGENT_CHANNEL}) in the domain XML"))
 
 
 PING = Context("agent_ping", "s", minimum=0, digits=3)
@@ -84,12 +86,13 @@ def contexts(options: argparse.Namespace, total: int) -> tuple[Context, Context]
             Context("used_pct", "%", options.warning, options.critical, 0, 100, digits=2))
 
 
-def judge_domain(name: str, answer: Answer, options: argparse.Namespace) -> Verdict:
+def judge_domain(record: virt.DomainRecord, answer: Answer, options: argparse.Namespace) -> Verdict:
     """The verdict on one domain whose agent answered (pure)."""
+    label = record.label
     statuses = [Status.OK]
     version = f" {answer.version}" if answer.version else ""
-    head = f"{name}: agent{version} answered in {answer.ping_seconds * 1000:.0f} ms"
-    measured = [PING(answer.ping_seconds, name)]
+    head = f"{record.text}: agent{version} answered in {answer.ping_seconds * 1000:.0f} ms"
+    measured = [PING(answer.ping_seconds, label)]
     parts: list[tuple[int, str]] = []
     if answer.fs_error is not None:
         statuses.append(Status.UNKNOWN)
@@ -105,16 +108,16 @@ def judge_domain(name: str, answer: Answer, options: argparse.Namespace) -> Verd
                 parts.append((0, f"{fs.mountpoint} ({fs.fstype}) size not reported"))
                 continue
             used_of, pct_of = contexts(options, fs.total)
-            used = pct_of(pct, name, fs.mountpoint)
+            used = pct_of(pct, label, fs.mountpoint)
             status = used.status
             statuses.append(status)
             mark = "" if status is Status.OK else f" ({status.name})"
             parts.append((-status.rank, f"{fs.mountpoint} {pct:.1f}% used of {human_bytes(fs.total)}{mark}"))
-            measured += [used_of(fs.used, name, fs.mountpoint), used]
+            measured += [used_of(fs.used, label, fs.mountpoint), used]
         if not chosen and not options.mount:
             parts.append((0, "no file systems reported"))
     text = head + "".join(f"; {p}" for _rank, p in sorted(parts, key=lambda p: p[0]))
-    return Verdict(Finding(name, worst(statuses), text), measured)
+    return Verdict(Finding(record.name, worst(statuses), text), measured)
 
 
 # --- gathering -------------------------------------------------------------------------------------
@@ -135,7 +138,7 @@ def ask_agent(dom: Any, seconds: float) -> Answer:
 
 
 def domain_xml(record: virt.DomainRecord, seconds: float) -> str:
-    return virt.call_with_deadline(lambda: str(record.dom.XMLDesc(0)), seconds, f"{record.name}: domain XML")
+    return virt.call_with_deadline(lambda: str(record.dom.XMLDesc(0)), seconds, f"{record.text}: domain XML")
 
 
 def check(options: argparse.Namespace) -> Report:
@@ -150,12 +153,12 @@ def check(options: argparse.Namespace) -> Report:
         for record in chosen:
             state = record.stats.get("state.state")
             if record.error:
-                verdicts[record.name] = Verdict(Finding(record.name, Status.UNKNOWN, f"{record.name}: {record.error}"))
+                verdicts[record.name] = unreadable(record)
                 continue
             if state not in (states.RUNNING, states.BLOCKED):
                 if record.name in named:
                     word = states.state_name(state) if isinstance(state, int) else "in no known state"
-                    verdicts[record.name] = Verdict(Finding(record.name, Status.OK, f"{record.name} {word}: agent not asked"))
+                    verdicts[record.name] = Verdict(Finding(record.name, Status.OK, f"{record.text} {word}: agent not asked"))
                 continue
             try:
                 xml = domain_xml(record, seconds)
@@ -165,7 +168,7 @@ def check(options: argparse.Namespace) -> Report:
                 continue
             if channel is None:
                 if record.name in named:
-                    verdicts[record.name] = judge_no_channel(record.name, options.agent_optional)
+                    verdicts[record.name] = judge_no_channel(record, options.agent_optional)
                 continue
             asking.append((record, channel))
 
@@ -175,27 +178,27 @@ def check(options: argparse.Namespace) -> Report:
             except KvmError as err:
                 for record, _channel in asking:
                     verdicts[record.name] = Verdict(Finding(
-                        record.name, Status.UNKNOWN, f"{record.name}: {guestinfo.READ_WRITE_NOTE}: {err}"))
+                        record.name, Status.UNKNOWN, f"{record.text}: {guestinfo.READ_WRITE_NOTE}: {err}"))
                 asking = []
 
         def one(item: tuple[virt.DomainRecord, guestinfo.Channel]) -> None:
             record, channel = item
             try:
                 dom = virt.call_with_deadline(lambda: rw.lookupByName(record.name), seconds,
-                                              f"{record.name}: lookup")
+                                              f"{record.text}: lookup")
             except KvmError as err:
                 verdicts[record.name] = Verdict(Finding(record.name, Status.UNKNOWN, str(err)))
                 return
             try:
                 answer = ask_agent(dom, seconds)
             except KvmError as err:
-                verdicts[record.name] = judge_silent(record.name, str(err), channel, options.agent_optional)
+                verdicts[record.name] = judge_silent(record, str(err), channel, options.agent_optional)
                 return
             except Exception as err:  # this domain alone is UNKNOWN
-                text = f"{record.name}: {type(err).__name__}: {err}"
+                text = f"{record.text}: {type(err).__name__}: {err}"
                 verdicts[record.name] = Verdict(Finding(record.name, Status.UNKNOWN, text))
                 return
-            verdicts[record.name] = judge_domain(record.name, answer, options)
+            verdicts[record.name] = judge_domain(record, answer, options)
 
         if asking:
             virt.in_parallel(one, asking, virt.FALLBACK_THREADS)
@@ -203,7 +206,7 @@ def check(options: argparse.Namespace) -> Report:
         if rw is not None:
             rw.close()
         conn.close()
-    ordered = [verdicts[r.name] for r in chosen if r.name in verdicts]
+    ordered = [with_entity(r, verdicts[r.name]) for r in chosen if r.name in verdicts]
     answered = sum(1 for v in ordered if v.of(PING.metric))
     counts = [Context("agents_asked", minimum=0)(len(asking)).perf(), Context("agents_answered", minimum=0)(answered).perf()]
     if not ordered and not missing and not (options.match or options.exclude):

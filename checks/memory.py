@@ -22,8 +22,9 @@ Memory used by each running domain in % of the memory the guest has. The guest v
 balloon driver's statistics (available minus usable, or minus unused) where the guest reports
 them (virtio_balloon loaded and a statistics period set on the <memballoon>); otherwise the host
 view: the resident size of the QEMU process against the guest's current memory. The output says
-which view was used. Defaults: WARNING above 90%, CRITICAL above 95%. Perfdata in bytes per
-domain: actual, rss, available, usable, unused, swap in/out; and major faults."""
+which view was used. Defaults: WARNING above 90%, CRITICAL above 95%. Perfdata per domain:
+memory_used in % (no maximum: in the host view QEMU's resident size can exceed the guest's
+memory); in bytes actual, rss, available, usable, unused, swap in/out; and major faults."""
 
 KIB = 1024
 BYTE_FIELDS = ("current", "rss", "available", "usable", "unused", "swap_in", "swap_out")
@@ -31,8 +32,9 @@ BYTE_FIELDS = ("current", "rss", "available", "usable", "unused", "swap_in", "sw
 
 def contexts(options: argparse.Namespace) -> dict[str, Context]:
     """What the check measures per domain: memory used in %, the balloon's byte fields (perfdata
-    ``actual`` is libvirt's ``current``), and major faults."""
-    found = {"used": Context("memory_used", "%", options.warning, options.critical, 0, 100, digits=3)}
+    ``actual`` is libvirt's ``current``), and major faults. Memory used has no maximum: in the
+    host view QEMU's resident size can exceed the guest's memory (measured: 175.8%)."""
+    found = {"used": Context("memory_used", "%", options.warning, options.critical, 0, digits=3)}
     found.update({k: Context("actual" if k == "current" else k, "B", minimum=0) for k in BYTE_FIELDS})
     found["major_fault"] = Context("major_faults", "c", minimum=0)
     return found
@@ -41,7 +43,7 @@ def contexts(options: argparse.Namespace) -> dict[str, Context]:
 def judge_domain(record: virt.DomainRecord, options: argparse.Namespace, of: dict[str, Context] | None = None) -> Verdict:
     """The verdict on one running domain from its balloon statistics (pure); ``of`` is
     ``contexts(options)``, made once for all domains."""
-    name, stats = record.name, record.stats
+    name, shown, stats = record.name, record.text, record.stats
     balloon = {k: stats[f"balloon.{k}"] for k in (*BYTE_FIELDS, "major_fault") if f"balloon.{k}" in stats}
     available = balloon.get("available")
     free = balloon.get("usable", balloon.get("unused"))
@@ -53,15 +55,16 @@ def judge_domain(record: virt.DomainRecord, options: argparse.Namespace, of: dic
         percent = balloon["rss"] / balloon["current"] * 100
         view = f"host view: rss {balloon['rss'] / KIB:.0f} of {balloon['current'] / KIB:.0f} MiB"
         if options.view == "guest":
-            return Verdict(Finding(name, Status.UNKNOWN, f"{name}: the guest reports no balloon statistics ({view})"))
+            return Verdict(Finding(name, Status.UNKNOWN, f"{shown}: the guest reports no balloon statistics ({view})"))
     else:
-        return Verdict(Finding(name, Status.UNKNOWN, f"{name}: no balloon statistics"))
+        return Verdict(Finding(name, Status.UNKNOWN, f"{shown}: no balloon statistics"))
     of = of or contexts(options)
-    used = of["used"](percent, name)
-    measured = [used, *(of[k](balloon[k] * KIB, name) for k in BYTE_FIELDS if k in balloon)]
+    label = record.label
+    used = of["used"](percent, label)
+    measured = [used, *(of[k](balloon[k] * KIB, label) for k in BYTE_FIELDS if k in balloon)]
     if "major_fault" in balloon:
-        measured.append(of["major_fault"](balloon["major_fault"], name))
-    return Verdict(Finding(name, used.status, f"{name} memory {percent:.1f}% used ({view})"), measured)
+        measured.append(of["major_fault"](balloon["major_fault"], label))
+    return Verdict(Finding(name, used.status, f"{shown} memory {percent:.1f}% used ({view})"), measured)
 
 
 def check(options: argparse.Namespace) -> Report:
@@ -72,7 +75,8 @@ def check(options: argparse.Namespace) -> Report:
         conn.close()
     of = contexts(options)
     verdicts = judge_each(chosen, lambda r: judge_domain(r, options, of))
-    used = [(m.reported, m.domain) for v in verdicts for m in v.of("memory_used")]
+    shown = {r.label: r.text for r in chosen}
+    used = [(m.reported, shown[m.domain]) for v in verdicts for m in v.of("memory_used")]
     top = max(used, default=None)
     ok_summary = f"{len(used)} domains measured" + (f", highest {top[1]} at {top[0]:.1f}%" if top else "")
     return report(verdicts, missing, options, ok_summary)

@@ -11,6 +11,7 @@ from sensu_kvm.contexts import Context
 from sensu_kvm.domains import Verdict, choose, judge_each, report
 from sensu_kvm.durations import format_age
 from sensu_kvm.errors import KvmError
+from sensu_kvm.names import visible
 from sensu_kvm.output import Finding, Report, Status, worst
 from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, run_check
 from sensu_kvm.snapshots import tree
@@ -42,12 +43,13 @@ def contexts(options: argparse.Namespace) -> tuple[Context, Context, Context, Co
             Context("chain_depth", minimum=1))
 
 
-def judge_domain(name: str, snapshots: list[tree.Snapshot], chains: dict[str, list[domxml.Layer]],
+def judge_domain(record: virt.DomainRecord, snapshots: list[tree.Snapshot], chains: dict[str, list[domxml.Layer]],
                  now: float, options: argparse.Namespace) -> Verdict:
     """The verdict on one domain's snapshots and disks (pure)."""
     count_of, oldest_of, newest_of, depth_of = contexts(options)
     statuses, notes = [Status.OK], []
-    count = count_of(len(snapshots), name)
+    label = record.label
+    count = count_of(len(snapshots), label)
     measured = [count]
     if count.status is not Status.OK:
         statuses.append(count.status)
@@ -55,18 +57,19 @@ def judge_domain(name: str, snapshots: list[tree.Snapshot], chains: dict[str, li
     if snapshots:
         oldest = min(snapshots, key=lambda s: s.created)
         newest = max(snapshots, key=lambda s: s.created)
-        age = oldest_of(max(0.0, now - oldest.created), name)
+        age = oldest_of(max(0.0, now - oldest.created), label)
         statuses.append(age.status)
-        summary = f"{count.value} snapshot{'s' if count.value != 1 else ''}, oldest '{oldest.name}' {format_age(age.value)} old"
-        measured += [age, newest_of(max(0.0, now - newest.created), name)]
+        summary = (f"{count.value} snapshot{'s' if count.value != 1 else ''}, oldest '{visible(oldest.name)}' "
+                   f"{format_age(age.value)} old")
+        measured += [age, newest_of(max(0.0, now - newest.created), label)]
     else:
         summary = "no snapshots"
     for target, overlay in sorted(tree.unknown_overlays(chains, snapshots, options.allow_backing).items()):
         statuses.append(Status.WARNING)
         notes.append(f"{target} runs on {overlay.path}, an overlay no snapshot knows about")
-    measured += [depth_of(len(layers), name, target) for target, layers in sorted(chains.items())]
-    text = f"{name}: {summary}" + "".join(f"; {n}" for n in notes)
-    return Verdict(Finding(name, worst(statuses), text), measured)
+    measured += [depth_of(len(layers), label, target) for target, layers in sorted(chains.items())]
+    text = f"{record.text}: {summary}" + "".join(f"; {n}" for n in notes)
+    return Verdict(Finding(record.name, worst(statuses), text), measured)
 
 
 def check(options: argparse.Namespace) -> Report:
@@ -78,10 +81,10 @@ def check(options: argparse.Namespace) -> Report:
         def one(record: virt.DomainRecord) -> Verdict:
             try:
                 snapshots = virt.call_with_deadline(lambda: tree.read_snapshots(record.dom),
-                                                    options.timeout / 4, f"{record.name}: snapshots")
+                                                    options.timeout / 4, f"{record.text}: snapshots")
                 xml = virt.call_with_deadline(lambda: record.dom.XMLDesc(0), options.timeout / 4,
-                                              f"{record.name}: domain XML")
-                return judge_domain(record.name, snapshots, domxml.chains(xml), now, options)
+                                              f"{record.text}: domain XML")
+                return judge_domain(record, snapshots, domxml.chains(xml), now, options)
             except KvmError as err:
                 return Verdict(Finding(record.name, Status.UNKNOWN, str(err)))
 

@@ -57,8 +57,8 @@ def sample(record: virt.DomainRecord, now: float) -> dict[str, Any]:
 def contexts(options: argparse.Namespace) -> tuple[Context, Context]:
     """What the check measures per domain: vCPU usage and steal in %; and the vCPU count, whose
     maximum is each domain's own (``VCPUS._replace(maximum=...)``)."""
-    return (Context("vcpu_usage", "%", options.warning, options.critical, 0, 100, digits=3),
-            Context("vcpu_steal", "%", options.steal_warning, options.steal_critical, 0, 100, digits=3))
+    return (Context("vcpu_usage", "%", options.warning, options.critical, 0, digits=3),
+            Context("vcpu_steal", "%", options.steal_warning, options.steal_critical, 0, digits=3))
 
 
 VCPUS = Context("vcpus", minimum=0)
@@ -68,26 +68,26 @@ def judge_domain(record: virt.DomainRecord, rate: Rate, current: dict[str, Any],
                  options: argparse.Namespace, of: tuple[Context, Context] | None = None) -> Verdict:
     """The verdict on one running domain from its current sample and rates (pure); ``of`` is
     ``contexts(options)``, made once for all domains."""
-    name = record.name
+    name, shown, label = record.name, record.text, record.label
     usage_of, steal_of = of or contexts(options)
     vcpus = current["vcpus"]
-    count = VCPUS._replace(maximum=record.stats.get("vcpu.maximum"))(vcpus, name)
+    count = VCPUS._replace(maximum=record.stats.get("vcpu.maximum"))(vcpus, label)
     statuses = [Status.OK]
     notes = []
     if options.expect_vcpus is not None and vcpus != options.expect_vcpus:
         statuses.append(Status.WARNING)
         notes.append(f"{vcpus} vCPUs, expected {options.expect_vcpus}")
     if "time" not in current or not vcpus:
-        return Verdict(Finding(name, Status.UNKNOWN, f"{name}: no vCPU statistics"), [count])
+        return Verdict(Finding(name, Status.UNKNOWN, f"{shown}: no vCPU statistics"), [count])
     per_second = rate.per_second
     if per_second is None or "time" not in per_second:
-        text = f"{name} {rate.reason}, usage on the next run"
+        text = f"{shown} {rate.reason}, usage on the next run"
         return Verdict(Finding(name, worst(statuses), "; ".join([text, *notes])), [count])
-    usage = usage_of(per_second["time"] / NS / vcpus * 100, name)
+    usage = usage_of(per_second["time"] / NS / vcpus * 100, label)
     measured = [usage]
-    text = f"{name} vCPU usage {usage.value:.1f}% of {vcpus} vCPU{'s' if vcpus != 1 else ''}"
+    text = f"{shown} vCPU usage {usage.value:.1f}% of {vcpus} vCPU{'s' if vcpus != 1 else ''}"
     if "delay" in per_second:
-        steal = steal_of(per_second["delay"] / NS / vcpus * 100, name)
+        steal = steal_of(per_second["delay"] / NS / vcpus * 100, label)
         measured.append(steal)
         text += f", steal {steal.value:.1f}%"
     statuses += [m.status for m in measured]
@@ -103,7 +103,8 @@ def check(options: argparse.Namespace) -> Report:
     usages = [m for v in verdicts for m in v.of("vcpu_usage")]
     busiest = max(usages, key=lambda m: m.reported, default=None)
     if busiest is not None:
-        ok_summary = f"{len(usages)} domains measured, busiest {busiest.domain} at {busiest.reported:.1f}%"
+        shown = next(r.text for r in chosen if r.label == busiest.domain)
+        ok_summary = f"{len(usages)} domains measured, busiest {shown} at {busiest.reported:.1f}%"
         if all(r.note for r in found.values() if r.per_second):
             ok_summary += " (the previous run's rates, see -v)"
     else:

@@ -3,8 +3,9 @@
 A check measures values (a ``Measurement``: the domain, the device, the value, and the
 ``Context`` that judges it). The context holds what one metric means: its name, its unit, its
 warning and critical ranges and its bounds, so that it gives both the status of a value and its
-perfdata item ``'<domain>_<metric>[_<device>]'=value[UOM];warn;crit;min;max``. Summaries are
-made from the measurements (the busiest domain, how many were measured), not from labels or
+perfdata item ``<domain>_<metric>[_<device>]=value[UOM];warn;crit;min;max`` (a label that never
+needs quoting: the domain's part comes from ``names.label``). Summaries are made from the
+measurements (the busiest domain, how many were measured), not from labels or
 finding texts. The idea is nagiosplugin's ``ScalarContext`` and ``Metric`` (a metric names its
 context; the context evaluates it and gives its performance data); this is a smaller version of
 it for checks that judge many domains at once.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from sensu_kvm.names import perf_label
 from sensu_kvm.output import Perf, Status, judge
 from sensu_kvm.ranges import Range
 
@@ -48,7 +50,8 @@ class Context(NamedTuple):
         return judge(value, self.warning, self.critical)
 
     def __call__(self, value: float, domain: str = "", device: str = "") -> Measurement:
-        """A measurement of this metric (for ``domain`` and ``device`` when given)."""
+        """A measurement of this metric (for ``domain`` and ``device`` when given): ``domain`` is
+        the domain's label form (``record.label``, made by ``names.label``)."""
         return Measurement(self, value, domain, device)
 
 
@@ -83,11 +86,12 @@ class Measurement(NamedTuple):
     @property
     def label(self) -> str:
         """``<domain>_<metric>[_<device>]`` (the parts that are set), or the context's pattern."""
+        device = perf_label(self.device) if self.device else ""  # a disk, an interface, a mount point
         pattern = self.context.label
         if pattern is not None:
-            return pattern.format(domain=self.domain, metric=self.metric, device=self.device)
+            return pattern.format(domain=self.domain, metric=self.metric, device=device)
         label = f"{self.domain}_{self.context.metric}" if self.domain else self.context.metric
-        return f"{label}_{self.device}" if self.device else label
+        return f"{label}_{device}" if device else label
 
     def perf(self) -> Perf:
         c = self.context

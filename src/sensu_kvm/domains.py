@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 from sensu_kvm import states
 from sensu_kvm.contexts import Measurement
+from sensu_kvm.names import Names, entity_name, visible
 from sensu_kvm.output import Finding, Perf, Report, Status, summarise
 from sensu_kvm.plugin import select
 from sensu_kvm.virt import DomainRecord
@@ -30,7 +31,14 @@ class Verdict(NamedTuple):
 
 
 def choose(records: Sequence[DomainRecord], options: argparse.Namespace) -> tuple[list[DomainRecord], list[str]]:
-    """The records that -d/--match/--exclude select, and the names given with -d that do not exist."""
+    """The records that -d/--match/--exclude select, and the names given with -d that do not exist.
+
+    Every record first gets the host's :class:`Names`, made from all of them, so that a domain's
+    label, text and entity never depend on which domains a run selects.
+    """
+    names = Names.of(records)
+    for record in records:
+        record.names = names
     by_name = {r.name: r for r in records}
     chosen = [by_name[n] for n in select(list(by_name), options)]
     missing = [n for n in dict.fromkeys(options.domain) if n not in by_name]
@@ -45,11 +53,16 @@ def is_active(record: DomainRecord) -> bool:
 def not_running(record: DomainRecord) -> Verdict:
     state = record.stats.get("state.state")
     word = states.state_name(state) if isinstance(state, int) else "in no known state"
-    return Verdict(Finding(record.name, Status.OK, f"{record.name} {word}: not measured"))
+    return Verdict(Finding(record.name, Status.OK, f"{record.text} {word}: not measured"))
 
 
 def unreadable(record: DomainRecord) -> Verdict:
-    return Verdict(Finding(record.name, Status.UNKNOWN, f"{record.name}: {record.error}"))
+    return Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: {record.error}"))
+
+
+def with_entity(record: DomainRecord, verdict: Verdict) -> Verdict:
+    """The verdict with the record's Sensu entity name in its finding (for --per-domain)."""
+    return verdict._replace(finding=verdict.finding._replace(entity=record.entity))
 
 
 def judge_each(records: Iterable[DomainRecord], judge: Callable[[DomainRecord], Verdict],
@@ -58,18 +71,30 @@ def judge_each(records: Iterable[DomainRecord], judge: Callable[[DomainRecord], 
     verdicts = []
     for record in records:
         if record.error:
-            verdicts.append(unreadable(record))
+            verdict = unreadable(record)
         elif active_only and not is_active(record):
-            verdicts.append(not_running(record))
+            verdict = not_running(record)
         else:
-            verdicts.append(judge(record))
+            verdict = judge(record)
+        verdicts.append(with_entity(record, verdict))
     return verdicts
+
+
+def in_order(measurements: Iterable[Measurement]) -> list[Measurement]:
+    """Measurements in a fixed order whatever the order of the domains: by domain (its label),
+    then metric (in the order the check measures a domain's metrics), then device."""
+    given = list(measurements)
+    rank: dict[tuple[str, str], int] = {}
+    for m in given:
+        rank.setdefault((m.domain, m.metric), len(rank))
+    return sorted(given, key=lambda m: (m.domain, rank[(m.domain, m.metric)], m.device))
 
 
 def report(verdicts: Sequence[Verdict], missing: Sequence[str], options: argparse.Namespace, ok_summary: str,
            extra_perf: Sequence[Perf] = ()) -> Report:
     """The check's report: worst status, the summary, a line per domain not OK, all perfdata."""
-    findings = [v.finding for v in verdicts] + [Finding(n, Status.CRITICAL, f"{n} not found") for n in missing]
+    findings = [v.finding for v in verdicts] + [Finding(n, Status.CRITICAL, f"{visible(n)} not found", entity_name(n))
+                                                for n in missing]
     status, problems, details = summarise(findings, "domain", options.verbose)
     if len(findings) == 1:
         summary = findings[0].text
@@ -81,5 +106,5 @@ def report(verdicts: Sequence[Verdict], missing: Sequence[str], options: argpars
         summary = "no domains defined"
     else:
         summary = ok_summary
-    perf = [m.perf() for v in verdicts for m in v.measurements]
+    perf = [m.perf() for m in in_order(m for v in verdicts for m in v.measurements)]
     return Report(status, summary, [*perf, *extra_perf], details, findings=findings)

@@ -31,6 +31,7 @@ class Event(NamedTuple):
     occurrences: int
     resolved: bool
     source: str | None  # check.source (1.x) or check.proxy_entity_name (Go)
+    domain: str | None = None  # the domain's real name that --per-domain sends (results.DOMAIN_KEY)
 
 
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -128,7 +129,8 @@ def parse(raw: str | bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event:
             "sensu-core-1", _name(client.get("name"), "client.name"), _word(client.get("type"), "client.type") == "proxy",
             _name(check.get("name"), "check.name"), status, _output(check.get("output")),
             _count(data.get("occurrences"), "occurrences"),
-            action == "resolve" or status == 0, _optional_name(check.get("source"), "check.source"))
+            action == "resolve" or status == 0, _optional_name(check.get("source"), "check.source"),
+            _optional_name(check.get("kvm_domain"), "check.kvm_domain"))
     if isinstance(data.get("entity"), dict):  # Sensu Go
         entity = data["entity"]
         meta = _object(entity.get("metadata"), "entity.metadata")
@@ -139,16 +141,22 @@ def parse(raw: str | bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event:
             _word(entity.get("entity_class"), "entity.entity_class") == "proxy",
             _name(check_meta.get("name"), "check.metadata.name"), status, _output(check.get("output")),
             _count(check.get("occurrences"), "check.occurrences"), status == 0,
-            _optional_name(check.get("proxy_entity_name"), "check.proxy_entity_name"))
+            _optional_name(check.get("proxy_entity_name"), "check.proxy_entity_name"),
+            _optional_name(_object(check_meta.get("annotations"), "check.metadata.annotations").get("kvm_domain"),
+                           "check.metadata.annotations.kvm_domain"))
     if "client" in data or "entity" in data:
         raise EventError("not a Sensu event: 'client' or 'entity' is not an object")
     raise EventError("not a Sensu event: neither 'client' (Sensu Core 1.x) nor 'entity' (Sensu Go)")
 
 
 def domain_of(event: Event, given: str | None) -> str | None:
-    """The domain an event is about: the one given, the check's source, or a proxy entity's name."""
+    """The domain an event is about: the one given, the real name --per-domain sent with the
+    result (the client or entity name is only its Sensu form), the check's source, or a proxy
+    entity's name."""
     if given:
         return given
+    if event.domain:
+        return event.domain
     if event.source:
         return event.source
     return event.entity if event.proxy else None

@@ -6,7 +6,8 @@ libvirt allows almost any character in a domain name (only ``/`` is refused): sp
 ========== ============================================================= ==========================
 form       characters kept (others become ``_``)                        suffix when it must change
 ========== ============================================================= ==========================
-label      letters and digits of any script, ``_ - . / : @ +``           ``-`` + 8 hex of the UUID
+label      letters and digits of any script, ``_ - . / @ +`` (no ``:``:  ``-`` + 8 hex of the UUID
+           Icinga 2 reads ``::`` in a label as a check_multi prefix)
 graphite   letters and digits of any script, ``_ -`` (one path node)     ``-`` + 8 hex
 entity     ASCII letters and digits, ``_ . -`` (Sensu's ``^[\\w.-]+$``);  ``-`` + 8 hex
            accents are dropped first (``café`` -> ``cafe``)
@@ -37,7 +38,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 
 _ASCII_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
-_LABEL_ASCII = _ASCII_ALNUM | frozenset("_-./:@+")
+_LABEL_ASCII = _ASCII_ALNUM | frozenset("_-./@+")
 _GRAPHITE_ASCII = _ASCII_ALNUM | frozenset("_-")
 _ENTITY_ASCII = _ASCII_ALNUM | frozenset("_.-")
 _PRINTABLE_ASCII = frozenset(chr(c) for c in range(0x20, 0x7F)) - {"|"}

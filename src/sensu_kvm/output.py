@@ -1,14 +1,33 @@
-"""Statuses, perfdata and the rendering of a check's output (pure, no I/O)."""
+"""Statuses, perfdata and the rendering of a check's output (pure, no I/O).
+
+The layout every consumer takes whole (Nagios 3+/4, Icinga 2, Sensu Go's nagios_perfdata; the
+rules are in docs/decisions.md, "Issue 13: check output"):
+
+* the status line, at most ``FIRST_LINE_BYTES`` bytes whatever the number of domains;
+* then the detail lines (one per domain that is not OK, every domain with -v);
+* then the perfdata, every item on one line after the output's only ``|``: on the status line
+  itself when the output is that one line and still fits the budget (``TEXT | PERF``), else on
+  a line of its own at the end (``TEXT\nDETAILS...\n| PERF``).
+
+Sensu Go splits the whole output on ``|`` and wants exactly two parts, then splits the rest on
+single spaces: so no text holds a ``|`` (every line is made visible by ``names.visible``), and
+the perfdata is never cut by a line break. Labels never need quoting (``names.label``), so
+Sensu Go, which keeps quotes, gets them as Nagios and Icinga 2 do.
+"""
 
 from __future__ import annotations
 
 import enum
 import math
-import re
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from sensu_kvm.names import perf_label, visible
 from sensu_kvm.ranges import Range
+
+FIRST_LINE_BYTES = 480  # the status line after "<Check> <STATE>: " (the whole line stays under 512 bytes)
+SUMMARY_ITEM_BYTES = 100  # one finding's text in the summary
+NAME_CHARS = 40  # a domain name longer than this is shortened in the summary (kept whole in details)
 
 
 class Status(enum.IntEnum):
@@ -39,9 +58,6 @@ def judge(value: float, warning: Range | None, critical: Range | None) -> Status
     if warning is not None and warning.violated(value):
         return Status.WARNING
     return Status.OK
-
-
-_PLAIN_LABEL = re.compile(r"[A-Za-z0-9_]+\Z")
 
 
 def format_number(value: float) -> str:
@@ -77,9 +93,7 @@ class Perf(NamedTuple):
     maximum: float | None = None
 
     def __str__(self) -> str:
-        label = self.label
-        if not _PLAIN_LABEL.match(label):
-            label = "'" + label.replace("'", "''") + "'"
+        label = perf_label(self.label)  # already safe when made by names.label; never quoted
         fields = [
             format_number(self.value) + self.uom,
             "" if self.warning is None else self.warning.text,
@@ -91,11 +105,16 @@ class Perf(NamedTuple):
 
 
 class Finding(NamedTuple):
-    """The verdict on one subject (usually a domain): a status and one line of text."""
+    """The verdict on one subject (usually a domain): a status and one line of text.
+
+    ``subject`` is the domain's name as libvirt has it; ``entity`` its Sensu entity name, for
+    --per-domain (empty: ``names.entity_name(subject)``).
+    """
 
     subject: str
     status: Status
     text: str
+    entity: str = ""
 
 
 class Report(NamedTuple):
@@ -113,17 +132,41 @@ class Report(NamedTuple):
     findings: Sequence[Finding] = ()  # one per domain, for --per-domain
 
     def render(self) -> str:
-        first = self.summary
-        perfdata = [p for p in self.perfdata if _finite(p.value)]  # a NaN or infinity is no measurement
-        if perfdata:
-            first += " | " + " ".join(str(p) for p in perfdata)
-        return "\n".join([first, *self.details])
+        """The output after the ``<Check> <STATE>: `` prefix (see the module's docstring)."""
+        if self.raw:
+            return self.summary
+        first = clip(visible(self.summary), FIRST_LINE_BYTES)
+        details = [visible(line) for line in self.details]
+        perfdata = " ".join(str(p) for p in self.perfdata if _finite(p.value))  # NaN, infinity: no measurement
+        if not perfdata:
+            return "\n".join([first, *details])
+        if not details and len(f"{first} | {perfdata}".encode()) <= FIRST_LINE_BYTES:
+            return f"{first} | {perfdata}"
+        return "\n".join([first, *details, f"| {perfdata}"])
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, on a character boundary, marked with '…'."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[:limit - 3].decode(errors="ignore") + "…"
+
+
+def shorten(text: str, name: str) -> str:
+    """A finding's text for the summary: a very long domain name shortened, the text cut to
+    ``SUMMARY_ITEM_BYTES``."""
+    if len(name) > NAME_CHARS and name in text:
+        text = text.replace(name, name[:NAME_CHARS - 1] + "…", 1)
+    return clip(text, SUMMARY_ITEM_BYTES)
 
 
 def summarise(findings: Sequence[Finding], noun: str, verbose: bool, shown: int = 3) -> tuple[Status, str, list[str]]:
     """Worst status, a summary naming the worst findings, and one detail line per finding.
 
-    Detail lines cover the findings that are not OK (every finding with ``verbose``), worst first.
+    The summary stays short whatever the number of findings: the ``shown`` worst, each cut to
+    ``SUMMARY_ITEM_BYTES`` (a very long domain name shortened), then "and N more". Detail lines
+    cover the findings that are not OK (every finding with ``verbose``), worst first, whole.
     """
     status = worst(f.status for f in findings)
     ordered = sorted(findings, key=lambda f: (-f.status.rank, f.subject))
@@ -131,7 +174,7 @@ def summarise(findings: Sequence[Finding], noun: str, verbose: bool, shown: int 
     details = [f"{f.status.name}: {f.text}" for f in (ordered if verbose else bad)]
     if not bad:
         return status, "", details
-    head = "; ".join(f.text for f in bad[:shown])
+    head = "; ".join(shorten(visible(f.text), visible(f.subject)) for f in bad[:shown])
     more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
     plural = noun if len(findings) == 1 else noun + "s"
     return status, f"{len(bad)} of {len(findings)} {plural} not OK: {head}{more}", details

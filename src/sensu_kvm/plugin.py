@@ -47,6 +47,7 @@ from sensu_kvm.argtypes import (
     whole_arg,
 )
 from sensu_kvm.errors import KvmError
+from sensu_kvm.names import visible
 from sensu_kvm.output import Report, Status
 from sensu_kvm.ranges import Range
 
@@ -215,7 +216,7 @@ class Watchdog:
     def _fire(self, name: str, seconds: float) -> None:
         time.sleep(seconds)
         if not self.cancelled:
-            sys.stdout.write(f"{name} UNKNOWN: timed out after {seconds:g}s while {activity.current()}\n")
+            sys.stdout.write(f"{name} UNKNOWN: timed out after {seconds:g}s while {visible(activity.current())}\n")
             sys.stdout.flush()
             os._exit(Status.UNKNOWN.value)
 
@@ -274,10 +275,10 @@ class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
             report = self._body(self.options)
         except KvmError as err:
             watchdog.cancel()
-            self.unknown(one_line(str(err)))
+            self.unknown(visible(str(err)))
         except Exception as err:  # a bug must still give one UNKNOWN line, not a traceback
             watchdog.cancel()
-            self.unknown(one_line(f"internal error: {type(err).__name__}: {err}"))
+            self.unknown(visible(f"internal error: {type(err).__name__}: {err}"))
         if getattr(self.options, "per_domain", None) and (report.findings or report.status is not Status.UNKNOWN):
             report = self._send_per_domain(report)  # no findings, not UNKNOWN: no domains, and those sent before are gone
         watchdog.cancel()

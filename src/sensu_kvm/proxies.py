@@ -117,7 +117,7 @@ def deliver(options: argparse.Namespace, prog: str, check_name: str, findings: S
                         continue
                     outcome.tried += 1
                     last = results.gone_payload(kind, prog, entity, gone_output(check_name, domain), handlers,
-                                                schedule.interval)
+                                                schedule.interval, domain)
                     try:
                         results.send_one(kind, address, last, timeout)
                         outcome.resolved.append(entity)

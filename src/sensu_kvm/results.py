@@ -1,6 +1,13 @@
 """One result per domain, sent beside the check's own line, so that each guest shows up as a
 client of its own: to the Sensu Core 1.x client socket (a proxy client from ``source``) or to
-the Sensu Go agent's events API (a proxy entity)."""
+the Sensu Go agent's events API (a proxy entity).
+
+Both refuse a name outside ``[\\w.-]`` (ASCII): the client or entity is the domain's
+``names.entity`` form, and the real name travels in the result, as ``kvm_domain``: a check
+result attribute for Sensu Core, the check's annotation for Sensu Go (its agent replaces the
+event's entity by its own and keeps only the entity's name, as the proxy entity name, so
+labels or annotations on the entity would be lost; sensu-go agent/entity.go getEntities).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,11 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from sensu_kvm.names import entity_name, visible
 from sensu_kvm.output import Finding
 
 DEFAULT_ADDRESS = {"sensu": "127.0.0.1:3030", "sensu-go": "http://127.0.0.1:3031/events"}
+DOMAIN_KEY = "kvm_domain"
 TTL_INTERVALS = 3  # the default ttl of a per-domain result: this many intervals of the check
 
 
@@ -60,16 +69,19 @@ def entity_of(kind: str, result: dict[str, Any]) -> str:
 
 
 def gone_payload(kind: str, check: str, entity: str, output: str, handlers: Sequence[str],
-                 interval: int = 60) -> dict[str, Any]:
+                 interval: int = 60, domain: str | None = None) -> dict[str, Any]:
     """The last result of a proxy client whose domain is gone: OK, so its event resolves, and
-    without a ttl, so that neither Sensu Core's TTL monitor nor Sensu Go's keeps watching it (pure)."""
+    without a ttl, so that neither Sensu Core's TTL monitor nor Sensu Go's keeps watching it; it
+    carries the domain's real name as the other results do, when it is known (pure)."""
+    real = {DOMAIN_KEY: domain} if domain else {}
     if kind == "sensu":
         result: dict[str, Any] = {"name": check, "source": entity, "status": 0, "output": output,
-                                  "interval": interval}
+                                  "interval": interval, **real}
         if handlers:
             result["handlers"] = list(handlers)
         return result
-    check_part: dict[str, Any] = {"metadata": {"name": check}, "status": 0, "output": output, "interval": interval}
+    check_part: dict[str, Any] = {"metadata": {"name": check, **({"annotations": real} if real else {})},
+                                  "status": 0, "output": output, "interval": interval}
     if handlers:
         check_part["handlers"] = list(handlers)
     return {"entity": {"entity_class": "proxy", "metadata": {"name": entity}}, "check": check_part}
@@ -77,16 +89,18 @@ def gone_payload(kind: str, check: str, entity: str, output: str, handlers: Sequ
 
 def payload(kind: str, check: str, finding: Finding, output: str, handlers: Sequence[str]) -> dict[str, Any]:
     """The result for one domain in the format the agent expects (pure)."""
+    entity = finding.entity or entity_name(finding.subject)
     if kind == "sensu":
-        result: dict[str, Any] = {"name": check, "source": finding.subject, "status": finding.status.value,
-                                  "output": output}
+        result: dict[str, Any] = {"name": check, "source": entity, "status": finding.status.value,
+                                  "output": output, DOMAIN_KEY: finding.subject}
         if handlers:
             result["handlers"] = list(handlers)
         return result
-    check_part: dict[str, Any] = {"metadata": {"name": check}, "status": finding.status.value, "output": output}
+    check_part: dict[str, Any] = {"metadata": {"name": check, "annotations": {DOMAIN_KEY: finding.subject}},
+                                  "status": finding.status.value, "output": output}
     if handlers:
         check_part["handlers"] = list(handlers)
-    return {"entity": {"entity_class": "proxy", "metadata": {"name": finding.subject}}, "check": check_part}
+    return {"entity": {"entity_class": "proxy", "metadata": {"name": entity}}, "check": check_part}
 
 
 def _send_sensu(host: str, port: int, body: bytes, timeout: float) -> None:
@@ -121,7 +135,7 @@ def send(kind: str, address: str, check: str, name: str, findings: Sequence[Find
         host, _, port_text = address.rpartition(":")
         target = (host.strip("[]") or "127.0.0.1", int(port_text))
     for n, finding in enumerate(findings):
-        output = f"{name} {finding.status.name}: {finding.text}\n"
+        output = f"{name} {finding.status.name}: {visible(finding.text)}\n"
         result = payload(kind, check, finding, output, handlers)
         if schedule is not None:
             result = scheduled(kind, result, schedule)

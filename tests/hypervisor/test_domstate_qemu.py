@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import run
 from tests.hypervisor.conftest import define_noos, paused_by_enospc, record
+from tests.perfdata_consumers import perfdata, text_lines
 from tests.rig import rig
 
 SYSTEM = "qemu:///system"
@@ -37,13 +38,14 @@ def domstate(*args: str):
 def test_every_state_judged(fleet, conn):
     result = domstate("--match", "^spk-test-(running|paused|autostart|off)$", "-v")
     assert result.returncode == 2, result
-    lines = result.stdout.splitlines()
+    lines = text_lines(result.stdout)
     assert lines[0].startswith("CheckKvmDomstate CRITICAL: 2 of 4 domains not OK: spk-test-autostart shut off")
     assert "CRITICAL: spk-test-autostart shut off (unknown), autostart is set" in lines
     assert "WARNING: spk-test-paused paused (user)" in lines
     assert "OK: spk-test-running running (booted)" in lines
     assert "OK: spk-test-off shut off (unknown)" in lines
-    assert "running=1;;;0;4" in lines[0] and "paused=1;;;0;4" in lines[0] and "shutoff=2;;;0;4" in lines[0]
+    perf = perfdata(result.stdout)
+    assert (perf["running"], perf["paused"], perf["shutoff"]) == ("1;;;0;4", "1;;;0;4", "2;;;0;4")
     stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)
     autostart = {d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
     record("domstate-qemu-fleet.json", [
@@ -57,11 +59,11 @@ def test_destroyed_domain_turns_critical_and_ok_again(conn, images):
     try:
         dom.create()
         result = domstate("-d", "spk-test-destroyme")
-        assert (result.returncode, result.stdout.split(" | ")[0]) == (
+        assert (result.returncode, text_lines(result.stdout)[0]) == (
             0, "CheckKvmDomstate OK: spk-test-destroyme running (booted)")
         dom.destroy()
         result = domstate("-d", "spk-test-destroyme")
-        assert (result.returncode, result.stdout.split(" | ")[0]) == (
+        assert (result.returncode, text_lines(result.stdout)[0]) == (
             2, "CheckKvmDomstate CRITICAL: spk-test-destroyme shut off (destroyed), named with -d")
         dom.create()
         result = domstate("-d", "spk-test-destroyme")
@@ -77,7 +79,7 @@ def test_deleted_domain_is_not_found(conn, images):
     dom.undefine()
     result = domstate("-d", "spk-test-deleteme")
     assert result.returncode == 2
-    assert result.stdout.startswith("CheckKvmDomstate CRITICAL: spk-test-deleteme not found | ")
+    assert text_lines(result.stdout)[0] == "CheckKvmDomstate CRITICAL: spk-test-deleteme not found"
 
 
 def test_guest_paused_by_full_disk_is_critical_naming_the_disk(conn, linux_guests):
@@ -86,7 +88,7 @@ def test_guest_paused_by_full_disk_is_critical_naming_the_disk(conn, linux_guest
     paused_by_enospc(dom)
     result = domstate("-d", "spk-test-enospc")
     assert result.returncode == 2, result
-    assert result.stdout.startswith("CheckKvmDomstate CRITICAL: spk-test-enospc paused (I/O error): vda: no space | ")
+    assert text_lines(result.stdout)[0] == "CheckKvmDomstate CRITICAL: spk-test-enospc paused (I/O error): vda: no space"
     result = domstate("--match", "^spk-test-enospc$", "-v")
     assert "CRITICAL: spk-test-enospc paused (I/O error): vda: no space" in result.stdout.splitlines()
     ((_, stats),) = conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_STATE)

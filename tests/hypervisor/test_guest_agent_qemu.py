@@ -23,6 +23,7 @@ import libvirt_qemu  # type: ignore[import-untyped]
 import pytest
 
 from tests.conftest import run
+from tests.perfdata_consumers import perfdata, text_lines
 from tests.rig import rig
 
 SYSTEM = "qemu:///system"
@@ -84,11 +85,12 @@ def test_agent_answers_and_nearly_full_file_system_trips_thresholds(guests):
     name = f"{PREFIX}full"
     result = check("-d", name)
     assert result.returncode == 2, result
-    first = result.stdout.splitlines()[0]
+    first = text_lines(result.stdout)[0]
     assert first.startswith(f"CheckKvmGuestAgent CRITICAL: {name}: agent 7.")  # Debian 12's qemu-ga
     assert "% used of 7." in first and "/mnt/data 9" in first and "(CRITICAL)" in first
-    assert f"'{name}_used_pct_/mnt/data'=9" in first and ";90;95;0;100" in first
-    assert f"'{name}_used_/mnt/data'=" in first and f"'{name}_agent_ping'=" in first
+    perf = perfdata(result.stdout)
+    assert perf[f"{name}_used_pct_/mnt/data"].startswith("9") and perf[f"{name}_used_pct_/mnt/data"].endswith(";90;95;0;100")
+    assert f"{name}_used_/mnt/data" in perf and f"{name}_agent_ping" in perf
 
     assert check("-d", name, "-w", "99", "-c", "99.5").returncode == 0
     warning = check("-d", name, "-w", "90", "-c", "99.5")
@@ -117,14 +119,14 @@ def test_domain_with_a_channel_and_no_agent(guests):
 
 def test_domains_without_channel_are_skipped_unless_named(guests):
     result = check("--match", MATCH, "-v", "--exclude", "hung")
-    names = [line.split(":")[1].strip() for line in result.stdout.splitlines()[1:]]
+    names = [line.split(":")[1].strip() for line in text_lines(result.stdout)[1:]]
     assert sorted(names) == [f"{PREFIX}full", f"{PREFIX}noagent"], result
     named = check("-d", f"{PREFIX}plain")
     assert named.returncode == 2
     assert named.stdout.startswith(f"CheckKvmGuestAgent CRITICAL: {PREFIX}plain: no guest agent channel")
     off = check("-d", f"{PREFIX}off")
     assert off.returncode == 0, off
-    assert off.stdout.split(" | ")[0].strip() == f"CheckKvmGuestAgent OK: {PREFIX}off shut off: agent not asked"
+    assert text_lines(off.stdout) == [f"CheckKvmGuestAgent OK: {PREFIX}off shut off: agent not asked"]
 
 
 def test_inspect_running_guest_with_agent(guests):
@@ -203,4 +205,4 @@ def test_hung_agent_is_critical_within_the_deadline_while_others_are_reported(gu
                for line in lines), lines
     assert any(line.startswith(f"CRITICAL: {PREFIX}noagent: guest agent does not answer (channel disconnected")
                for line in lines), lines
-    assert f"'{PREFIX}full_used_pct_/mnt/data'=" in lines[0]
+    assert f"{PREFIX}full_used_pct_/mnt/data" in perfdata(result.stdout)

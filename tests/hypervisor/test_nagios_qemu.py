@@ -94,12 +94,12 @@ def test_nagios_records_results_and_sees_destroy_and_start(domain: libvirt.virDo
     # guests a single vcpu result may warn on steal; a later OK one is what counts.
     vcpu = wait_service(nagios, "vcpu", lambda s: s.current_state == 0, 30, "OK")
     assert vcpu.plugin_output.startswith(f"CheckKvmVcpu OK: {NAME} vCPU usage "), vcpu
-    assert f"'{NAME}_vcpu_usage'=" in vcpu.performance_data, vcpu
-    assert f"'{NAME}_vcpu_steal'=" in vcpu.performance_data, vcpu
+    assert f"{NAME}_vcpu_usage=" in vcpu.performance_data, vcpu
+    assert f"{NAME}_vcpu_steal=" in vcpu.performance_data, vcpu
 
     memory = wait_service(nagios, "memory", lambda s: s.current_state == 0, 30, "OK")
     assert memory.plugin_output.startswith(f"CheckKvmMemory OK: {NAME} memory "), memory
-    assert f"'{NAME}_memory_used'=" in memory.performance_data, memory
+    assert f"{NAME}_memory_used=" in memory.performance_data, memory
 
     # Destroy (~1.7 s under TCG): the next domstate check is CRITICAL, HARD at once.
     domain.destroy()

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import libvirt
 
 from tests.conftest import BIN
+from tests.perfdata_consumers import text_lines
 
 SYSTEM = "qemu:///system"
 FLOOR = 2.0  # --min-interval for these runs: a trial every ~2.5 s instead of every 5 s
@@ -102,9 +103,8 @@ def finish(proc: subprocess.Popen[str]) -> tuple[str, dict[str, float]]:
     """The first line of a run that must exit 0 with nothing on stderr, and its perfdata."""
     out, err = proc.communicate(timeout=30)
     assert (proc.returncode, err) == (0, ""), (proc.args, proc.returncode, out, err)
-    first = out.splitlines()[0]
-    assert " | " in first, first
-    return first, {label: float(value) for label, value in PERF.findall(first.split(" | ", 1)[1])}
+    assert "|" in out, out
+    return text_lines(out)[0], {label: float(value) for label, value in PERF.findall(out.partition("|")[2])}
 
 
 def within(check: str, label: str, got: float, want: float, tolerance: dict[str, float]) -> bool:

@@ -9,15 +9,16 @@ import libvirt
 
 from tests.conftest import run
 from tests.hypervisor.conftest import define_noos, paused_by_enospc, record
+from tests.perfdata_consumers import perfdata, text_lines
 from tests.rig import rig
 
 SYSTEM = "qemu:///system"
 
 
 def perf(stdout: str, label: str) -> float:
-    match = re.search(rf"(?:^|\s)'?{re.escape(label)}'?=([-0-9.]+)", stdout.splitlines()[0])
-    assert match, f"no perfdata {label} in {stdout!r}"
-    return float(match.group(1))
+    found = perfdata(stdout)
+    assert label in found, f"no perfdata {label} in {stdout!r}"
+    return float(re.match(r"[-0-9.]+", found[label]).group())  # type: ignore[union-attr]
 
 
 def record_two_samples(conn: libvirt.virConnect, name: str, dom: libvirt.virDomain, seconds: float = 2) -> None:
@@ -99,8 +100,8 @@ def test_blkerror_names_the_full_disk(linux_guests):
     paused_by_enospc(linux_guests["enospc"])
     result = run("check-kvm-blkerror", "-u", SYSTEM, "--match", "^spk-test-(enospc|busy)$", "-v")
     assert result.returncode == 2, result
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith("CheckKvmBlkerror CRITICAL: 1 of 2 domains not OK: spk-test-enospc: vda: no space | ")
+    lines = text_lines(result.stdout)
+    assert lines[0] == "CheckKvmBlkerror CRITICAL: 1 of 2 domains not OK: spk-test-enospc: vda: no space"
     assert "OK: spk-test-busy: no errors found" in lines
 
 
@@ -111,7 +112,7 @@ def test_host_reports_the_file_system_of_the_test_images(linux_guests, images, t
                  "--cpu-warning", "100", "--state-dir", str(tmp_path))
     small = images / "small"  # where linux_guests mounted the 24 MiB file system
     assert result.returncode == 2, result
-    assert f"CRITICAL: file system {small} 100.0% used (0 MiB free)" in result.stdout.splitlines()[1:]
+    assert f"CRITICAL: file system {small} 100.0% used (0 MiB free)" in text_lines(result.stdout)[1:]
     assert re.search(r"OK: CPU [0-9.]+% busy", result.stdout)
     assert perf(result.stdout, f"fs_{small}_used") == 100
 

@@ -10,6 +10,7 @@ import libvirt
 
 from tests.conftest import run
 from tests.hypervisor.conftest import define_noos
+from tests.perfdata_consumers import text_lines
 
 SYSTEM = "qemu:///system"
 NAME = "spk-test-snapage"
@@ -24,7 +25,7 @@ def test_snapshot_age_on_real_snapshots(conn, images):
     try:
         dom.create()
         result = age_check()
-        assert (result.returncode, result.stdout.split(" | ")[0]) == (0, f"CheckKvmSnapshotAge OK: {NAME}: no snapshots")
+        assert (result.returncode, text_lines(result.stdout)[0]) == (0, f"CheckKvmSnapshotAge OK: {NAME}: no snapshots")
 
         dom.snapshotCreateXML("<domainsnapshot><name>first</name></domainsnapshot>", 0)
         result = age_check()
@@ -39,7 +40,7 @@ def test_snapshot_age_on_real_snapshots(conn, images):
         result = age_check()
         assert result.returncode == 2, result
         assert result.stdout.startswith(f"CheckKvmSnapshotAge CRITICAL: {NAME}: 1 snapshot, oldest 'first' 10d")
-        assert f"'{NAME}_oldest_age'=8640" in result.stdout  # 864000 s and a few more
+        assert f"{NAME}_oldest_age=8640" in result.stdout  # 864000 s and a few more
 
         # An external overlay made without metadata: the guest now runs on a file no snapshot knows.
         overlay = images / f"{NAME}.orphan"
@@ -52,7 +53,7 @@ def test_snapshot_age_on_real_snapshots(conn, images):
         assert result.stdout.startswith(
             f"CheckKvmSnapshotAge WARNING: {NAME}: 1 snapshot, oldest 'first' 10d")
         assert f"; vda runs on {overlay}, an overlay no snapshot knows about" in result.stdout
-        assert f"'{NAME}_chain_depth_vda'=2" in result.stdout
+        assert f"{NAME}_chain_depth_vda=2" in result.stdout
     finally:
         if dom.isActive():
             dom.destroy()

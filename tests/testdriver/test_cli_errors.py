@@ -17,6 +17,7 @@ import pytest
 from sensu_kvm.registry import BY_NAME, Kind
 from tests.conftest import BIN, hung_socket, node_uri, run
 from tests.entrypoints import commands
+from tests.perfdata_consumers import perfdata
 
 
 def one_line(text: str) -> str:
@@ -148,7 +149,7 @@ def test_bulk_call_failing_falls_back_per_domain_and_isolates_a_broken_domain(fa
     assert "UNKNOWN: web1: state statistics unreadable: injected fault: cannot read state" in lines
     assert "CRITICAL: oops crashed (unknown)" in lines
     assert "OK: db 1 running (unknown)" in lines
-    assert "unreadable=1;;;0;6" in lines[0]
+    assert perfdata(result.stdout)["unreadable"] == "1;;;0;6"
 
 
 @pytest.mark.parametrize("command", commands())

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests import sensu1
+from tests import nodes, sensu1
 from tests.conftest import run
 
 NODES = Path(__file__).resolve().parents[1] / "data" / "nodes"
@@ -79,6 +79,7 @@ def test_a_guest_undefined_between_two_runs_resolves_once(client_socket: sensu1.
     by_source = {r["source"]: r for r in client_socket.accepted}
     assert set(by_source) == {"web1", "web2", "spare"}
     assert by_source["web2"]["status"] == 0 and "ttl" not in by_source["web2"]
+    assert by_source["web2"]["kvm_domain"] == "web2"  # the real name, as in every other result
     assert by_source["web2"]["output"] == ("CheckKvmDomstate OK: web2 is no longer defined or no longer selected: "
                                            "no more results for this proxy client\n")
     assert by_source["web1"]["ttl"] == 180
@@ -87,6 +88,18 @@ def test_a_guest_undefined_between_two_runs_resolves_once(client_socket: sensu1.
     assert domstate(node, state, "--per-domain", "sensu", "--per-domain-address", address).returncode == 0
     assert sorted(r["source"] for r in client_socket.accepted) == ["spare", "web1"]  # once only
     assert client_socket.refused == []
+
+
+def test_odd_names_are_valid_distinct_proxy_clients(client_socket: sensu1.ClientSocket, tmp_path: Path) -> None:
+    """Names with spaces, colons, quotes, tabs and non-ASCII letters: each guest a proxy client the
+    client socket accepts, none sharing one, each with its real name."""
+    result = domstate(NODES / "names.xml", tmp_path, "--per-domain", "sensu", "--per-domain-address",
+                      f"127.0.0.1:{client_socket.port}")
+    assert result.returncode in (0, 1, 2) and "not sent" not in result.stdout, result
+    assert client_socket.refused == []
+    sources = [r["source"] for r in client_socket.accepted]
+    assert len(sources) == len(set(sources)) == 25
+    assert {r["kvm_domain"] for r in client_socket.accepted} == set(nodes.HOSTILE)
 
 
 def test_a_last_result_not_delivered_is_tried_again(client_socket: sensu1.ClientSocket, tmp_path: Path) -> None:
@@ -175,4 +188,5 @@ def test_sensu_go_proxy_entities_get_a_ttl_and_a_last_event(tmp_path: Path) -> N
         server.server_close()
     (last,) = [e for e in received if "ttl" not in e["check"]]
     assert last["entity"] == {"entity_class": "proxy", "metadata": {"name": "spare"}}
-    assert last["check"]["status"] == 0 and last["check"]["metadata"] == {"name": "check-kvm-domstate"}
+    assert last["check"]["status"] == 0 and last["check"]["metadata"] == {
+        "name": "check-kvm-domstate", "annotations": {"kvm_domain": "spare"}}

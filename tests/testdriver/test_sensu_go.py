@@ -28,6 +28,7 @@ from sensu_kvm.registry import BY_NAME, Kind
 from tests import sensu1
 from tests.conftest import BIN
 from tests.entrypoints import commands, console_scripts
+from tests.perfdata_consumers import sensu_go, text_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 SENSU_GO = ROOT / "packaging" / "sensu-go"
@@ -333,11 +334,12 @@ def test_check_config_command_runs_from_the_asset(unpacked, tmp_path, name):
     result = wrapper(unpacked, *argv)
     assert result.returncode in {0, 1, 2}, result  # 3 would be UNKNOWN: a bad option, a failure
     assert "Traceback" not in result.stdout + result.stderr
-    if spec["output_metric_format"] == "nagios_perfdata":
-        status, _, perfdata = result.stdout.splitlines()[0].partition(" | ")
+    if spec["output_metric_format"] == "nagios_perfdata":  # as the agent extracts it (tests/perfdata_consumers.py)
+        status = text_lines(result.stdout)[0]
         assert re.search(r" (OK|WARNING|CRITICAL): ", status), status
-        assert perfdata and all(re.fullmatch(r"('[^']+'|[^ ']+)=[-0-9.]+[a-zA-Z%]*(;[-0-9.~:@]*)*", p)
-                                for p in perfdata.split(" ")), perfdata
+        points, errors = sensu_go(result.stdout)
+        assert points and errors == [], (result.stdout, errors)
+        assert all(not label.startswith("'") for label, _value in points), points
     else:
         assert list(text_string_to_metric_families(result.stdout))
 

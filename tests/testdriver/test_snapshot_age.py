@@ -3,6 +3,7 @@
 import pytest
 
 from tests.conftest import node_uri, run
+from tests.perfdata_consumers import perfdata
 
 SNAPS = node_uri("snapshots.xml")
 
@@ -15,8 +16,8 @@ def test_old_snapshot_is_critical_and_too_many_is_a_warning():
                                "oldest 'before-upgrade' ")
     assert "OK: fresh: no snapshots" in lines
     assert "WARNING: many: 12 snapshots, oldest 's00' 0s old; 12 snapshots" in lines
-    assert "old_snapshots=2;10;;0" in lines[0]
-    assert "old_chain_depth_vda=1;;;1" in lines[0]
+    perf = perfdata(result.stdout)
+    assert (perf["old_snapshots"], perf["old_chain_depth_vda"]) == ("2;10;;0", "1;;;1")
 
 
 def test_thresholds_are_durations():

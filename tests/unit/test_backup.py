@@ -21,6 +21,12 @@ from sensu_kvm.backup import catalog, disks, progress, prune, reader, remote, re
 from sensu_kvm.checks.backup_age import duration_range, judge_domain
 from sensu_kvm.errors import BadRequest, Corrupt
 from sensu_kvm.output import Status
+from sensu_kvm.virt import DomainRecord
+
+
+def domain(name: str) -> DomainRecord:
+    """A domain's record without statistics, for the pure judge functions."""
+    return DomainRecord(name, name, {})
 
 XML = """<domain type='qemu'><name>web1</name><uuid>11111111-2222-3333-4444-555555555555</uuid>
 <devices>
@@ -260,16 +266,16 @@ def options(**kw):
 def test_backup_age_verdicts():
     now = 1_700_000_000.0
     fresh = [catalog.Entry("/b/a", "web", now - 3600, 1000), catalog.Entry("/b/b", "web", now - 90000, 900)]
-    v = judge_domain("web", fresh, None, now, options())
+    v = judge_domain(domain("web"), fresh, None, now, options())
     assert v.finding.status is Status.OK and "1h old (2 kept)" in v.finding.text
     assert [str(p) for p in v.perfdata] == ["web_age=3600s;93600;180000;0", "web_size=1000B;;;0"]
-    v = judge_domain("web", [catalog.Entry("/b/a", "web", now - 30 * 3600, 1)], None, now, options())
+    v = judge_domain(domain("web"), [catalog.Entry("/b/a", "web", now - 30 * 3600, 1)], None, now, options())
     assert v.finding.status is Status.WARNING
-    v = judge_domain("web", [catalog.Entry("/b/a", "web", now - 60 * 3600, 1)], None, now, options())
+    v = judge_domain(domain("web"), [catalog.Entry("/b/a", "web", now - 60 * 3600, 1)], None, now, options())
     assert v.finding.status is Status.CRITICAL
-    v = judge_domain("web", [], None, now, options())
+    v = judge_domain(domain("web"), [], None, now, options())
     assert v.finding.status is Status.CRITICAL and "no backup" in v.finding.text
-    v = judge_domain("web", fresh, {"time": now - 60, "error": "disk full"}, now, options())
+    v = judge_domain(domain("web"), fresh, {"time": now - 60, "error": "disk full"}, now, options())
     assert v.finding.status is Status.CRITICAL and "disk full" in v.finding.text
-    v = judge_domain("web", fresh, {"time": now - 7200, "error": "old failure"}, now, options())
+    v = judge_domain(domain("web"), fresh, {"time": now - 7200, "error": "old failure"}, now, options())
     assert v.finding.status is Status.OK

@@ -27,7 +27,7 @@ def test_the_status_is_judged_on_the_value_as_measured_not_as_rounded() -> None:
     m = pct(95.001, "db", "/")
     assert m.reported == 95.0
     assert m.status is Status.WARNING  # 95.001 is above 95 even though perfdata shows 95
-    assert str(m.perf()) == "'db_used_pct_/'=95%;95;;0;100"
+    assert str(m.perf()) == "db_used_pct_/=95%;95;;0;100"
 
 
 def test_digits_zero_keeps_the_whole_part() -> None:
@@ -70,7 +70,7 @@ def test_vcpu_summary_names_the_busiest_domain_from_its_measurement() -> None:
     verdicts = [vcpu.judge_domain(r, Rate({"time": 0.5e9 if r.name == "y" else 0.25e9}, 2.0),
                                   {"vcpus": 1, "time": 0}, options) for r in records]
     assert [m.domain for v in verdicts for m in v.of("vcpu_usage")] == ["x_vcpu_usage", "y"]
-    assert [str(p) for p in verdicts[0].perfdata] == ["x_vcpu_usage_vcpu_usage=25%;99;;0;100",
+    assert [str(p) for p in verdicts[0].perfdata] == ["x_vcpu_usage_vcpu_usage=25%;99;;0",
                                                       "x_vcpu_usage_vcpus=1;;;0;1"]
 
 

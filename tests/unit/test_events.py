@@ -55,6 +55,19 @@ def test_sensu_go_event():
     assert parse(sensu_go_event(status=0)).resolved
 
 
+def test_the_real_name_sent_with_a_per_domain_result_wins_over_the_entity_form():
+    """--per-domain names the client or entity in Sensu's form ('db server 1' -> 'db_server_1')
+    and sends the real name as kvm_domain: the handler must act on the real one."""
+    core = json.loads(fixture("pipe-handler-event-resolve-proxy-client.json"))
+    core["client"]["name"] = core["check"]["source"] = "db_server_1"
+    core["check"]["kvm_domain"] = "db server 1"
+    assert domain_of(parse(json.dumps(core)), None) == "db server 1"
+    go = json.loads(sensu_go_event(entity="db_server_1"))
+    go["check"]["metadata"]["annotations"] = {"kvm_domain": "db server 1"}
+    assert domain_of(parse(json.dumps(go)), None) == "db server 1"
+    assert domain_of(parse(json.dumps(go)), "other") == "other"  # --domain still wins
+
+
 @pytest.mark.parametrize(("raw", "message"), [
     ("", "no event on standard input"),
     ("{not json", "event is not JSON"),

@@ -7,6 +7,12 @@ from sensu_kvm.checks.guest_agent import Answer, _normalise, human_bytes, judge_
 from sensu_kvm.errors import AccessDenied, AgentUnavailable, CallTimeout, LibvirtFailure, ReadOnlyRefused, Unsupported
 from sensu_kvm.output import Status
 from sensu_kvm.tools import inspect
+from sensu_kvm.virt import DomainRecord
+
+
+def domain(name: str) -> DomainRecord:
+    """A domain's record without statistics, for the pure judge functions."""
+    return DomainRecord(name, name, {})
 
 # What virDomainGetGuestInfo returned for the rig's guest (spk.mode=agent,agentfs), plus a root
 # file system and a squashfs as a real guest has them.
@@ -64,46 +70,46 @@ def answer():
 
 
 def test_nearly_full_file_system_is_critical_with_perfdata():
-    verdict = judge_domain("web1", answer(), opts())
+    verdict = judge_domain(domain("web1"), answer(), opts())
     assert verdict.finding.status is Status.CRITICAL
     assert verdict.finding.text == ("web1: agent 7.2.22 answered in 12 ms; /mnt/data 95.4% used of 7.7 MiB (CRITICAL); "
                                     "/ 40.0% used of 10.0 GiB")
     perf = [str(p) for p in verdict.perfdata]
     assert perf == ["web1_agent_ping=0.012s;;;0",
-                    "'web1_used_/'=4294967296B;;;0;10737418240", "'web1_used_pct_/'=40%;90;95;0;100",
-                    "'web1_used_/mnt/data'=7746560B;;;0;8121344", "'web1_used_pct_/mnt/data'=95.39%;90;95;0;100"]
+                    "web1_used_/=4294967296B;;;0;10737418240", "web1_used_pct_/=40%;90;95;0;100",
+                    "web1_used_/mnt/data=7746560B;;;0;8121344", "web1_used_pct_/mnt/data=95.39%;90;95;0;100"]
 
 
 def test_thresholds_mounts_and_types():
-    assert judge_domain("web1", answer(), opts("-w", "96", "-c", "98")).finding.status is Status.OK
-    assert judge_domain("web1", answer(), opts("-w", "95", "-c", "98")).finding.status is Status.WARNING
-    only_root = judge_domain("web1", answer(), opts("--mount", "/"))
+    assert judge_domain(domain("web1"), answer(), opts("-w", "96", "-c", "98")).finding.status is Status.OK
+    assert judge_domain(domain("web1"), answer(), opts("-w", "95", "-c", "98")).finding.status is Status.WARNING
+    only_root = judge_domain(domain("web1"), answer(), opts("--mount", "/"))
     assert only_root.finding.status is Status.OK and "/mnt/data" not in only_root.finding.text
-    missing = judge_domain("web1", answer(), opts("--mount", "/", "--mount", "/var"))
+    missing = judge_domain(domain("web1"), answer(), opts("--mount", "/", "--mount", "/var"))
     assert missing.finding.status is Status.CRITICAL
     assert "; /var not mounted (or not reported by the agent); / 40.0% used" in missing.finding.text
-    squash = judge_domain("web1", answer(), opts("--exclude-fs-type", "ext2,ext4", "-w", "99", "-c", "99"))
+    squash = judge_domain(domain("web1"), answer(), opts("--exclude-fs-type", "ext2,ext4", "-w", "99", "-c", "99"))
     assert squash.finding.status is Status.CRITICAL and "/snap/core/1 100.0% used" in squash.finding.text
 
 
 def test_no_file_systems_and_unreadable_ones():
-    verdict = judge_domain("tiny", Answer(0.5, "", []), opts())
+    verdict = judge_domain(domain("tiny"), Answer(0.5, "", []), opts())
     assert verdict.finding.status is Status.OK
     assert verdict.finding.text == "tiny: agent answered in 500 ms; no file systems reported"
-    broken = judge_domain("tiny", Answer(0.5, "7.2", [], "tiny: guest info: boom"), opts())
+    broken = judge_domain(domain("tiny"), Answer(0.5, "7.2", [], "tiny: guest info: boom"), opts())
     assert broken.finding.status is Status.UNKNOWN
     assert broken.finding.text.endswith("file systems unreadable: tiny: guest info: boom")
 
 
 def test_silent_agent_and_missing_channel():
-    silent = judge_silent("web1", "web1: guest agent guest-ping: no answer within 2.5s", None, False)
+    silent = judge_silent(domain("web1"), "web1: guest agent guest-ping: no answer within 2.5s", None, False)
     assert (silent.finding.status, silent.finding.text) == (
         Status.CRITICAL, "web1: guest agent does not answer: guest agent guest-ping: no answer within 2.5s")
-    optional = judge_silent("web1", "QEMU guest agent is not connected", guestinfo.Channel("unix", "disconnected"), True)
+    optional = judge_silent(domain("web1"), "QEMU guest agent is not connected", guestinfo.Channel("unix", "disconnected"), True)
     assert optional.finding.status is Status.WARNING
     assert "channel disconnected: is qemu-guest-agent installed and running in the guest?" in optional.finding.text
-    assert judge_no_channel("db1", False).finding.status is Status.CRITICAL
-    assert judge_no_channel("db1", True).finding.status is Status.WARNING
+    assert judge_no_channel(domain("db1"), False).finding.status is Status.CRITICAL
+    assert judge_no_channel(domain("db1"), True).finding.status is Status.WARNING
 
 
 def test_options_defaults():

@@ -15,7 +15,7 @@ HOSTILE = {name: nodes.domain_uuid(name) for name in nodes.HOSTILE}
 MANY = {name: nodes.domain_uuid(name) for name in nodes.many(1000)}
 FORMS = ("label", "graphite", "influx", "prometheus", "entity", "text")
 
-LABEL = re.compile(r"[^\s=',|;\"]+\Z")
+LABEL = re.compile(r"[^\s=',|;:\"]+\Z")
 GRAPHITE = re.compile(r"[\w-]+\Z")
 ENTITY = re.compile(r"[A-Za-z0-9_.-]+\Z")  # Sensu Core's and Sensu Go's rule, ASCII \w
 
@@ -60,6 +60,7 @@ def test_a_changed_form_is_suffixed_only_when_it_would_collide() -> None:
     assert of.graphite("web_1") == "web_1"  # unchanged, keeps it
     assert of.graphite("x,y") == "x_y"  # changed, but nothing else is x_y
     assert of.label("a=b").startswith("a_b-") and of.label("a_b") == "a_b"
+    assert of.label("semi;colon:") == "semi_colon_"  # Icinga 2 reads '::' in a label as a prefix
     assert of.entity("café").startswith("cafe-")  # accents dropped, then beside cafe
     assert of.entity("日本語").startswith("___-") and of.entity("中文字").startswith("___-")
     assert of.text("tab\tname") == "tab\\tname" and of.text("p|q") == "p¦q"

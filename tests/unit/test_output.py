@@ -1,4 +1,15 @@
-from sensu_kvm.output import Finding, Perf, Report, Status, format_number, judge, summarise, worst
+from sensu_kvm.output import (
+    FIRST_LINE_BYTES,
+    NAME_CHARS,
+    Finding,
+    Perf,
+    Report,
+    Status,
+    format_number,
+    judge,
+    summarise,
+    worst,
+)
 from sensu_kvm.ranges import Range
 
 
@@ -20,9 +31,12 @@ def test_judge_critical_before_warning():
 def test_perfdata_grammar():
     assert str(Perf("running", 3, minimum=0, maximum=5)) == "running=3;;;0;5"
     assert str(Perf("cpu", 12.3456, "%", Range.parse("80"), Range.parse("90"), 0, 100)) == "cpu=12.346%;80;90;0;100"
-    assert str(Perf("db 1_rss", 1024, "B")) == "'db 1_rss'=1024B"
-    assert str(Perf("it's", 1)) == "'it''s'=1"
-    assert str(Perf("grüße", 1)) == "'grüße'=1"
+    # Labels are never quoted (Sensu Go keeps quotes): what a label cannot hold is replaced
+    assert str(Perf("db-1.example.com_rss", 1024, "B")) == "db-1.example.com_rss=1024B"
+    assert str(Perf("grüße", 1)) == "grüße=1"
+    for label in ("db 1_rss", "it's", "a=b", "p|q", "tab\tname", "new\nline", 'say "hi"', "x,y", "semi;colon"):
+        item = str(Perf(label, 1))
+        assert item.endswith("=1") and not any(c in item[:-2] for c in " \t\n'\"=|;,"), item
 
 
 def test_numbers_never_use_exponents():
@@ -49,8 +63,32 @@ def test_summary_names_worst_first_and_counts_the_rest():
 
 
 def test_report_render():
-    report = Report(Status.OK, "fine", [Perf("x", 1)], ["OK: one"])
-    assert report.render() == "fine | x=1\nOK: one"
+    """One line when it fits; else the text lines, then every perfdata item on a last line of
+    its own after the output's only '|'."""
+    assert Report(Status.OK, "fine", [Perf("x", 1), Perf("y", 2)]).render() == "fine | x=1 y=2"
+    report = Report(Status.OK, "fine", [Perf("x", 1), Perf("y", 2)], ["OK: one", "OK: two"])
+    assert report.render() == "fine\nOK: one\nOK: two\n| x=1 y=2"
+    many = Report(Status.OK, "fine", [Perf(f"d{n}_m", n) for n in range(100)])
+    lines = many.render().split("\n")
+    assert lines[0] == "fine" and lines[1].startswith("| d0_m=0 d1_m=1 ") and len(lines) == 2
+
+
+def test_no_text_line_holds_a_bar_or_a_control_character():
+    report = Report(Status.CRITICAL, "p|q crashed", [Perf("p|q_x", 1)], ["CRITICAL: p|q crashed\tnow\x07"])
+    text = report.render()
+    assert text.count("|") == 1
+    assert text.split("\n")[1] == "CRITICAL: p¦q crashed\\tnow\\x07"
+
+
+def test_the_first_line_stays_within_its_byte_budget():
+    huge = "é" * 1000
+    first = Report(Status.CRITICAL, huge, [Perf("x", 1)]).render().split("\n")[0]
+    assert len(first.encode()) <= FIRST_LINE_BYTES and first.endswith("…")
+    findings = [Finding("n" * 300 + str(k), Status.CRITICAL, "n" * 300 + f"{k}: broken " + "x" * 500) for k in range(1000)]
+    _, summary, details = summarise(findings, "domain", verbose=False)
+    assert len(summary.encode()) < FIRST_LINE_BYTES and summary.endswith("; and 997 more")
+    assert summary.startswith("1000 of 1000 domains not OK: " + "n" * (NAME_CHARS - 1) + "…")
+    assert len(details) == 1000 and details[0].startswith("CRITICAL: " + "n" * 300)  # details keep the whole text
 
 
 def test_a_value_that_is_no_number_never_reaches_the_perfdata():

@@ -171,7 +171,7 @@ def test_host_evaluation():
     text = report.render()
     assert "cpu_busy=50%;90;;0;100" in text
     assert "memory_used=80%;90;95;0;100" in text
-    assert "'fs_/var/lib/libvirt/images_used'=97%;85;95;0;100" in text
+    assert "fs_/var/lib/libvirt/images_used=97%;85;95;0;100" in text
 
 
 def test_host_first_run_and_remote_memory_error():

@@ -6,6 +6,12 @@ from sensu_kvm import domxml
 from sensu_kvm.checks.snapshot_age import judge_domain, parser
 from sensu_kvm.output import Status
 from sensu_kvm.snapshots import tree
+from sensu_kvm.virt import DomainRecord
+
+
+def domain(name: str) -> DomainRecord:
+    """A domain's record without statistics, for the pure judge functions."""
+    return DomainRecord(name, name, {})
 
 SNAP = """<domainsnapshot><name>{name}</name><state>disk-snapshot</state><creationTime>{created}</creationTime>
 <memory snapshot='no'/><disks><disk name='vda' snapshot='external' type='file'><driver type='qcow2'/>
@@ -41,22 +47,22 @@ def test_ages_and_counts():
     now = 10 * 86400
     snaps = [snap("a", now - 4 * 86400), snap("b", now - 3600)]
     chains = domxml.chains(DOMAIN.format(top="/img/web1.snap1"))
-    verdict = judge_domain("web1", snaps, chains, now, opts())
+    verdict = judge_domain(domain("web1"), snaps, chains, now, opts())
     assert verdict.finding.status is Status.WARNING
     assert verdict.finding.text == "web1: 2 snapshots, oldest 'a' 4d old"
     labels = {p.label: p.value for p in verdict.perfdata}
     assert labels == {"web1_snapshots": 2, "web1_oldest_age": 4 * 86400, "web1_newest_age": 3600,
                       "web1_chain_depth_vda": 2}
-    assert judge_domain("web1", snaps, chains, now, opts("-c", "2d")).finding.status is Status.CRITICAL
-    assert judge_domain("web1", snaps, chains, now, opts("-w", "5d", "--count-warning", "1")).finding.status \
+    assert judge_domain(domain("web1"), snaps, chains, now, opts("-c", "2d")).finding.status is Status.CRITICAL
+    assert judge_domain(domain("web1"), snaps, chains, now, opts("-w", "5d", "--count-warning", "1")).finding.status \
         is Status.WARNING
 
 
 def test_overlay_no_snapshot_knows_is_a_warning():
     chains = domxml.chains(DOMAIN.format(top="/img/web1.backup-overlay"))
-    verdict = judge_domain("web1", [], chains, 0, opts())
+    verdict = judge_domain(domain("web1"), [], chains, 0, opts())
     assert verdict.finding.status is Status.WARNING
     assert verdict.finding.text == ("web1: no snapshots; vda runs on /img/web1.backup-overlay, "
                                     "an overlay no snapshot knows about")
     allowed = opts("--allow-backing", re.escape("/img/web1.qcow2"))
-    assert judge_domain("web1", [], chains, 0, allowed).finding.status is Status.OK
+    assert judge_domain(domain("web1"), [], chains, 0, allowed).finding.status is Status.OK

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple, TypeVar
 import libvirt
 
 from sensu_kvm import activity
+from sensu_kvm.names import Names, entity_name, perf_label, visible
 from sensu_kvm.virt.deadline import call_with_deadline
 from sensu_kvm.virt.errors import reason, translate
 
@@ -143,9 +144,14 @@ GROUPS: dict[str, Group] = {
 
 
 class DomainRecord:
-    """One domain's statistics; ``error`` says why some of them could not be read."""
+    """One domain's statistics; ``error`` says why some of them could not be read.
 
-    __slots__ = ("dom", "error", "name", "stats", "uuid")
+    ``names`` is the host's :class:`sensu_kvm.names.Names` (``domains.choose`` sets it, made from
+    every domain of the host); ``text``, ``label`` and ``entity`` are the domain's name in human
+    text, in perfdata labels and as a Sensu entity (without ``names``: mapped alone, no suffix).
+    """
+
+    __slots__ = ("dom", "error", "name", "names", "stats", "uuid")
 
     def __init__(self, name: str, uuid: str, stats: dict[str, Any], error: str | None = None, dom: Any = None):
         self.name = name
@@ -153,6 +159,19 @@ class DomainRecord:
         self.stats = stats
         self.error = error
         self.dom = dom
+        self.names: Names | None = None
+
+    @property
+    def text(self) -> str:
+        return self.names.text(self.name) if self.names is not None else visible(self.name)
+
+    @property
+    def label(self) -> str:
+        return self.names.label(self.name) if self.names is not None else perf_label(self.name)
+
+    @property
+    def entity(self) -> str:
+        return self.names.entity(self.name) if self.names is not None else entity_name(self.name)
 
 
 _INACTIVE = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED)
