@@ -58,8 +58,9 @@ bench: setup
 	  bash tests/rig/host-teardown.sh; exit $$status
 
 # setup.cfg's console_scripts, conf.d/ (the commands' files), packaging/sensu-go/checks.yaml and
-# handlers.yaml and the README's command table, from src/sensu_kvm/registry.py (the checkout's, not
-# the installed one); then the package is installed again with the new entry points.
+# handlers.yaml, packaging/icinga2/ and packaging/nagios/, and the README's command table, from
+# src/sensu_kvm/registry.py (the checkout's, not the installed one); then the package is installed
+# again with the new entry points.
 wiring: $(VENV)/.deps
 	PYTHONPATH=src $(BIN)/python -m sensu_kvm.wiring
 	@$(MAKE) --no-print-directory setup

@@ -2,10 +2,11 @@
 
 This table is the one place to add or change a command. `make wiring` (``sensu_kvm.wiring``)
 writes from it setup.cfg's console_scripts, the Sensu Core 1.x definitions in conf.d/, the Sensu Go
-resources packaging/sensu-go/checks.yaml and handlers.yaml, and the command table at the top of
-the README; tests/testdriver/test_wiring.py fails when a committed file differs from what this
-table gives. The tests that walk every command take the list from the installed entry points,
-which this table writes. Nothing here imports more than the standard library: the generator runs
+resources packaging/sensu-go/checks.yaml and handlers.yaml, the Icinga 2 CheckCommands and Nagios
+commands (packaging/icinga2/, packaging/nagios/), and the command table at the top of the README;
+tests/testdriver/test_wiring.py fails when a committed file differs from what this table gives.
+The tests that walk every command take the list from the installed entry points, which this
+table writes. Nothing here imports more than the standard library: the generator runs
 from a checkout, and the table is read by the tests.
 """
 
@@ -19,6 +20,11 @@ URI = "qemu:///system"  # the libvirt URI of every shipped definition
 AGENT_STATE_DIR = "/var/cache/sensu/sensu-agent/sensu-plugins-kvm"
 BACKEND_STATE_DIR = "/var/cache/sensu/sensu-backend/sensu-plugins-kvm"
 ASSET = "sensu-plugins-kvm"  # the Sensu Go runtime asset (packaging/sensu-go/asset.yaml)
+# --state-dir of the rate checks under Icinga 2 and nagios4 (both run checks as user nagios, who
+# owns these directories on Debian)
+ICINGA2_STATE_DIR = "/var/cache/icinga2/sensu-plugins-kvm"
+NAGIOS_STATE_DIR = "/var/lib/nagios4/sensu-plugins-kvm"
+PLUGIN_DIR = "/usr/local/bin"  # where `pip install .` puts the commands: the default of the Icinga 2 and Nagios files
 
 
 class Kind(str, Enum):
@@ -37,6 +43,40 @@ class Access(str, Enum):
     # libvirt refuses guest agent and QEMU monitor calls on a read-only connection
     READ_ONLY_AGENT_READ_WRITE = "read-only; read-write for the guest agent and monitor calls only"
     READ_WRITE_TO_ACT = "read-only; read-write for what changes a domain"
+
+
+class Takes(str, Enum):
+    """What an option takes, for a scheduler's argument definitions."""
+
+    VALUE = "value"  # one value
+    LIST = "list"  # repeatable: the option once per item
+    FLAG = "flag"  # nothing: given or not
+
+
+@dataclass(frozen=True)
+class Option:
+    """An option of a check that the Icinga 2 CheckCommand offers as an argument.
+
+    Its custom variable is ``kvm_<option>`` when the option means the same for every command that
+    has it (so that it can be set once on a host: the URI, the domains, the timeout), else
+    ``kvm_<command>_<option>`` (thresholds and the rest), so that a host-wide value never reaches
+    a command it was not meant for.
+    """
+
+    flag: str  # the long form, which the definitions use: --state-dir
+    short: str = ""  # the short form, if any: -w (the shipped option strings may use it)
+    takes: Takes = Takes.VALUE
+    shared: bool = False
+
+
+URI_OPTIONS = (Option("--uri", "-u", shared=True), Option("--domain", "-d", Takes.LIST, shared=True),
+               Option("--match", shared=True), Option("--exclude", shared=True))
+RUN_OPTIONS = (Option("--timeout", "-t", shared=True), Option("--verbose", "-v", Takes.FLAG, shared=True))
+THRESHOLDS = (Option("--warning", "-w"), Option("--critical", "-c"))
+# --state-dir: the rate checks' samples, and what --per-domain keeps (every libvirt check has it but
+# check-kvm-backup-age, whose --state-dir is kvm-backup's)
+STATE_OPTIONS = (Option("--state-dir", shared=True),)
+RATE_OPTIONS = (Option("--interval", shared=True), Option("--min-interval", shared=True))
 
 
 @dataclass(frozen=True)
@@ -84,6 +124,9 @@ class Command:
     check: CheckDefinition | None = None  # shipped Sensu check definitions, if any
     handler: HandlerDefinition | None = None  # shipped Sensu handler definitions, if any
     command_timeout: int = 10  # the -t of the shipped check definitions
+    # The options the Icinga 2 CheckCommand offers: every option of --help but -h, -V and the ones
+    # only Sensu uses (--per-domain*); test_wiring checks that they agree with --help.
+    options: tuple[Option, ...] = ()
 
     @property
     def module(self) -> str:
@@ -117,6 +160,26 @@ class Command:
         if self.handler is not None:
             return "packaging/sensu-go/handlers.yaml"
         return None
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether Icinga 2 and Nagios get a definition: the checks (metrics-kvm prints no Nagios
+        plugin output; Icinga 2 sends perfdata to Graphite and InfluxDB itself)."""
+        return self.kind in (Kind.CHECK, Kind.GUEST_CHECK)
+
+    @property
+    def short_name(self) -> str:
+        """check-kvm-snapshot-age -> snapshot_age, check-memory-percent -> memory_percent: the middle
+        part of its Icinga 2 custom variables."""
+        for prefix in ("check-kvm-", "check-", "metrics-"):
+            if self.name.startswith(prefix):
+                return self.name[len(prefix):].replace("-", "_")
+        return self.name.replace("-", "_")
+
+    def variable(self, option: Option) -> str:
+        """The Icinga 2 custom variable of one of its options: kvm_uri, kvm_vcpu_warning."""
+        word = option.flag.lstrip("-").replace("-", "_")
+        return f"kvm_{word}" if option.shared else f"kvm_{self.short_name}_{word}"
 
     @property
     def subscription(self) -> str:
@@ -161,36 +224,46 @@ COMMANDS: tuple[Command, ...] = (
             go_options=f"--per-domain sensu-go --per-domain-handler default --per-domain-handler kvm-remediate "
                        f"--state-dir {AGENT_STATE_DIR}",
         ),
+        options=URI_OPTIONS + THRESHOLDS + STATE_OPTIONS + RUN_OPTIONS + (Option("--expect-running", takes=Takes.FLAG),),
     ),
     Command(
         "check-kvm-vcpu", "sensu_kvm.checks.vcpu:main", Kind.CHECK,
         "vCPU usage % of each domain, and steal (vCPUs waiting for a host CPU: overcommit)",
         Access.READ_ONLY,
         CheckDefinition(go_options=f"--state-dir {AGENT_STATE_DIR}"),
+        options=URI_OPTIONS + THRESHOLDS + STATE_OPTIONS + RATE_OPTIONS + RUN_OPTIONS + (
+            Option("--steal-warning"), Option("--steal-critical"), Option("--expect-vcpus")),
     ),
     Command(
         "check-kvm-memory", "sensu_kvm.checks.memory:main", Kind.CHECK,
         "memory used % of each domain, from the guest's balloon statistics or the host's view",
         Access.READ_ONLY,
         CheckDefinition(),
+        options=URI_OPTIONS + THRESHOLDS + STATE_OPTIONS + RUN_OPTIONS + (Option("--view"),),
     ),
     Command(
         "check-kvm-blkerror", "sensu_kvm.checks.blkerror:main", Kind.CHECK,
         "disk errors QEMU recorded (`no space`, `unspecified error`), like `virsh domblkerror`",
         Access.READ_ONLY,
         CheckDefinition(),
+        options=URI_OPTIONS + STATE_OPTIONS + RUN_OPTIONS,
     ),
     Command(
         "check-kvm-blkstat", "sensu_kvm.checks.blkstat:main", Kind.CHECK,
         "per disk: IOPS, bytes/s, latency, flushes/s, allocation % of capacity",
         Access.READ_ONLY,
         CheckDefinition(go_options=f"--state-dir {AGENT_STATE_DIR}"),
+        options=URI_OPTIONS + THRESHOLDS + STATE_OPTIONS + RATE_OPTIONS + RUN_OPTIONS + (
+            Option("--metric", "-m"), Option("--device", takes=Takes.LIST)),
     ),
     Command(
         "check-kvm-host", "sensu_kvm.checks.host:main", Kind.CHECK,
         "the host: CPU busy %, memory and swap used %, free space of the file systems holding disk images",
         Access.READ_ONLY,
         CheckDefinition(go_options=f"--state-dir {AGENT_STATE_DIR}"),
+        options=URI_OPTIONS + STATE_OPTIONS + RATE_OPTIONS + RUN_OPTIONS + tuple(
+            Option(f"--{resource}-{level}") for resource in ("cpu", "memory", "swap", "fs")
+            for level in ("warning", "critical")),
     ),
     Command(
         "check-kvm-snapshot-age", "sensu_kvm.checks.snapshot_age:main", Kind.CHECK,
@@ -201,6 +274,8 @@ COMMANDS: tuple[Command, ...] = (
             go_note="Snapshots piling up (oldest older than 3d WARNING, 7d CRITICAL; more than 10 WARNING) and\n"
                     "overlays no snapshot knows about. Hourly is enough for ages counted in days.",
         ),
+        options=URI_OPTIONS + THRESHOLDS + STATE_OPTIONS + RUN_OPTIONS + (
+            Option("--count-warning"), Option("--count-critical"), Option("--allow-backing")),
     ),
     Command(
         "check-kvm-guest-agent", "sensu_kvm.checks.guest_agent:main", Kind.CHECK,
@@ -213,6 +288,9 @@ COMMANDS: tuple[Command, ...] = (
             go_note="The guest agent of every domain with an agent channel answers, and the guests' file systems have\n"
                     "room. Needs a read-write libvirt connection for the agent calls (see the README).",
         ),
+        options=URI_OPTIONS + THRESHOLDS + STATE_OPTIONS + RUN_OPTIONS + (
+            Option("--agent-optional", takes=Takes.FLAG), Option("--mount", takes=Takes.LIST),
+            Option("--exclude-fs-type", takes=Takes.LIST), Option("--agent-timeout")),
     ),
     Command(
         "check-kvm-backup-age", "sensu_kvm.checks.backup_age:main", Kind.CHECK,
@@ -225,6 +303,8 @@ COMMANDS: tuple[Command, ...] = (
             go_note="Every domain has a backup from kvm-backup younger than 26h (WARNING) / 50h (CRITICAL), and no\n"
                     "kvm-backup run failed since. Reads the backup folder's file names only (read-only libvirt).",
         ),
+        # --state-dir here is kvm-backup's state folder, not the samples of the rate checks
+        options=URI_OPTIONS + THRESHOLDS + RUN_OPTIONS + (Option("--backup-dir"), Option("--state-dir")),
     ),
     Command(
         "metrics-kvm", "sensu_kvm.checks.metrics:main", Kind.METRICS,
@@ -246,6 +326,7 @@ COMMANDS: tuple[Command, ...] = (
             core_options="-w 80 -c 90", go_options="-w 80 -c 90",
             go_note="Inside each guest (subscription kvm-guest): psutil only, no libvirt.",
         ),
+        options=THRESHOLDS + RUN_OPTIONS + (Option("--swap", takes=Takes.FLAG),),
     ),
     Command(
         "handler-kvm-remediate", "sensu_kvm.handlers.remediate:main", Kind.HANDLER,

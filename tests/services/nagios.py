@@ -4,8 +4,14 @@
 command, ``interval_length=1`` so intervals are in seconds, no notifications, no external
 commands, every file Nagios writes kept in that dir), validates it with ``nagios4 -v``, starts
 ``nagios4 -d`` and yields a :class:`Nagios` whose :meth:`Nagios.services` reads back what the
-scheduler recorded in status.dat. Afterwards Nagios and its workers are stopped by pid and the dir
-is removed.
+scheduler recorded in status.dat, and :meth:`Nagios.perfdata` what it wrote to its service perfdata
+file (process_performance_data: one line per check result, with the state and the perfdata).
+Afterwards Nagios and its workers are stopped by pid and the dir is removed.
+
+A service is either an argv (a command of its own is defined for it) or a ``check_command`` string
+for a command of the files given as ``cfg_files``, e.g. the shipped
+packaging/nagios/sensu-plugins-kvm.cfg, whose ``$USER5$`` the ``resources`` set (by default to the
+venv's bin).
 
 What the checks need, run as user ``nagios``:
 
@@ -46,6 +52,11 @@ NAGIOS = "nagios4"
 USER = "nagios"
 HOST = "spk-nagios-host"
 BIN = Path(sys.executable).parent
+SHIPPED_COMMANDS = Path(__file__).resolve().parents[2] / "packaging" / "nagios" / "sensu-plugins-kvm.cfg"
+# The service perfdata file: one line per check result, these fields, tab-separated.
+PERFDATA_TEMPLATE = ("TIMET::$LASTSERVICECHECK$\\tSERVICEDESC::$SERVICEDESC$\\tSERVICESTATEID::$SERVICESTATEID$"
+                     "\\tSERVICEPERFDATA::$SERVICEPERFDATA$")
+PERFDATA_FIELDS = ("TIMET", "SERVICEDESC", "SERVICESTATEID", "SERVICEPERFDATA")
 LIBVIRT_RO_SOCKET = Path("/run/libvirt/libvirt-sock-ro")
 SYSTEM_URI = "qemu:///system"
 
@@ -203,8 +214,11 @@ def _define(kind: str, fields: Mapping[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def objects_cfg(services: Mapping[str, Sequence[str | os.PathLike[str]]], check_interval: int,
-                retry_interval: int, max_check_attempts: int, timeout: int) -> str:
+Services = Mapping[str, "Sequence[str | os.PathLike[str]] | str"]
+
+
+def objects_cfg(services: Services, check_interval: int, retry_interval: int, max_check_attempts: int,
+                timeout: int) -> str:
     parts = [
         _define("timeperiod", {"timeperiod_name": "always", "alias": "always",
                                **{day: "00:00-24:00" for day in ("sunday", "monday", "tuesday", "wednesday",
@@ -229,22 +243,27 @@ def objects_cfg(services: Mapping[str, Sequence[str | os.PathLike[str]]], check_
     for name, argv in services.items():
         if not name or any(c in name for c in ";\n!$"):
             raise ValueError(f"bad service name {name!r}")
-        parts.append(_define("command", {"command_name": f"spk-{name}", "command_line": command_line(argv)}))
+        if isinstance(argv, str):
+            check_command = argv
+        else:
+            check_command = f"spk-{name}"
+            parts.append(_define("command", {"command_name": check_command, "command_line": command_line(argv)}))
         parts.append(_define("service", {
-            "host_name": HOST, "service_description": name, "check_command": f"spk-{name}",
+            "host_name": HOST, "service_description": name, "check_command": check_command,
             "check_interval": check_interval, "retry_interval": retry_interval,
             "max_check_attempts": max_check_attempts, "check_period": "always", "active_checks_enabled": 1,
             "passive_checks_enabled": 0, "check_freshness": 0, "notification_period": "always",
             "notification_interval": 0, "notifications_enabled": 0, "contacts": "spk-nobody",
             "event_handler_enabled": 0,
-            "flap_detection_enabled": 0, "process_perf_data": 0,
+            "flap_detection_enabled": 0, "process_perf_data": 1,
         }))
     return "\n".join(parts)
 
 
-def main_cfg(root: Path, timeout: int) -> str:
-    settings = {
+def main_cfg(root: Path, timeout: int, cfg_files: Sequence[Path] = ()) -> str:
+    settings: dict[str, object] = {
         "log_file": root / "nagios.log",
+        "resource_file": root / "resource.cfg",
         "cfg_file": root / "objects.cfg",
         "object_cache_file": root / "objects.cache",
         "precached_object_file": root / "objects.precache",
@@ -280,7 +299,11 @@ def main_cfg(root: Path, timeout: int) -> str:
         "enable_notifications": 0,
         "enable_event_handlers": 0,
         "enable_flap_detection": 0,
-        "process_performance_data": 0,
+        "process_performance_data": 1,
+        "service_perfdata_file": root / "service-perfdata",
+        "service_perfdata_file_template": PERFDATA_TEMPLATE,
+        "service_perfdata_file_mode": "a",
+        "service_perfdata_file_processing_interval": 0,
         "check_service_freshness": 0,
         "check_host_freshness": 0,
         "enable_predictive_host_dependency_checks": 0,
@@ -299,7 +322,29 @@ def main_cfg(root: Path, timeout: int) -> str:
         "daemon_dumps_core": 0,
         "illegal_macro_output_chars": "`~$&|'\"<>",
     }
-    return "".join(f"{key}={value}\n" for key, value in settings.items())
+    lines = [f"{key}={value}\n" for key, value in settings.items()]
+    return "".join(lines + [f"cfg_file={path}\n" for path in cfg_files])
+
+
+@dataclass(frozen=True)
+class PerfdataRecord:
+    """One line of the service perfdata file."""
+
+    time: int
+    state: int
+    perfdata: str
+
+
+def parse_perfdata_file(text: str) -> list[tuple[str, PerfdataRecord]]:
+    """(service, record) of each line written with PERFDATA_TEMPLATE."""
+    found = []
+    for line in text.splitlines():
+        values = dict(part.split("::", 1) for part in line.split("\t") if "::" in part)
+        if set(PERFDATA_FIELDS) - set(values):
+            raise ValueError(f"a service perfdata line without its fields (a tab in the perfdata?): {line!r}")
+        found.append((values["SERVICEDESC"], PerfdataRecord(int(values["TIMET"]), int(values["SERVICESTATEID"]),
+                                                            values["SERVICEPERFDATA"])))
+    return found
 
 
 # --- reading status.dat --------------------------------------------------------------------------
@@ -387,6 +432,17 @@ class Nagios:
         except FileNotFoundError:
             return ""
 
+    def perfdata(self) -> dict[str, list[PerfdataRecord]]:
+        """What Nagios wrote to its service perfdata file so far, per service, oldest first."""
+        try:
+            text = (self.root / "service-perfdata").read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return {}
+        found: dict[str, list[PerfdataRecord]] = {}
+        for service, record in parse_perfdata_file(text):
+            found.setdefault(service, []).append(record)
+        return found
+
     def alive(self) -> bool:
         return _alive(self.pid)
 
@@ -453,6 +509,27 @@ def validate(cfg: Path, env: Mapping[str, str]) -> str:
     return result.stdout
 
 
+def check_config(cfg_files: Sequence[Path], objects: str) -> str:
+    """``nagios4 -v`` of a configuration made of ``cfg_files`` and ``objects`` (more definitions),
+    in a temp dir of its own; Nagios's output. Raises when it is refused."""
+    root = Path(tempfile.mkdtemp(prefix="spk-nagios-"))
+    try:
+        for sub in ("tmp", "checkresults", "rw"):
+            (root / sub).mkdir()
+        (root / "objects.cfg").write_text(objects)
+        (root / "resource.cfg").write_text(f"$USER5$={BIN}\n")
+        cfg = root / "nagios.cfg"
+        cfg.write_text(main_cfg(root, 30, cfg_files))
+        entry = pwd.getpwnam(USER)
+        for path in [root, *root.rglob("*")]:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        root.chmod(0o755)
+        with traversable(cfg_files):
+            return validate(cfg, _clean_env(root))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _pids_running(cfg: Path) -> list[int]:
     """Nagios processes started with ``cfg`` (the main one and its workers), by /proc."""
     found = []
@@ -468,10 +545,12 @@ def _pids_running(cfg: Path) -> list[int]:
 
 
 @contextlib.contextmanager
-def running(services: Mapping[str, Sequence[str | os.PathLike[str]]], check_interval: int = 2,
-            retry_interval: int = 1, max_check_attempts: int = 1, timeout: int = 30,
-            extra_paths: Sequence[str | os.PathLike[str]] = ()) -> Iterator[Nagios]:
-    """Run a private nagios4 with one service per ``services`` entry (name -> argv) on one host.
+def running(services: Services, check_interval: int = 2, retry_interval: int = 1, max_check_attempts: int = 1,
+            timeout: int = 30, extra_paths: Sequence[str | os.PathLike[str]] = (), cfg_files: Sequence[Path] = (),
+            resources: Mapping[str, str | os.PathLike[str]] | None = None) -> Iterator[Nagios]:
+    """Run a private nagios4 with one service per ``services`` entry (name -> argv, or a
+    check_command of ``cfg_files``) on one host. ``resources`` are the $USERn$ macros of its
+    resource file (default: $USER5$, the shipped commands' folder, is the venv's bin).
 
     Intervals are in seconds (``interval_length=1``); with one check attempt a state change is
     recorded (HARD) on the first check that sees it. ``extra_paths`` are files the checks use
@@ -489,12 +568,14 @@ def running(services: Mapping[str, Sequence[str | os.PathLike[str]]], check_inte
         (root / "objects.cfg").write_text(objects_cfg(services, check_interval, retry_interval,
                                                       max_check_attempts, timeout))
         cfg = root / "nagios.cfg"
-        cfg.write_text(main_cfg(root, timeout))
+        cfg.write_text(main_cfg(root, timeout, cfg_files))
+        macros = {"USER5": BIN} if resources is None else resources
+        (root / "resource.cfg").write_text("".join(f"${name}$={value}\n" for name, value in macros.items()))
         for path in [root, *root.rglob("*")]:
             os.chown(path, nagios_user.pw_uid, nagios_user.pw_gid)
         root.chmod(0o755)
         env = _clean_env(root / "home")
-        stack.enter_context(traversable(extra_paths))
+        stack.enter_context(traversable([*extra_paths, *cfg_files]))
         validate(cfg, env)
         argv = [NAGIOS, "-d", str(cfg)]
         if LIBVIRT_RO_SOCKET.is_socket() and not can_connect_read_only():

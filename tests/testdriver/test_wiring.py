@@ -180,3 +180,42 @@ def test_hypervisor_checks_are_subscription_checks_with_a_standalone_variant():
         ((_, alone),) = json.loads((ROOT / str(command.standalone_file)).read_text())["checks"].items()
         assert alone.pop("standalone") is True
         assert alone == {k: v for k, v in body.items() if k != "subscribers"}, name
+
+
+HELP_OPTION = re.compile(r"^  (?:(-\w)(?: \S+)?, )?(--[a-z][\w-]*)", re.MULTILINE)
+
+
+@pytest.mark.parametrize("name", commands(Kind.CHECK, Kind.GUEST_CHECK))
+def test_the_icinga2_arguments_are_the_options_of_its_help(name):
+    """The registry declares every option of --help for the Icinga 2 CheckCommand (its short form
+    too), but -h, -V and Sensu's own --per-domain*; each variable names one option."""
+    command = BY_NAME[name]
+    in_help = {(short, flag) for short, flag in HELP_OPTION.findall(run(name, "--help").stdout)}
+    declared = {(option.short or None, option.flag) for option in command.options}
+    in_help = {(short or None, flag) for short, flag in in_help if not flag.startswith(wiring.SENSU_ONLY)}
+    assert in_help - {("-h", "--help"), ("-V", "--version")} == declared
+    variables = [command.variable(option) for option in command.options]
+    assert len(set(variables)) == len(variables)
+    assert all(re.fullmatch(r"kvm_[a-z0-9_]+", v) for v in variables), variables
+
+
+def test_a_shared_icinga2_variable_means_one_option_everywhere():
+    """kvm_uri, kvm_state_dir...: an option with a shared variable has the same flag and takes the same
+    in every command, so that a Host can set it once for all its checks."""
+    seen: dict[str, tuple[str, str]] = {}
+    for command in wiring.scheduled():
+        for option in command.options:
+            if option.shared:
+                meaning = (option.flag, option.takes.value)
+                assert seen.setdefault(command.variable(option), meaning) == meaning, (command.name, option)
+    assert {"kvm_uri", "kvm_domain", "kvm_timeout", "kvm_verbose", "kvm_state_dir"} <= set(seen)
+
+
+def test_every_check_has_its_icinga2_and_nagios_definition():
+    icinga = (ROOT / wiring.ICINGA2_COMMANDS).read_text(encoding="utf-8")
+    nagios = (ROOT / wiring.NAGIOS_COMMANDS).read_text(encoding="utf-8")
+    for name in commands(Kind.CHECK, Kind.GUEST_CHECK):
+        assert f'object CheckCommand "{name}" {{' in icinga, name
+        assert re.search(rf"^    command_name +{re.escape(name)}$", nagios, re.MULTILINE), name
+    for name in commands(Kind.METRICS, Kind.HANDLER, Kind.TOOL):
+        assert f'"{name}"' not in icinga and f" {name}\n" not in nagios, name
