@@ -218,6 +218,14 @@ def whole_arg(text: str) -> int:
     return _bounded(text, 1)
 
 
+MIN_OUTPUT_BYTES = 1024  # the status line (480 bytes), the left-out note and some perfdata
+
+
+def output_bytes_arg(text: str) -> int:
+    """A whole number of bytes for --max-output: at least MIN_OUTPUT_BYTES."""
+    return _bounded(text, MIN_OUTPUT_BYTES)
+
+
 def positive_arg(text: str) -> float:
     """A finite number above 0 (at most 1e9)."""
     return number_arg(1e9)(text)

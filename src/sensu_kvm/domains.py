@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from sensu_kvm import states
 from sensu_kvm.contexts import Measurement
-from sensu_kvm.names import Names, entity_name, visible
+from sensu_kvm.names import Names, entity_name, perf_label, visible
 from sensu_kvm.output import Finding, Perf, Report, Status, summarise
 from sensu_kvm.plugin import select
 from sensu_kvm.virt import DomainRecord
@@ -107,5 +108,17 @@ def report(verdicts: Sequence[Verdict], missing: Sequence[str], options: argpars
         summary = "no domains defined"
     else:
         summary = ok_summary
-    perf = [m.perf() for m in in_order(m for v in verdicts for m in v.measurements)]
-    return Report(status, summary, [*perf, *extra_perf], details, findings=findings)
+    measured = in_order(m for v in verdicts for m in v.measurements)
+    perf = [m.perf() for m in measured]
+    return Report(status, summary, [*perf, *extra_perf], details, findings=findings,
+                  aggregates=[*extra_perf, *highest(measured)])
+
+
+def highest(measurements: Sequence[Measurement]) -> list[Perf]:
+    """``<metric>_max``: each metric's highest value over the domains, with its thresholds and
+    bounds, in the order the metrics were measured (the perfdata --max-output keeps)."""
+    top: dict[str, Measurement] = {}
+    for m in measurements:
+        if math.isfinite(m.value) and (m.metric not in top or m.reported > top[m.metric].reported):
+            top[m.metric] = m
+    return [m.perf()._replace(label=perf_label(f"{metric}_max")) for metric, m in top.items()]

@@ -9,6 +9,12 @@ rules are in docs/decisions.md, "Issue 13: check output"):
   itself when the output is that one line and still fits the budget (``TEXT | PERF``), else on
   a line of its own at the end (``TEXT\nDETAILS...\n| PERF``).
 
+With ``--max-output BYTES`` (the shipped Nagios definitions: nagios4 4.4.6 cuts an output above
+8 KB in some runs) an output that would be longer keeps its status line, the worst detail lines
+that fit, a line saying what was left out, and only the check's aggregate perfdata (``Report.
+aggregates``: the counts, and ``<metric>_max`` over the domains), never a part of the per-domain
+items: what a scheduler reads is then whole, and the same items from run to run.
+
 Sensu Go splits the whole output on ``|`` and wants exactly two parts, then splits the rest on
 single spaces: so no text holds a ``|`` (every line is made visible by ``names.visible``), and
 the perfdata is never cut by a line break. Labels never need quoting (``names.label``), so
@@ -130,19 +136,44 @@ class Report(NamedTuple):
     details: Sequence[str] = ()
     raw: bool = False
     findings: Sequence[Finding] = ()  # one per domain, for --per-domain
+    aggregates: Sequence[Perf] | None = None  # what --max-output keeps of the perfdata (None: all of it)
 
-    def render(self) -> str:
-        """The output after the ``<Check> <STATE>: `` prefix (see the module's docstring)."""
+    def render(self, limit: int | None = None, reserve: int = 0) -> str:
+        """The output after the ``<Check> <STATE>: `` prefix (see the module's docstring); with
+        ``limit``, at most that many bytes with the ``reserve`` bytes of that prefix."""
         if self.raw:
             return self.summary
         first = clip(visible(self.summary), FIRST_LINE_BYTES)
         details = [visible(line) for line in self.details]
-        perfdata = " ".join(str(p) for p in self.perfdata if _finite(p.value))  # NaN, infinity: no measurement
-        if not perfdata:
-            return "\n".join([first, *details])
-        if not details and len(f"{first} | {perfdata}".encode()) <= FIRST_LINE_BYTES:
-            return f"{first} | {perfdata}"
-        return "\n".join([first, *details, f"| {perfdata}"])
+        items = [p for p in self.perfdata if _finite(p.value)]  # NaN, infinity: no measurement
+        whole = _layout(first, details, items)
+        if limit is None or len(whole.encode()) + reserve <= limit:
+            return whole
+        kept = list(self.perfdata if self.aggregates is None else self.aggregates)
+        kept = [p for p in kept if _finite(p.value)]
+        room = limit - reserve - len(_layout(first, [], kept).encode()) - NOTE_BYTES
+        shown = []
+        for line in details:
+            room -= len(line.encode()) + 1
+            if room < 0:
+                break
+            shown.append(line)
+        left = [f"{len(details) - len(shown)} detail lines"] if len(shown) < len(details) else []
+        left += [f"{len(items) - len(kept)} per-domain perfdata items"] if len(kept) < len(items) else []
+        note = f"({' and '.join(left)} left out to stay within --max-output {limit} bytes; see -v without it)"
+        return _layout(first, [*shown, note], kept)
+
+
+NOTE_BYTES = 140  # the line --max-output adds, with its newline
+
+
+def _layout(first: str, details: Sequence[str], items: Sequence[Perf]) -> str:
+    perfdata = " ".join(str(p) for p in items)
+    if not perfdata:
+        return "\n".join([first, *details])
+    if not details and len(f"{first} | {perfdata}".encode()) <= FIRST_LINE_BYTES:
+        return f"{first} | {perfdata}"
+    return "\n".join([first, *details, f"| {perfdata}"])
 
 
 def clip(text: str, limit: int) -> str:

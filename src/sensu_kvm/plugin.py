@@ -39,6 +39,7 @@ from sensu_kvm.argtypes import (
     domain_arg,
     name_arg,
     one_line,
+    output_bytes_arg,
     range_arg,
     regex_arg,
     seconds_arg,
@@ -187,6 +188,11 @@ def build_parser(prog: str, description: str, examples: str, *, thresholds: str 
     parser.add_argument("-t", "--timeout", type=seconds_arg, default=10.0, metavar="SECONDS",
                         help="give up and report UNKNOWN after this long (default: 10)")
     parser.add_argument("-v", "--verbose", action="store_true", help="a line for everything judged, not only what is not OK")
+    parser.add_argument("--max-output", type=output_bytes_arg, metavar="BYTES",
+                        help="print at most this many bytes, for a scheduler that cuts long output (nagios4 keeps "
+                             "8 KB: the shipped Nagios definitions set 8000): the worst detail lines that fit, a line "
+                             "saying what was left out, and only the aggregate perfdata (counts, <metric>_max) instead "
+                             "of every domain's (default: all of it)")
     parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -331,7 +337,8 @@ class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
             for line in report.details:
                 sys.stderr.write(f"{self._own_parser.prog}: {one_line(line)}\n")
             sys.exit(report.status.value)
-        getattr(self, report.status.name.lower())(report.render())
+        prefix = len(f"{self._name} {report.status.name}: ".encode()) + 1  # what sensu-plugin adds: name, status, newline
+        getattr(self, report.status.name.lower())(report.render(getattr(self.options, "max_output", None), prefix))
 
     def _send_per_domain(self, report: Report) -> Report:
         """One result per domain to the Sensu agent, and a last OK one for each guest that is gone

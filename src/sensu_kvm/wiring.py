@@ -38,6 +38,7 @@ from sensu_kvm.registry import (
     ASSET,
     COMMANDS,
     ICINGA2_STATE_DIR,
+    NAGIOS_MAX_OUTPUT,
     NAGIOS_STATE_DIR,
     PLUGIN_DIR,
     URI,
@@ -349,7 +350,10 @@ NAGIOS_HEAD = f"""\
 #
 # Each command line gives -u {URI} and the check's -t (it gives up after that long and
 # reports UNKNOWN; keep service_check_timeout above it), and a --state-dir that user nagios may
-# create ({NAGIOS_STATE_DIR}: the rate checks keep their previous sample there). $ARG1$ holds the other options, e.g.
+# create ({NAGIOS_STATE_DIR}: the rate checks keep their previous sample there), and
+# --max-output {NAGIOS_MAX_OUTPUT}: nagios4 4.4.6 cuts a longer output in some runs, so a check of many domains
+# keeps its worst detail lines and its aggregate perfdata (counts, <metric>_max) and says what it
+# left out (give --max-output again in $ARG1$ to change it). $ARG1$ holds the other options, e.g.
 #     check_command   check-kvm-vcpu!-w 90 -c 95 --exclude ^test-
 # An option given again in $ARG1$ wins (-u qemu+ssh://kvm2/system, -t 20). In $ARG1$ write '!'
 # as '\\!', ';' as '\\;' and '$' as '$$' (a backslash before anything else stays as it is), and
@@ -532,6 +536,8 @@ def nagios_command_line(command: Command) -> str:
     words += ["-t", str(command.command_timeout)]
     if has(command, "--state-dir"):
         words += ["--state-dir", NAGIOS_STATE_DIR]
+    if has(command, "--max-output"):
+        words += ["--max-output", str(NAGIOS_MAX_OUTPUT)]
     return " ".join([*words, "$ARG1$"])
 
 

@@ -95,3 +95,26 @@ def test_a_value_that_is_no_number_never_reaches_the_perfdata():
     perf = [Perf("a", float("nan"), "%"), Perf("b", 1.5), Perf("c", float("inf")), Perf("d", float("-inf")), Perf("e", 2)]
     assert Report(Status.OK, "fine", perf).render() == "fine | b=1.5 e=2"
     assert Report(Status.OK, "fine", [Perf("a", float("nan"))]).render() == "fine"
+
+
+def test_max_output_keeps_the_status_line_the_worst_details_and_the_aggregates():
+    """--max-output: an output that would be longer keeps its status line, the first (worst)
+    detail lines that fit, one line saying what was left out, and only the aggregate perfdata:
+    never a part of the per-domain items."""
+    items = [Perf(f"dom{n}_used", n, "%") for n in range(1000)]
+    details = [f"CRITICAL: dom{n} is at {n}%" for n in range(1000)]
+    report = Report(Status.CRITICAL, "1000 of 1000 domains not OK", items, details,
+                    aggregates=[Perf("used_max", 999, "%")])
+    assert report.render(100_000 * 10) == report.render()  # within the bound: the same output
+    text = report.render(8000, reserve=30)
+    lines = text.split("\n")
+    assert len(text.encode()) + 30 <= 8000
+    assert lines[0] == "1000 of 1000 domains not OK" and lines[1] == details[0]
+    assert lines[-1] == "| used_max=999%" and text.count("|") == 1
+    kept = len(lines) - 3
+    assert lines[1:1 + kept] == details[:kept] and kept > 100
+    assert lines[-2] == (f"({1000 - kept} detail lines and 999 per-domain perfdata items left out to stay within "
+                         "--max-output 8000 bytes; see -v without it)")
+    # a report without aggregates declared keeps all its perfdata (a check whose items are all counts)
+    counts = Report(Status.OK, "fine", [Perf("running", 3)], ["OK: x" * 50] * 400)
+    assert counts.render(2000).endswith("| running=3")
