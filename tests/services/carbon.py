@@ -37,8 +37,10 @@ from tests.services.rabbitmq import (
     finish,
     kill_tree,
     reap_stale,
+    serve_by_hand,
     spawn_reaped,
     tail,
+    wait_ready,
 )
 
 CARBON_CACHE = "carbon-cache"
@@ -222,12 +224,8 @@ def start(*, timeout: float = 30, retention: str = RETENTION) -> Carbon:
     try:
         carbon.reaper = spawn_reaped(argv, env=env, tmpdir=tmpdir, log=tmpdir / "server.out")
         deadline = began + timeout
-        while not (accepts(HOST, LINE_PORT) and accepts(HOST, QUERY_PORT)):
-            if carbon.reaper.poll() is not None:
-                raise ServiceError(f"carbon-cache exited ({carbon.reaper.returncode}) while starting\n{carbon.logs}")
-            if time.monotonic() > deadline:
-                raise ServiceError(f"carbon-cache not listening on {HOST}:{LINE_PORT} after {timeout:.0f} s\n{carbon.logs}")
-            time.sleep(0.05)
+        wait_ready(lambda: accepts(HOST, LINE_PORT) and accepts(HOST, QUERY_PORT), carbon.reaper, "carbon-cache",
+                   f"listening on {HOST}:{LINE_PORT}", deadline, timeout, lambda: carbon.logs)
         carbon.timings["start"] = time.monotonic() - began
     except BaseException:
         carbon.stop()
@@ -237,14 +235,7 @@ def start(*, timeout: float = 30, retention: str = RETENTION) -> Carbon:
 
 def main() -> int:
     carbon = start()
-    try:
-        print(f"carbon-cache: line receiver {carbon.host}:{carbon.line_port}, dir {carbon.tmpdir}; up in "
-              f"{carbon.timings['start']:.2f} s. Ctrl-C stops it.", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
-    finally:
-        carbon.stop()
-    return 0
+    return serve_by_hand(carbon, f"carbon-cache: line receiver {carbon.host}:{carbon.line_port}, dir {carbon.tmpdir}")
 
 
 if __name__ == "__main__":

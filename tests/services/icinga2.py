@@ -33,7 +33,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.services.nagios import BIN, LIBVIRT_RO_SOCKET, USER, SocketRelay, can_connect_read_only, traversable
+from tests.services.nagios import (
+    BIN,
+    LIBVIRT_RO_SOCKET,
+    USER,
+    SocketRelay,
+    can_connect_read_only,
+    tagged_lines,
+    traversable,
+)
 from tests.services.rabbitmq import finish, kill_tree, reap_stale, spawn_reaped
 
 ICINGA2 = "icinga2"
@@ -169,14 +177,8 @@ class Result:
 
 def parse_perfdata_lines(text: str) -> list[tuple[str, Result]]:
     """(service, result) of each line of PerfdataWriter files written with the template above."""
-    found = []
-    for line in text.splitlines():
-        values = dict(part.split("::", 1) for part in line.split("\t") if "::" in part)
-        if set(FIELDS) - set(values):
-            raise ValueError(f"a PerfdataWriter line without its fields (a tab in the perfdata?): {line!r}")
-        found.append((values["SERVICEDESC"], Result(float(values["TIMET"]), int(values["SERVICESTATEID"]),
-                                                     values["SERVICEPERFDATA"])))
-    return found
+    return [(v["SERVICEDESC"], Result(float(v["TIMET"]), int(v["SERVICESTATEID"]), v["SERVICEPERFDATA"]))
+            for v in tagged_lines(text, FIELDS, "PerfdataWriter")]
 
 
 @dataclass

@@ -41,8 +41,10 @@ from tests.services.rabbitmq import (
     ensure_port_free,
     finish,
     reap_stale,
+    serve_by_hand,
     spawn_reaped,
     tail,
+    wait_ready,
 )
 
 INFLUXD = "influxd"
@@ -230,12 +232,8 @@ def start(*, http_port: int = HTTP_PORT, udp_port: int = UDP_PORT, rpc_port: int
         server.reaper = spawn_reaped([INFLUXD, "-config", str(server.config)], env=os.environ, tmpdir=tmpdir,
                                      log=tmpdir / "influxd.out")
         deadline = began + timeout
-        while not server.ping():
-            if server.reaper.poll() is not None:
-                raise ServiceError(f"influxd exited ({server.reaper.returncode}) while starting\n{server.logs}")
-            if time.monotonic() > deadline:
-                raise ServiceError(f"influxd not answering on {server.url} after {timeout:.0f} s\n{server.logs}")
-            time.sleep(0.05)
+        wait_ready(server.ping, server.reaper, "influxd", f"answering on {server.url}", deadline, timeout,
+                   lambda: server.logs)
         if admin is not None:
             user, password = admin
             server.query(f"CREATE USER \"{user}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES")
@@ -250,14 +248,8 @@ def start(*, http_port: int = HTTP_PORT, udp_port: int = UDP_PORT, rpc_port: int
 
 def main() -> int:
     server = start()
-    try:
-        print(f"influxd on {server.url} (UDP {server.host}:{server.udp_port} -> {server.udp_database}), dir "
-              f"{server.tmpdir}; up in {server.timings['start']:.2f} s. Ctrl-C stops it.", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
-    finally:
-        server.stop()
-    return 0
+    return serve_by_hand(server, f"influxd on {server.url} (UDP {server.host}:{server.udp_port} -> "
+                                 f"{server.udp_database}), dir {server.tmpdir}")
 
 
 if __name__ == "__main__":

@@ -335,16 +335,22 @@ class PerfdataRecord:
     perfdata: str
 
 
-def parse_perfdata_file(text: str) -> list[tuple[str, PerfdataRecord]]:
-    """(service, record) of each line written with PERFDATA_TEMPLATE."""
+def tagged_lines(text: str, fields: Sequence[str], what: str) -> list[dict[str, str]]:
+    """The ``KEY::value`` fields of each tab-separated line of a perfdata file, the form of both
+    nagios4's service perfdata file and Icinga 2's PerfdataWriter; every line must hold ``fields``."""
     found = []
     for line in text.splitlines():
         values = dict(part.split("::", 1) for part in line.split("\t") if "::" in part)
-        if set(PERFDATA_FIELDS) - set(values):
-            raise ValueError(f"a service perfdata line without its fields (a tab in the perfdata?): {line!r}")
-        found.append((values["SERVICEDESC"], PerfdataRecord(int(values["TIMET"]), int(values["SERVICESTATEID"]),
-                                                            values["SERVICEPERFDATA"])))
+        if set(fields) - set(values):
+            raise ValueError(f"a {what} line without its fields (a tab in the perfdata?): {line!r}")
+        found.append(values)
     return found
+
+
+def parse_perfdata_file(text: str) -> list[tuple[str, PerfdataRecord]]:
+    """(service, record) of each line written with PERFDATA_TEMPLATE."""
+    return [(v["SERVICEDESC"], PerfdataRecord(int(v["TIMET"]), int(v["SERVICESTATEID"]), v["SERVICEPERFDATA"]))
+            for v in tagged_lines(text, PERFDATA_FIELDS, "service perfdata")]
 
 
 # --- reading status.dat --------------------------------------------------------------------------

@@ -21,7 +21,6 @@ By hand: ``python -m tests.services.prometheus`` starts it, prints it and stops 
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import json
 import os
@@ -46,6 +45,7 @@ from tests.services.rabbitmq import (
     finish,
     kill_tree,
     reap_stale,
+    serve_by_hand,
     spawn_reaped,
     tail,
 )
@@ -270,14 +270,8 @@ def start(slots: Sequence[str], *, timeout: float = 60) -> Prometheus:
 
 def main() -> int:
     server = start(["demo"])
-    try:
-        print(f"prometheus on {server.url}, exposition http://{HOST}:{EXPOSITION_PORT}/demo, dir {server.tmpdir}; "
-              f"up in {server.timings['start']:.2f} s. Ctrl-C stops it.", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
-    finally:
-        server.stop()
-    return 0
+    return serve_by_hand(server, f"prometheus on {server.url}, exposition http://{HOST}:{EXPOSITION_PORT}/demo, "
+                                 f"dir {server.tmpdir}")
 
 
 if __name__ == "__main__":

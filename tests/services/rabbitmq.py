@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,29 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_ready(ready: Callable[[], bool], reaper: subprocess.Popen[bytes], what: str, waiting: str,
+               deadline: float, timeout: float, logs: Callable[[], str]) -> None:
+    """Poll ``ready`` until it is true; ServiceError when the daemon ``what`` exits first or
+    ``deadline`` passes (``waiting`` says for what, e.g. "answering PING on 127.0.0.1:6379")."""
+    while not ready():
+        if reaper.poll() is not None:
+            raise ServiceError(f"{what} exited ({reaper.returncode}) while starting\n{logs()}")
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{what} not {waiting} after {timeout:.0f} s\n{logs()}")
+        time.sleep(0.05)
+
+
+def serve_by_hand(service: Any, description: str) -> int:
+    """``python -m tests.services.X``: keep a started service up until Ctrl-C, then stop it."""
+    try:
+        print(f"{description}; up in {service.timings['start']:.2f} s. Ctrl-C stops it.", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+    finally:
+        service.stop()
+    return 0
 
 
 def tail(path: Path, lines: int = 25) -> str:
@@ -433,15 +456,8 @@ def start(settings: Mapping[str, Any] | None = None, *, timeout: float = 60,
 
 def main() -> int:
     node = start()
-    try:
-        print(f"RabbitMQ node {node.nodename} on {node.settings['host']}:{node.settings['port']}, "
-              f"vhost {node.settings['vhost']}, user {node.settings['user']}; dir {node.tmpdir}; "
-              f"up in {node.timings['start']:.1f} s. Ctrl-C stops it.", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
-    finally:
-        node.stop()
-    return 0
+    return serve_by_hand(node, f"RabbitMQ node {node.nodename} on {node.settings['host']}:{node.settings['port']}, "
+                               f"vhost {node.settings['vhost']}, user {node.settings['user']}; dir {node.tmpdir}")
 
 
 if __name__ == "__main__":

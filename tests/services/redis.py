@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,9 +30,11 @@ from tests.services.rabbitmq import (
     finish,
     reap_stale,
     require_loopback,
+    serve_by_hand,
     shipped_settings,
     spawn_reaped,
     tail,
+    wait_ready,
 )
 
 REDIS_SERVER = "redis-server"
@@ -113,12 +114,8 @@ def start(settings: Mapping[str, Any] | None = None, *, timeout: float = 20,
     try:
         server.reaper = spawn_reaped(argv, env=os.environ, tmpdir=tmpdir, log=tmpdir / "server.out")
         deadline = began + timeout
-        while not ping(host, port):
-            if server.reaper.poll() is not None:
-                raise ServiceError(f"redis-server exited ({server.reaper.returncode}) while starting\n{server.logs}")
-            if time.monotonic() > deadline:
-                raise ServiceError(f"redis-server not answering PING on {host}:{port} after {timeout:.0f} s\n{server.logs}")
-            time.sleep(0.05)
+        wait_ready(lambda: ping(host, port), server.reaper, "redis-server", f"answering PING on {host}:{port}",
+                   deadline, timeout, lambda: server.logs)
         server.timings["start"] = time.monotonic() - began
     except BaseException:
         server.stop()
@@ -128,14 +125,7 @@ def start(settings: Mapping[str, Any] | None = None, *, timeout: float = 20,
 
 def main() -> int:
     server = start()
-    try:
-        print(f"redis-server on {server.host}:{server.port}, dir {server.tmpdir}; up in "
-              f"{server.timings['start']:.2f} s. Ctrl-C stops it.", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
-    finally:
-        server.stop()
-    return 0
+    return serve_by_hand(server, f"redis-server on {server.host}:{server.port}, dir {server.tmpdir}")
 
 
 if __name__ == "__main__":

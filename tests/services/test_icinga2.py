@@ -28,7 +28,10 @@ from tests.services import icinga2, schedulers
 from tests.services.schedulers import Case, Site
 
 CASES = schedulers.cases()
-INTERVAL = 5  # seconds between checks: the first check of each Service comes within this
+# Seconds between checks: the first check of each Service comes within this. Not shorter: the
+# 1,000-domain checks take 1-2 s of CPU each, and at 5 s on 2 cores Icinga 2's 20 s timeout ended
+# some of them while the machine was busy.
+INTERVAL = 15
 
 
 def variables(case: Case, options: dict[str, str]) -> dict[str, object]:
@@ -78,6 +81,15 @@ class Recorded:
     graphite: list[str]
     graphite_connected_at: float
     log: str
+    stopped_at: float  # when the test stopped Icinga 2, which ends the checks still running then
+
+    def warnings(self) -> list[str]:
+        """The log's warning and critical lines, and any about invalid perfdata, but for the
+        checks Icinga 2 itself ended when it was stopped (SIGTERM, in the second of the stop)."""
+        stop = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(self.stopped_at)))
+        return [line for line in self.log.splitlines()
+                if (re.search(r"\] (warning|critical)/", line) or "invalid perfdata" in line.lower())
+                and not ("signal 15 (Terminated)" in line and line[1:20] >= stop)]
 
     def first(self, case: Case) -> icinga2.Result:
         assert self.results.get(case.service), f"Icinga 2 recorded no result of {case.service}"
@@ -130,11 +142,12 @@ def recorded() -> Iterator[Recorded]:
             except TimeoutError as err:
                 missing = set(icinga.services_defined) - set(icinga.results())
                 raise AssertionError(f"{err}; no result of {sorted(missing)}\n{icinga.log()[-4000:]}") from None
+            stopped_at = time.time()
             icinga.stop()  # Icinga 2 writes out what its PerfdataWriter and GraphiteWriter still hold
             time.sleep(0.5)  # the listener's last reads
             assert icinga.sink.connected_at is not None
             snapshot = Recorded(site, options, icinga.results(), icinga2.executions(icinga.log()), icinga.sink.lines(),
-                                icinga.sink.connected_at, icinga.log())
+                                icinga.sink.connected_at, icinga.log(), stopped_at)
         yield snapshot
 
 
@@ -160,8 +173,7 @@ def test_every_perfdata_item_reaches_the_perfdata_writer_and_graphite_whole(reco
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_icinga2_logs_no_invalid_perfdata_and_no_warning(recorded: Recorded, case: Case) -> None:
     checkable = f"'{icinga2.HOST}!{case.service}'"
-    bad = [line for line in recorded.log.splitlines()
-           if checkable in line and re.search(r"\] (warning|critical)/", line)]
+    bad = [line for line in recorded.warnings() if checkable in line]
     assert not bad, "\n".join(bad[:5])
 
 
@@ -181,8 +193,7 @@ def test_icinga2_passes_hostile_domain_names_to_the_check_whole(recorded: Record
 
 
 def test_icinga2_logs_no_perfdata_warning_at_all(recorded: Recorded) -> None:
-    bad = [line for line in recorded.log.splitlines()
-           if re.search(r"\] (warning|critical)/", line) or "invalid perfdata" in line.lower()]
+    bad = recorded.warnings()
     assert not bad, "\n".join(bad[:10])
 
 
