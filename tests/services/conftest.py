@@ -9,6 +9,7 @@ A service that cannot be started is an error of the tests that need it, never a 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -48,6 +49,17 @@ def influxdb() -> Iterator[influxdb_service.InfluxDB]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def database(influxdb: influxdb_service.InfluxDB) -> Iterator[str]:
+    """A fresh InfluxDB database for one test, dropped afterwards."""
+    name = f"spk_{time.monotonic_ns()}"
+    influxdb.create_database(name)
+    try:
+        yield name
+    finally:
+        influxdb.drop_database(name)
 
 
 @pytest.fixture(scope="session")

@@ -9,30 +9,13 @@ writes into a database of its own, created fresh.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests import nodes
 from tests.conftest import node_uri, succeeds
 from tests.services.influxdb import InfluxDB
-
-_names = itertools.count()
-
-
-@pytest.fixture
-def database(influxdb: InfluxDB) -> Iterator[str]:
-    """A fresh database for one test, dropped afterwards."""
-    name = f"spk_{next(_names)}"
-    influxdb.create_database(name)
-    try:
-        yield name
-    finally:
-        influxdb.drop_database(name)
 
 
 def _cut(text: str, separator: str, quotes: bool = False) -> list[str]:

@@ -60,16 +60,6 @@ def thousand(tmp_path_factory: pytest.TempPathFactory) -> str:
     return metrics(f"test://{path}", "--fill")
 
 
-@pytest.fixture
-def database(influxdb: InfluxDB) -> Iterator[str]:
-    name = f"handler_{time.monotonic_ns()}"
-    influxdb.create_database(name)
-    try:
-        yield name
-    finally:
-        influxdb.drop_database(name)
-
-
 def handle(influxdb: InfluxDB, db: str, event: str, *args: str, env: dict[str, str] | None = None) -> Any:
     return run(HANDLER, "--url", influxdb.url, "--database", db, *args, stdin=event, env=env)
 
