@@ -3,9 +3,10 @@ directory never compute a rate over the few milliseconds between their samples.
 
 Each trial starts three runs of each rate check (check-kvm-vcpu on the busy guest, whose vCPU
 spins; check-kvm-blkstat on the writer guest, which writes its disk without pause;
-check-kvm-host) at once, nine processes on two cores. Of each three, exactly one computes a
-rate of its own, over at least --min-interval; the other two report that same rate, marked as
-the previous run's. Without the floor the second run of a pair rated the 10-100 ms between the
+check-kvm-host) at once, nine processes on two cores. Of each three, one computes a rate of
+its own, over at least --min-interval; the other two report that same rate, marked as the
+previous run's (or a second one computes its own, over at least --min-interval too, when a loaded
+machine spreads the three starts over more than that). Without the floor the second run of a pair rated the 10-100 ms between the
 two samples (measured here: 104.8 % of one vCPU, 67 % busy with 50 % steal on a guest at 96 %
 with 4 %, 0.0 % busy on a host at 100 %, half the writer's bytes/s).
 
@@ -141,16 +142,18 @@ def test_overlapping_runs_never_rate_a_few_milliseconds(conn, linux_guests, tmp_
             fresh = [(line, perf) for line, perf in results if FRESH.search(line)]
             reused = [(line, perf) for line, perf in results if REUSED.search(line)]
             context = (name, trial, [line for line, _ in results])
-            assert (len(fresh), len(reused)) == (1, RUNS - 1), context
-            (line, perf), = fresh
-            seconds = float(FRESH.search(line)["seconds"])
-            # over at least the floor, and from the previous trial's sample, not an older one: no
-            # longer than since the test's mark before the previous trial (however slow a loaded
-            # machine makes a trial)
-            assert FLOOR <= seconds <= time.time() - previous[name][0] + 0.5, context
-            for other_line, other_perf in reused:  # the same rate, said to be the previous run's
-                assert float(REUSED.search(other_line)["seconds"]) == seconds, context
-                assert {k: other_perf[k] for k in rated.labels} == {k: perf[k] for k in rated.labels}, context
+            assert len(fresh) + len(reused) == RUNS and fresh, context
+            # Each fresh rate is over at least the floor and no longer than since the test's mark
+            # before the previous trial. Runs started together take one fresh rate and two reused;
+            # on a loaded machine their starts can spread over more than the floor, and then a later
+            # run rightly rates the floor-or-more since the first one's sample (measured: 2.1 s).
+            rates = {float(FRESH.search(line)["seconds"]): perf for line, perf in fresh}
+            assert all(FLOOR <= seconds <= time.time() - previous[name][0] + 0.5 for seconds in rates), context
+            for other_line, other_perf in reused:  # a rate of this trial, said to be the previous run's
+                seconds = float(REUSED.search(other_line)["seconds"])
+                assert seconds in rates, context
+                assert {k: other_perf[k] for k in rated.labels} == {k: rates[seconds][k] for k in rated.labels}, context
+            perf = rates[max(rates)]  # the one from the previous trial's sample
             (t0, c0), (t1, c1) = previous[name], marks[name]
             want = rated.expect(c0, c1, t1 - t0)
             for label, value in want.items():
