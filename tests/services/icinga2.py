@@ -35,10 +35,8 @@ from pathlib import Path
 
 from tests.services.nagios import (
     BIN,
-    LIBVIRT_RO_SOCKET,
     USER,
-    SocketRelay,
-    can_connect_read_only,
+    read_only_libvirt,
     tagged_lines,
     traversable,
 )
@@ -297,13 +295,7 @@ def running(services: Mapping[str, Service], check_interval: int = 5, graphite_p
         validate(cfg, root, env)
         sink = LineSink(graphite_port)
         stack.callback(sink.stop)
-        argv = [ICINGA2, "daemon", "-c", str(cfg), *defines(root)]
-        if LIBVIRT_RO_SOCKET.is_socket() and not can_connect_read_only():
-            relay = SocketRelay(root / "libvirt-sock-ro", LIBVIRT_RO_SOCKET)
-            stack.callback(relay.stop)
-            argv = ["unshare", "--mount", "--propagation", "private", "--",
-                    "sh", "-ec", 'mount --bind "$1" "$2"; shift 2; exec "$@"', "sh",
-                    str(relay.path), str(LIBVIRT_RO_SOCKET), *argv]
+        argv = read_only_libvirt([ICINGA2, "daemon", "-c", str(cfg), *defines(root)], root, stack)
         reaper = spawn_reaped(argv, env=env, tmpdir=root, log=root / "daemon.out")
 
         instance = Icinga2(root=root, sink=sink, services_defined=tuple(services), stop=lambda: None)

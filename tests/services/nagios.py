@@ -550,6 +550,19 @@ def _pids_running(cfg: Path) -> list[int]:
     return found
 
 
+
+def read_only_libvirt(argv: list[str], root: Path, stack: contextlib.ExitStack) -> list[str]:
+    """``argv`` run so that its checks reach qemu:///system read-only: unless user nagios can
+    already connect, through a relay of the read-only socket bind-mounted over it in a private
+    mount namespace (see the module's docstring); the relay stops with ``stack``."""
+    if not LIBVIRT_RO_SOCKET.is_socket() or can_connect_read_only():
+        return argv
+    relay = SocketRelay(root / "libvirt-sock-ro", LIBVIRT_RO_SOCKET)
+    stack.callback(relay.stop)
+    return ["unshare", "--mount", "--propagation", "private", "--",
+            "sh", "-ec", 'mount --bind "$1" "$2"; shift 2; exec "$@"', "sh",
+            str(relay.path), str(LIBVIRT_RO_SOCKET), *argv]
+
 @contextlib.contextmanager
 def running(services: Services, check_interval: int = 2, retry_interval: int = 1, max_check_attempts: int = 1,
             timeout: int = 30, extra_paths: Sequence[str | os.PathLike[str]] = (), cfg_files: Sequence[Path] = (),
@@ -583,13 +596,7 @@ def running(services: Services, check_interval: int = 2, retry_interval: int = 1
         env = _clean_env(root / "home")
         stack.enter_context(traversable([*extra_paths, *cfg_files]))
         validate(cfg, env)
-        argv = [NAGIOS, "-d", str(cfg)]
-        if LIBVIRT_RO_SOCKET.is_socket() and not can_connect_read_only():
-            relay = SocketRelay(root / "libvirt-sock-ro", LIBVIRT_RO_SOCKET)
-            stack.callback(relay.stop)
-            argv = ["unshare", "--mount", "--propagation", "private", "--",
-                    "sh", "-ec", 'mount --bind "$1" "$2"; shift 2; exec "$@"', "sh",
-                    str(relay.path), str(LIBVIRT_RO_SOCKET), *argv]
+        argv = read_only_libvirt([NAGIOS, "-d", str(cfg)], root, stack)
 
         def stop_all() -> None:
             for pid in _pids_running(cfg):
