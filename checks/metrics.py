@@ -7,9 +7,8 @@ import contextlib
 import os
 import time
 
-from sensu_kvm import metrics, virt
+from sensu_kvm import domains, metrics, virt
 from sensu_kvm.argtypes import metric_prefix_arg
-from sensu_kvm.domains import choose
 from sensu_kvm.errors import BadRequest, KvmError
 from sensu_kvm.names import Names, graphite_node
 from sensu_kvm.output import Report, Status
@@ -45,9 +44,9 @@ stdout, no line for it, its name on stderr."""
 def check(options: argparse.Namespace) -> Report:
     conn = virt.connect(options.uri)
     try:
-        records = virt.gather(conn, GROUPS, fill=options.fill)
-        names = Names.of(records)  # every domain of the host, before -d/--match/--exclude choose
-        chosen, missing = choose(records, options, names)
+        chosen, missing = domains.read(conn, GROUPS, options, fill=options.fill)
+        # every domain of the host, before -d/--match/--exclude choose (read attaches it)
+        names = chosen[0].names if chosen and chosen[0].names is not None else Names()
         if not chosen and not missing and (options.match or options.exclude):
             raise BadRequest("no domain matches --match/--exclude")
         node: list[dict[str, int]] = [{}, {}]
