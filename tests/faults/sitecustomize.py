@@ -18,6 +18,8 @@ demand. SPK_FAULT names one or more, separated by ";":
                        snapshot, copy, commit, verify), so that a test's signal lands in that phase
   slow-snapshot        kvm-backup: a 1.5 s pause right after libvirt made the snapshot (a signal that
                        comes during the snapshot call is handled when the call returns: here)
+  slow-domain-calls:S  every per-domain read (diskErrors, XMLDesc, vcpus, listAllSnapshots) takes S
+                       seconds longer (a libvirtd that serves each domain slowly: the time budget)
   log-domain-calls     not a fault: every virDomain method called is appended to the file
                        SPK_CALL_LOG, to prove which calls a command makes per domain
   log-connections      not a fault: every connection opened is appended to SPK_CALL_LOG as
@@ -50,6 +52,16 @@ if faults:
 
             libvirt.virConnect.getAllDomainStats = _no_bulk
             libvirt.virConnect.domainListGetStats = _no_bulk
+        elif fault.startswith("slow-domain-calls:"):
+            import time
+
+            pause = float(fault.split(":", 1)[1])
+            for method in ("diskErrors", "XMLDesc", "vcpus", "listAllSnapshots"):
+                def _slow(dom, *args, _real=getattr(libvirt.virDomain, method), _pause=pause, **kwargs):
+                    time.sleep(_pause)
+                    return _real(dom, *args, **kwargs)
+
+                setattr(libvirt.virDomain, method, _slow)
         elif fault.startswith("state-fails:"):
             victim = fault.split(":", 1)[1]
             real_state = libvirt.virDomain.state

@@ -91,7 +91,7 @@ class Listed:
     def name(self) -> str:
         return self._name
 
-    def UUIDString(self) -> str:  # noqa: N802 (libvirt's name)
+    def UUIDString(self) -> str:
         return self._uuid
 
 
@@ -108,7 +108,7 @@ class Recording:
         return [virt.DomainRecord(e["name"], e.get("uuid", e["name"]), dict(e["stats"])) for e in self.entries
                 if wanted is None or e["name"] in wanted]
 
-    def listAllDomains(self, _flags: int = 0) -> list[Any]:  # noqa: N802 (libvirt's name)
+    def listAllDomains(self, _flags: int = 0) -> list[Any]:
         """What domains.read lists when -d/--match/--exclude select: the recorded names."""
         return [Listed(e["name"], e.get("uuid", e["name"])) for e in self.entries]
 

@@ -1,0 +1,163 @@
+"""Scale on libvirt's test driver: chunked bulk calls give exactly what one call gives, and a check
+that cannot read every domain within -t reports what it measured, naming the domains it could
+not read and the phase that ran out of time (issue 15).
+
+The slow host is made with the fault loader (tests/faults): every per-domain read takes longer,
+as on a libvirtd that serves each domain slowly. The test driver has no monitor to hang.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from sensu_kvm import activity
+from sensu_kvm.virt import stats
+from tests import nodes
+from tests.conftest import run
+
+GROUPS = ["state", "cpu", "balloon", "vcpu", "interface", "block"]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 domains with hostile names, a disk and an interface each, in every run state."""
+    return nodes.write(tmp_path_factory.mktemp("scale") / "node.xml", nodes.many(300))
+
+
+@pytest.fixture
+def conn(node: Path) -> Iterator[libvirt.virConnect]:
+    connection = libvirt.openReadOnly(f"test://{node}")
+    yield connection
+    stats.set_concurrency(None)
+    connection.close()
+
+
+COUNTERS = re.compile(r"^(cpu\.time|vcpu\.\d+\.time|net\.\d+\.(rx|tx)\.\w+|block\.\d+\.(rd|wr|fl)\.\w+)$")
+
+
+def stable(found: list[tuple[str, str, dict[str, Any], Any]], volatile: set[str]) -> list[Any]:
+    """The records without the values of the counters that the test driver makes up from the clock."""
+    return [(n, u, sorted(s), {k: v for k, v in s.items() if k not in volatile}, e) for n, u, s, e in found]
+
+
+def volatile_keys(a: list[tuple[str, str, dict[str, Any], Any]], b: list[tuple[str, str, dict[str, Any], Any]]) -> set[str]:
+    """The keys whose values differ between two reads made the same way: counters alone."""
+    keys = {k for (_n, _u, s, _e), (_n2, _u2, t, _e2) in zip(a, b) for k in s if s.get(k) != t.get(k)}
+    assert all(COUNTERS.match(k) for k in keys), keys
+    return keys
+
+
+def records(conn: libvirt.virConnect, groups: list[str], calls: int, chunk: int,
+            monkeypatch: pytest.MonkeyPatch, doms: list[Any] | None = None) -> list[tuple[str, str, dict[str, Any], Any]]:
+    monkeypatch.setattr(stats, "CHUNK_MAX", chunk)
+    stats.set_concurrency(calls)
+    return [(r.name, r.uuid, r.stats, r.error) for r in stats.gather(conn, groups, doms=doms)]
+
+
+@pytest.mark.parametrize(("calls", "chunk"), [(5, 500), (3, 7), (8, 1)])
+def test_chunked_calls_give_what_one_call_gives(conn: libvirt.virConnect, monkeypatch: pytest.MonkeyPatch,
+                                                 calls: int, chunk: int) -> None:
+    one = records(conn, GROUPS, 1, 100_000, monkeypatch)
+    assert len(one) == 300
+    volatile = volatile_keys(one, records(conn, GROUPS, 1, 100_000, monkeypatch))
+    assert stable(records(conn, GROUPS, calls, chunk, monkeypatch), volatile) == stable(one, volatile)
+    # the state-only read of every domain is one getAllDomainStats call: the same again
+    single = [(n, u, s) for n, u, s, _e in records(conn, ["state"], 1, 100_000, monkeypatch)]
+    bulk = [(d.name(), d.UUIDString(), dict(s)) for d, s in conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)]
+    assert single == bulk
+    assert [(n, u, {k: v for k, v in s.items() if k.startswith("state.")}) for n, u, s, _e in one] == bulk
+
+
+def test_a_selection_reads_only_the_chosen_domains(conn: libvirt.virConnect, monkeypatch: pytest.MonkeyPatch) -> None:
+    every = records(conn, GROUPS, 5, 500, monkeypatch)
+    volatile = volatile_keys(every, records(conn, GROUPS, 5, 500, monkeypatch))
+    chosen = conn.listAllDomains(0)[10:13]
+    names = {d.name() for d in chosen}
+    assert stable(records(conn, GROUPS, 5, 2, monkeypatch, chosen), volatile) == stable(
+        [r for r in every if r[0] in names], volatile)
+
+
+def test_a_budget_that_ran_out_leaves_the_rest_late() -> None:
+    activity.set_budget(0.3)
+    try:
+        results = stats.in_parallel(lambda n: (time.sleep(0.05), n)[1], list(range(100)), 2, "counting")
+        phases = activity.late_phases()
+    finally:
+        activity.set_budget(float("inf"))
+    done = [i for i, r in enumerate(results) if r is not stats.LATE]
+    assert 4 <= len(done) < 100
+    assert all(results[i] == i for i in done)  # each answer in its item's place
+    assert phases == ["counting"]
+    time.sleep(0.2)  # the calls still running when the budget ran out finish now: their answers are dropped
+    assert [i for i, r in enumerate(results) if r is not stats.LATE] == done
+
+
+def first_line(stdout: str) -> str:
+    return stdout.splitlines()[0]
+
+
+ACTIVE = sum(1 for state in nodes.many(300).values() if state in (nodes.RUNNING, nodes.PAUSED))
+
+
+@pytest.mark.parametrize(("command", "phase"), [
+    ("check-kvm-blkerror", f"reading disk errors of {ACTIVE} domains"),
+    ("check-kvm-snapshot-age", "reading snapshots and disks of 300 domains"),
+    ("check-kvm-vcpu", f"reading statistics of {ACTIVE} domains one by one (the driver's bulk call lacks them)"),
+])
+def test_a_slow_host_gets_a_partial_report_naming_the_phase(node: Path, fault_env: dict[str, str], tmp_path: Path,
+                                                           command: str, phase: str) -> None:
+    """226 running domains at 0.1 s each on 5 calls need 4.5 s; -t 2 reads for 1.6 s of it."""
+    env = {**fault_env, "SPK_FAULT": "slow-domain-calls:0.1"}
+    extra = ["--state-dir", str(tmp_path)] if command == "check-kvm-vcpu" else []
+    result = run(command, "-u", f"test://{node}", "-t", "2", "-v", *extra, env=env)
+    assert "timed out after" not in result.stdout, result.stdout  # not the watchdog's one line
+    assert "Traceback" not in result.stderr
+    head = first_line(result.stdout)
+    found = re.search(rf"time ran out while {re.escape(phase)} \((\d+) of 300 domains not read within -t 2s\)", head)
+    assert found, head
+    late = int(found.group(1))
+    total = ACTIVE if command != "check-kvm-snapshot-age" else 300
+    assert 0 < late < total, head
+    details = result.stdout.split("|")[0].splitlines()[1:]
+    late_lines = [line for line in details if f"not read: time ran out while {phase}" in line]
+    assert len(late_lines) == late
+    measured = [line for line in details if "not read" not in line and "not measured" not in line]
+    assert len(measured) == total - late  # every domain read in time is judged, and only those
+    assert result.returncode in (2, 3)  # blkerror: the test driver's fake errors are CRITICAL
+
+
+def test_concurrency_is_read_from_libvirtd_conf(tmp_path: Path) -> None:
+    conf = tmp_path / "libvirtd.conf"
+    conf.write_text("# max_client_requests = 50\nmax_client_requests = 12  # more\nmax_workers = 8\n")
+    assert stats.daemon_limit([str(tmp_path / "none.conf"), str(conf)]) == 8
+    conf.write_text("max_client_requests = 12\n")
+    assert stats.daemon_limit([str(conf)]) == 12
+    conf.write_text("max_client_requests = zero\n")
+    assert stats.daemon_limit([str(conf)]) == 5
+    assert stats.daemon_limit([str(tmp_path / "none.conf")]) == 5
+    stats.set_concurrency(None, "qemu+ssh://far.example/system")
+    assert stats.concurrency() == 5
+    stats.set_concurrency(3, "qemu:///system")
+    assert stats.concurrency() == 3
+    stats.set_concurrency(None)
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two", "-1"])
+def test_a_bad_concurrency_is_refused(value: str) -> None:
+    result = run("check-kvm-domstate", "-u", "test:///default", "--concurrency", value)
+    assert result.returncode == 3
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "--concurrency" in result.stderr
+
+
+def test_the_concurrency_option_changes_nothing_but_the_calls(node: Path) -> None:
+    outputs = {calls: run("check-kvm-blkerror", "-u", f"test://{node}", "-v", "--concurrency", calls).stdout
+               for calls in ("1", "5", "17")}
+    assert len(set(outputs.values())) == 1, outputs
