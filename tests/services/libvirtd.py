@@ -33,6 +33,7 @@ from pathlib import Path
 
 import libvirt
 
+from tests import nodes
 from tests.services.rabbitmq import ServiceError, finish, kill_tree, reap_stale, serve_by_hand, spawn_reaped, tail
 
 LIBVIRTD = "/usr/sbin/libvirtd"
@@ -90,7 +91,8 @@ class PrivateLibvirtd:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()  # a stale one would pass for the new daemon's
         self.reaper = spawn_reaped(self.as_user(LIBVIRTD), env=self.env(), tmpdir=self.tmpdir, log=self.log)
-        probe = self.node_file("probe.xml", "<node><domain type='test'><name>probe</name></domain></node>")
+        probe = self.node_file("probe.xml", "")
+        nodes.write(probe, {"probe": nodes.RUNNING})
         deadline = began + timeout
         while True:
             if self.reaper.poll() is not None:
@@ -161,7 +163,8 @@ def start() -> PrivateLibvirtd:
 
 def main() -> int:
     daemon = start()
-    node = daemon.node_file("default.xml", "<node><domain type='test'><name>demo</name></domain></node>")
+    node = daemon.node_file("default.xml", "")
+    nodes.write(node, nodes.HOSTILE)
     try:
         return serve_by_hand(daemon, f"private libvirtd pid {daemon.pid}, {daemon.uri(node)}")
     finally:
