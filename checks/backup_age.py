@@ -9,7 +9,7 @@ from sensu_kvm import virt
 from sensu_kvm.argtypes import duration_range, state_dir_arg
 from sensu_kvm.backup import catalog
 from sensu_kvm.contexts import Context
-from sensu_kvm.domains import Verdict, choose, judge_each, report
+from sensu_kvm.domains import Verdict, judge_each, read, report
 from sensu_kvm.durations import format_age
 from sensu_kvm.errors import BadRequest
 from sensu_kvm.output import Finding, Report, Status, worst
@@ -78,7 +78,7 @@ def check(options: argparse.Namespace) -> Report:
         by_domain.setdefault(entry.domain, []).append(entry)
     conn = virt.connect(options.uri)
     try:
-        chosen, missing = choose(virt.gather(conn, ["state"], fill=False), options)
+        chosen, missing = read(conn, ["state"], options, fill=False)
     finally:
         conn.close()
     verdicts = judge_each(chosen, lambda r: judge_domain(r, by_domain.get(r.name, []), markers.get(r.name),

@@ -6,8 +6,7 @@ import argparse
 
 from sensu_kvm import states, virt
 from sensu_kvm.contexts import Context
-from sensu_kvm.domains import Verdict, choose, judge_each, report
-from sensu_kvm.errors import KvmError
+from sensu_kvm.domains import Verdict, judge_each, read, report
 from sensu_kvm.output import Finding, Report, Status
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 
@@ -40,15 +39,15 @@ def judge_domain(record: virt.DomainRecord, errors: dict[str, int]) -> Verdict:
 def check(options: argparse.Namespace) -> Report:
     conn = virt.connect(options.uri)
     try:
-        chosen, missing = choose(virt.gather(conn, ["state"]), options)
+        chosen, missing = read(conn, ["state"], options)
 
         def one(record: virt.DomainRecord) -> Verdict:
             try:
-                return judge_domain(record, virt.disk_errors(record.dom, options.timeout / 4))
-            except KvmError as err:
-                return Verdict(Finding(record.name, Status.UNKNOWN, str(err)))
+                return judge_domain(record, dict(record.dom.diskErrors()))
+            except virt.libvirtError as err:
+                return Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: disk errors: {virt.reason(err)}"))
 
-        verdicts = judge_each(chosen, one)
+        verdicts = judge_each(chosen, one, phase="reading disk errors")
     finally:
         conn.close()
     measured = sum(1 for v in verdicts if v.of(DISK_ERRORS.metric))

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from sensu_kvm import states, virt
 from sensu_kvm.contexts import Context
-from sensu_kvm.domains import choose
+from sensu_kvm.domains import read
 from sensu_kvm.errors import KvmError
 from sensu_kvm.names import entity_name, visible
 from sensu_kvm.output import Finding, Report, Status, summarise, worst
@@ -119,7 +119,7 @@ def gather(options: argparse.Namespace) -> tuple[list[Observed], list[str]]:
     """
     conn = virt.connect(options.uri)
     try:
-        chosen, missing = choose(virt.gather(conn, ["state"]), options)
+        chosen, missing = read(conn, ["state"], options)
         autostart: set[str] = set()
         if any(r.stats.get("state.state") == states.SHUTOFF for r in chosen):
             autostart = virt.autostart_uuids(conn)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any, NamedTuple
 
-from sensu_kvm import guestinfo, states, virt
+from sensu_kvm import activity, guestinfo, states, virt
 from sensu_kvm.argtypes import seconds_arg
 from sensu_kvm.contexts import Context
-from sensu_kvm.domains import Verdict, choose, report, unreadable, with_entity
+from sensu_kvm.domains import Verdict, read, report, unreadable, with_entity
 from sensu_kvm.errors import KvmError
 from sensu_kvm.output import Finding, Report, Status, worst
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
@@ -137,40 +137,45 @@ def ask_agent(dom: Any, seconds: float) -> Answer:
     return Answer(took, version, guestinfo.file_systems(info))
 
 
-def domain_xml(record: virt.DomainRecord, seconds: float) -> str:
-    return virt.call_with_deadline(lambda: str(record.dom.XMLDesc(0)), seconds, f"{record.text}: domain XML")
-
-
 def check(options: argparse.Namespace) -> Report:
     seconds = options.agent_timeout or options.timeout / 4
     named = set(options.domain)
     conn = virt.connect(options.uri)
     rw: Any = None
     try:
-        chosen, missing = choose(virt.gather(conn, ["state"]), options)
+        chosen, missing = read(conn, ["state"], options)
         verdicts: dict[str, Verdict] = {}
-        asking: list[tuple[virt.DomainRecord, guestinfo.Channel]] = []
+        running: list[virt.DomainRecord] = []
         for record in chosen:
             state = record.stats.get("state.state")
             if record.error:
                 verdicts[record.name] = unreadable(record)
-                continue
-            if state not in (states.RUNNING, states.BLOCKED):
-                if record.name in named:
-                    word = states.state_name(state) if isinstance(state, int) else "in no known state"
-                    verdicts[record.name] = Verdict(Finding(record.name, Status.OK, f"{record.text} {word}: agent not asked"))
-                continue
+            elif state in (states.RUNNING, states.BLOCKED):
+                running.append(record)
+            elif record.name in named:
+                word = states.state_name(state) if isinstance(state, int) else "in no known state"
+                verdicts[record.name] = Verdict(Finding(record.name, Status.OK, f"{record.text} {word}: agent not asked"))
+
+        def channel_of(record: virt.DomainRecord) -> guestinfo.Channel | Verdict | None:
             try:
-                xml = domain_xml(record, seconds)
-                channel = guestinfo.agent_channel(xml)
-            except KvmError as err:
-                verdicts[record.name] = Verdict(Finding(record.name, Status.UNKNOWN, str(err)))
-                continue
-            if channel is None:
-                if record.name in named:
-                    verdicts[record.name] = judge_no_channel(record, options.agent_optional)
-                continue
-            asking.append((record, channel))
+                return guestinfo.agent_channel(str(record.dom.XMLDesc(0)))
+            except virt.libvirtError as err:
+                return Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: domain XML: {virt.reason(err)}"))
+            except Exception as err:  # an XML that does not parse: this domain alone is UNKNOWN
+                return Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: {type(err).__name__}: {err}"))
+
+        asking: list[tuple[virt.DomainRecord, guestinfo.Channel]] = []
+        phase = f"reading the domain XML of {len(running)} running domains (for a guest agent channel)"
+        activity.doing(phase)
+        for record, channel in zip(running, virt.in_parallel(channel_of, running, virt.concurrency(), phase)):
+            if channel is virt.LATE:
+                verdicts[record.name] = Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: {virt.late_error(phase)}"))
+            elif isinstance(channel, Verdict):
+                verdicts[record.name] = channel
+            elif channel is not None:
+                asking.append((record, channel))
+            elif record.name in named:
+                verdicts[record.name] = judge_no_channel(record, options.agent_optional)
 
         if asking:
             try:
@@ -181,27 +186,26 @@ def check(options: argparse.Namespace) -> Report:
                         record.name, Status.UNKNOWN, f"{record.text}: {guestinfo.READ_WRITE_NOTE}: {err}"))
                 asking = []
 
-        def one(item: tuple[virt.DomainRecord, guestinfo.Channel]) -> None:
+        def one(item: tuple[virt.DomainRecord, guestinfo.Channel]) -> Verdict:
             record, channel = item
             try:
-                dom = virt.call_with_deadline(lambda: rw.lookupByName(record.name), seconds,
-                                              f"{record.text}: lookup")
-            except KvmError as err:
-                verdicts[record.name] = Verdict(Finding(record.name, Status.UNKNOWN, str(err)))
-                return
+                dom = rw.lookupByName(record.name)
+            except virt.libvirtError as err:
+                return Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: lookup: {virt.reason(err)}"))
             try:
                 answer = ask_agent(dom, seconds)
             except KvmError as err:
-                verdicts[record.name] = judge_silent(record, str(err), channel, options.agent_optional)
-                return
+                return judge_silent(record, str(err), channel, options.agent_optional)
             except Exception as err:  # this domain alone is UNKNOWN
-                text = f"{record.text}: {type(err).__name__}: {err}"
-                verdicts[record.name] = Verdict(Finding(record.name, Status.UNKNOWN, text))
-                return
-            verdicts[record.name] = judge_domain(record, answer, options)
+                return Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: {type(err).__name__}: {err}"))
+            return judge_domain(record, answer, options)
 
         if asking:
-            virt.in_parallel(one, asking, virt.FALLBACK_THREADS)
+            phase = f"asking the guest agents of {len(asking)} domains"
+            activity.doing(phase)
+            for (record, _channel), verdict in zip(asking, virt.in_parallel(one, asking, virt.concurrency(), phase)):
+                verdicts[record.name] = (Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: {virt.late_error(phase)}"))
+                                         if verdict is virt.LATE else verdict)
     finally:
         if rw is not None:
             rw.close()

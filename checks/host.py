@@ -13,7 +13,7 @@ import psutil
 
 from sensu_kvm import virt
 from sensu_kvm.contexts import Context
-from sensu_kvm.domains import choose
+from sensu_kvm.domains import read
 from sensu_kvm.errors import KvmError
 from sensu_kvm.output import Finding, Report, Status, summarise
 from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, run_check
@@ -153,7 +153,7 @@ def check(options: argparse.Namespace) -> Report:
         missing: list[str] = []
         if is_local(uri) or options.domain or options.match or options.exclude:
             # the domains' images on a remote host are not read, but -d/--match still say what they find
-            selected, missing = choose(virt.gather(conn, ["state", "block"] if is_local(uri) else ["state"]), options)
+            selected, missing = read(conn, ["state", "block"] if is_local(uri) else ["state"], options)
             paths = [v for r in selected for k, v in r.stats.items() if k.startswith("block.") and k.endswith(".path")]
     finally:
         conn.close()

@@ -6,7 +6,7 @@ import argparse
 
 from sensu_kvm import virt
 from sensu_kvm.contexts import Context
-from sensu_kvm.domains import Verdict, choose, judge_each, report
+from sensu_kvm.domains import Verdict, judge_each, read, report
 from sensu_kvm.output import Finding, Report, Status
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
 
@@ -70,7 +70,7 @@ def judge_domain(record: virt.DomainRecord, options: argparse.Namespace, of: dic
 def check(options: argparse.Namespace) -> Report:
     conn = virt.connect(options.uri)
     try:
-        chosen, missing = choose(virt.gather(conn, ["state", "balloon"]), options)
+        chosen, missing = read(conn, ["state", "balloon"], options)
     finally:
         conn.close()
     of = contexts(options)

@@ -8,9 +8,8 @@ import os
 import time
 from typing import Any
 
-from sensu_kvm import metrics, virt
+from sensu_kvm import domains, metrics, virt
 from sensu_kvm.argtypes import listen_arg, metric_prefix_arg
-from sensu_kvm.domains import choose
 from sensu_kvm.errors import BadRequest, KvmError
 from sensu_kvm.names import Names, graphite_node
 from sensu_kvm.output import Report, Status
@@ -66,9 +65,9 @@ def read(conn: Any, options: argparse.Namespace) -> Read:
     """Everything one run reads from libvirt: the points of the host and of the chosen domains,
     every domain's names, and the -d domains that are missing (--listen reads it on its own
     long-lived connection)."""
-    records = virt.gather(conn, GROUPS, fill=options.fill)
-    names = Names.of(records)  # every domain of the host, before -d/--match/--exclude choose
-    chosen, missing = choose(records, options, names)
+    chosen, missing = domains.read(conn, GROUPS, options, fill=options.fill)
+    # every domain of the host, before -d/--match/--exclude choose (read attaches it)
+    names = chosen[0].names if chosen and chosen[0].names is not None else Names()
     if not chosen and not missing and (options.match or options.exclude):
         raise BadRequest("no domain matches --match/--exclude")
     node: list[dict[str, int]] = [{}, {}]

@@ -213,6 +213,17 @@ def count_arg(text: str) -> int:
     return _bounded(text, 0)
 
 
+MAX_CONCURRENCY = 64  # libvirtd's own default max_workers is 20
+
+
+def concurrency_arg(text: str) -> int:
+    """A number of concurrent libvirt calls: 1 to 64."""
+    value = _bounded(text, 1)
+    if value > MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is above {MAX_CONCURRENCY}")
+    return value
+
+
 def whole_arg(text: str) -> int:
     """A whole number >= 1 (at most a billion)."""
     return _bounded(text, 1)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sensu_kvm import states
+from sensu_kvm import activity, states, virt
 from sensu_kvm.contexts import Measurement
 from sensu_kvm.names import Names, entity_name, perf_label, visible
 from sensu_kvm.output import Finding, Perf, Report, Status, summarise
@@ -43,8 +43,29 @@ def choose(records: Sequence[DomainRecord], options: argparse.Namespace,
         record.names = names
     by_name = {r.name: r for r in records}
     chosen = [by_name[n] for n in select(list(by_name), options)]
-    missing = [n for n in dict.fromkeys(options.domain) if n not in by_name]
+    missing = [n for n in dict.fromkeys(options.domain) if n not in names]
     return chosen, missing
+
+
+def read(conn: Any, groups: Sequence[str], options: argparse.Namespace,
+         fill: bool = True) -> tuple[list[DomainRecord], list[str]]:
+    """The records, with their statistics, of the domains that -d/--match/--exclude select, and
+    the names given with -d that do not exist (as ``choose``).
+
+    With a selection only the selected domains' statistics are read: one listing gives every
+    name and UUID, for the host's :class:`Names`, and the statistics calls ask for the chosen
+    domains alone (``-d web1`` on a host of 10,000 reads one domain, not 10,000).
+    """
+    if not (options.domain or options.match or options.exclude):
+        return choose(virt.gather(conn, groups, fill), options)
+    activity.doing("listing the domains")
+    try:
+        doms = conn.listAllDomains(0)
+    except virt.libvirtError as err:
+        raise virt.translate(err, "cannot list domains") from err
+    names = Names((d.name(), d.UUIDString()) for d in doms)
+    keep = set(select([d.name() for d in doms], options))
+    return choose(virt.gather(conn, groups, fill, [d for d in doms if d.name() in keep]), options, names)
 
 
 def is_active(record: DomainRecord) -> bool:
@@ -68,18 +89,34 @@ def with_entity(record: DomainRecord, verdict: Verdict) -> Verdict:
 
 
 def judge_each(records: Iterable[DomainRecord], judge: Callable[[DomainRecord], Verdict],
-               active_only: bool = True) -> list[Verdict]:
-    """Judge every record; unreadable ones are UNKNOWN, inactive ones are not measured."""
-    verdicts = []
-    for record in records:
+               active_only: bool = True, phase: str | None = None) -> list[Verdict]:
+    """Judge every record; unreadable ones are UNKNOWN, inactive ones are not measured.
+
+    With a ``phase`` (what the judging reads per domain: "reading disk errors") ``judge`` makes
+    libvirt calls: it runs on concurrent calls (virt.in_parallel) within the time budget, and a
+    domain not judged when the budget runs out is UNKNOWN, not read. ``judge`` must not raise.
+    """
+    given = list(records)
+    verdicts: list[Verdict | None] = []
+    asked: list[int] = []
+    for record in given:
         if record.error:
-            verdict = unreadable(record)
+            verdicts.append(unreadable(record))
         elif active_only and not is_active(record):
-            verdict = not_running(record)
+            verdicts.append(not_running(record))
+        elif phase is None:
+            verdicts.append(judge(record))
         else:
-            verdict = judge(record)
-        verdicts.append(with_entity(record, verdict))
-    return verdicts
+            asked.append(len(verdicts))
+            verdicts.append(None)
+    if asked:
+        text = f"{phase} of {len(asked)} domain{'s' if len(asked) != 1 else ''}"
+        activity.doing(text)
+        answers = virt.in_parallel(judge, [given[i] for i in asked], virt.concurrency(), text)
+        for i, answer in zip(asked, answers):
+            late = Finding(given[i].name, Status.UNKNOWN, f"{given[i].text}: {virt.late_error(text)}")
+            verdicts[i] = Verdict(late) if answer is virt.LATE else answer
+    return [with_entity(r, v) for r, v in zip(given, verdicts) if v is not None]
 
 
 def in_order(measurements: Iterable[Measurement]) -> list[Measurement]:
@@ -98,7 +135,12 @@ def report(verdicts: Sequence[Verdict], missing: Sequence[str], options: argpars
     findings = [v.finding for v in verdicts] + [Finding(n, Status.CRITICAL, f"{visible(n)} not found", entity_name(n))
                                                 for n in missing]
     status, problems, details = summarise(findings, "domain", options.verbose)
-    if len(findings) == 1:
+    late = activity.late_phases()
+    if late:  # the time budget ran out: what was measured is judged, the rest named UNKNOWN
+        unread = sum(1 for f in findings if virt.LATE_MARK in f.text)
+        problems = (f"time ran out while {late[0]} ({unread} of {len(findings)} domains not read within "
+                    f"-t {options.timeout:g}s); " + problems).rstrip("; ")
+    if len(findings) == 1 and not late:
         summary = findings[0].text
     elif problems:
         summary = problems

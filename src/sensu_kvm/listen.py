@@ -5,8 +5,10 @@ so that a scrape costs what reading the statistics costs, without starting an in
 connecting each time. The text is the one-shot command's, made by the same code.
 
 * **One scrape at a time** (a lock): the concurrency belongs to libvirtd; a second scraper waits.
-* **Each scrape within -t**: the reading runs in a thread under the project's thread-based
-  deadline (virt.deadline; a libvirt call blocks in C, where no signal handler runs). A libvirtd
+* **Each scrape within -t**: the one-shot run's time budget (activity.set_budget: reading stops
+  a little before -t and what was read is reported), and the reading runs in a thread under the
+  project's thread-based deadline (virt.deadline; a libvirt call blocks in C, where no signal
+  handler runs) for a call that still blocks at -t. A libvirtd
   that does not answer in time makes the scrape answer ``kvm_up 0``; its connection is abandoned
   (the thread still waiting in it closes it when libvirtd answers) and a new one is opened at the
   next scrape. While that thread still waits, later scrapes wait for it within their own -t and
@@ -119,6 +121,9 @@ class Scraper:
                                     f"(while {visible(activity.current())})")
             holder = [self.conn]
             left = max(0.001, self.timeout - (time.monotonic() - began))
+            # The one-shot run's time budget (plugin.Watchdog sets it there): reading stops a little
+            # before -t and reports what it read; the deadline below is for a call that still blocks.
+            activity.set_budget(left - activity.reserve(self.timeout))
             try:
                 report = virt.run_with_deadline(lambda: self._work(holder), left, "scrape")
             except CallTimeout:

@@ -73,7 +73,7 @@ class Option:
 
 
 URI_OPTIONS = (Option("--uri", "-u", shared=True), Option("--domain", "-d", Takes.LIST, shared=True),
-               Option("--match", shared=True), Option("--exclude", shared=True))
+               Option("--match", shared=True), Option("--exclude", shared=True), Option("--concurrency", shared=True))
 RUN_OPTIONS = (Option("--timeout", "-t", shared=True), Option("--verbose", "-v", Takes.FLAG, shared=True),
                Option("--max-output", shared=True))
 THRESHOLDS = (Option("--warning", "-w"), Option("--critical", "-c"))

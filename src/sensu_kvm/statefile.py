@@ -466,7 +466,7 @@ def sample_domains(options: Any, check: str, groups: list[str],
     missing, the current samples and each one's rates (``samples`` makes the samples from the
     running domains' records and the time they were read)."""
     from sensu_kvm import virt  # noqa: PLC0415 (statefile itself has no need of libvirt)
-    from sensu_kvm.domains import choose, is_active  # noqa: PLC0415
+    from sensu_kvm.domains import is_active, read  # noqa: PLC0415
 
     conn = virt.connect(options.uri)
     chosen: list[Any] = []
@@ -475,9 +475,8 @@ def sample_domains(options: Any, check: str, groups: list[str],
     def take() -> dict[str, dict[str, Any]]:
         nonlocal chosen, missing
         before = time.time()
-        records = virt.gather(conn, groups)
-        when = (before + time.time()) / 2  # the counters were read somewhere during the call
-        chosen, missing = choose(records, options)
+        chosen, missing = read(conn, groups, options)
+        when = (before + time.time()) / 2  # the counters were read somewhere during the calls
         return samples([r for r in chosen if is_active(r) and not r.error], when)
 
     try:

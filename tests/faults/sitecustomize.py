@@ -5,7 +5,8 @@
 The faults stand in for failures that the real hypervisors here cannot be made to produce on
 demand. SPK_FAULT names one or more, separated by ";":
   crash-in-gather      virt.gather raises an unexpected RuntimeError (a bug in our code)
-  bulk-stats-fail      virConnectGetAllDomainStats fails (an old or partial driver)
+  bulk-stats-fail      virConnectGetAllDomainStats and virDomainListGetStats fail (an old or
+                       partial driver)
   state-fails:NAME     virDomainGetState fails for the domain NAME
   crash-in-commit      kvm-backup: the first wait for a commit job raises RuntimeError (a bug in our
                        code after the copy, with the commit job running)
@@ -48,6 +49,7 @@ if faults:
                 raise _libvirt_error("injected fault: this function is not supported by the connection driver")
 
             libvirt.virConnect.getAllDomainStats = _no_bulk
+            libvirt.virConnect.domainListGetStats = _no_bulk
         elif fault.startswith("state-fails:"):
             victim = fault.split(":", 1)[1]
             real_state = libvirt.virDomain.state

@@ -82,6 +82,19 @@ def recorded(name: str) -> list[dict[str, Any]]:
     return data
 
 
+class Listed:
+    """A listed domain of a recording: its name and UUID."""
+
+    def __init__(self, name: str, uuid: str) -> None:
+        self._name, self._uuid = name, uuid
+
+    def name(self) -> str:
+        return self._name
+
+    def UUIDString(self) -> str:  # noqa: N802 (libvirt's name)
+        return self._uuid
+
+
 class Recording:
     """Serves recorded stats dicts in place of libvirt's bulk call."""
 
@@ -90,8 +103,14 @@ class Recording:
         monkeypatch.setattr(virt, "connect", lambda uri, readonly=True: self)
         monkeypatch.setattr(virt, "gather", self.gather)
 
-    def gather(self, _conn: Any, _groups: Any, fill: bool = True) -> list[virt.DomainRecord]:
-        return [virt.DomainRecord(e["name"], e.get("uuid", e["name"]), dict(e["stats"])) for e in self.entries]
+    def gather(self, _conn: Any, _groups: Any, fill: bool = True, doms: Any = None) -> list[virt.DomainRecord]:
+        wanted = None if doms is None else {d.name() for d in doms}
+        return [virt.DomainRecord(e["name"], e.get("uuid", e["name"]), dict(e["stats"])) for e in self.entries
+                if wanted is None or e["name"] in wanted]
+
+    def listAllDomains(self, _flags: int = 0) -> list[Any]:  # noqa: N802 (libvirt's name)
+        """What domains.read lists when -d/--match/--exclude select: the recorded names."""
+        return [Listed(e["name"], e.get("uuid", e["name"])) for e in self.entries]
 
     def close(self) -> None:
         pass

@@ -44,15 +44,21 @@ from sensu_kvm.virt.lookup import (
     qemu_log,
 )
 from sensu_kvm.virt.stats import (
+    BUSY,
     FALLBACK_THREADS,
     GROUPS,
+    LATE,
+    LATE_MARK,
     DomainRecord,
     Group,
+    concurrency,
     disk_errors,
     gather,
     in_parallel,
+    late_error,
     node_cpu_stats,
     node_memory_stats,
+    set_concurrency,
 )
 from sensu_kvm.virt.versions import client_version, hypervisor_version, lib_version, version_text
 
@@ -70,10 +76,12 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "DEFAULT_TIMEOUT", "DEFAULT_URI", "FALLBACK_THREADS", "GROUPS", "LONG_CALLS", "LONG_FACTOR",
-    "DomainRecord", "Group", "Timed", "all_domains", "api_name", "autostart_uuids", "call_with_deadline",
-    "client_version", "connect", "disk_errors", "domain_by_any", "gather", "hypervisor_version",
-    "in_parallel", "is_autostart", "kind", "lib_version", "libvirtError", "lookup_domain", "metadata_element", "node_cpu_stats",
-    "node_memory_stats", "qemu_log", "raw", "reason", "resolve_uri", "run_with_deadline", "scrub", "set_default_timeout",
-    "shown_uri", "translate", "version_text", "virConnect", "virDomain", "virDomainSnapshot", "wrap",
+    "BUSY", "DEFAULT_TIMEOUT", "DEFAULT_URI", "FALLBACK_THREADS", "GROUPS", "LATE", "LATE_MARK",
+    "LONG_CALLS", "LONG_FACTOR", "DomainRecord", "Group", "Timed", "all_domains", "api_name",
+    "autostart_uuids", "call_with_deadline", "client_version", "concurrency", "connect", "disk_errors",
+    "domain_by_any", "gather", "hypervisor_version", "in_parallel", "is_autostart", "kind", "late_error",
+    "lib_version", "libvirtError", "lookup_domain", "metadata_element", "node_cpu_stats",
+    "node_memory_stats", "qemu_log", "raw", "reason", "resolve_uri", "run_with_deadline", "scrub",
+    "set_concurrency", "set_default_timeout", "shown_uri", "translate", "version_text", "virConnect",
+    "virDomain", "virDomainSnapshot", "wrap",
 ]

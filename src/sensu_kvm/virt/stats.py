@@ -12,7 +12,7 @@ import libvirt
 
 from sensu_kvm import activity
 from sensu_kvm.names import Names, entity_name, perf_label, visible
-from sensu_kvm.virt.deadline import call_with_deadline
+from sensu_kvm.virt.deadline import call_with_deadline, raw
 from sensu_kvm.virt.errors import reason, translate
 
 T = TypeVar("T")
@@ -176,8 +176,69 @@ class DomainRecord:
 
 _INACTIVE = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED)
 
+# VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT (libvirt 4.5): a domain whose job another call holds
+# (a migration, a backup, a QEMU monitor that does not answer) gives what it can without it
+# instead of making the call wait for the job.
+NOWAIT = getattr(libvirt, "VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT", 0)
+# The most domains asked for in one bulk call: keeps each answer far below libvirt's RPC message
+# limit, and lets the calls of a large host run side by side.
+CHUNK_MAX = 500
+# Groups for which QEMU asks each domain's monitor, one domain after another within a call:
+# these are the calls that spreading over libvirtd's workers speeds up.
+MONITOR_GROUPS = frozenset({"balloon", "block", "vcpu"})
+DEFAULT_CONCURRENCY = 5  # libvirtd's max_client_requests: calls of one client served at once
+FALLBACK_THREADS = DEFAULT_CONCURRENCY  # kept for callers of the old name
 
-FALLBACK_THREADS = 8
+BUSY = ("busy: another operation holds its libvirt job (a migration, a backup, a block job starting, "
+        "or a QEMU that does not answer its monitor), not measured")
+_settings: dict[str, Any] = {"concurrency": None, "uri": None}
+
+
+class _Late:
+    """What in_parallel gives for an item it did not finish within the time budget."""
+
+    def __repr__(self) -> str:
+        return "LATE"
+
+
+LATE: Any = _Late()
+
+
+def set_concurrency(calls: int | None, uri: str | None = None) -> None:
+    """How many libvirt calls to make at once (--concurrency); None: what the daemon behind
+    ``uri`` serves (see ``concurrency``)."""
+    _settings["concurrency"] = calls
+    _settings["uri"] = uri
+
+
+def concurrency() -> int:
+    """The concurrent calls to make: --concurrency, else libvirtd's own limit on the calls of one
+    client (``max_client_requests``, capped by ``max_workers``) read from its configuration on
+    this host, else libvirt's default of 5. A remote daemon's configuration cannot be read: 5."""
+    given, uri = _settings["concurrency"], _settings["uri"]
+    if given:
+        return given
+    if uri is not None and "//" in uri and uri.split("//", 1)[1][:1] not in ("/", ""):
+        return DEFAULT_CONCURRENCY  # qemu+ssh://host/system: not this host's daemon
+    return daemon_limit()
+
+
+def daemon_limit(paths: Iterable[str] = ("/etc/libvirt/libvirtd.conf", "/etc/libvirt/virtqemud.conf")) -> int:
+    """max_client_requests (capped by max_workers) of the first configuration file that exists."""
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as conf:
+                text = conf.read()
+        except OSError:
+            continue
+        values = {"max_client_requests": DEFAULT_CONCURRENCY, "max_workers": 20}
+        for line in text.splitlines():
+            key, _, value = line.partition("=")
+            key, value = key.strip(), value.split("#", 1)[0].strip()
+            if key in values and value.isdigit() and int(value) > 0:
+                values[key] = int(value)
+        return max(1, min(values["max_client_requests"], values["max_workers"]))
+    return DEFAULT_CONCURRENCY
 
 
 def _lacks(record: DomainRecord, groups: Iterable[str]) -> bool:
@@ -192,76 +253,179 @@ def _lacks(record: DomainRecord, groups: Iterable[str]) -> bool:
     return False
 
 
-def _complete(record: DomainRecord, groups: Iterable[str]) -> None:
-    """Fill groups the bulk call left out through their per-domain fallback.
+def _complete(record: DomainRecord, groups: Iterable[str]) -> tuple[dict[str, Any], str | None]:
+    """The groups the bulk call left out, read through their per-domain fallbacks, and the error
+    that stopped them (None): returned, not stored, since a late answer must change nothing.
 
     Only the state group is filled for a domain that does not run: the others have nothing to
     say about it. On a driver whose bulk call has every group (QEMU), nothing is called here.
     """
     shared = _Domain(record.dom)
+    found: dict[str, Any] = {}
+    state = record.stats.get("state.state")
     for name in groups:
         group = GROUPS[name]
         if group.fallback is None or any(k.startswith(group.prefix) for k in record.stats):
             continue
-        if name != "state" and record.stats.get("state.state") in _INACTIVE:
+        if name != "state" and state in _INACTIVE:
             continue
         try:
-            record.stats.update(group.fallback(shared))
+            found.update(group.fallback(shared))
         except libvirt.libvirtError as err:
-            record.error = f"{name} statistics unreadable: {reason(err)}"
-            return
+            return found, f"{name} statistics unreadable: {reason(err)}"
         except Exception as err:  # unparsable XML, say: this domain alone is unreadable
-            record.error = f"{name} statistics unreadable: {type(err).__name__}: {err}"
-            return
+            return found, f"{name} statistics unreadable: {type(err).__name__}: {err}"
+        if name == "state":
+            state = found.get("state.state")
+    return found, None
 
 
-def gather(conn: libvirt.virConnect, groups: Iterable[str], fill: bool = True) -> list[DomainRecord]:
-    """Statistics of every domain for the given groups: one bulk call, per-domain fallback.
+def _busy(stats: dict[str, Any], wanted: Iterable[str]) -> bool:
+    """Whether QEMU answered a NOWAIT bulk call for this running domain without its job: then the
+    balloon group has no ``balloon.rss`` and a disk with a source no ``capacity`` (measured on
+    libvirt 9.0 with the job held by a call waiting on a stopped QEMU: docs/decisions.md)."""
+    if stats.get("state.state") in _INACTIVE:
+        return False
+    if "balloon" in wanted and "balloon.current" in stats and "balloon.rss" not in stats:
+        return True
+    if "block" in wanted:
+        for n in range(int(stats.get("block.count", 0) or 0)):
+            if f"block.{n}.path" in stats and f"block.{n}.capacity" not in stats:
+                return True
+    return False
 
-    Without ``fill`` only the state is read per domain, and only when the bulk call failed: what
-    the driver's bulk call lacks stays missing.
+
+LATE_MARK = "not read: time ran out"
+
+
+def late_error(phase: str) -> str:
+    """The error of a domain not read within the time budget."""
+    return f"{LATE_MARK} while {phase}"
+
+
+def gather(conn: libvirt.virConnect, groups: Iterable[str], fill: bool = True,
+           doms: list[Any] | None = None) -> list[DomainRecord]:
+    """Statistics for the given groups of every domain (or of ``doms``): bulk calls, per-domain
+    fallback where the driver's bulk call lacks a group.
+
+    Groups that QEMU reads from each domain's monitor (balloon, block, vcpu) are asked for in
+    chunks, on as many concurrent calls as libvirtd serves (``concurrency``), since one call
+    queries the domains one after another; a state-only read of every domain is one call. Every
+    call passes NOWAIT: a domain whose job another call holds is answered without it, and gets
+    the ``BUSY`` error instead of stalling the check. Calls not answered within the process's
+    time budget (activity.left) leave their domains with a ``late_error``, and the phase is
+    recorded (activity.ran_out). Without ``fill`` only the state is read per domain, and only
+    when the bulk call failed: what the driver's bulk call lacks stays missing.
     """
     wanted = sorted(dict.fromkeys(groups), key=lambda g: g != "state")  # state first: fallbacks need it
     flags = 0
     for name in wanted:
         flags |= GROUPS[name].flag
-    activity.doing(f"reading domain statistics ({', '.join(wanted)})")
-    try:
-        pairs = conn.getAllDomainStats(flags)
-    except libvirt.libvirtError:
-        try:
-            doms = conn.listAllDomains(0)
-        except libvirt.libvirtError as err:
-            raise translate(err, "cannot list domains") from err
-        pairs = [(dom, {}) for dom in doms]
-    records = [DomainRecord(dom.name(), dom.UUIDString(), dict(stats), None, dom) for dom, stats in pairs]
+    phase = f"reading domain statistics ({', '.join(wanted)})"
+    activity.doing(phase)
+    chunked = doms is not None or bool(MONITOR_GROUPS.intersection(wanted))
+    records: list[DomainRecord]
+    if not chunked:
+        records = [DomainRecord(dom.name(), dom.UUIDString(), dict(stats), None, dom) for dom, stats in _bulk(conn, flags)]
+    else:
+        if doms is None:
+            try:
+                doms = conn.listAllDomains(0)
+            except libvirt.libvirtError as err:
+                raise translate(err, "cannot list domains") from err
+        records = _chunked(conn, doms, flags, phase)
+    if NOWAIT and MONITOR_GROUPS.intersection(wanted) and conn.getType() == "QEMU":
+        for record in records:
+            if record.error is None and _busy(record.stats, wanted):
+                record.error = BUSY
     filled = wanted if fill else [g for g in wanted if g == "state"]
-    lacking = [r for r in records if _lacks(r, filled)]
+    lacking = [r for r in records if r.error is None and _lacks(r, filled)]
     if lacking:
-        activity.doing(f"reading statistics of {len(lacking)} domains one by one (the driver's bulk call lacks them)")
-        in_parallel(lambda r: _complete(r, filled), lacking, FALLBACK_THREADS)
+        phase = f"reading statistics of {len(lacking)} domains one by one (the driver's bulk call lacks them)"
+        activity.doing(phase)
+        for record, answer in zip(lacking, in_parallel(lambda r: _complete(r, filled), lacking,
+                                                        concurrency(), phase)):
+            if answer is LATE:
+                record.error = late_error(phase)
+            else:
+                record.stats.update(answer[0])
+                record.error = answer[1]
     return records
 
 
-def in_parallel(func: Callable[[T], None], items: list[T], threads: int) -> None:
-    """Call ``func`` on every item from a few threads (libvirt multiplexes independent calls on
-    one connection, and libvirt-python releases the GIL while it waits), and wait for all.
+def _bulk(conn: libvirt.virConnect, flags: int) -> list[tuple[Any, dict[str, Any]]]:
+    """One getAllDomainStats call; if it fails (an old driver, a domain gone meanwhile), every
+    domain with no statistics, for the per-domain fallback."""
+    try:
+        return list(conn.getAllDomainStats(flags, NOWAIT))
+    except libvirt.libvirtError:
+        try:
+            return [(dom, {}) for dom in conn.listAllDomains(0)]
+        except libvirt.libvirtError as err:
+            raise translate(err, "cannot list domains") from err
 
-    Bare ``_thread``: concurrent.futures costs ~20 ms of imports. ``func`` must not raise.
+
+def _chunked(conn: libvirt.virConnect, doms: list[Any], flags: int, phase: str) -> list[DomainRecord]:
+    """domainListGetStats over chunks of ``doms``, the chunks asked for side by side."""
+    if not doms:
+        return []
+    calls = concurrency()
+    size = max(1, min(CHUNK_MAX, -(-len(doms) // calls)))
+    chunks = [doms[i:i + size] for i in range(0, len(doms), size)]
+
+    def read(chunk: list[Any]) -> dict[str, dict[str, Any]]:
+        try:
+            pairs = conn.domainListGetStats([raw(d) for d in chunk], flags, NOWAIT)
+        except libvirt.libvirtError:  # a domain of the chunk is gone: each one is read alone
+            return {}
+        return {dom.UUIDString(): dict(stats) for dom, stats in pairs}
+
+    answers = in_parallel(read, chunks, calls, phase) if len(chunks) > 1 else [read(chunks[0])]
+    records = []
+    for chunk, answer in zip(chunks, answers):
+        for dom in chunk:
+            uuid = dom.UUIDString()
+            if answer is LATE:
+                records.append(DomainRecord(dom.name(), uuid, {}, late_error(phase), dom))
+            else:
+                records.append(DomainRecord(dom.name(), uuid, answer.get(uuid, {}), None, dom))
+    return records
+
+
+R = TypeVar("R")
+
+
+def in_parallel(func: Callable[[T], R], items: list[T], threads: int, phase: str = "") -> list[Any]:
+    """``func`` of every item, called from a few threads (libvirt multiplexes independent calls
+    on one connection, and libvirt-python releases the GIL while it waits), in the items' order.
+
+    An item not finished when the process's time budget runs out (activity.left) gives ``LATE``
+    and records ``phase`` as the one that ran out of time; its call may still be running, and
+    what it returns later is thrown away. ``func`` must not raise, and must change nothing that
+    the caller reads: it returns what it found. Bare ``_thread``: concurrent.futures costs ~20 ms
+    of imports.
     """
-    pending = list(reversed(items))
+    results: list[Any] = [LATE] * len(items)
+    if not items:
+        return results
+    pending = list(range(len(items) - 1, -1, -1))
     guard = _thread.allocate_lock()
-    workers = min(threads, len(items))
+    closed = [False]
+    workers = min(max(1, threads), len(items))
     finished = [_thread.allocate_lock() for _ in range(workers)]
 
     def work(done: Any) -> None:
         try:
             while True:
                 with guard:
-                    if not pending:
+                    if not pending or closed[0]:
                         return
-                    item = pending.pop()
-                func(item)
+                    index = pending.pop()
+                value = func(items[index])
+                with guard:
+                    if closed[0]:
+                        return
+                    results[index] = value
         finally:
             done.release()
 
@@ -269,7 +433,15 @@ def in_parallel(func: Callable[[T], None], items: list[T], threads: int) -> None
         done.acquire()
         _thread.start_new_thread(work, (done,))
     for done in finished:
-        done.acquire()
+        left = activity.left()
+        if not done.acquire(timeout=-1 if left == float("inf") else left):
+            break
+    with guard:
+        closed[0] = True
+        late = any(r is LATE for r in results)
+    if late:
+        activity.ran_out(phase or activity.current())
+    return results
 
 
 def disk_errors(dom: libvirt.virDomain, seconds: float) -> dict[str, int]:
