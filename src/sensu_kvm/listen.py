@@ -178,8 +178,9 @@ class _Server(http.server.ThreadingHTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
     timeout = READ_TIMEOUT
-    server_version = "metrics-kvm"
-    sys_version = ""
+
+    def version_string(self) -> str:
+        return "metrics-kvm"  # no Python version in the Server header
 
     def do_GET(self) -> None:
         if self.path.split("?", 1)[0] != PATH:
