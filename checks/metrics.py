@@ -6,9 +6,10 @@ import argparse
 import contextlib
 import os
 import time
+from typing import Any
 
 from sensu_kvm import domains, metrics, virt
-from sensu_kvm.argtypes import metric_prefix_arg
+from sensu_kvm.argtypes import listen_arg, metric_prefix_arg
 from sensu_kvm.errors import BadRequest, KvmError
 from sensu_kvm.names import Names, graphite_node
 from sensu_kvm.output import Report, Status
@@ -23,7 +24,9 @@ EXAMPLES = """\
   metrics-kvm --format influxdb                InfluxDB line protocol, tags host, domain, device
   metrics-kvm --format prometheus              Prometheus text (Sensu Go output_metric_format prometheus_text)
   metrics-kvm --format json -d kvm1
-  metrics-kvm -u test:///default --fill        fill in per domain what the test driver's bulk call lacks"""
+  metrics-kvm -u test:///default --fill        fill in per domain what the test driver's bulk call lacks
+  metrics-kvm --listen 127.0.0.1:9177 -t 8     serve http://127.0.0.1:9177/metrics to a Prometheus that
+                                               scrapes it (scrape_timeout above -t); SIGTERM ends it"""
 
 DESCRIPTION = """\
 Every domain's statistics (state and reason, CPU, balloon, vCPU, block, interface) and the host's
@@ -38,32 +41,54 @@ stdout holds data only. A run that cannot do its job (libvirtd unreachable, -t r
 internal error, --match/--exclude selecting no domain) exits 3 with the reason in one line on
 stderr and nothing on stdout, but for 'kvm_up 0' in the Prometheus format (whose every output
 holds kvm_up 1). A -d domain that does not exist is CRITICAL (exit 2): the others' metrics on
-stdout, no line for it, its name on stderr."""
+stdout, no line for it, its name on stderr.
+
+--listen ADDRESS keeps one read-only connection open and answers each GET /metrics with the text
+--format prometheus prints (same selection options), HTTP 200 with kvm_up 0 while libvirtd cannot
+be read or does not answer within -t; the reason on stderr once per outage, a line when it is back.
+Other paths answer 404, other methods 405. A busy or bad address: one line, exit 3."""
 
 
 def check(options: argparse.Namespace) -> Report:
     conn = virt.connect(options.uri)
     try:
-        chosen, missing = domains.read(conn, GROUPS, options, fill=options.fill)
-        # every domain of the host, before -d/--match/--exclude choose (read attaches it)
-        names = chosen[0].names if chosen and chosen[0].names is not None else Names()
-        if not chosen and not missing and (options.match or options.exclude):
-            raise BadRequest("no domain matches --match/--exclude")
-        node: list[dict[str, int]] = [{}, {}]
-        for n, read in enumerate((virt.node_cpu_stats, virt.node_memory_stats)):
-            with contextlib.suppress(KvmError):  # a driver without node statistics (the test driver)
-                node[n] = read(conn)
-        host_points = metrics.host_points(*node)
+        data = read(conn, options)
     finally:
         conn.close()
-    points = host_points + [p for r in chosen for p in metrics.domain_points(r.name, r.stats, r.error)]
+    return render(options, data)
+
+
+Read = tuple[list[metrics.Point], Names, list[str]]
+
+
+def read(conn: Any, options: argparse.Namespace) -> Read:
+    """Everything one run reads from libvirt: the points of the host and of the chosen domains,
+    every domain's names, and the -d domains that are missing (--listen reads it on its own
+    long-lived connection)."""
+    chosen, missing = domains.read(conn, GROUPS, options, fill=options.fill)
+    # every domain of the host, before -d/--match/--exclude choose (read attaches it)
+    names = chosen[0].names if chosen and chosen[0].names is not None else Names()
+    if not chosen and not missing and (options.match or options.exclude):
+        raise BadRequest("no domain matches --match/--exclude")
+    node: list[dict[str, int]] = [{}, {}]
+    for n, reader in enumerate((virt.node_cpu_stats, virt.node_memory_stats)):
+        with contextlib.suppress(KvmError):  # a driver without node statistics (the test driver)
+            node[n] = reader(conn)
+    points = metrics.host_points(*node) + [p for r in chosen for p in metrics.domain_points(r.name, r.stats, r.error)]
+    return points, names, missing
+
+
+def render(options: argparse.Namespace, data: Read) -> Report:
+    """The output of one run in its format (stdout), and a -d domain that is missing (CRITICAL)."""
+    points, names, missing = data
     now = time.time()
     host = os.uname().nodename.split(".")[0]
-    if options.format == "graphite":
+    form = output_format(options)
+    if form == "graphite":
         text = metrics.graphite(points, options.scheme or f"{graphite_node(host)}.kvm", int(now), names)
-    elif options.format == "influxdb":
+    elif form == "influxdb":
         text = metrics.influxdb(points, host, int(now * 1e9), names)
-    elif options.format == "prometheus":
+    elif form == "prometheus":
         text = metrics.prometheus(points, names)
     else:
         text = metrics.as_json(points, host, now)
@@ -74,26 +99,50 @@ def check(options: argparse.Namespace) -> Report:
     return Report(Status.OK, text, raw=True)
 
 
+def output_format(options: argparse.Namespace) -> str:
+    """--format, else prometheus with --listen and graphite without."""
+    return str(options.format or ("prometheus" if options.listen else "graphite"))
+
+
 def failure(options: argparse.Namespace) -> str:
     """What stdout says when the run fails (exit 3, the error on stderr): Prometheus's own way of
     saying "down", ``kvm_up 0``; nothing in the other formats."""
-    return metrics.prometheus_up(0) if options.format == "prometheus" else ""
+    return metrics.prometheus_up(0) if output_format(options) == "prometheus" else ""
+
+
+def listen(parser: CheckParser, options: argparse.Namespace) -> int | None:
+    """--listen: serve the Prometheus text of every scrape from one long-lived connection
+    (sensu_kvm.listen) until SIGTERM; None without --listen (the one-shot run)."""
+    if options.listen is None:
+        return None
+    if output_format(options) != "prometheus":
+        parser.error(f"argument --listen: serves the Prometheus text only, not --format {options.format}")
+    from sensu_kvm import listen as resident  # noqa: PLC0415 (http.server only for the server)
+
+    scraper = resident.Scraper(parser.prog, options.uri, options.timeout, lambda conn: read(conn, options),
+                               lambda data: render(options, data), failure(options))
+    return resident.serve(parser.prog, options.listen, scraper)
 
 
 def parser() -> CheckParser:
     p = build_parser("metrics-kvm", DESCRIPTION, EXAMPLES)
-    p.add_argument("-f", "--format", choices=("graphite", "influxdb", "prometheus", "json"), default="graphite",
-                   help="output format (default: graphite)")
+    p.add_argument("-f", "--format", choices=("graphite", "influxdb", "prometheus", "json"),
+                   help="output format (default: graphite; prometheus with --listen)")
     p.add_argument("-s", "--scheme", type=metric_prefix_arg, metavar="PREFIX",
                    help="Graphite path prefix (default: <short hostname>.kvm)")
     p.add_argument("--fill", action="store_true",
                    help="read per domain what the driver's bulk call lacks (QEMU's lacks nothing; "
                         "costs several calls per domain on drivers such as libvirt's test driver)")
+    p.add_argument("--listen", type=listen_arg, metavar="ADDRESS",
+                   help="stay running and serve the Prometheus text at http://ADDRESS/metrics, HOST:PORT or "
+                        "[IPv6]:PORT (no default: choose one), from one read-only connection kept open and "
+                        "re-opened when libvirtd restarts; one scrape at a time, each within -t (kvm_up 0 while "
+                        "libvirtd cannot be read); SIGTERM ends it")
     return p
 
 
 def main() -> None:
-    run_check(NAME, parser(), check, failure)
+    run_check(NAME, parser(), check, failure, listen)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,15 @@ import math
 import os
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from sensu_kvm.durations import parse_duration
 from sensu_kvm.output import format_number
 from sensu_kvm.ranges import Range, RangeError
 
-__all__ = ["StrictParsing", "address_arg", "count_arg", "domain_arg", "duration_arg", "duration_range",
-           "metric_prefix_arg", "name_arg", "number_arg", "one_line", "path_arg", "positive_arg", "range_arg", "regex_arg",
-           "seconds_arg", "shown", "state_dir_arg", "strict_duration_arg", "text_arg", "uri_arg", "whole_arg"]
+__all__ = ["ListenAddress", "StrictParsing", "address_arg", "count_arg", "domain_arg", "duration_arg", "duration_range",
+           "listen_arg", "metric_prefix_arg", "name_arg", "number_arg", "one_line", "path_arg", "positive_arg", "range_arg",
+           "regex_arg", "seconds_arg", "shown", "state_dir_arg", "strict_duration_arg", "text_arg", "uri_arg", "whole_arg"]
 
 # compiled on first use only (re's own cache): it costs 0.6 ms, and only messages about bad input need it
 _CONTROL = r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]"
@@ -297,6 +297,49 @@ def address_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{shown(text)} is neither HOST:PORT (port 1-65535, such as 127.0.0.1:3030) "
                                          "nor an http(s) URL (such as http://127.0.0.1:3031/events)")
     return text
+
+
+class ListenAddress(NamedTuple):
+    """Where a server listens: a host (an IPv4 or IPv6 address, or a name), a port, and whether
+    the host is an IPv6 address (given in brackets)."""
+
+    host: str
+    port: int
+    ipv6: bool
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.ipv6 else f"{self.host}:{self.port}"
+
+
+_LISTEN = r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)):(?P<port>[0-9]{1,5})"
+
+
+def listen_arg(text: str) -> ListenAddress:
+    """HOST:PORT or [IPv6]:PORT (port 1-65535), such as 127.0.0.1:9177, [::1]:9177 or 0.0.0.0:9177."""
+    import ipaddress  # noqa: PLC0415 (only a server needs it)
+
+    usage = "such as 127.0.0.1:9177, [::1]:9177, 0.0.0.0:9177 (every IPv4 address) or [::]:9177"
+    match = re.fullmatch(_LISTEN, text)
+    if match is None:
+        hint = " (an IPv6 address goes in brackets)" if re.fullmatch(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9]+", text) else ""
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not HOST:PORT or [IPv6]:PORT{hint}, {usage}")
+    port = int(match.group("port"))
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{shown(text)}: the port must be 1-65535, {usage}")
+    if match.group("v6") is not None:
+        try:
+            ipaddress.IPv6Address(match.group("v6"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{shown(text)}: {shown(match.group('v6'))} is not an IPv6 address, "
+                                             f"{usage}") from None
+        return ListenAddress(str(ipaddress.IPv6Address(match.group("v6"))), port, True)
+    host = match.group("host")
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{shown(text)}: {shown(host)} is not an IPv4 address, {usage}") from None
+    return ListenAddress(host, port, False)
 
 
 def _values(value: Any) -> Sequence[str]:

@@ -266,6 +266,9 @@ def fail_raw(prog: str, message: str, text: str) -> None:
 Body = Callable[[argparse.Namespace], Report]
 # What a metrics command prints on stdout when it fails (see run_check).
 Failure = Callable[[argparse.Namespace], str]
+# A long-running mode of a command (metrics-kvm --listen): given the parser and the options, the
+# exit code when it ran instead of the one-shot body, None when it was not asked for (see run_check).
+Resident = Callable[[CheckParser, argparse.Namespace], "int | None"]
 
 
 def per_domain_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
@@ -293,11 +296,13 @@ def per_domain_options(parser: argparse.ArgumentParser, options: argparse.Namesp
 
 
 class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
-    def __init__(self, name: str, parser: CheckParser, body: Body, failure: Failure | None = None) -> None:
+    def __init__(self, name: str, parser: CheckParser, body: Body, failure: Failure | None = None,
+                 resident: Resident | None = None) -> None:
         self._name = name
         self._own_parser = parser
         self._body = body
         self._failure = failure
+        self._resident = resident
         try:
             super().__init__(autorun=True)
         except Exception as err:  # raised while parsing, before run(): sensu-plugin would exit 2
@@ -328,6 +333,8 @@ class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
             from sensu_kvm.virt.stats import set_concurrency  # noqa: PLC0415
 
             set_concurrency(self.options.concurrency, self.options.uri)
+        if self._resident is not None:
+            self._run_resident(self._resident)
         failed = "" if self._failure is None else self._failure(self.options)
         raw = None if self._failure is None else (self._own_parser.prog, failed)
         watchdog = Watchdog(self._name, self.options.timeout, raw)
@@ -353,6 +360,18 @@ class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
         prefix = len(f"{self._name} {report.status.name}: ".encode()) + 1  # what sensu-plugin adds: name, status, newline
         getattr(self, report.status.name.lower())(report.render(getattr(self.options, "max_output", None), prefix))
 
+    def _run_resident(self, resident: Resident) -> None:
+        """The long-running mode, if the options ask for it: no watchdog (it would end the server
+        after -t; the mode bounds each of its requests by -t itself), exit with its code."""
+        try:
+            code = resident(self._own_parser, self.options)
+        except KvmError as err:
+            self._fail(str(err), "")
+        except Exception as err:  # a bug must still give one line, not a traceback
+            self._fail(f"internal error: {type(err).__name__}: {err}", "")
+        if code is not None:
+            sys.exit(code)
+
     def _send_per_domain(self, report: Report) -> Report:
         """One result per domain to the Sensu agent, and a last OK one for each guest that is gone
         (sensu_kvm.proxies); the check's own status is not changed."""
@@ -374,13 +393,18 @@ class _Adapter(SensuPluginCheck):  # type: ignore[misc,valid-type]
         return report._replace(summary=report.summary + one_line(note)) if note else report
 
 
-def run_check(name: str, parser: CheckParser, body: Body, failure: Failure | None = None) -> None:
+def run_check(name: str, parser: CheckParser, body: Body, failure: Failure | None = None,
+              resident: Resident | None = None) -> None:
     """Run a check: parse, call ``body`` under the watchdog, print and exit with its status.
 
     ``failure`` makes it a metrics command, whose stdout a time-series database ingests: when it
     cannot do its job (an error, a bug, the timeout) it exits 3 with the error on stderr and on
     stdout only ``failure(options)`` (the format's own "down", or nothing), never a status line;
     its raw reports print their summary (the data) on stdout and their details on stderr.
+
+    ``resident`` is a long-running mode of the command (metrics-kvm --listen), called once the
+    options are parsed and before the watchdog starts: when it returns an exit code, the command
+    ran as that and exits with it, with no watchdog; when it returns None, the one-shot body runs.
 
     The process ends with ``os._exit`` once the output is flushed: the interpreter's teardown
     (freeing every libvirt object, atexit handlers) costs ~10 ms a run and has nothing to do.
@@ -389,7 +413,7 @@ def run_check(name: str, parser: CheckParser, body: Body, failure: Failure | Non
         sys.stdout.reconfigure(errors="backslashreplace")
     code = Status.UNKNOWN.value
     try:
-        _Adapter(name, parser, body, failure)
+        _Adapter(name, parser, body, failure, resident)
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     finally:

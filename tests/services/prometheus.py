@@ -14,6 +14,11 @@ empty page (no samples). :meth:`Prometheus.scraped` waits until Prometheus has s
 now in a slot and says what the scrape reported (``up``, ``scrape_samples_scraped``), and
 :meth:`Prometheus.query` asks the HTTP API (``/api/v1/query``).
 
+A second job, ``listen``, scrapes the ``/metrics`` of the HTTP endpoints a test names with
+:meth:`Prometheus.scrape_listener` (``metrics-kvm --listen``), labelled ``listener="<name>"``,
+through a file of targets Prometheus re-reads (file_sd); :meth:`Prometheus.listener_scraped`
+waits for a scrape of one, as ``scraped`` does for a slot.
+
 :func:`promtool_check` runs ``promtool check metrics`` (from the same package) on a text.
 
 By hand: ``python -m tests.services.prometheus`` starts it, prints it and stops it on Ctrl-C.
@@ -123,6 +128,10 @@ global:
   scrape_timeout: 1s
   evaluation_interval: 1m
 scrape_configs:
+  - job_name: listen
+    file_sd_configs:
+      - files: ["{listeners}"]
+        refresh_interval: 1s
   - job_name: exposition
     static_configs:
 {targets}
@@ -188,6 +197,37 @@ class Prometheus:
         assert self.exposition is not None
         self.exposition.put(slot, text)
 
+    @property
+    def listeners(self) -> Path:
+        return self.tmpdir / "listeners.json"
+
+    def scrape_listener(self, name: str, address: str | None) -> float:
+        """Scrape http://ADDRESS/metrics from now on as listener=name (None: no more); when the
+        targets were written (time.time())."""
+        targets = [] if address is None else [{"targets": [address], "labels": {"listener": name}}]
+        staged = self.listeners.with_suffix(".new")
+        staged.write_text(json.dumps(targets))
+        staged.replace(self.listeners)  # whole, never half a file
+        return time.time()
+
+    def listener_scraped(self, name: str, since: float, timeout: float = 60) -> dict[str, Any]:
+        """Wait until Prometheus has stored a scrape of listener name that began after since; what
+        it reported: {"up": 0 or 1, "samples": scrape_samples_scraped, "error": the target's last error}."""
+        deadline = time.monotonic() + timeout
+        selector = f'{{job="listen",listener="{name}"}}'
+        while True:
+            stamp = self.query(f"timestamp(up{selector})")
+            if stamp and float(stamp[0]["value"][1]) >= since:
+                break
+            self._alive(deadline, f"no scrape of listener {name} since {since}")
+            time.sleep(0.2)
+        up = self.query(f"up{selector}")
+        samples = self.query(f"scrape_samples_scraped{selector}")
+        targets = self.api("targets", state="active")["activeTargets"]
+        target = next(t for t in targets if t["labels"].get("listener") == name)
+        return {"up": float(up[0]["value"][1]), "samples": float(samples[0]["value"][1]),
+                "error": target["lastError"]}
+
     def scraped(self, slot: str, timeout: float = 60) -> dict[str, Any]:
         """Wait until Prometheus has stored a scrape of slot that began after its text was put
         there; what that scrape reported: {"up": 0 or 1, "samples": scrape_samples_scraped,
@@ -250,7 +290,8 @@ def start(slots: Sequence[str], *, timeout: float = 60) -> Prometheus:
     server = Prometheus(tmpdir=tmpdir, slots=tuple(slots))
     targets = "\n".join(TARGET.format(host=HOST, port=EXPOSITION_PORT, slot=slot) for slot in slots)
     config = tmpdir / "prometheus.yml"
-    config.write_text(CONFIG.format(targets=targets))
+    server.listeners.write_text("[]")
+    config.write_text(CONFIG.format(targets=targets, listeners=server.listeners))
     argv = [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmpdir / 'data'}",
             f"--web.listen-address={HOST}:{WEB_PORT}", "--log.level=info"]
     began = time.monotonic()
