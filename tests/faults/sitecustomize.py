@@ -56,12 +56,15 @@ if faults:
             import time
 
             pause = float(fault.split(":", 1)[1])
-            for method in ("diskErrors", "XMLDesc", "vcpus", "listAllSnapshots"):
-                def _slow(dom, *args, _real=getattr(libvirt.virDomain, method), _pause=pause, **kwargs):
+            def _slowed(real, _pause=pause):
+                def _slow(dom, *args, **kwargs):
                     time.sleep(_pause)
-                    return _real(dom, *args, **kwargs)
+                    return real(dom, *args, **kwargs)
 
-                setattr(libvirt.virDomain, method, _slow)
+                return _slow
+
+            for method in ("diskErrors", "XMLDesc", "vcpus", "listAllSnapshots"):
+                setattr(libvirt.virDomain, method, _slowed(getattr(libvirt.virDomain, method)))
         elif fault.startswith("state-fails:"):
             victim = fault.split(":", 1)[1]
             real_state = libvirt.virDomain.state
