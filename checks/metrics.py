@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any
 
-from sensu_kvm import domains, metrics, virt
+from sensu_kvm import activity, domains, metrics, virt
 from sensu_kvm.argtypes import listen_arg, metric_prefix_arg
 from sensu_kvm.errors import BadRequest, KvmError
 from sensu_kvm.names import Names, graphite_node
@@ -92,11 +92,28 @@ def render(options: argparse.Namespace, data: Read) -> Report:
         text = metrics.prometheus(points, names)
     else:
         text = metrics.as_json(points, host, now)
+    notes = unread(points)
     if missing:  # CRITICAL, as the checks say it; no metric of any kind for a domain that is not there
         shown = ", ".join(names.text(name) for name in missing)
         return Report(Status.CRITICAL, text, details=[f"CRITICAL: domain{'s' if len(missing) > 1 else ''} "
-                                                      f"not found: {shown}"], raw=True)
-    return Report(Status.OK, text, raw=True)
+                                                      f"not found: {shown}", *notes], raw=True)
+    return Report(Status.OK, text, details=notes, raw=True)
+
+
+def unread(points: list[metrics.Point]) -> list[str]:
+    """What stderr says of the domains whose points say up 0 because they were busy or not read
+    in time (their error is in the data too): one line for each kind, with the count."""
+    errors = [p.error for p in points if p.measurement == "domain" and p.error]
+    notes = []
+    late = sum(1 for e in errors if e.startswith(virt.LATE_MARK))
+    if late:
+        phases = activity.late_phases()
+        notes.append(f"time ran out while {phases[0] if phases else 'reading'}: {late} domains not read "
+                     f"(up 0); raise -t or --concurrency")
+    busy = sum(1 for e in errors if e == virt.BUSY)
+    if busy:
+        notes.append(f"{busy} domain{'s' if busy != 1 else ''} busy (another operation holds its libvirt job): up 0")
+    return notes
 
 
 def output_format(options: argparse.Namespace) -> str:

@@ -129,4 +129,5 @@ def test_metrics_say_the_busy_guest_is_down_and_the_others_up(guests: list[libvi
     assert result.returncode == 0, result
     up = dict(re.findall(r'^kvm_domain_up\{domain="([^"]+)"[^}]*\} (\d)', result.stdout, re.M))
     assert up == {guests[0].name(): "0", **{d.name(): "1" for d in guests[1:]}}
+    assert result.stderr == "metrics-kvm: 1 domain busy (another operation holds its libvirt job): up 0\n"
     assert state.returncode == 0, state  # the state needs no job: every guest is running

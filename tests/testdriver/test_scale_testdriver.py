@@ -138,6 +138,19 @@ def test_a_slow_host_gets_a_partial_report_naming_the_phase(node: Path, fault_en
     assert result.returncode in (2, 3)  # blkerror: the test driver's fake errors are CRITICAL
 
 
+def test_metrics_on_a_slow_host_say_up_0_for_the_domains_not_read(node: Path, fault_env: dict[str, str]) -> None:
+    env = {**fault_env, "SPK_FAULT": "slow-domain-calls:0.1"}
+    result = run("metrics-kvm", "-u", f"test://{node}", "--fill", "--format", "prometheus", "-t", "2", env=env)
+    assert result.returncode == 0, result
+    up = re.findall(r'^kvm_domain_up\{domain="(?:[^"\\]|\\.)*"\} (\d)$', result.stdout, re.M)
+    assert len(up) == 300
+    found = re.fullmatch(rf"metrics-kvm: time ran out while reading statistics of {ACTIVE} domains one by one \(the "
+                         r"driver's bulk call lacks them\): (\d+) domains not read \(up 0\); raise -t or --concurrency\n",
+                         result.stderr)
+    assert found, result.stderr
+    assert up.count("0") == int(found.group(1)) > 0
+
+
 def test_concurrency_is_read_from_libvirtd_conf(tmp_path: Path) -> None:
     conf = tmp_path / "libvirtd.conf"
     conf.write_text("# max_client_requests = 50\nmax_client_requests = 12  # more\nmax_workers = 8\n")
