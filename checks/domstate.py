@@ -10,7 +10,6 @@ from typing import NamedTuple
 from sensu_kvm import states, virt
 from sensu_kvm.contexts import Context
 from sensu_kvm.domains import read
-from sensu_kvm.errors import KvmError
 from sensu_kvm.names import entity_name, visible
 from sensu_kvm.output import Finding, Report, Status, summarise, worst
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
@@ -123,20 +122,30 @@ def gather(options: argparse.Namespace) -> tuple[list[Observed], list[str]]:
         autostart: set[str] = set()
         if any(r.stats.get("state.state") == states.SHUTOFF for r in chosen):
             autostart = virt.autostart_uuids(conn)
+        stopped = [r for r in chosen if (r.stats.get("state.state"), r.stats.get("state.reason", 0))
+                   == (states.PAUSED, states.PAUSED_IOERROR)]
+
+        def disk_errors(record: virt.DomainRecord) -> dict[str, int] | str:
+            try:
+                return dict(record.dom.diskErrors())
+            except virt.libvirtError as err:
+                return f"{record.text}: disk errors: {virt.reason(err)}"
+
+        phase = f"reading disk errors of {len(stopped)} domains paused by an I/O error"
+        found = dict(zip((r.name for r in stopped), virt.in_parallel(disk_errors, stopped, virt.concurrency(), phase)))
         observed = []
         for record in chosen:
-            name = record.name
-            state = record.stats.get("state.state")
-            reason = record.stats.get("state.reason", 0)
             errors: dict[str, int] | None = None
             error = record.error
-            if state == states.PAUSED and reason == states.PAUSED_IOERROR:
-                try:
-                    errors = virt.disk_errors(record.dom, options.timeout / 4)
-                except KvmError as err:
-                    error = str(err)
-            observed.append(Observed(name, state, reason, record.uuid in autostart, errors, error, record.text,
-                                     record.entity))
+            answer = found.get(record.name)
+            if answer is virt.LATE:
+                error = f"{record.text}: disk errors: {virt.late_error(phase)}"
+            elif isinstance(answer, str):
+                error = answer
+            elif answer is not None:
+                errors = answer
+            observed.append(Observed(record.name, record.stats.get("state.state"), record.stats.get("state.reason", 0),
+                                     record.uuid in autostart, errors, error, record.text, record.entity))
         return observed, missing
     finally:
         conn.close()

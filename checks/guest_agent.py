@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, NamedTuple
 
-from sensu_kvm import activity, guestinfo, states, virt
+from sensu_kvm import guestinfo, states, virt
 from sensu_kvm.argtypes import seconds_arg
 from sensu_kvm.contexts import Context
 from sensu_kvm.domains import Verdict, read, report, unreadable, with_entity
@@ -166,7 +166,6 @@ def check(options: argparse.Namespace) -> Report:
 
         asking: list[tuple[virt.DomainRecord, guestinfo.Channel]] = []
         phase = f"reading the domain XML of {len(running)} running domains (for a guest agent channel)"
-        activity.doing(phase)
         for record, channel in zip(running, virt.in_parallel(channel_of, running, virt.concurrency(), phase)):
             if channel is virt.LATE:
                 verdicts[record.name] = Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: {virt.late_error(phase)}"))
@@ -202,7 +201,6 @@ def check(options: argparse.Namespace) -> Report:
 
         if asking:
             phase = f"asking the guest agents of {len(asking)} domains"
-            activity.doing(phase)
             for (record, _channel), verdict in zip(asking, virt.in_parallel(one, asking, virt.concurrency(), phase)):
                 verdicts[record.name] = (Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: {virt.late_error(phase)}"))
                                          if verdict is virt.LATE else verdict)

@@ -111,7 +111,6 @@ def judge_each(records: Iterable[DomainRecord], judge: Callable[[DomainRecord], 
             verdicts.append(None)
     if asked:
         text = f"{phase} of {len(asked)} domain{'s' if len(asked) != 1 else ''}"
-        activity.doing(text)
         answers = virt.in_parallel(judge, [given[i] for i in asked], virt.concurrency(), text)
         for i, answer in zip(asked, answers):
             late = Finding(given[i].name, Status.UNKNOWN, f"{given[i].text}: {virt.late_error(text)}")

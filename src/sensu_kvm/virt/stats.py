@@ -342,7 +342,6 @@ def gather(conn: libvirt.virConnect, groups: Iterable[str], fill: bool = True,
     lacking = [r for r in records if r.error is None and _lacks(r, filled)]
     if lacking:
         phase = f"reading statistics of {len(lacking)} domains one by one (the driver's bulk call lacks them)"
-        activity.doing(phase)
         for record, answer in zip(lacking, in_parallel(lambda r: _complete(r, filled), lacking,
                                                         concurrency(), phase)):
             if answer is LATE:
@@ -399,8 +398,9 @@ def in_parallel(func: Callable[[T], R], items: list[T], threads: int, phase: str
     """``func`` of every item, called from a few threads (libvirt multiplexes independent calls
     on one connection, and libvirt-python releases the GIL while it waits), in the items' order.
 
-    An item not finished when the process's time budget runs out (activity.left) gives ``LATE``
-    and records ``phase`` as the one that ran out of time; its call may still be running, and
+    ``phase`` says what the calls read (activity.doing, for the watchdog's line). An item not
+    finished when the process's time budget runs out (activity.left) gives ``LATE`` and records
+    ``phase`` as the one that ran out of time; its call may still be running, and
     what it returns later is thrown away. ``func`` must not raise, and must change nothing that
     the caller reads: it returns what it found. Bare ``_thread``: concurrent.futures costs ~20 ms
     of imports.
@@ -408,6 +408,8 @@ def in_parallel(func: Callable[[T], R], items: list[T], threads: int, phase: str
     results: list[Any] = [LATE] * len(items)
     if not items:
         return results
+    if phase:
+        activity.doing(phase)
     pending = list(range(len(items) - 1, -1, -1))
     guard = _thread.allocate_lock()
     closed = [False]
