@@ -213,39 +213,31 @@ class Prometheus:
     def listener_scraped(self, name: str, since: float, timeout: float = 60) -> dict[str, Any]:
         """Wait until Prometheus has stored a scrape of listener name that began after since; what
         it reported: {"up": 0 or 1, "samples": scrape_samples_scraped, "error": the target's last error}."""
-        deadline = time.monotonic() + timeout
-        selector = f'{{job="listen",listener="{name}"}}'
-        while True:
-            stamp = self.query(f"timestamp(up{selector})")
-            if stamp and float(stamp[0]["value"][1]) >= since:
-                break
-            self._alive(deadline, f"no scrape of listener {name} since {since}")
-            time.sleep(0.2)
-        up = self.query(f"up{selector}")
-        samples = self.query(f"scrape_samples_scraped{selector}")
-        targets = self.api("targets", state="active")["activeTargets"]
-        target = next(t for t in targets if t["labels"].get("listener") == name)
-        return {"up": float(up[0]["value"][1]), "samples": float(samples[0]["value"][1]),
-                "error": target["lastError"]}
+        return self._scrape_after(f'{{job="listen",listener="{name}"}}', ("listener", name), since, timeout,
+                                  f"no scrape of listener {name} since {since}")
 
     def scraped(self, slot: str, timeout: float = 60) -> dict[str, Any]:
         """Wait until Prometheus has stored a scrape of slot that began after its text was put
         there; what that scrape reported: {"up": 0 or 1, "samples": scrape_samples_scraped,
         "error": the target's last error}."""
         assert self.exposition is not None
-        since = self.exposition.since(slot)
+        return self._scrape_after(f'{{exposition="{slot}"}}', ("exposition", slot), self.exposition.since(slot),
+                                  timeout, f"no scrape of /{slot} since its text was put there")
+
+    def _scrape_after(self, selector: str, label: tuple[str, str], since: float, timeout: float,
+                      what: str) -> dict[str, Any]:
+        """The first stored scrape of the target ``selector`` picks that began after ``since``."""
         deadline = time.monotonic() + timeout
-        selector = f'{{exposition="{slot}"}}'
         while True:
             stamp = self.query(f"timestamp(up{selector})")
             if stamp and float(stamp[0]["value"][1]) >= since:
                 break
-            self._alive(deadline, f"no scrape of /{slot} since its text was put there")
+            self._alive(deadline, what)
             time.sleep(0.2)
         up = self.query(f"up{selector}")
         samples = self.query(f"scrape_samples_scraped{selector}")
         targets = self.api("targets", state="active")["activeTargets"]
-        target = next(t for t in targets if t["labels"].get("exposition") == slot)
+        target = next(t for t in targets if t["labels"].get(label[0]) == label[1])
         return {"up": float(up[0]["value"][1]), "samples": float(samples[0]["value"][1]),
                 "error": target["lastError"]}
 
