@@ -196,6 +196,16 @@ def perf_counts(line: str) -> dict[str, int]:
     return counts
 
 
+def perfdata(text: str) -> dict[str, int]:
+    """label -> whole-number value of every perfdata item of a check's output: after ' | ' on the
+    first line, or, when detail lines follow the first, on a line of its own that starts with '| '."""
+    found: dict[str, int] = {}
+    for line in text.splitlines():
+        if " | " in line or line.startswith("| "):
+            found.update(perf_counts(" " + line))
+    return found
+
+
 def run_check(tools: Tools, uri: str, states: dict[str, int]) -> Outcome:
     """One run of the check, its output verified against the node file."""
     out = run_timed([tools.check, "-u", uri], tools.timeout)
@@ -203,7 +213,7 @@ def run_check(tools: Tools, uri: str, states: dict[str, int]) -> Outcome:
     count = len(states)
     if not re.search(rf"\b{count} domains?\b", line):
         raise BenchError(f"check-kvm-domstate (exit {out.returncode}) did not report {count} domains: {line[:200]!r}")
-    perf = perf_counts(line)
+    perf = perfdata(out.stdout)
     expected = Counter(states.values())
     for state, label in PERF_LABELS.items():
         if perf.get(label) != expected[state]:

@@ -60,7 +60,7 @@ from bench_domstate import (
     first_line,
     last_line,
     machine,
-    perf_counts,
+    perfdata,
     positive_int,
     progress,
     run_timed,
@@ -172,16 +172,6 @@ def missing(fleet: Fleet, text: str, wanted: set[str]) -> list[str]:
 
 
 PERF_STATES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended")
-
-
-def perfdata(text: str) -> dict[str, int]:
-    """label -> whole-number value of every perfdata item (after ' | ' on the first line, or on a
-    line of its own that starts with '| ')."""
-    found: dict[str, int] = {}
-    for line in text.splitlines():
-        if " | " in line or line.startswith("| "):
-            found.update(perf_counts(" " + line))
-    return found
 
 
 def judged(command: str, fleet: Fleet) -> set[str]:
