@@ -109,13 +109,13 @@ examples:
   .venv/bin/python bench/bench_scale.py                               # 10 ... 10,000 test-driver domains
   .venv/bin/python bench/bench_scale.py --sizes 10,100,1000 --runs 3 --json /tmp/scale.json
   .venv/bin/python bench/bench_scale.py --sizes 10,100 --baseline /tmp/base/bin
-  .venv/bin/python bench/bench_scale.py --sizes 10 --runs 3 --guests 20,50,100
+  .venv/bin/python bench/bench_scale.py --sizes none --runs 3 --guests 20,50,100     # real guests only
 
-A baseline installation (the package of an older commit, in a venv of its own):
-  git -C /work/main worktree add --detach /tmp/base-src OLD_COMMIT
+A baseline installation (the package of an older commit, in a venv of its own), in the checkout:
+  git worktree add --detach /tmp/base-src OLD_COMMIT
   python3 -m venv /tmp/base && /tmp/base/bin/pip install -q /tmp/base-src
+  git worktree remove /tmp/base-src                   # the venv stays usable
   .venv/bin/python bench/bench_scale.py --sizes 10,100 --baseline /tmp/base/bin
-  git -C /work/main worktree remove /tmp/base-src      # afterwards
 
 Real guests (--guests) need libvirtd with QEMU (tests/rig/host-setup.sh) and 128 MiB per guest.
 The benchmark holds {HV_LOCK} (flock; see --lock) while its guests exist, one guest count at a
@@ -123,7 +123,7 @@ time, and releases it between counts. Their names start with {GUEST_PREFIX}; lef
 killed run are removed at the next start.
 
 Time on 2 cores: 10 ... 10,000 domains with --runs 3 about 6 minutes (10,000 domains alone about
-5); --guests 20,50 with --runs 3 about 3 minutes more. The floor at 10,000 domains is ~2.9 s here:
+5); --guests 20,50 with --runs 3 about 3 minutes more. The floor at 10,000 domains is ~3.6 s here:
 libvirtd parses the node file again on every connection."""
 
 
