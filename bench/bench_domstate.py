@@ -35,7 +35,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -96,12 +96,13 @@ def domain_names(count: int) -> list[str]:
     return [f"vm{i:0{width}d}" for i in range(count)]
 
 
-def write_node(path: Path, count: int, extra: str = "", fixed_uuids: bool = False) -> dict[str, int]:
+def write_node(path: Path, count: int, extra: str | Callable[[int, str], str] = "",
+               fixed_uuids: bool = False) -> dict[str, int]:
     """Write a test-driver node file with ``count`` domains; returns name -> run state.
 
-    ``extra`` is XML added inside every <domain> ("{name}" stands for its name); with
-    ``fixed_uuids`` each domain gets a UUID derived from its name (without one the test driver
-    invents a new UUID on every connection).
+    ``extra`` is XML added inside every <domain> ("{name}" stands for its name), or a function of
+    the domain's index and name that returns it; with ``fixed_uuids`` each domain gets a UUID
+    derived from its name (without one the test driver invents a new UUID on every connection).
     """
     states = {name: state_of(i) for i, name in enumerate(domain_names(count))}
     lines = [
@@ -110,10 +111,11 @@ def write_node(path: Path, count: int, extra: str = "", fixed_uuids: bool = Fals
         "  <cpu><mhz>2000</mhz><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads></cpu>",
         "  <memory>8388608</memory>",
     ]
-    for name, state in states.items():
+    for index, (name, state) in enumerate(states.items()):
         ident = f"<uuid>{uuid.uuid5(uuid.NAMESPACE_DNS, name)}</uuid>" if fixed_uuids else ""
+        inside = extra(index, name) if callable(extra) else extra.replace("{name}", name)
         lines.append(f"  <domain type='test'><name>{name}</name>{ident}<memory>131072</memory>"
-                     f"<os><type>hvm</type></os>{extra.replace('{name}', name)}"
+                     f"<os><type>hvm</type></os>{inside}"
                      f"<test:runstate>{state}</test:runstate></domain>")
     lines.append("</node>\n")
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -194,6 +196,16 @@ def perf_counts(line: str) -> dict[str, int]:
     return counts
 
 
+def perfdata(text: str) -> dict[str, int]:
+    """label -> whole-number value of every perfdata item of a check's output: after ' | ' on the
+    first line, or, when detail lines follow the first, on a line of its own that starts with '| '."""
+    found: dict[str, int] = {}
+    for line in text.splitlines():
+        if " | " in line or line.startswith("| "):
+            found.update(perf_counts(" " + line))
+    return found
+
+
 def run_check(tools: Tools, uri: str, states: dict[str, int]) -> Outcome:
     """One run of the check, its output verified against the node file."""
     out = run_timed([tools.check, "-u", uri], tools.timeout)
@@ -201,7 +213,7 @@ def run_check(tools: Tools, uri: str, states: dict[str, int]) -> Outcome:
     count = len(states)
     if not re.search(rf"\b{count} domains?\b", line):
         raise BenchError(f"check-kvm-domstate (exit {out.returncode}) did not report {count} domains: {line[:200]!r}")
-    perf = perf_counts(line)
+    perf = perfdata(out.stdout)
     expected = Counter(states.values())
     for state, label in PERF_LABELS.items():
         if perf.get(label) != expected[state]:

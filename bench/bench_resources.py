@@ -56,7 +56,7 @@ def verify(command: str, out: Outcome, states: dict[str, int]) -> None:
         what = "kvm_domain lines"
     else:
         label = "_vcpu_usage=" if command == "check-kvm-vcpu" else "_allocation_vda="
-        seen = first_line(out.stdout).count(label)
+        seen = out.stdout.count(label)  # the perfdata: on the first line, or on a line of its own after the details
         expected = sum(1 for s in states.values() if s != SHUTOFF)
         what = f"'{label}' perfdata items"
     if seen != expected:
