@@ -577,15 +577,25 @@ def remove_guests(rig: Any, conn: Any) -> list[str]:
     return rig.cleanup(conn, GUEST_PREFIX)
 
 
-def start_guests(rig: Any, conn: Any, images: Path, count: int) -> list[str]:
+def start_guests(rig: Any, conn: Any, images: Path, count: int, load: str = "none") -> list[str]:
+    """``count`` guests: no-OS ones (``load`` none), or the rig's tiny Linux guest spinning its
+    vCPU (``load`` cpu: a busy TCG host, whose QEMU monitors answer slowly), booted."""
     names = [f"{GUEST_PREFIX}{i:03d}" for i in range(count)]
+    kernel, initrd = rig.ensure_guest() if load == "cpu" else (None, None)
 
     def start(name: str) -> None:
         disk = rig.make_qcow2(images / f"{name}.qcow2", "64M")
-        conn.defineXML(rig.noos_domain_xml(name, disk, memory_mib=128)).create()
+        if load == "cpu":
+            xml = rig.linux_guest_xml(name, disk, kernel, initrd, "cpu", images / f"{name}.log")
+        else:
+            xml = rig.noos_domain_xml(name, disk, memory_mib=128)
+        conn.defineXML(xml).create()
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(start, names))
+    if load == "cpu":
+        for name in names:
+            rig.wait_serial(images / f"{name}.log", timeout=600)
     return names
 
 
@@ -600,7 +610,7 @@ def guest_fleet(rig: Any, conn: Any, names: list[str], backups: Path) -> Fleet:
 
 
 def measure_guests(tools: Tools, workdir: Path, count: int, runs: int, install: Installation, lock: str,
-                   port: int, checks: bool) -> SizeResult:
+                   port: int, checks: bool, load: str = "none") -> SizeResult:
     rig = rig_module()
     rig._silence_libvirt()
     exporter = ensure_exporter()
@@ -617,7 +627,7 @@ def measure_guests(tools: Tools, workdir: Path, count: int, runs: int, install: 
             with rig.image_dir() as images:
                 try:
                     started = time.perf_counter()
-                    names = start_guests(rig, conn, images, count)
+                    names = start_guests(rig, conn, images, count, load)
                     progress(f"{count} guests: started in {time.perf_counter() - started:.0f} s; "
                              f"{SETTLE:g} s for SeaBIOS to find nothing to boot")
                     time.sleep(SETTLE)
@@ -869,6 +879,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the sizes of --sizes at which the baseline runs too (default: 10,100)")
     p.add_argument("--guests", type=guests_arg, default=[], metavar="N,N,...",
                    help="also N real no-OS TCG guests on qemu:///system (128 MiB each), one count after the other")
+    p.add_argument("--guest-load", choices=("none", "cpu"), default="none",
+                   help="the real guests: no-OS ones that idle (none, the default), or the tiny Linux guest of "
+                        "tests/rig spinning its vCPU (cpu: a busy TCG host, whose QEMU monitors answer slowly)")
     p.add_argument("--guest-scrapes-only", action="store_true",
                    help="on real guests, time only metrics-kvm --format prometheus and the scrapes, not every check")
     p.add_argument("--lock", default=HV_LOCK, metavar="FILE",
@@ -922,7 +935,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tests.append(measure_testdriver(tools, workdir, count, runs, with_base))
         for count in args.guests:
             guests.append(measure_guests(tools, workdir, count, args.runs, current, args.lock, args.port,
-                                         not args.guest_scrapes_only))
+                                         not args.guest_scrapes_only, args.guest_load))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.time() - started
@@ -951,7 +964,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(baseline_table(base, "baseline"))
     if guests:
         keys = [*COMMANDS, EXPORTER, LISTEN]
-        print(f"\nreal no-OS TCG guests on {HV_URI} (128 MiB, 1 vCPU, one qcow2 disk each): "
+        kind = "no-OS" if args.guest_load == "none" else "tiny Linux (each spinning its vCPU)"
+        print(f"\nreal {kind} TCG guests on {HV_URI} (128 MiB, 1 vCPU, one qcow2 disk each): "
               f"median of {args.runs} rounds after one warm-up; "
               "each cell: median, then the paired ratio to the floor; a scrape is one HTTP GET")
         print(size_table(guests, keys, "guests"))
