@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import _thread
 import argparse
+import contextlib
 from typing import Any, NamedTuple
 
-from sensu_kvm import guestinfo, states, virt
+from sensu_kvm import activity, guestinfo, states, virt
 from sensu_kvm.argtypes import seconds_arg
 from sensu_kvm.contexts import Context
 from sensu_kvm.domains import Verdict, read, report, unreadable, with_entity
@@ -156,9 +158,20 @@ def check(options: argparse.Namespace) -> Report:
                 word = states.state_name(state) if isinstance(state, int) else "in no known state"
                 verdicts[record.name] = Verdict(Finding(record.name, Status.OK, f"{record.text} {word}: agent not asked"))
 
+        opening: list[virt.Pending] = []  # the read-write connection, opened once a channel is found
+        guard = _thread.allocate_lock()
+
+        def open_read_write() -> None:
+            with guard:
+                if not opening:
+                    opening.append(virt.start(lambda: virt.connect(options.uri, readonly=False)))
+
         def channel_of(record: virt.DomainRecord) -> guestinfo.Channel | Verdict | None:
             try:
-                return guestinfo.agent_channel(str(record.dom.XMLDesc(0)))
+                channel = guestinfo.agent_channel(str(record.dom.XMLDesc(0)))
+                if channel is not None:
+                    open_read_write()  # while the other domains' XML is read
+                return channel
             except virt.libvirtError as err:
                 return Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: domain XML: {virt.reason(err)}"))
             except Exception as err:  # an XML that does not parse: this domain alone is UNKNOWN
@@ -176,21 +189,26 @@ def check(options: argparse.Namespace) -> Report:
             elif record.name in named:
                 verdicts[record.name] = judge_no_channel(record, options.agent_optional)
 
+        writable: dict[str, Any] = {}  # name -> the domain on the read-write connection
         if asking:
+            activity.doing(f"connecting read-write to {virt.shown_uri(virt.resolve_uri(options.uri))}")
             try:
-                rw = virt.connect(options.uri, readonly=False)
-            except KvmError as err:
+                if not opening[0].finished(activity.left()):
+                    raise KvmError(f"cannot connect: no answer within -t {options.timeout:g}s")
+                rw = opening[0].outcome()
+                writable = {d.name(): d for d in rw.listAllDomains(0)}  # one call, not one lookup each
+            except (KvmError, virt.libvirtError) as err:
+                why = virt.reason(err) if isinstance(err, virt.libvirtError) else str(err)
                 for record, _channel in asking:
                     verdicts[record.name] = Verdict(Finding(
-                        record.name, Status.UNKNOWN, f"{record.text}: {guestinfo.READ_WRITE_NOTE}: {err}"))
+                        record.name, Status.UNKNOWN, f"{record.text}: {guestinfo.READ_WRITE_NOTE}: {why}"))
                 asking = []
 
         def one(item: tuple[virt.DomainRecord, guestinfo.Channel]) -> Verdict:
             record, channel = item
-            try:
-                dom = rw.lookupByName(record.name)
-            except virt.libvirtError as err:
-                return Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: lookup: {virt.reason(err)}"))
+            dom = writable.get(record.name)
+            if dom is None:
+                return Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: gone before its agent was asked"))
             try:
                 answer = ask_agent(dom, seconds)
             except KvmError as err:
@@ -207,6 +225,9 @@ def check(options: argparse.Namespace) -> Report:
     finally:
         if rw is not None:
             rw.close()
+        elif opening and opening[0].finished(0):  # opened for nothing: no channel was asked after all
+            with contextlib.suppress(Exception):
+                opening[0].outcome().close()
         conn.close()
     ordered = [with_entity(r, verdicts[r.name]) for r in chosen if r.name in verdicts]
     answered = sum(1 for v in ordered if v.of(PING.metric))

@@ -47,39 +47,63 @@ _PREFIX = {"virConnect": "virConnect", "virDomain": "virDomain", "virDomainSnaps
 _WRAPPED = tuple(getattr(libvirt, name) for name in _PREFIX if hasattr(libvirt, name))
 
 
+class Pending:
+    """A call running in a daemon thread, started now and waited for later (``start``)."""
+
+    def __init__(self, func: Callable[[], Any]) -> None:
+        self._box: dict[str, Any] = {}
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+        _thread.start_new_thread(self._run, (func,))
+
+    def _run(self, func: Callable[[], Any]) -> None:
+        try:
+            self._box["value"] = func()
+        except BaseException as err:  # handed to whoever waits
+            self._box["error"] = err
+        finally:
+            self._done.release()
+
+    def finished(self, seconds: float) -> bool:
+        """Whether the call has ended, waiting up to ``seconds`` for it (it may still end later;
+        infinite: until it ends)."""
+        if self._done.acquire(timeout=-1 if seconds == float("inf") else seconds):
+            self._done.release()
+            return True
+        return False
+
+    def outcome(self) -> Any:
+        """The call's value, or its exception raised (once it has finished)."""
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["value"]
+
+
+def start(func: Callable[[], Any]) -> Pending:
+    """Start ``func`` in a daemon thread now; Pending.finished waits for it."""
+    return Pending(func)
+
+
 def run_with_deadline(func: Callable[[], T], seconds: float, what: str, late: str | None = None) -> T:
     """Run ``func`` in a daemon thread; after ``seconds`` give up with CallTimeout, whose message is
     ``late`` or else "WHAT: no answer within Ns".
 
     Exceptions of ``func`` are raised unchanged. The abandoned thread dies with the process.
     """
-    box: dict[str, Any] = {}
-    done = _thread.allocate_lock()
-    done.acquire()
-
-    def target() -> None:
-        try:
-            box["value"] = func()
-        except BaseException as err:  # handed to the caller below
-            box["error"] = err
-        finally:
-            done.release()
-
-    _thread.start_new_thread(target, ())
+    pending = Pending(func)
     give_up = time.monotonic() + seconds
     try:
-        finished = done.acquire(timeout=seconds)
+        finished = pending.finished(seconds)
     except BaseException:
         # A signal handler raised while the call runs. Made in this thread, the call would have
         # ended before the handler ran: let it end first (within its deadline), so that whoever
         # handles the signal (the backup's undo path) sees what libvirt did, not a call in flight.
-        done.acquire(timeout=max(0.0, give_up - time.monotonic()))
+        pending.finished(max(0.0, give_up - time.monotonic()))
         raise
     if not finished:
         raise CallTimeout(late or f"{what}: no answer within {seconds:g}s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    value: T = pending.outcome()
+    return value
 
 
 def call_with_deadline(func: Callable[[], T], seconds: float, what: str) -> T:
