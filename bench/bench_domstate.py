@@ -553,20 +553,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             "targets": found,
             "elapsed_s": elapsed,
         }
-        try:
-            args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        except OSError as err:
-            raise BenchError(f"cannot write {args.json}: {err.strerror}") from err
-        progress(f"raw figures written to {args.json}")
+        write_json(args.json, document, 2)
     return 0
 
 
-if __name__ == "__main__":
+def write_json(path: Path, document: dict[str, Any], indent: int) -> None:
+    """The raw figures, to --json."""
+    try:
+        path.write_text(json.dumps(document, indent=indent) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise BenchError(f"cannot write {path}: {err.strerror}") from err
+    progress(f"raw figures written to {path}")
+
+
+def run_main(main: Callable[[], int], prog: str) -> NoReturn:
+    """Run a benchmark's main: its exit code; one line and exit 1 on an error or Ctrl-C."""
     try:
         sys.exit(main())
     except BenchError as err:
-        sys.stderr.write(f"{PROG}: error: {err}\n")
+        sys.stderr.write(f"{prog}: error: {err}\n")
         sys.exit(1)
     except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: error: interrupted\n")
+        sys.stderr.write(f"{prog}: error: interrupted\n")
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_main(main, PROG)

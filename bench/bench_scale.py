@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import ctypes
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -63,8 +62,10 @@ from bench_domstate import (
     perfdata,
     positive_int,
     progress,
+    run_main,
     run_timed,
     sizes_arg,
+    write_json,
     write_node,
 )
 
@@ -989,20 +990,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "testdriver": [r.as_json() for r in tests], "guests": [r.as_json() for r in guests],
             "targets": found, "elapsed_s": elapsed,
         }
-        try:
-            args.json.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-        except OSError as err:
-            raise BenchError(f"cannot write {args.json}: {err.strerror}") from err
-        progress(f"raw figures written to {args.json}")
+        write_json(args.json, document, 1)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as err:
-        sys.stderr.write(f"{PROG}: error: {err}\n")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: error: interrupted\n")
-        sys.exit(1)
+    run_main(main, PROG)
