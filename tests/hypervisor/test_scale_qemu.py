@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,16 @@ def test_metrics_say_the_busy_guest_is_down_and_the_others_up(guests: list[libvi
     assert up == {guests[0].name(): "0", **{d.name(): "1" for d in guests[1:]}}
     assert result.stderr == "metrics-kvm: 1 domain busy (another operation holds its libvirt job): up 0\n"
     assert state.returncode == 0, state  # the state needs no job: every guest is running
+
+
+def test_checks_that_run_at_the_same_moment_do_not_call_each_other_busy(guests: list[libvirt.virDomain]) -> None:
+    """Each bulk read holds a guest's job for a moment: four readers at once see it held, and the
+    guest is asked again after a short pause instead of being reported busy."""
+    argv = [str(Path(sys.executable).parent / "metrics-kvm"), "-u", URI, "--match", f"^{PREFIX}", "--format", "prometheus"]
+    for _ in range(3):
+        procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        for proc in procs:
+            out, err = proc.communicate(timeout=60)
+            assert (proc.returncode, err) == (0, ""), (out, err)
+            up = re.findall(r'^kvm_domain_up\{domain="[^"]+"[^}]*\} (\d)', out, re.M)
+            assert up == ["1"] * len(guests)
