@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 from sensu_kvm import activity, guestinfo, states, virt
 from sensu_kvm.argtypes import seconds_arg
 from sensu_kvm.contexts import Context
-from sensu_kvm.domains import Verdict, read, report, unreadable, with_entity
+from sensu_kvm.domains import Verdict, late, read, report, unreadable, with_entity
 from sensu_kvm.errors import KvmError
 from sensu_kvm.output import Finding, Report, Status, worst
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
@@ -181,7 +181,7 @@ def check(options: argparse.Namespace) -> Report:
         phase = f"reading the domain XML of {len(running)} running domains (for a guest agent channel)"
         for record, channel in zip(running, virt.in_parallel(channel_of, running, virt.concurrency(), phase)):
             if channel is virt.LATE:
-                verdicts[record.name] = Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: {virt.late_error(phase)}"))
+                verdicts[record.name] = late(record, phase)
             elif isinstance(channel, Verdict):
                 verdicts[record.name] = channel
             elif channel is not None:
@@ -220,8 +220,7 @@ def check(options: argparse.Namespace) -> Report:
         if asking:
             phase = f"asking the guest agents of {len(asking)} domains"
             for (record, _channel), verdict in zip(asking, virt.in_parallel(one, asking, virt.concurrency(), phase)):
-                verdicts[record.name] = (Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: {virt.late_error(phase)}"))
-                                         if verdict is virt.LATE else verdict)
+                verdicts[record.name] = late(record, phase) if verdict is virt.LATE else verdict
     finally:
         if rw is not None:
             rw.close()

@@ -83,6 +83,11 @@ def unreadable(record: DomainRecord) -> Verdict:
     return Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: {record.error}"))
 
 
+def late(record: DomainRecord, phase: str) -> Verdict:
+    """UNKNOWN: the domain was not read before the time budget ran out, during ``phase``."""
+    return Verdict(Finding(record.name, Status.UNKNOWN, f"{record.text}: {virt.late_error(phase)}"))
+
+
 def with_entity(record: DomainRecord, verdict: Verdict) -> Verdict:
     """The verdict with the record's Sensu entity name in its finding (for --per-domain)."""
     return verdict._replace(finding=verdict.finding._replace(entity=record.entity))
@@ -113,8 +118,7 @@ def judge_each(records: Iterable[DomainRecord], judge: Callable[[DomainRecord], 
         text = f"{phase} of {len(asked)} domain{'s' if len(asked) != 1 else ''}"
         answers = virt.in_parallel(judge, [given[i] for i in asked], virt.concurrency(), text)
         for i, answer in zip(asked, answers):
-            late = Finding(given[i].name, Status.UNKNOWN, f"{given[i].text}: {virt.late_error(text)}")
-            verdicts[i] = Verdict(late) if answer is virt.LATE else answer
+            verdicts[i] = late(given[i], text) if answer is virt.LATE else answer
     return [with_entity(r, v) for r, v in zip(given, verdicts) if v is not None]
 
 

@@ -47,7 +47,6 @@ from sensu_kvm.virt.lookup import (
 )
 from sensu_kvm.virt.stats import (
     BUSY,
-    FALLBACK_THREADS,
     GROUPS,
     LATE,
     LATE_MARK,
@@ -81,7 +80,6 @@ __all__ = [
     "BUSY",
     "DEFAULT_TIMEOUT",
     "DEFAULT_URI",
-    "FALLBACK_THREADS",
     "GROUPS",
     "LATE",
     "LATE_MARK",

@@ -188,11 +188,10 @@ CHUNK_MAX = 500
 # these are the calls that spreading over libvirtd's workers speeds up.
 MONITOR_GROUPS = frozenset({"balloon", "block", "vcpu"})
 DEFAULT_CONCURRENCY = 5  # libvirtd's max_client_requests: calls of one client served at once
-FALLBACK_THREADS = DEFAULT_CONCURRENCY  # kept for callers of the old name
 
 BUSY = ("busy: another operation holds its libvirt job (a migration, a backup, a block job starting, "
         "or a QEMU that does not answer its monitor), not measured")
-_settings: dict[str, Any] = {"concurrency": None, "uri": None}
+_settings: dict[str, Any] = {"concurrency": None, "uri": None, "found": None}
 
 
 class _Late:
@@ -208,8 +207,7 @@ LATE: Any = _Late()
 def set_concurrency(calls: int | None, uri: str | None = None) -> None:
     """How many libvirt calls to make at once (--concurrency); None: what the daemon behind
     ``uri`` serves (see ``concurrency``)."""
-    _settings["concurrency"] = calls
-    _settings["uri"] = uri
+    _settings.update(concurrency=calls, uri=uri, found=None)
 
 
 def concurrency() -> int:
@@ -218,10 +216,12 @@ def concurrency() -> int:
     this host, else libvirt's default of 5. A remote daemon's configuration cannot be read: 5."""
     given, uri = _settings["concurrency"], _settings["uri"]
     if given:
-        return given
+        return int(given)
     if uri is not None and "//" in uri and uri.split("//", 1)[1][:1] not in ("/", ""):
         return DEFAULT_CONCURRENCY  # qemu+ssh://host/system: not this host's daemon
-    return daemon_limit()
+    if _settings["found"] is None:  # the configuration is read once per run
+        _settings["found"] = daemon_limit()
+    return int(_settings["found"])
 
 
 def daemon_limit(paths: Iterable[str] = ("/etc/libvirt/libvirtd.conf", "/etc/libvirt/virtqemud.conf")) -> int:
