@@ -4,6 +4,8 @@ sum of its volumes' allocations as its allocation; all its pools are active, so 
 other than running are judged in tests/unit/test_pool_eval.py and on the real libvirtd
 (tests/hypervisor/test_pool_qemu.py)."""
 
+import re
+
 import pytest
 
 from tests.conftest import node_uri, refuses, run
@@ -88,3 +90,27 @@ def test_max_output_keeps_the_aggregates():
 def test_bad_input_is_one_line_exit_3(args, words):
     line = refuses("check-kvm-pool", 3, "-u", POOLS, *args)
     assert words in line, line
+
+
+def many_pools(path, count: int) -> str:
+    """A node file of ``count`` pools named pool-0000..., one volume each; its test URI."""
+    pools = "".join(f"<pool type='dir'><name>pool-{i:04d}</name><uuid>5b1c7e8a-1d0a-4c3f-9a10-{i:012d}</uuid>"
+                    f"<target><path>/pools/{i}</path></target><volume type='file'><name>v.img</name>"
+                    f"<capacity unit='GiB'>1</capacity><allocation unit='GiB'>1</allocation>"
+                    f"<target><path>/pools/{i}/v.img</path></target></volume></pool>" for i in range(count))
+    path.write_text(f"<node>{pools}</node>")
+    return f"test://{path}"
+
+
+def test_pools_not_read_within_the_time_budget_are_unknown_by_name(tmp_path, fault_env):
+    uri = many_pools(tmp_path / "many.xml", 40)
+    env = {**fault_env, "SPK_FAULT": "slow-pool-calls:0.5"}
+    result = run("check-kvm-pool", "-u", uri, "-t", "2", "--concurrency", "2", "-v", env=env)
+    assert result.returncode == 3, result
+    first = result.stdout.splitlines()[0]
+    match = re.fullmatch(r"CheckKvmPool UNKNOWN: time ran out while reading the storage pools' volumes of 40 pools "
+                         r"\((\d+) of 40 pools not read within -t 2s\); \1 of 40 pools not OK: .*", first)
+    assert match and 20 < int(match.group(1)) < 40, first
+    read = [line for line in result.stdout.splitlines() if line.startswith("OK: pool pool-")]
+    assert len(read) == 40 - int(match.group(1)) and "pool-0000_used=1%" in result.stdout  # what was read is judged
+    assert "UNKNOWN: pool pool-0039: not read: time ran out while reading the storage pools' volumes" in result.stdout
