@@ -37,9 +37,9 @@ capacity (a thin pool whose guests could write more than it holds), against
 inactive is WARNING, CRITICAL when it is marked autostart; building or degraded is WARNING;
 inaccessible is CRITICAL; a directory pool on this host whose target directory is gone is
 CRITICAL. A pool named with -p that does not exist is CRITICAL. Perfdata per pool: used %,
-available bytes, overcommit % and the number of volumes. One call lists the pools; then, per
-active pool, its XML, its volumes and each volume's size are read, the pools on concurrent
-calls within -t."""
+available bytes, overcommit % and the number of volumes. One call lists the pools; then each
+pool's info is read, and for an inactive one its autostart flag, for an active one its volumes
+and each volume's size (and on this host its XML), the pools on concurrent calls within -t."""
 
 INACTIVE, BUILDING, RUNNING, DEGRADED, INACCESSIBLE = range(5)  # virStoragePoolState
 STATE_WORDS = {INACTIVE: "inactive", BUILDING: "building", RUNNING: "running", DEGRADED: "degraded",
@@ -165,15 +165,17 @@ def is_local(uri: str) -> bool:
 
 
 def read_pool(obj: Any, local: bool) -> Pool:
-    """One pool's facts: its info, autostart flag, XML, and for an active pool each volume's
-    capacity (libvirt has no bulk call for volumes: a listing, then one call per volume)."""
+    """One pool's facts: its info; for an inactive pool its autostart flag; for an active one each
+    volume's capacity (libvirt has no bulk call for volumes: a listing, then one call per volume)
+    and, on this host, its XML for the target directory (only what is judged is read)."""
     name, uuid = obj.name(), obj.UUIDString()
     try:
         state, capacity, allocation, available = obj.info()
-        autostart = bool(obj.autostart())
-        root = ElementTree.fromstring(obj.XMLDesc(0))
-        kind = root.get("type", "")
-        target = root.findtext("target/path") or ""
+        autostart = state == INACTIVE and bool(obj.autostart())
+        kind = target = ""
+        if local and state != INACTIVE:
+            root = ElementTree.fromstring(obj.XMLDesc(0))
+            kind, target = root.get("type", ""), root.findtext("target/path") or ""
         volumes: tuple[int, ...] = ()
         if state in (RUNNING, DEGRADED, BUILDING):
             volumes = tuple(int(vol.info()[1]) for vol in obj.listAllVolumes(0))
@@ -181,7 +183,7 @@ def read_pool(obj: Any, local: bool) -> Pool:
         return Pool(name, uuid, error=virt.reason(err))
     except ElementTree.ParseError as err:
         return Pool(name, uuid, error=f"its XML does not parse: {err}")
-    missing = local and state != INACTIVE and kind in DIRECTORY_TYPES and bool(target) and not os.path.isdir(target)
+    missing = kind in DIRECTORY_TYPES and bool(target) and not os.path.isdir(target)
     return Pool(name, uuid, state, capacity, allocation, available, autostart, kind, target, volumes, missing)
 
 
