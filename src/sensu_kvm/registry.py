@@ -270,6 +270,21 @@ COMMANDS: tuple[Command, ...] = (
             for level in ("warning", "critical")),
     ),
     Command(
+        "check-kvm-pool", "sensu_kvm.checks.pool:main", Kind.CHECK,
+        "storage pools: state (inactive, degraded, inaccessible), used % and bytes left, thin-provisioning overcommit",
+        Access.READ_ONLY,
+        CheckDefinition(
+            interval=300,
+            go_note="Storage pools: inactive (CRITICAL when autostart), degraded, inaccessible or with a missing\n"
+                    "target; used % (WARNING 80, CRITICAL 90) and overcommit of thin pools (WARNING above 100%).",
+        ),
+        # pools, not domains: -p instead of -d, and --match/--exclude on pool names (not shared)
+        options=(Option("--uri", "-u", shared=True), Option("--pool", "-p", Takes.LIST), Option("--match"),
+                 Option("--exclude"), Option("--concurrency", shared=True), *THRESHOLDS,
+                 Option("--available-warning"), Option("--available-critical"), Option("--overcommit-warning"),
+                 Option("--overcommit-critical"), *RUN_OPTIONS),
+    ),
+    Command(
         "check-kvm-snapshot-age", "sensu_kvm.checks.snapshot_age:main", Kind.CHECK,
         "snapshots piling up: oldest age, count, and overlays that no snapshot knows about",
         Access.READ_ONLY,

@@ -20,6 +20,8 @@ demand. SPK_FAULT names one or more, separated by ";":
                        comes during the snapshot call is handled when the call returns: here)
   slow-domain-calls:S  every per-domain read (diskErrors, XMLDesc, vcpus, listAllSnapshots) takes S
                        seconds longer (a libvirtd that serves each domain slowly: the time budget)
+  slow-pool-calls:S    every storage pool's volume listing (listAllVolumes) takes S seconds longer
+                       (check-kvm-pool's time budget)
   log-domain-calls     not a fault: every virDomain method called is appended to the file
                        SPK_CALL_LOG, to prove which calls a command makes per domain
   log-connections      not a fault: every connection opened is appended to SPK_CALL_LOG as
@@ -65,6 +67,17 @@ if faults:
 
             for method in ("diskErrors", "XMLDesc", "vcpus", "listAllSnapshots"):
                 setattr(libvirt.virDomain, method, _slowed(getattr(libvirt.virDomain, method)))
+        elif fault.startswith("slow-pool-calls:"):
+            import time
+
+            real_volumes = libvirt.virStoragePool.listAllVolumes
+            pool_pause = float(fault.split(":", 1)[1])
+
+            def _volumes(pool, *args, _real=real_volumes, _pause=pool_pause, **kwargs):
+                time.sleep(_pause)
+                return _real(pool, *args, **kwargs)
+
+            libvirt.virStoragePool.listAllVolumes = _volumes
         elif fault.startswith("state-fails:"):
             victim = fault.split(":", 1)[1]
             real_state = libvirt.virDomain.state

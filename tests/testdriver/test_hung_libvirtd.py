@@ -33,6 +33,7 @@ CHECK_ARGS: dict[str, list[str]] = {
     "check-kvm-guest-agent": [],
     "check-kvm-host": ["--state-dir", "{tmp}"],
     "check-kvm-memory": [],
+    "check-kvm-pool": [],
     "check-kvm-snapshot-age": [],
     "check-kvm-vcpu": ["--state-dir", "{tmp}"],
 }
