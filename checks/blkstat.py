@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, NamedTuple
+from typing import Any
 
-from sensu_kvm import virt
+from sensu_kvm import devicerates, virt
 from sensu_kvm.contexts import Context
-from sensu_kvm.domains import Verdict, is_active, judge_each, report
-from sensu_kvm.output import Finding, Report, Status, worst
+from sensu_kvm.devicerates import Metric
+from sensu_kvm.domains import Verdict
+from sensu_kvm.output import Report
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
-from sensu_kvm.ranges import Range
-from sensu_kvm.statefile import Rate, add_min_interval, sample_domains
+from sensu_kvm.statefile import Rate, add_min_interval
 
 NAME = "CheckKvmBlkstat"
 
 COUNTERS = ("rd.reqs", "rd.bytes", "rd.times", "wr.reqs", "wr.bytes", "wr.times", "fl.reqs", "fl.times")
-
-
-class Metric(NamedTuple):
-    name: str
-    uom: str
-    text: str
-    rate: bool = True
 
 
 METRICS = {m.name: m for m in (
@@ -95,93 +88,19 @@ def values(rate: Rate, block: dict[str, Any]) -> dict[str, float]:
     return result
 
 
-def contexts(options: argparse.Namespace) -> dict[str, Context]:
-    """Every metric's context; -w/-c are the thresholds of the one chosen with -m."""
-    return {m.name: Context(m.name, m.uom, options.warning if m.name == options.metric else None,
-                            options.critical if m.name == options.metric else None, 0,
-                            digits=3)
-            for m in METRICS.values()}
+KIND = devicerates.Kind("blkstat", "block", "disk", "--device", "device", METRICS, COUNTERS, disks, values,
+                        DEFAULTS)
 
 
 def judge_domain(record: virt.DomainRecord, found: dict[str, Rate], options: argparse.Namespace,
                  of: dict[str, Context] | None = None) -> Verdict:
-    """The verdict on one domain's disks from each disk's rates, keyed UUID/device (pure);
-    ``of`` is ``contexts(options)``, made once for all domains."""
-    shown, chosen = record.text, options.metric
-    of = of or contexts(options)
-    statuses, parts, measured = [Status.OK], [], []
-    whys, overs, noted = [], [], False
-    for device, block in disks(record):
-        if options.device and device not in options.device:
-            continue
-        rate = found.get(f"{record.uuid}/{device}", Rate(None))
-        values_of = values(rate, block)
-        if rate.per_second is None:
-            whys.append(rate.reason)
-        else:
-            overs.append(rate.over())
-            noted = noted or bool(rate.note)
-        measured += [of[metric](values_of[metric], record.label, device) for metric in METRICS if metric in values_of]
-        if chosen in values_of:
-            judged = of[chosen](values_of[chosen], record.label, device)
-            statuses.append(judged.status)
-            parts.append(f"{device} {chosen} {judged.value:.1f}{judged.uom}")
-    if not parts and not whys:
-        return Verdict(Finding(record.name, Status.OK, f"{shown}: no disks measured"), measured)
-    text = f"{shown}: " + ", ".join(parts) if parts else f"{shown}:"
-    if overs and METRICS[chosen].rate:
-        text += f" ({'; '.join(dict.fromkeys(overs))})"
-    elif noted:  # perfdata of rates that are not new
-        text += f" (rates: {'; '.join(dict.fromkeys(overs))})"
-    if whys:
-        text += ("; " if parts else " ") + f"{'; '.join(dict.fromkeys(whys))}, rates on the next run"
-    return Verdict(Finding(record.name, worst(statuses), text), measured, pending=bool(whys))
-
-
-def unmatched_devices(records: list[virt.DomainRecord], wanted: list[str], shown: int = 8) -> str:
-    """Why --device is wrong, when a disk it names is on none of the running domains selected (a
-    typo would otherwise be OK, "no disks measured"); "" when each names a disk of one of them,
-    or when no domain selected is running (then nothing is measured, and nothing to compare)."""
-    running = [r for r in records if not r.error and is_active(r)]
-    if not wanted or not running:
-        return ""
-    seen = sorted({device for r in running for device, _block in disks(r)})
-    unmatched = [device for device in dict.fromkeys(wanted) if device not in seen]
-    if not unmatched:
-        return ""
-    there = ", ".join(seen[:shown]) + (f" and {len(seen) - shown} more" if len(seen) > shown else "")
-    return (f"--device {', '.join(unmatched)}: no such disk on the {len(running)} running domain"
-            f"{'s' if len(running) > 1 else ''} selected ({'disks there: ' + there if seen else 'no disks there'})")
-
-
-def samples(records: list[virt.DomainRecord], now: float) -> dict[str, dict[str, Any]]:
-    """The counters kept between runs, per domain UUID and disk."""
-    return {f"{r.uuid}/{device}": {"t": now, **{k: block[k] for k in COUNTERS if k in block}}
-            for r in records for device, block in disks(r)}
+    """The verdict on one domain's disks from each disk's rates, keyed UUID/device (pure;
+    ``of`` is ``devicerates.contexts(KIND, options)``, made once for all domains)."""
+    return devicerates.judge_domain(KIND, record, found, options, of)
 
 
 def check(options: argparse.Namespace) -> Report:
-    default = DEFAULTS.get(options.metric)
-    if default and options.warning is None and options.critical is None:
-        options.warning, options.critical = Range.parse(default[0]), Range.parse(default[1])
-    chosen, missing, _current, found = sample_domains(options, "blkstat", ["state", "block"], samples, list(COUNTERS))
-    mistaken = unmatched_devices(chosen, options.device)
-    if mistaken:
-        return Report(Status.CRITICAL if missing else Status.UNKNOWN,
-                      "; ".join([*(f"{name} not found" for name in missing), mistaken]))
-    of = contexts(options)
-    verdicts = judge_each(chosen, lambda r: judge_domain(r, found, options, of))
-    judged = [m for v in verdicts for m in v.measurements if m.context.judges]
-    top = max(judged, key=lambda m: m.reported, default=None)
-    ok_summary = f"{len(judged)} disks measured" + (f", highest {top.label} {top.reported:g}{top.uom}" if top else "")
-    rated = [r for r in found.values() if r.per_second is not None]
-    if judged and METRICS[options.metric].rate and rated and all(r.note for r in rated):
-        ok_summary += " (the previous run's rates, see -v)"
-    if not judged and any(v.pending for v in verdicts):
-        whys = sorted({r.why for r in found.values() if r.why is not None})
-        ok_summary = (f"no rates yet ({'; '.join(whys)}), rates on the next run" if whys
-                      else "first sample taken, rates on the next run (or use --interval)")
-    return report(verdicts, missing, options, ok_summary)
+    return devicerates.check(KIND, options)
 
 
 def parser() -> CheckParser:

@@ -261,6 +261,14 @@ COMMANDS: tuple[Command, ...] = (
             Option("--metric", "-m"), Option("--device", takes=Takes.LIST)),
     ),
     Command(
+        "check-kvm-netstat", "sensu_kvm.checks.netstat:main", Kind.CHECK,
+        "per interface: bytes/s, packets/s, errors/s and drops/s received and sent",
+        Access.READ_ONLY,
+        CheckDefinition(go_options=f"--state-dir {AGENT_STATE_DIR}"),
+        options=URI_OPTIONS + THRESHOLDS + STATE_OPTIONS + RATE_OPTIONS + RUN_OPTIONS + (
+            Option("--metric", "-m"), Option("--interface", takes=Takes.LIST)),
+    ),
+    Command(
         "check-kvm-host", "sensu_kvm.checks.host:main", Kind.CHECK,
         "the host: CPU busy %, memory and swap used %, free space of the file systems holding disk images",
         Access.READ_ONLY,

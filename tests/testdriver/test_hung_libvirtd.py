@@ -32,6 +32,7 @@ CHECK_ARGS: dict[str, list[str]] = {
     "check-kvm-domstate": [],
     "check-kvm-guest-agent": [],
     "check-kvm-host": ["--state-dir", "{tmp}"],
+    "check-kvm-netstat": ["--state-dir", "{tmp}"],
     "check-kvm-memory": [],
     "check-kvm-pool": [],
     "check-kvm-snapshot-age": [],

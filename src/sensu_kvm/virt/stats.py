@@ -35,7 +35,8 @@ class _Domain:
         return self._info
 
     def devices(self, kind: str) -> list[tuple[str, str]]:
-        """(target, source) of each disk ('disk') or interface ('interface') in the live XML."""
+        """(target, source) of each disk ('disk') or interface ('interface') in the live XML (an
+        interface without <target dev> with target "")."""
         if self._xml is None:
             self._xml = _device_list(self.dom.XMLDesc(0))
         return [(target, source) for k, target, source in self._xml if k == kind]
@@ -62,8 +63,8 @@ def _device_list(text: str) -> list[tuple[str, str, str]]:
 
     def end(tag: str) -> None:
         if len(path) == 3 and current:
-            if "target" in current:
-                found.append((current["kind"], current["target"], current.get("source", "")))
+            if "target" in current or current["kind"] == "interface":  # counted, as the bulk call does
+                found.append((current["kind"], current.get("target", ""), current.get("source", "")))
             current.clear()
         path.pop()
 
@@ -123,6 +124,8 @@ def _interface_fallback(d: _Domain) -> dict[str, Any]:
     stats: dict[str, Any] = {"net.count": len(nics)}
     names = ("rx.bytes", "rx.pkts", "rx.errs", "rx.drop", "tx.bytes", "tx.pkts", "tx.errs", "tx.drop")
     for n, (target, _source) in enumerate(nics):
+        if not target:
+            continue  # no <target dev> (not started, or no host device): no name, no counters
         stats[f"net.{n}.name"] = target
         stats.update({f"net.{n}.{k}": v for k, v in zip(names, d.dom.interfaceStats(target))})
     return stats
