@@ -863,6 +863,14 @@ def guests_arg(text: str) -> list[int]:
     return counts
 
 
+def commands_arg(text: str) -> tuple[str, ...]:
+    chosen = tuple(c.strip() for c in text.split(",") if c.strip())
+    unknown = [c for c in chosen if c not in COMMANDS]
+    if not chosen or unknown:
+        raise argparse.ArgumentTypeError(f"'{text}': not a list of {', '.join(COMMANDS)}")
+    return chosen
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = Parser(prog=PROG, description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=test_sizes_arg, default=[10, 100, 1000, 10_000], metavar="N,N,...",
@@ -895,6 +903,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "themselves run with their default -t")
     p.add_argument("--bin", type=Path, default=VENV_BIN, metavar="BIN_DIR",
                    help=f"the installation measured (default: {VENV_BIN}, this tree's)")
+    p.add_argument("--commands", type=commands_arg, metavar="NAME,NAME,...",
+                   help="measure only these of the commands (default: all of them), e.g. "
+                        "--commands check-kvm-pool,metrics-kvm")
     p.add_argument("--label", metavar="TEXT",
                    help="what the measured installation is, for the report (e.g. main@4146489; default: its path, "
                         "and this tree's commit for the default --bin)")
@@ -902,7 +913,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global COMMANDS
     args = parse_args(argv)
+    if args.commands:
+        COMMANDS = args.commands
     python = args.bin / "python"
     tools = Tools(str(python if python.exists() else sys.executable), "", shutil.which("virsh") or "virsh", args.timeout)
     current = Installation("current", args.bin)
