@@ -6,9 +6,9 @@ import argparse
 import contextlib
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
-from sensu_kvm import activity, domains, metrics, virt
+from sensu_kvm import activity, domains, metrics, pools, virt
 from sensu_kvm.argtypes import listen_arg, metric_prefix_arg
 from sensu_kvm.errors import BadRequest, KvmError
 from sensu_kvm.names import Names, graphite_node
@@ -24,6 +24,7 @@ EXAMPLES = """\
   metrics-kvm --format influxdb                InfluxDB line protocol, tags host, domain, device
   metrics-kvm --format prometheus              Prometheus text (Sensu Go output_metric_format prometheus_text)
   metrics-kvm --format json -d kvm1
+  metrics-kvm --no-pools                       the domains and the host only, no storage pools
   metrics-kvm -u test:///default --fill        fill in per domain what the test driver's bulk call lacks
   metrics-kvm --listen 127.0.0.1:9177 -t 8     serve http://127.0.0.1:9177/metrics to a Prometheus that
                                                scrapes it (scrape_timeout above -t); SIGTERM ends it"""
@@ -31,9 +32,13 @@ EXAMPLES = """\
 DESCRIPTION = """\
 Every domain's statistics (state and reason, CPU, balloon, vCPU, block, interface) and the host's
 CPU and memory counters, from one bulk call, as raw counters and gauges in base units (bytes,
-seconds) for a time-series database to turn into rates. What a driver's bulk call lacks (libvirt's
-test driver has only the state) is left out unless --fill asks for it per domain. A domain whose statistics fail still
-yields its 'up' metric, set to 0, with the error (InfluxDB and JSON). Formats: graphite
+seconds) for a time-series database to turn into rates; and every storage pool of the host
+(whatever -d/--match/--exclude select, as the host's counters): its state, capacity, allocation,
+available bytes and number of volumes (one call lists the pools, then two per active pool, the
+pools on concurrent calls within -t; --no-pools leaves them out). What a driver's bulk call
+lacks (libvirt's test driver has only the state) is left out unless --fill asks for it per
+domain. A domain or pool whose statistics fail still yields its 'up' metric, set to 0, with the
+error (InfluxDB and JSON). Formats: graphite
 (plaintext), influxdb (line protocol; each field of one type whatever its value: seconds floats,
 0.0 included, counts, bytes and states integers), prometheus (text exposition 0.0.4), json.
 
@@ -58,13 +63,18 @@ def check(options: argparse.Namespace) -> Report:
     return render(options, data)
 
 
-Read = tuple[list[metrics.Point], Names, list[str]]
+class Read(NamedTuple):
+    """Everything one run reads from libvirt (--listen reads it on its own long-lived connection)."""
+
+    points: list[metrics.Point]
+    names: Names  # every domain of the host, before -d/--match/--exclude choose
+    missing: list[str]  # the -d domains that do not exist
+    pools: Names  # every storage pool of the host
+    notes: list[str]  # what stderr says of the pools when they could not be listed
 
 
 def read(conn: Any, options: argparse.Namespace) -> Read:
-    """Everything one run reads from libvirt: the points of the host and of the chosen domains,
-    every domain's names, and the -d domains that are missing (--listen reads it on its own
-    long-lived connection)."""
+    """The points of the host, of the chosen domains and of every storage pool, with the names."""
     chosen, missing = domains.read(conn, GROUPS, options, fill=options.fill)
     # every domain of the host, before -d/--match/--exclude choose (read attaches it)
     names = chosen[0].names if chosen and chosen[0].names is not None else Names()
@@ -75,24 +85,41 @@ def read(conn: Any, options: argparse.Namespace) -> Read:
         with contextlib.suppress(KvmError):  # a driver without node statistics (the test driver)
             node[n] = reader(conn)
     points = metrics.host_points(*node) + [p for r in chosen for p in metrics.domain_points(r.name, r.stats, r.error)]
-    return points, names, missing
+    pool_points, pool_names, notes = read_pools(conn) if options.pools else ([], Names(), [])
+    return Read(points + pool_points, names, missing, pool_names, notes)
+
+
+def read_pools(conn: Any) -> tuple[list[metrics.Point], Names, list[str]]:
+    """The point of every storage pool (info and number of volumes, the pools on concurrent calls
+    within the time budget), their names, and a note for stderr when they could not be listed (a
+    driver without storage pools, or the time already spent on the domains): the domains' metrics
+    are printed all the same."""
+    if activity.left() <= 0:
+        return [], Names(), ["storage pools not read: time ran out before they were listed; raise -t"]
+    try:
+        every, names = pools.list_pools(conn)
+    except KvmError as err:
+        return [], Names(), [f"storage pools not read: {err}"]
+    read = pools.read_pools(every, lambda p: pools.read_pool(p, False, sizes=False), "reading the storage pools' sizes")
+    return [metrics.pool_point(p.name, p.state, p.capacity, p.allocation, p.available, p.volume_count, p.error or None)
+            for p in sorted(read, key=lambda p: p.name)], names, []
 
 
 def render(options: argparse.Namespace, data: Read) -> Report:
     """The output of one run in its format (stdout), and a -d domain that is missing (CRITICAL)."""
-    points, names, missing = data
+    points, names, missing, pool_names = data.points, data.names, data.missing, data.pools
     now = time.time()
     host = os.uname().nodename.split(".")[0]
     form = output_format(options)
     if form == "graphite":
-        text = metrics.graphite(points, options.scheme or f"{graphite_node(host)}.kvm", int(now), names)
+        text = metrics.graphite(points, options.scheme or f"{graphite_node(host)}.kvm", int(now), names, pool_names)
     elif form == "influxdb":
-        text = metrics.influxdb(points, host, int(now * 1e9), names)
+        text = metrics.influxdb(points, host, int(now * 1e9), names, pool_names)
     elif form == "prometheus":
         text = metrics.prometheus(points, names)
     else:
         text = metrics.as_json(points, host, now)
-    notes = unread(points)
+    notes = unread(points) + data.notes
     if missing:  # CRITICAL, as the checks say it; no metric of any kind for a domain that is not there
         shown = ", ".join(names.text(name) for name in missing)
         return Report(Status.CRITICAL, text, details=[f"CRITICAL: domain{'s' if len(missing) > 1 else ''} "
@@ -113,6 +140,14 @@ def unread(points: list[metrics.Point]) -> list[str]:
     busy = sum(1 for e in errors if e == virt.BUSY)
     if busy:
         notes.append(f"{busy} domain{'s' if busy != 1 else ''} busy (another operation holds its libvirt job): up 0")
+    failed = [p.error for p in points if p.measurement == "pool" and p.error]
+    late_pools = [e for e in failed if e.startswith(virt.LATE_MARK)]
+    if late_pools:
+        notes.append(f"time ran out{late_pools[0].removeprefix(virt.LATE_MARK)}: {len(late_pools)} storage pools not read "
+                     f"(up 0); raise -t or --concurrency")
+    if len(failed) > len(late_pools):
+        notes.append(f"{len(failed) - len(late_pools)} storage pool{'s' if len(failed) - len(late_pools) != 1 else ''}"
+                     " not read (up 0): " + next(e for e in failed if not e.startswith(virt.LATE_MARK)))
     return notes
 
 
@@ -150,6 +185,9 @@ def parser() -> CheckParser:
     p.add_argument("--fill", action="store_true",
                    help="read per domain what the driver's bulk call lacks (QEMU's lacks nothing; "
                         "costs several calls per domain on drivers such as libvirt's test driver)")
+    p.add_argument("--no-pools", dest="pools", action="store_false",
+                   help="leave out the storage pools (one call lists them, then two calls per active pool: "
+                        "its info and its number of volumes, within -t)")
     p.add_argument("--listen", type=listen_arg, metavar="ADDRESS",
                    help="stay running and serve the Prometheus text at http://ADDRESS/metrics, HOST:PORT or "
                         "[IPv6]:PORT (no default: choose one), from one read-only connection kept open and "

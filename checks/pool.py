@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
-from typing import Any, NamedTuple
-from urllib.parse import urlparse
-from xml.etree import ElementTree
 
 from sensu_kvm import activity, virt
 from sensu_kvm.argtypes import concurrency_arg, name_arg, regex_arg, shown, uri_arg
@@ -16,6 +12,19 @@ from sensu_kvm.domains import highest
 from sensu_kvm.names import Names
 from sensu_kvm.output import Finding, Report, Status, summarise, worst
 from sensu_kvm.plugin import CheckParser, add_thresholds, build_parser, run_check
+from sensu_kvm.pools import (  # noqa: F401 (Pool, the states and is_local are this check's vocabulary too)
+    BUILDING,
+    DEGRADED,
+    INACCESSIBLE,
+    INACTIVE,
+    RUNNING,
+    STATE_WORDS,
+    Pool,
+    is_local,
+    list_pools,
+    read_pool,
+    read_pools,
+)
 from sensu_kvm.ranges import Range
 
 NAME = "CheckKvmPool"
@@ -41,11 +50,6 @@ available bytes, overcommit % and the number of volumes. One call lists the pool
 pool's info is read, and for an inactive one its autostart flag, for an active one its volumes
 and each volume's size (and on this host its XML), the pools on concurrent calls within -t."""
 
-INACTIVE, BUILDING, RUNNING, DEGRADED, INACCESSIBLE = range(5)  # virStoragePoolState
-STATE_WORDS = {INACTIVE: "inactive", BUILDING: "building", RUNNING: "running", DEGRADED: "degraded",
-               INACCESSIBLE: "inaccessible"}
-DIRECTORY_TYPES = ("dir", "fs", "netfs")  # pools whose target is a directory of this host
-
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B)?", re.IGNORECASE)
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
 
@@ -60,23 +64,6 @@ def size_arg(text: str) -> Range:
         raise argparse.ArgumentTypeError(f"invalid size {shown(text)}: above 16 EiB")
     size = int(value)
     return Range(float(size), float("inf"), False, f"{size}:")
-
-
-class Pool(NamedTuple):
-    """What was read of one pool: ``error`` set when it could not be read."""
-
-    name: str
-    uuid: str
-    state: int = RUNNING
-    capacity: int = 0
-    allocation: int = 0
-    available: int = 0
-    autostart: bool = False
-    kind: str = ""
-    target: str = ""
-    volumes: tuple[int, ...] = ()  # each volume's capacity in bytes
-    target_missing: bool = False
-    error: str = ""
 
 
 def contexts(options: argparse.Namespace) -> tuple[Context, Context, Context, Context]:
@@ -157,58 +144,17 @@ def evaluate(pools: list[Pool], missing: list[str], options: argparse.Namespace,
     return Report(status, summary, perf, details, aggregates=highest(measured))
 
 
-def is_local(uri: str) -> bool:
-    """Whether the URI names a driver of this host (no host part; not libvirt's test driver, whose
-    pools are on no disk), so that a pool's target directory can be looked at."""
-    parsed = urlparse(uri)
-    return not parsed.hostname and parsed.scheme.split("+", 1)[0] != "test"
-
-
-def read_pool(obj: Any, local: bool) -> Pool:
-    """One pool's facts: its info; for an inactive pool its autostart flag; for an active one each
-    volume's capacity (libvirt has no bulk call for volumes: a listing, then one call per volume)
-    and, on this host, its XML for the target directory (only what is judged is read)."""
-    name, uuid = obj.name(), obj.UUIDString()
-    try:
-        state, capacity, allocation, available = obj.info()
-        autostart = state == INACTIVE and bool(obj.autostart())
-        kind = target = ""
-        if local and state != INACTIVE:
-            root = ElementTree.fromstring(obj.XMLDesc(0))
-            kind, target = root.get("type", ""), root.findtext("target/path") or ""
-        volumes: tuple[int, ...] = ()
-        if state in (RUNNING, DEGRADED, BUILDING):
-            volumes = tuple(int(vol.info()[1]) for vol in obj.listAllVolumes(0))
-    except virt.libvirtError as err:
-        return Pool(name, uuid, error=virt.reason(err))
-    except ElementTree.ParseError as err:
-        return Pool(name, uuid, error=f"its XML does not parse: {err}")
-    missing = kind in DIRECTORY_TYPES and bool(target) and not os.path.isdir(target)
-    return Pool(name, uuid, state, capacity, allocation, available, autostart, kind, target, volumes, missing)
-
-
-PHASE = "reading the storage pools' volumes"
-
-
 def check(options: argparse.Namespace) -> Report:
     uri = virt.resolve_uri(options.uri)
     conn = virt.connect(options.uri)
     try:
-        activity.doing("listing the storage pools")
-        try:
-            every = conn.listAllStoragePools(0)
-        except virt.libvirtError as err:
-            raise virt.translate(err, "cannot list storage pools") from err
-        names = Names((p.name(), p.UUIDString()) for p in every)
+        every, names = list_pools(conn)
         chosen = [p for p in every if (not options.pool or p.name() in options.pool)
                   and (options.match is None or options.match.search(p.name()))
                   and (options.exclude is None or not options.exclude.search(p.name()))]
         missing = [n for n in dict.fromkeys(options.pool) if n not in names]
         local = is_local(uri)
-        text = f"{PHASE} of {len(chosen)} pool{'s' if len(chosen) != 1 else ''}"
-        answers = virt.in_parallel(lambda p: read_pool(p, local), chosen, virt.concurrency(), text)
-        pools = [Pool(p.name(), p.UUIDString(), error=virt.late_error(text)) if a is virt.LATE else a
-                 for p, a in zip(chosen, answers)]
+        pools = read_pools(chosen, lambda p: read_pool(p, local))
     finally:
         conn.close()
     late = activity.late_phases()

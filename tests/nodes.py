@@ -96,3 +96,11 @@ if __name__ == "__main__":
     target = Path(__file__).parent / "data" / "nodes" / "names.xml"
     write(target, HOSTILE)
     print(target)
+
+
+def pools(path: Path) -> dict[str, str]:
+    """The storage pools of a node file: name -> UUID (for names.Names, as metrics-kvm builds it)."""
+    from xml.etree import ElementTree  # noqa: PLC0415 (only the pool tests read node files)
+
+    root = ElementTree.parse(path).getroot()
+    return {pool.findtext("name", ""): pool.findtext("uuid", "") for pool in root.iter("pool")}

@@ -1,6 +1,6 @@
 """Metric points from libvirt statistics, and their four text formats (pure, no I/O).
 
-One model, four renderings: a Point has a measurement (domain, vcpu, block, net, host), tags and
+One model, four renderings: a Point has a measurement (domain, vcpu, block, net, host, pool), tags and
 numeric fields in base units (bytes, seconds), each field a counter or a gauge, and each of a fixed
 type (INT or FLOAT), declared in the tables below: InfluxDB keeps one type per field and refuses a
 whole batch in which a field's type changes ("field type conflict"), so the type never depends on
@@ -97,11 +97,20 @@ HOST_FIELDS = (
     _f("memory.buffers", "memory_buffers_bytes", False, KIB, INT, "host memory in buffers"),
     _f("memory.cached", "memory_cached_bytes", False, KIB, INT, "host memory in the page cache"),
 )
+POOL_FIELDS = (
+    _f("state", "state", False, 1, INT,
+       "libvirt storage pool state (0 inactive, 1 building, 2 running, 3 degraded, 4 inaccessible)"),
+    _f("capacity", "capacity_bytes", False, 1, INT, "size of the storage pool"),
+    _f("allocation", "allocation_bytes", False, 1, INT, "bytes of the storage pool allocated to its volumes"),
+    _f("available", "available_bytes", False, 1, INT, "bytes of the storage pool still free"),
+    _f("volumes", "volumes", False, 1, INT, "volumes in the storage pool"),
+)
 UP = Field("", "up", False, 1, INT, "1 when the domain's statistics were read, 0 when they failed")
+POOL_UP = Field("", "up", False, 1, INT, "1 when the storage pool was read, 0 when it failed")
 ALL_FIELDS: dict[tuple[str, str], Field] = {
     (measurement, f.name): f
     for measurement, fields in (("domain", (*DOMAIN_FIELDS, UP)), ("vcpu", VCPU_FIELDS), ("block", BLOCK_FIELDS),
-                                ("net", NET_FIELDS), ("host", HOST_FIELDS))
+                                ("net", NET_FIELDS), ("host", HOST_FIELDS), ("pool", (*POOL_FIELDS, POOL_UP)))
     for f in fields
 }
 
@@ -152,6 +161,20 @@ def domain_points(name: str, stats: Mapping[str, Any], error: str | None) -> lis
     return points
 
 
+def pool_point(name: str, state: int, capacity: int, allocation: int, available: int, volumes: int,
+               error: str | None = None) -> Point:
+    """The point of one storage pool (sensu_kvm.pools.Pool's numbers): up, state, and for an active
+    pool its sizes and number of volumes (an inactive pool has none: libvirt says 0 for each); a
+    pool that could not be read gives up=0 and the error."""
+    if error:
+        return Point("pool", {"pool": name}, {"up": 0}, error)
+    fields: dict[str, float] = {"up": 1, "state": state}
+    if state != 0:
+        fields.update(capacity_bytes=capacity, allocation_bytes=allocation, available_bytes=available,
+                      volumes=volumes)
+    return Point("pool", {"pool": name}, fields)
+
+
 def host_points(cpu: Mapping[str, Any], memory: Mapping[str, Any]) -> list[Point]:
     stats = {**{f"cpu.{k}": v for k, v in cpu.items()}, **{f"memory.{k}": v for k, v in memory.items()}}
     values = _fields(stats, "", HOST_FIELDS)
@@ -171,17 +194,28 @@ def _names(points: Sequence[Point], names: Names | None) -> Names:
     return names if names is not None else Names({p.tags["domain"]: None for p in points if "domain" in p.tags})
 
 
-def graphite(points: Sequence[Point], scheme: str, timestamp: int, names: Names | None = None) -> str:
-    """Graphite plaintext: ``<scheme>.domain.<name>[.<group>.<id>].<field> <value> <timestamp>``.
+def _pools(points: Sequence[Point], pools: Names | None) -> Names:
+    """The pool names given, else those of these points."""
+    return pools if pools is not None else Names({p.tags["pool"]: None for p in points if "pool" in p.tags})
+
+
+def graphite(points: Sequence[Point], scheme: str, timestamp: int, names: Names | None = None,
+             pools: Names | None = None) -> str:
+    """Graphite plaintext: ``<scheme>.domain.<name>[.<group>.<id>].<field> <value> <timestamp>``,
+    ``<scheme>.host.<field>`` and ``<scheme>.pool.<pool>.<field>``.
 
     ``<name>`` is ``names.graphite`` (one path node per domain, never shared: build ``names`` from
-    every domain of the host); devices and interfaces are path nodes by the same character rules.
+    every domain of the host), ``<pool>`` is ``pools.graphite`` (from every pool of the host);
+    devices and interfaces are path nodes by the same character rules.
     """
     names = _names(points, names)
+    pools = _pools(points, pools)
     lines = []
     for p in points:
         if p.measurement == "host":
             path = f"{scheme}.host"
+        elif p.measurement == "pool":
+            path = f"{scheme}.pool.{pools.graphite(p.tags['pool'])}"
         else:
             path = f"{scheme}.domain.{names.graphite(p.tags['domain'])}"
             if p.measurement != "domain":
@@ -211,18 +245,23 @@ def influx_string(text: str) -> str:
     return '"' + shown.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def influxdb(points: Sequence[Point], host: str, timestamp_ns: int, names: Names | None = None) -> str:
-    """InfluxDB line protocol: measurement kvm_<group>, tags host, domain and device/vcpu/interface.
+def influxdb(points: Sequence[Point], host: str, timestamp_ns: int, names: Names | None = None,
+             pools: Names | None = None) -> str:
+    """InfluxDB line protocol: measurement kvm_<group>, tags host, domain and device/vcpu/interface
+    (kvm_pool: host and pool).
 
-    The domain tag is ``names.influx`` (injective over the host's domains: no two share a series);
-    other tags are escaped by the same rules. Each field has its declared type (ALL_FIELDS).
+    The domain tag is ``names.influx`` (injective over the host's domains: no two share a series),
+    the pool tag ``pools.influx``; other tags are escaped by the same rules. Each field has its
+    declared type (ALL_FIELDS).
     """
     names = _names(points, names)
+    pools = _pools(points, pools)
     host_tag = influx_tag(host)
     lines = []
     for p in points:
         tags = [("host", host_tag)] if host_tag else []
-        tags += [(k, names.influx(v) if k == "domain" else influx_tag(v)) for k, v in p.tags.items()]
+        tags += [(k, names.influx(v) if k == "domain" else pools.influx(v) if k == "pool" else influx_tag(v))
+                 for k, v in p.tags.items()]
         tag_text = "".join(f",{k}={v}" for k, v in sorted(tags) if v != "")
         parts = []
         for name, value in p.fields.items():
@@ -248,7 +287,8 @@ def prometheus_up(value: int) -> str:
 def prometheus(points: Sequence[Point], names: Names | None = None) -> str:
     """Prometheus text exposition format 0.0.4, counters with the _total suffix; ``kvm_up 1`` first.
 
-    Label values are the names themselves, escaped (``names.prometheus``, ``prom_value``).
+    Label values are the names themselves (of domains, pools, devices), escaped
+    (``names.prometheus``, ``prom_value``): the escaping alone keeps them apart.
     """
     names = _names(points, names)
     families: dict[str, list[str]] = {}

@@ -8,6 +8,8 @@ earlier run was killed)."""
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,3 +124,34 @@ def test_thresholds_and_selection_on_real_pools(pools):
     result = pool_check("-p", PREFIX + "off", "-p", PREFIX + "missing")
     assert result.returncode == 2, result
     assert f"CRITICAL: pool {PREFIX}missing not found" in text_lines(result.stdout)
+
+
+def virsh(*args: str) -> str:
+    result = subprocess.run(["virsh", "-r", "-c", SYSTEM, *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result
+    return result.stdout
+
+
+def test_metrics_kvm_reports_what_virsh_says_of_each_pool(pools):
+    """metrics-kvm's pool metrics (issue 16) against `virsh pool-info --bytes` and `virsh vol-list`."""
+    result = run("metrics-kvm", "-u", SYSTEM, "-f", "json", "-t", "30", timeout=60)
+    assert result.returncode == 0, result
+    found = {p["tags"]["pool"]: p["fields"] for p in json.loads(result.stdout)["points"]
+             if p["measurement"] == "pool" and p["tags"]["pool"].startswith(PREFIX)}
+    assert set(found) == {PREFIX + key for key in pools}
+    states = {"inactive": 0, "building": 1, "running": 2, "degraded": 3, "inaccessible": 4}
+    for key in ("full", "thin", "off", "off-autostart"):
+        name = PREFIX + key
+        info = dict(line.split(":", 1) for line in virsh("pool-info", "--bytes", name).splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        fields = found[name]
+        assert (fields["up"], fields["state"]) == (1, states[info["State"]]), (name, fields, info)
+        if info["State"] == "inactive":
+            assert set(fields) == {"up", "state"}, fields  # libvirt's zeros are no sizes
+            continue
+        assert (fields["capacity_bytes"], fields["allocation_bytes"], fields["available_bytes"]) == (
+            int(info["Capacity"]), int(info["Allocation"]), int(info["Available"])), (name, fields, info)
+        listed = [line for line in virsh("vol-list", name).splitlines()[2:] if line.strip()]
+        assert fields["volumes"] == len(listed) == {"full": 3, "thin": 2}[key], (name, listed)
+    prom = run("metrics-kvm", "-u", SYSTEM, "-f", "prometheus", "-t", "30", timeout=60).stdout
+    assert f'kvm_pool_volumes{{pool="{PREFIX}full"}} 3' in prom.splitlines()

@@ -73,7 +73,7 @@ def carbon() -> Iterator[carbon_service.Carbon]:
 
 
 # The expositions the Prometheus tests serve, one scrape target each (tests/services/test_prometheus.py).
-PROMETHEUS_SLOTS = ("names", "qemu", "many", "failure")
+PROMETHEUS_SLOTS = ("names", "qemu", "many", "failure", "pools")
 
 
 @pytest.fixture(scope="session")

@@ -20,11 +20,12 @@ import libvirt
 
 from sensu_kvm.names import Names
 from tests import nodes
-from tests.conftest import node_uri, run
+from tests.conftest import DATA, node_uri, run
 from tests.services.carbon import Carbon
 from tests.services.conftest import QEMU_PREFIX
 
 NAMES = node_uri("names.xml")
+POOL_NODE = DATA / "nodes" / "pool-metrics.xml"  # six storage pools whose names collide as path nodes
 
 
 def metrics(*args: str) -> tuple[str, dict[str, float]]:
@@ -121,4 +122,19 @@ def test_names_too_long_for_a_file_name_are_cut(carbon: Carbon, tmp_path: Path) 
     names = Names({name: nodes.domain_uuid(name) for name in domains})
     for name, state in domains.items():
         assert last(carbon, f"{scheme}.domain.{names.graphite(name)}.state") == state, name
+    assert carbon.log_problems() == []
+
+
+def test_storage_pools_one_series_per_pool_and_metric(carbon: Carbon) -> None:
+    scheme = "spk.pools"
+    text = metrics("-u", f"test://{POOL_NODE}", "--no-pools", "--scheme", scheme)[0]
+    assert ".pool." not in text
+    stored(carbon, scheme, metrics("-u", f"test://{POOL_NODE}", "--scheme", scheme))
+    pools = nodes.pools(POOL_NODE)
+    names = Names(pools)
+    for name, volumes in {"images": 2, "a.b": 1, "a_b": 0, "x|y=1 'q' te\tst": 0, "x_y_1__q__te_st": 0}.items():
+        node = f"{scheme}.pool.{names.graphite(name)}"
+        assert (last(carbon, f"{node}.volumes"), last(carbon, f"{node}.state")) == (volumes, 2), name
+    assert last(carbon, f"{scheme}.pool.images.available_bytes") == 60 * 2**30
+    assert len({names.graphite(name) for name in pools}) == len(pools)
     assert carbon.log_problems() == []

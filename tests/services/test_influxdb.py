@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests import nodes
-from tests.conftest import node_uri, succeeds
+from tests.conftest import DATA, node_uri, succeeds
 from tests.services.influxdb import InfluxDB
 
 
@@ -121,3 +121,25 @@ def test_a_thousand_domains_no_shared_series(influxdb: InfluxDB, database: str, 
     assert_stored_whole(influxdb, database, runs)
     assert len(influxdb.series(database, "kvm_domain")) == len(domains)
     assert len(domain_rows(influxdb, database, "web 1 3")) == 1
+
+
+def pool_rows(influxdb: InfluxDB, db: str, name: str) -> list[list[object]]:
+    """The kvm_pool rows of one storage pool, selected by its exact tag value."""
+    literal = "'" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    results = influxdb.query(f'SELECT "volumes", "available_bytes" FROM "kvm_pool" WHERE "pool" = {literal}', db)
+    series = results[0].get("series", [])
+    return [row[1:] for row in series[0]["values"]] if series else []
+
+
+def test_storage_pools_two_runs_stored_whole(influxdb: InfluxDB, database: str) -> None:
+    node = DATA / "nodes" / "pool-metrics.xml"
+    uri = f"test://{node}"
+    runs = [metrics(uri)]
+    time.sleep(0.01)
+    runs.append(metrics(uri))
+    write_runs(influxdb, database, runs)
+    assert_stored_whole(influxdb, database, runs)
+    assert len(influxdb.series(database, "kvm_pool")) == len(nodes.pools(node))
+    assert pool_rows(influxdb, database, "images") == [[2, 60 * 2**30]] * 2
+    assert pool_rows(influxdb, database, "a.b") == [[1, 95 * 2**30]] * 2
+    assert len(pool_rows(influxdb, database, 'say "hi"/ =1,2')) == 2  # a backslash before a space becomes /

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import nodes
-from tests.conftest import node_uri, run
+from tests.conftest import DATA, node_uri, run
 from tests.services.conftest import QEMU_PREFIX
 from tests.services.prometheus import Prometheus, promtool_check
 
@@ -109,3 +109,20 @@ def test_a_failed_run_says_down(prometheus: Prometheus, why: list[str]) -> None:
         assert float(down["value"][1]) == 0
     finally:
         prometheus.expose("failure", "")
+
+
+def test_storage_pools_scraped_and_queried_by_name(prometheus: Prometheus) -> None:
+    node = DATA / "nodes" / "pool-metrics.xml"
+    text = exposition("-u", f"test://{node}")
+    try:
+        scraped_whole(prometheus, "pools", text)
+        [count] = prometheus.query('count(kvm_pool_up{exposition="pools"} == 1)')
+        assert float(count["value"][1]) == len(nodes.pools(node))
+        for name, volumes in {"images": 2, "a.b": 1, "a_b": 0, "x|y=1 'q' te\tst": 0, 'say "hi"\\ =1,2': 0}.items():
+            found = prometheus.query(f'kvm_pool_volumes{{exposition="pools",pool={promql(name)}}}')
+            assert [(item["metric"]["pool"], float(item["value"][1])) for item in found] == [(name, volumes)], name
+        [free] = prometheus.query('kvm_pool_available_bytes{exposition="pools",pool="images"}')
+        assert float(free["value"][1]) == 60 * 2**30
+    finally:
+        prometheus.expose("pools", "")
+    assert prometheus.log_problems() == []

@@ -145,7 +145,9 @@ def test_metrics_on_a_slow_host_say_up_0_for_the_domains_not_read(node: Path, fa
     up = re.findall(r'^kvm_domain_up\{domain="(?:[^"\\]|\\.)*"\} (\d)$', result.stdout, re.M)
     assert len(up) == 300
     found = re.fullmatch(rf"metrics-kvm: time ran out while reading statistics of {ACTIVE} domains one by one \(the "
-                         r"driver's bulk call lacks them\): (\d+) domains not read \(up 0\); raise -t or --concurrency\n",
+                         r"driver's bulk call lacks them\): (\d+) domains not read \(up 0\); raise -t or --concurrency\n"
+                         # the storage pools come after the domains (issue 16): no time is left for them
+                         r"metrics-kvm: storage pools not read: time ran out before they were listed; raise -t\n",
                          result.stderr)
     assert found, result.stderr
     assert up.count("0") == int(found.group(1)) > 0

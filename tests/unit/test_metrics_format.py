@@ -103,3 +103,80 @@ def test_graphite_node_fits_a_file_name():
     nodes = {line.split(".")[3] for line in metrics.graphite(pts, "h.kvm", 1, names).splitlines()}
     assert nodes == {"日" * 66 + "-11111111", "日" * 66 + "-22222222"}
     assert all(len(node.encode()) <= 255 for node in nodes)
+
+
+# --- storage pools (issue 16) ---------------------------------------------------------------------
+
+HOSTILE_POOLS = {"images": "5b1c7e8a-0000-4000-8000-000000000001", "a b": "5b1c7e8a-0000-4000-8000-000000000002",
+                 "a_b": "5b1c7e8a-0000-4000-8000-000000000003", 'q"x\\\ny, =z': "5b1c7e8a-0000-4000-8000-000000000004",
+                 "off": "5b1c7e8a-0000-4000-8000-000000000005", "gone": "5b1c7e8a-0000-4000-8000-000000000006"}
+
+
+def pool_points():
+    return [metrics.pool_point("images", 2, 100 * 2**30, 40 * 2**30, 60 * 2**30, 2),
+            metrics.pool_point("a b", 2, 2**30, 0, 2**30, 0),
+            metrics.pool_point("a_b", 3, 2**30, 2**29, 2**29, 1),
+            metrics.pool_point('q"x\\\ny, =z', 2, 10, 5, 5, 7),
+            metrics.pool_point("off", 0, 0, 0, 0, 0),
+            metrics.pool_point("gone", 2, 0, 0, 0, 0, "not read: time ran out while reading the storage pools")]
+
+
+def test_pool_points_leave_out_what_an_inactive_or_unread_pool_lacks():
+    by_name = {p.tags["pool"]: p for p in pool_points()}
+    assert by_name["images"].fields == {"up": 1, "state": 2, "capacity_bytes": 100 * 2**30,
+                                        "allocation_bytes": 40 * 2**30, "available_bytes": 60 * 2**30, "volumes": 2}
+    assert by_name["off"].fields == {"up": 1, "state": 0}  # libvirt says 0 bytes of an inactive pool: not a size
+    assert (by_name["gone"].fields, by_name["gone"].error) == ({"up": 0}, "not read: time ran out while reading "
+                                                                             "the storage pools")
+
+
+def test_pools_in_graphite_are_one_injective_node_each():
+    text = metrics.graphite(pool_points(), "h.kvm", 1, pools=Names(HOSTILE_POOLS))
+    nodes = {line.split(".")[3] for line in text.splitlines()}
+    assert {"images", "a_b", "a_b-5b1c7e8a", "off", "gone"} <= nodes and len(nodes) == 6
+    assert "h.kvm.pool.images.capacity_bytes 107374182400 1" in text.splitlines()
+    assert all(len(line.split(" ")) == 3 for line in text.splitlines())  # no space or newline in any path
+
+
+def test_pools_in_influxdb_parse_back_with_their_names_and_types():
+    lines = metrics.influxdb(pool_points(), "kvm1", 10**18, pools=Names(HOSTILE_POOLS)).splitlines()
+    parsed = [parse_line(line) for line in lines]
+    assert {p["measurement"] for p in parsed} == {"kvm_pool"}
+    tags = [p["tags"]["pool"] for p in parsed]
+    assert len(set(tags)) == 6 and 'q"x/ y, =z' in tags and "a b" in tags  # newline: a space; a backslash before it: /
+    images = next(p for p in parsed if p["tags"]["pool"] == "images")
+    assert images["fields"] == {"up": 1, "state": 2, "capacity_bytes": 100 * 2**30, "allocation_bytes": 40 * 2**30,
+                                "available_bytes": 60 * 2**30, "volumes": 2}
+    assert all(isinstance(v, int) for p in parsed for k, v in p["fields"].items() if k != "error")
+    gone = next(p for p in parsed if p["tags"]["pool"] == "gone")
+    assert gone["fields"] == {"up": 0, "error": "not read: time ran out while reading the storage pools"}
+
+
+def test_pools_in_prometheus_keep_their_names_as_labels():
+    families = {f.name: f for f in text_string_to_metric_families(metrics.prometheus(pool_points()))}
+    assert {"kvm_pool_up", "kvm_pool_state", "kvm_pool_capacity_bytes", "kvm_pool_allocation_bytes",
+            "kvm_pool_available_bytes", "kvm_pool_volumes"} <= set(families)
+    volumes = {s.labels["pool"]: s.value for s in families["kvm_pool_volumes"].samples}
+    assert volumes == {"images": 2, "a b": 0, "a_b": 1, 'q"x\\\ny, =z': 7}
+    assert families["kvm_pool_state"].type == "gauge"
+    assert {s.labels["pool"]: s.value for s in families["kvm_pool_up"].samples}["gone"] == 0
+
+
+def test_pools_in_json_keep_the_names_and_the_error():
+    doc = json.loads(metrics.as_json(pool_points(), "kvm1", 1.5))
+    pools = {p["tags"]["pool"]: p for p in doc["points"]}
+    assert set(pools) == set(HOSTILE_POOLS)
+    assert pools["gone"]["error"].startswith("not read: time ran out")
+
+
+def test_pools_not_read_are_one_line_each_kind_on_stderr():
+    from sensu_kvm import virt  # noqa: PLC0415
+    from sensu_kvm.checks import metrics as command  # noqa: PLC0415
+
+    late = virt.late_error("reading the storage pools' sizes of 3 pools")
+    points = [metrics.pool_point("p1", 2, 0, 0, 0, 0, late), metrics.pool_point("p2", 2, 0, 0, 0, 0, late),
+              metrics.pool_point("p3", 2, 0, 0, 0, 0, "storage pool not found"), *pool_points()[:1]]
+    assert command.unread(points) == [
+        "time ran out while reading the storage pools' sizes of 3 pools: 2 storage pools not read (up 0); raise -t "
+        "or --concurrency", "1 storage pool not read (up 0): storage pool not found"]
+    assert command.unread(pool_points()[:5]) == []
