@@ -5,9 +5,10 @@ Three parts, each a whole-process wall-time measurement in interleaved rounds ag
 ``python -c "import sys, libvirt; libvirt.openReadOnly(sys.argv[1]).listAllDomains()" URI``:
 
 1. libvirt's test driver, served by the running libvirtd from node files of 10 to 10,000 domains
-   (--sizes): every check (domstate, memory, vcpu, blkstat, host, blkerror, guest-agent,
-   snapshot-age, backup-age) and metrics-kvm (graphite, its default, and --format prometheus)
-   over all domains, each round running every command once and the floor once.
+   (--sizes), with one storage pool of two volumes per POOL_EVERY domains: every check
+   (domstate, memory, vcpu, blkstat, host, blkerror, guest-agent, snapshot-age, backup-age,
+   pool) and metrics-kvm (graphite, its default, and --format prometheus) over all domains,
+   each round running every command once and the floor once.
 2. With --baseline BIN_DIR, the same commands of another installation (an older commit) in the
    same rounds at 10 and 100 domains: current/baseline per command.
 3. With --guests N[,N...], N real no-OS TCG guests on qemu:///system, started by the benchmark
@@ -41,6 +42,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -79,7 +81,8 @@ RAN_OUT = "time ran out"  # a time budget (issue 15): what was read is judged, t
 FLOOR = "floor"
 
 CHECKS = ("check-kvm-domstate", "check-kvm-memory", "check-kvm-vcpu", "check-kvm-blkstat", "check-kvm-host",
-          "check-kvm-blkerror", "check-kvm-guest-agent", "check-kvm-snapshot-age", "check-kvm-backup-age")
+          "check-kvm-blkerror", "check-kvm-guest-agent", "check-kvm-snapshot-age", "check-kvm-backup-age",
+          "check-kvm-pool")
 METRICS = ("metrics-kvm", "metrics-kvm --format prometheus")
 COMMANDS = CHECKS + METRICS
 ONE_SHOT = "metrics-kvm --format prometheus"
@@ -103,6 +106,8 @@ EXPORTER_BIN = "/usr/bin/prometheus-libvirt-exporter"
 EXPORTER_PACKAGE = "prometheus-libvirt-exporter"
 SNAPSHOT_EVERY = 10  # one domain in ten has two snapshots (an old one and a recent one)
 BACKUP_MISSING_EVERY = 25  # one domain in 25 has no backup
+POOL_EVERY = 10  # one storage pool per ten domains (100 at 1,000), each with POOL_VOLUMES volumes
+POOL_VOLUMES = 2
 
 EPILOG = f"""\
 examples:
@@ -151,6 +156,7 @@ class Fleet:
     snapshots: dict[str, int]  # name -> number of snapshots
     backup_dir: Path
     images: bool  # the disk images exist on this host (check-kvm-host reports their file system)
+    pools: dict[str, int] = field(default_factory=dict)  # pool name -> its number of volumes (test driver)
     ours: set[str] = field(default_factory=set)  # the names the coverage checks demand (default: all)
 
     @property
@@ -185,11 +191,29 @@ def judged(command: str, fleet: Fleet) -> set[str]:
     return fleet.active()  # memory, vcpu, blkstat, blkerror: the running and paused domains
 
 
-def coverage_error(command: str, out: Outcome, fleet: Fleet, warm_up: bool = False, late: bool = False) -> str:
+def pool_error(command: str, text: str, fleet: Fleet) -> str:
+    """Why this output does not give every pool of the fleet its number of volumes, or ""."""
+    if command == "check-kvm-pool":
+        found = dict(re.findall(r"(\S+?)_volumes=(\d+)", text))
+    elif "prometheus" in command:
+        found = dict(re.findall(r'^kvm_pool_volumes\{pool="([^"]+)"\} (\d+)$', text, re.M))
+    else:
+        found = dict(re.findall(r"\.pool\.(\S+?)\.volumes (\d+) ", text))
+    wrong = sorted(n for n, count in fleet.pools.items() if found.get(n) != str(count))
+    return f"{len(wrong)} of {len(fleet.pools)} pools without their number of volumes, e.g. {wrong[0]}" if wrong else ""
+
+
+def coverage_error(command: str, out: Outcome, fleet: Fleet, warm_up: bool = False, late: bool = False,
+                   pools: bool = False) -> str:
     """Why this output does not cover what it should, or "" when it does. A warm-up run of a rate
     check takes its first sample and has no rates yet; a run whose time ran out (``late``) names
-    the domains it did not read, with no figures for them."""
+    the domains it did not read, with no figures for them. ``pools``: metrics-kvm reports the
+    storage pools (an installation before issue 16 does not)."""
     text = out.stdout
+    if command == "check-kvm-pool":  # the host's pools, not its domains
+        if not first_line(text).startswith("CheckKvmPool "):
+            return f"not a check-kvm-pool status line: {first_line(text)[:160]!r}"
+        return "" if late else pool_error(command, text, fleet)
     if command == "check-kvm-domstate":  # names only the domains not OK: the counts say the rest
         count = len(fleet.states)
         if not re.search(rf"\b{count} domains?\b", first_line(text)):
@@ -215,7 +239,9 @@ def coverage_error(command: str, out: Outcome, fleet: Fleet, warm_up: bool = Fal
         else:
             up = re.findall(rf"\.domain\.(\S+?)\.up {value} ", text)
         gone = sorted(fleet.wanted - {n for u in up for n in fleet.pattern.findall(u)})
-        return f"{len(gone)} domains without 'up {value}', e.g. {gone[0]}" if gone else ""
+        if gone:
+            return f"{len(gone)} domains without 'up {value}', e.g. {gone[0]}"
+        return pool_error(command, text, fleet) if pools and not late else ""
     wanted = judged(command, fleet)
     gone = missing(fleet, text, wanted)
     if gone:
@@ -324,7 +350,8 @@ def run_command(tools: Tools, install: Installation, command: str, fleet: Fleet,
     both = out.stdout + out.stderr
     ended = TIMED_OUT if out.returncode == 3 and TIMED_OUT in both else (RAN_OUT if RAN_OUT in both else "")
     if ended != TIMED_OUT:
-        error = coverage_error(command, out, fleet, warm_up, late=ended == RAN_OUT)
+        pools = command.startswith("metrics-kvm") and install.has("metrics-kvm", "--no-pools")
+        error = coverage_error(command, out, fleet, warm_up, late=ended == RAN_OUT, pools=pools)
         if error:
             raise BenchError(f"{what} on {fleet.uri} gave wrong output (exit {out.returncode}): {error}")
     return out, ended
@@ -365,6 +392,21 @@ def write_backups(folder: Path, names: Sequence[str], when: float) -> None:
             (folder / catalog.archive_name(name, when - age, "zstd")).write_bytes(b"x" * 100)
 
 
+def pools_xml(count: int) -> tuple[str, dict[str, int]]:
+    """One dir pool per POOL_EVERY domains (at least one), each with POOL_VOLUMES volumes of 1 GiB
+    capacity, 512 MiB allocated (the test driver makes every pool 100 GiB): all OK for
+    check-kvm-pool. The XML for the node file, and pool name -> number of volumes."""
+    pools = {f"pool{n:04d}": POOL_VOLUMES for n in range(max(1, count // POOL_EVERY))}
+    parts = []
+    for name in pools:
+        volumes = "".join(f"<volume type='file'><name>v{v}.qcow2</name><capacity unit='GiB'>1</capacity>"
+                          f"<allocation unit='MiB'>512</allocation><target><path>/pools/{name}/v{v}.qcow2</path>"
+                          "</target></volume>" for v in range(POOL_VOLUMES))
+        parts.append(f"  <pool type='dir'><name>{name}</name><uuid>{uuid.uuid5(uuid.NAMESPACE_DNS, name)}</uuid>"
+                     f"<target><path>/pools/{name}</path></target>{volumes}</pool>")
+    return "\n".join(parts), pools
+
+
 def test_fleet(workdir: Path, count: int) -> Fleet:
     here = workdir / f"node-{count}"
     images = here / "images"
@@ -372,6 +414,8 @@ def test_fleet(workdir: Path, count: int) -> Fleet:
     when = time.time()
     node = here / "node.xml"
     states = write_node(node, count, domain_xml_extra(images, when), fixed_uuids=True)
+    xml, pools = pools_xml(count)
+    node.write_text(node.read_text(encoding="utf-8").replace("</node>\n", f"{xml}\n</node>\n"), encoding="utf-8")
     for name in states:
         (images / f"{name}.qcow2").touch()
     write_backups(here / "backups", list(states), when)
@@ -379,7 +423,7 @@ def test_fleet(workdir: Path, count: int) -> Fleet:
         uri=f"test+unix://{node}", states=states, pattern=re.compile(r"vm\d{4,}"),
         agents={n for n, s in states.items() if s == RUNNING},
         snapshots={n: 2 for i, n in enumerate(states) if i % SNAPSHOT_EVERY == 1},
-        backup_dir=here / "backups", images=True)
+        backup_dir=here / "backups", images=True, pools=pools)
 
 
 @dataclass
