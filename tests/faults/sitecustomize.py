@@ -20,8 +20,8 @@ demand. SPK_FAULT names one or more, separated by ";":
                        comes during the snapshot call is handled when the call returns: here)
   slow-domain-calls:S  every per-domain read (diskErrors, XMLDesc, vcpus, listAllSnapshots) takes S
                        seconds longer (a libvirtd that serves each domain slowly: the time budget)
-  slow-pool-calls:S    every storage pool's volume listing (listAllVolumes) takes S seconds longer
-                       (check-kvm-pool's time budget)
+  slow-pool-calls:S    every storage pool's volume listing or count (listAllVolumes, numOfVolumes)
+                       takes S seconds longer (check-kvm-pool's and metrics-kvm's time budget)
   log-domain-calls     not a fault: every virDomain method called is appended to the file
                        SPK_CALL_LOG, to prove which calls a command makes per domain
   log-connections      not a fault: every connection opened is appended to SPK_CALL_LOG as
@@ -78,6 +78,13 @@ if faults:
                 return _real(pool, *args, **kwargs)
 
             libvirt.virStoragePool.listAllVolumes = _volumes
+            real_count = libvirt.virStoragePool.numOfVolumes
+
+            def _count(pool, *args, _real=real_count, _pause=pool_pause, **kwargs):
+                time.sleep(_pause)
+                return _real(pool, *args, **kwargs)
+
+            libvirt.virStoragePool.numOfVolumes = _count
         elif fault.startswith("state-fails:"):
             victim = fault.split(":", 1)[1]
             real_state = libvirt.virDomain.state

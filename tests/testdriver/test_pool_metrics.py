@@ -74,3 +74,19 @@ def test_listen_serves_the_pools():
     pool_families = sorted(name for name in expected if name.startswith("kvm_pool_"))
     assert len(pool_families) == 6
     assert {n: got[n] for n in pool_families} == {n: expected[n] for n in pool_families}
+
+
+def test_pools_not_read_in_time_say_up_0_and_one_line(tmp_path, fault_env):
+    pools = "".join(f"<pool type='dir'><name>pool-{i:04d}</name><uuid>6c2d8f9b-2e1b-4d40-8b21-{i:012d}</uuid>"
+                    f"<target><path>/pools/{i}</path></target></pool>" for i in range(40))
+    (tmp_path / "many.xml").write_text(f"<node>{pools}</node>")
+    env = {**fault_env, "SPK_FAULT": "slow-pool-calls:0.5"}
+    result = run("metrics-kvm", "-u", f"test://{tmp_path / 'many.xml'}", "-f", "prometheus", "-t", "2",
+                 "--concurrency", "2", env=env)
+    assert result.returncode == 0, result
+    up = re.findall(r'^kvm_pool_up\{pool="pool-\d{4}"\} (\d)$', result.stdout, re.M)
+    found = re.fullmatch(r"metrics-kvm: time ran out while reading the storage pools' sizes of 40 pools: (\d+) storage "
+                         r"pools not read \(up 0\); raise -t or --concurrency\n", result.stderr)
+    assert found and len(up) == 40 and up.count("0") == int(found.group(1)) > 20, result
+    volumes = re.findall(r'^kvm_pool_volumes\{pool="pool-\d{4}"\} 0$', result.stdout, re.M)
+    assert len(volumes) == up.count("1") > 0  # what was read is there whole
