@@ -102,7 +102,7 @@ def read_pools(conn: Any) -> tuple[list[metrics.Point], Names, list[str]]:
         return [], Names(), [f"storage pools not read: {err}"]
     read = pools.read_pools(every, lambda p: pools.read_pool(p, False, sizes=False), "reading the storage pools' sizes")
     return [metrics.pool_point(p.name, p.state, p.capacity, p.allocation, p.available, p.volume_count, p.error or None)
-            for p in sorted(read, key=lambda p: p.name)], names, []
+            for p in sorted(read, key=lambda p: p.name) if not p.gone], names, []  # undefined meanwhile: no pool
 
 
 def render(options: argparse.Namespace, data: Read) -> Report:

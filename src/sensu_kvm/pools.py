@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from xml.etree import ElementTree
 
 from sensu_kvm import activity, virt
+from sensu_kvm.errors import NotFound
 from sensu_kvm.names import Names
 
 INACTIVE, BUILDING, RUNNING, DEGRADED, INACCESSIBLE = range(5)  # virStoragePoolState
@@ -44,6 +45,7 @@ class Pool(NamedTuple):
     target_missing: bool = False
     error: str = ""
     volume_count: int = 0
+    gone: bool = False  # the error says the pool no longer exists (undefined since it was listed)
 
 
 def is_local(uri: str) -> bool:
@@ -84,7 +86,7 @@ def read_pool(obj: Any, local: bool, sizes: bool = True) -> Pool:
         if state in ACTIVE:
             volumes = tuple(int(vol.info()[1]) for vol in obj.listAllVolumes(0))
     except virt.libvirtError as err:
-        return Pool(name, uuid, error=virt.reason(err))
+        return Pool(name, uuid, error=virt.reason(err), gone=virt.kind(err) is NotFound)
     except ElementTree.ParseError as err:
         return Pool(name, uuid, error=f"its XML does not parse: {err}")
     missing = kind in DIRECTORY_TYPES and bool(target) and not os.path.isdir(target)

@@ -8,6 +8,9 @@ demand. SPK_FAULT names one or more, separated by ";":
   bulk-stats-fail      virConnectGetAllDomainStats and virDomainListGetStats fail (an old or
                        partial driver)
   state-fails:NAME     virDomainGetState fails for the domain NAME
+  pool-fails:NAME      virStoragePoolGetInfo fails for the pool NAME (an internal error)
+  pool-gone:NAME       virStoragePoolGetInfo says the pool NAME does not exist (undefined since it
+                       was listed)
   crash-in-commit      kvm-backup: the first wait for a commit job raises RuntimeError (a bug in our
                        code after the copy, with the commit job running)
   crash-after-copy     kvm-backup: the archive is written, then RuntimeError (a bug after the copy,
@@ -95,6 +98,20 @@ if faults:
                 return _real(dom, flags)
 
             libvirt.virDomain.state = _state
+        elif fault.startswith(("pool-fails:", "pool-gone:")):
+            kind, victim = fault.split(":", 1)
+            real_info = libvirt.virStoragePool.info
+
+            def _info(pool, _real=real_info, _victim=victim, _gone=kind == "pool-gone"):
+                if pool.name() == _victim:
+                    err = _libvirt_error("injected fault: cannot read the pool")
+                    if _gone:
+                        err.err = (libvirt.VIR_ERR_NO_STORAGE_POOL, 0, f"Storage pool not found: no storage pool "
+                                   f"with matching name '{_victim}'", 2, None, None, None, -1, -1)
+                    raise err
+                return _real(pool)
+
+            libvirt.virStoragePool.info = _info
         elif fault == "crash-in-commit":
             from sensu_kvm.backup import blockjobs
 

@@ -90,3 +90,17 @@ def test_pools_not_read_in_time_say_up_0_and_one_line(tmp_path, fault_env):
     assert found and len(up) == 40 and up.count("0") == int(found.group(1)) > 20, result
     volumes = re.findall(r'^kvm_pool_volumes\{pool="pool-\d{4}"\} 0$', result.stdout, re.M)
     assert len(volumes) == up.count("1") > 0  # what was read is there whole
+
+
+def test_a_pool_that_fails_is_up_0_and_one_that_vanished_is_left_out(fault_env):
+    env = {**fault_env, "SPK_FAULT": "pool-fails:a.b"}
+    result = run("metrics-kvm", "-u", NODE, "-f", "json", env=env)
+    assert result.returncode == 0, result
+    assert result.stderr == "metrics-kvm: 1 storage pool not read (up 0): injected fault: cannot read the pool\n"
+    pools = {p["tags"]["pool"]: p for p in json.loads(result.stdout)["points"] if p["measurement"] == "pool"}
+    assert pools["a.b"]["fields"] == {"up": 0} and pools["a.b"]["error"] == "injected fault: cannot read the pool"
+    assert pools["images"]["fields"]["up"] == 1
+    env = {**fault_env, "SPK_FAULT": "pool-gone:a.b"}  # undefined between the listing and its read
+    result = run("metrics-kvm", "-u", NODE, "-f", "prometheus", env=env)
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert 'pool="a.b"' not in result.stdout and 'kvm_pool_up{pool="images"} 1' in result.stdout
