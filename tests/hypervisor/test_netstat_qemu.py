@@ -4,7 +4,7 @@ The tiny Linux guest (tests/rig/build-guest.sh, mode ``net``) has a virtio NIC o
 ``<interface type='ethernet'>`` whose tap the test makes (``ip tuntap``, ``managed='no'``, the
 host's address on it) and a user-mode NIC, which has no host device. The guest pings the host
 every 20 ms with 1000 bytes of payload and the host answers, so both directions carry about 50
-packets and 52 kB a second. Three phases, each with two check runs a few seconds apart whose
+packets and 52 kB a second. Three phases, each with two check runs 5 s apart whose
 rates are compared with two ``virsh domifstat`` samples taken right after each run, within 5 %:
 
 1. traffic: rx and tx bytes/s and packets/s;
@@ -47,7 +47,7 @@ NAME = PREFIX + "drops"
 HOST, GUEST = "10.216.0.1", "10.216.0.2"
 PING_INTERVAL = 0.02  # the guest's pings: 50 a second of 1000 bytes
 RATE = 400  # frames per second the test writes into the stopped guest's tap
-GAP = 4  # seconds between the two runs of a phase
+GAP = 5  # seconds between the two runs of a phase
 KEYS = {"bytes": "bytes", "packets": "packets", "drops": "drop", "errors": "errs"}
 
 
@@ -155,8 +155,9 @@ def test_traffic_qdisc_and_stopped_guest_rates_match_domifstat(guest: libvirt.vi
     assert traffic.second.returncode == 0, traffic.second
     assert traffic.second.stdout.startswith(f"CheckKvmNetstat OK: {NAME}: {TAP} rx_packets_ps "), traffic.second.stdout
     traffic.agrees(*everything)
-    for metric in ("rx_packets_ps", "tx_packets_ps"):  # the guest's pings and the host's replies
-        assert traffic.check(metric) == pytest.approx(1 / PING_INTERVAL, rel=0.2), (metric, traffic.seen)
+    # the guest's pings and the host's replies: 50 a second, fewer when a busy host slows the TCG guest
+    for metric in ("rx_packets_ps", "tx_packets_ps"):
+        assert 0.5 / PING_INTERVAL < traffic.check(metric) < 1.1 / PING_INTERVAL, (metric, traffic.seen)
     assert traffic.check("rx_bytes_ps") > 1000 * traffic.check("rx_packets_ps")
     assert set(traffic.seen) == {"interfaces", *(f"{NAME}_{metric}_{TAP}" for metric in everything)}
     assert traffic.seen["interfaces"] == "1;;;0"  # the user-mode NIC is not counted
@@ -165,15 +166,15 @@ def test_traffic_qdisc_and_stopped_guest_rates_match_domifstat(guest: libvirt.vi
     subprocess.run(["tc", "qdisc", "add", "dev", TAP, "root", "tbf", "rate", "80kbit", "burst", "1600", "limit", "3000"],
                    check=True)
     time.sleep(0.5)
-    dropped = qdisc_dropped()
+    dropped, since = qdisc_dropped(), time.monotonic()
     shaped = Phase(tmp_path / "tbf", guest, "-m", "rx_drops_ps", "-w", "0", "-c", "0", "-v")
-    dropped = qdisc_dropped() - dropped
+    dropped_ps = (qdisc_dropped() - dropped) / (time.monotonic() - since)
     subprocess.run(["tc", "qdisc", "del", "dev", TAP, "root"], check=True)
     assert shaped.second.returncode == 0, shaped.second  # what the qdisc drops is not a drop of the tap's
     shaped.agrees(*everything)
     assert shaped.check("rx_packets_ps") == pytest.approx(10, rel=0.3), shaped.seen
-    assert shaped.check("tx_packets_ps") == pytest.approx(1 / PING_INTERVAL, rel=0.2), shaped.seen
-    assert dropped / GAP == pytest.approx(shaped.check("tx_packets_ps") - shaped.check("rx_packets_ps"), rel=0.3)
+    assert shaped.check("tx_packets_ps") > 0.5 / PING_INTERVAL, shaped.seen
+    assert dropped_ps == pytest.approx(shaped.check("tx_packets_ps") - shaped.check("rx_packets_ps"), rel=0.3)
     assert (shaped.check("rx_drops_ps"), shaped.virsh("rx_drops_ps"), shaped.virsh("tx_drops_ps")) == (0, 0, 0)
 
     guest.suspend()  # nothing reads the tap any more: once its queue is full each frame is dropped
