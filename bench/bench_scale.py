@@ -5,10 +5,10 @@ Three parts, each a whole-process wall-time measurement in interleaved rounds ag
 ``python -c "import sys, libvirt; libvirt.openReadOnly(sys.argv[1]).listAllDomains()" URI``:
 
 1. libvirt's test driver, served by the running libvirtd from node files of 10 to 10,000 domains
-   (--sizes), with one storage pool of two volumes per POOL_EVERY domains: every check
-   (domstate, memory, vcpu, blkstat, host, blkerror, guest-agent, snapshot-age, backup-age,
-   pool) and metrics-kvm (graphite, its default, and --format prometheus) over all domains,
-   each round running every command once and the floor once.
+   (--sizes), with one storage pool of two volumes per POOL_EVERY domains and one interface per
+   domain: every check (domstate, memory, vcpu, blkstat, netstat, host, blkerror, guest-agent,
+   snapshot-age, backup-age, pool) and metrics-kvm (graphite, its default, and --format
+   prometheus) over all domains, each round running every command once and the floor once.
 2. With --baseline BIN_DIR, the same commands of another installation (an older commit) in the
    same rounds at 10 and 100 domains: current/baseline per command.
 3. With --guests N[,N...], N real no-OS TCG guests on qemu:///system, started by the benchmark
@@ -80,9 +80,9 @@ TIMED_OUT = "timed out after"  # the watchdog's one UNKNOWN line: nothing judged
 RAN_OUT = "time ran out"  # a time budget (issue 15): what was read is judged, the rest named UNKNOWN
 FLOOR = "floor"
 
-CHECKS = ("check-kvm-domstate", "check-kvm-memory", "check-kvm-vcpu", "check-kvm-blkstat", "check-kvm-host",
-          "check-kvm-blkerror", "check-kvm-guest-agent", "check-kvm-snapshot-age", "check-kvm-backup-age",
-          "check-kvm-pool")
+CHECKS = ("check-kvm-domstate", "check-kvm-memory", "check-kvm-vcpu", "check-kvm-blkstat", "check-kvm-netstat",
+          "check-kvm-host", "check-kvm-blkerror", "check-kvm-guest-agent", "check-kvm-snapshot-age",
+          "check-kvm-backup-age", "check-kvm-pool")
 METRICS = ("metrics-kvm", "metrics-kvm --format prometheus")
 COMMANDS = CHECKS + METRICS
 ONE_SHOT = "metrics-kvm --format prometheus"
@@ -157,6 +157,7 @@ class Fleet:
     backup_dir: Path
     images: bool  # the disk images exist on this host (check-kvm-host reports their file system)
     pools: dict[str, int] = field(default_factory=dict)  # pool name -> its number of volumes (test driver)
+    nics: bool = False  # every domain has one interface with a host device (check-kvm-netstat measures it)
     ours: set[str] = field(default_factory=set)  # the names the coverage checks demand (default: all)
 
     @property
@@ -188,7 +189,7 @@ def judged(command: str, fleet: Fleet) -> set[str]:
         return fleet.running() & fleet.agents
     if command in ("check-kvm-snapshot-age", "check-kvm-backup-age"):
         return fleet.wanted
-    return fleet.active()  # memory, vcpu, blkstat, blkerror: the running and paused domains
+    return fleet.active()  # memory, vcpu, blkstat, netstat, blkerror: the running and paused domains
 
 
 def pool_error(command: str, text: str, fleet: Fleet) -> str:
@@ -242,6 +243,15 @@ def coverage_error(command: str, out: Outcome, fleet: Fleet, warm_up: bool = Fal
         if gone:
             return f"{len(gone)} domains without 'up {value}', e.g. {gone[0]}"
         return pool_error(command, text, fleet) if pools and not late else ""
+    if command == "check-kvm-netstat" and (warm_up or not fleet.nics):
+        # a first sample names no domain (without -v), and a domain without interfaces is not
+        # named either: the number of interfaces measured says whether every one was read
+        measured = perfdata(text).get("interfaces")
+        if measured is None:
+            return "no interfaces perfdata"
+        if fleet.nics and not late and measured != len(judged(command, fleet)):
+            return f"interfaces={measured}, {len(judged(command, fleet))} running and paused domains have one each"
+        return ""
     wanted = judged(command, fleet)
     gone = missing(fleet, text, wanted)
     if gone:
@@ -257,7 +267,8 @@ def coverage_error(command: str, out: Outcome, fleet: Fleet, warm_up: bool = Fal
         for name in wanted:
             if counts.get(name) != fleet.snapshots.get(name, 0):
                 return f"{name}_snapshots={counts.get(name)}, it has {fleet.snapshots.get(name, 0)}"
-    item = {"check-kvm-vcpu": "_vcpu_usage=", "check-kvm-blkstat": "_allocation_vda="}.get(command)
+    item = {"check-kvm-vcpu": "_vcpu_usage=", "check-kvm-blkstat": "_allocation_vda=",
+            "check-kvm-netstat": "_rx_drops_ps_"}.get(command)
     if item is not None and not warm_up:
         seen = {n for found in re.findall(rf"(\S+?){item}", text) for n in fleet.pattern.findall(found)}
         if wanted - seen:
@@ -322,7 +333,7 @@ class Installation:
         its own for the rate checks (their runs follow each other within a second: with the
         default --min-interval of 5 s they would report the previous rate instead of their own)."""
         argv = [self.script(command), "-u", fleet.uri, *command.split()[1:]]
-        if command in ("check-kvm-vcpu", "check-kvm-blkstat", "check-kvm-host"):
+        if command in ("check-kvm-vcpu", "check-kvm-blkstat", "check-kvm-netstat", "check-kvm-host"):
             argv += ["--state-dir", str(state_dir)]
             if self.has(command, "--min-interval"):
                 argv += ["--min-interval", "0.01"]
@@ -361,12 +372,16 @@ def run_command(tools: Tools, install: Installation, command: str, fleet: Fleet,
 
 def domain_xml_extra(images: Path, when: float) -> Callable[[int, str], str]:
     """Each test domain: 2 vCPUs, a disk (an empty file that exists, so that check-kvm-host finds
-    its file system), a guest agent channel (check-kvm-guest-agent asks every running domain;
-    the test driver answers 'not supported' at once); one in ten has two snapshots, one eight
-    days old (CRITICAL at the default 7d) and one an hour old."""
+    its file system), an interface (check-kvm-netstat; the test driver names it testnet0 and
+    makes its counters up; its bulk call has no interface group, so netstat and metrics-kvm
+    read it per domain: the live XML, then interfaceStats), a guest agent channel
+    (check-kvm-guest-agent asks every running domain; the test driver answers 'not supported'
+    at once); one in ten has two snapshots, one eight days old (CRITICAL at the default 7d) and
+    one an hour old."""
     def extra(index: int, name: str) -> str:
         xml = (f"<vcpu>2</vcpu><devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
                f"<source file='{images / name}.qcow2'/><target dev='vda' bus='virtio'/></disk>"
+               "<interface type='ethernet'><model type='virtio'/></interface>"
                "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel></devices>")
         if index % SNAPSHOT_EVERY == 1:
             inner = f"<domain type='test'><name>{name}</name><memory>131072</memory><os><type>hvm</type></os></domain>"
@@ -423,7 +438,7 @@ def test_fleet(workdir: Path, count: int) -> Fleet:
         uri=f"test+unix://{node}", states=states, pattern=re.compile(r"vm\d{4,}"),
         agents={n for n, s in states.items() if s == RUNNING},
         snapshots={n: 2 for i, n in enumerate(states) if i % SNAPSHOT_EVERY == 1},
-        backup_dir=here / "backups", images=True, pools=pools)
+        backup_dir=here / "backups", images=True, pools=pools, nics=True)
 
 
 @dataclass
@@ -870,6 +885,8 @@ def targets(tests: Sequence[SizeResult], base: Sequence[SizeResult], guests: Seq
             found.append(target(f"check-kvm-domstate at {r.domains} domains within 5 % of the baseline",
                                 f"{ratio:.3f}x", ratio <= TARGET_BASELINE))
     for r in guests:
+        if ONE_SHOT not in r.records:  # --commands left it out: nothing to compare the scrapes with
+            continue
         what = f"metrics-kvm one-shot <= {TARGET_EXPORTER:g}x one exporter scrape at {r.domains} guests"
         if EXPORTER in r.records:
             ratio = r.ratio(ONE_SHOT, EXPORTER)

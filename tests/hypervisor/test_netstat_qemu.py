@@ -1,14 +1,24 @@
-"""check-kvm-netstat on a real QEMU guest: frames sent into its tap, rates against virsh domifstat.
+"""check-kvm-netstat on a real QEMU guest with traffic: rates against virsh domifstat, drops.
 
-The guest has no OS (SeaBIOS, option ROM off), a virtio NIC on ``<interface type='ethernet'>``
-whose tap the test makes (``ip tuntap``, ``managed='no'``), and a user-mode NIC, which has no
-host device. Nothing in the guest reads its NIC, so every frame the test writes into the tap
-from the host side (a packet socket, paced) is dropped at the tap's queue: libvirt reports them
-as the guest's ``rx.drop`` once the tap's queue is full (measured here: at 400 frames/s the
-first drops come after about 2.5 s, then 400.4 drops/s; rx.pkts stays at 1, one packet of 90
-bytes from the host's own stack). The check's rates between two runs are compared with two
-``virsh domifstat`` samples taken right after each run, within 5 %. With SPK_RECORD_DIR set the
-bulk records of the two samples are kept (tests/data/netstat-qemu-drops.json).
+The tiny Linux guest (tests/rig/build-guest.sh, mode ``net``) has a virtio NIC on
+``<interface type='ethernet'>`` whose tap the test makes (``ip tuntap``, ``managed='no'``, the
+host's address on it) and a user-mode NIC, which has no host device. The guest pings the host
+every 20 ms with 1000 bytes of payload and the host answers, so both directions carry about 50
+packets and 52 kB a second. Three phases, each with two check runs 5 s apart whose
+rates are compared with two ``virsh domifstat`` samples taken right after each run, within 5 %:
+
+1. traffic: rx and tx bytes/s and packets/s;
+2. a ``tbf`` qdisc on the tap (what the host sends into it, the guest's rx) limits the replies:
+   the guest's rx packets/s falls to what the qdisc lets through, and the packets the qdisc
+   drops are in ``tc -s qdisc`` only, counted neither as the guest's rx.drop nor as its tx.drop
+   (measured here: the tap's own counters, which libvirt reads, do not see them), so the check
+   cannot see them either: it says 0 drops, as domifstat does. (This kernel has no netem.)
+3. the guest stopped (``virsh suspend``) while the test writes frames into the tap (a packet
+   socket, paced): once the tap's queue is full each one is dropped there and libvirt reports
+   it as the guest's rx.drop; judged against -w and -c.
+
+With SPK_RECORD_DIR set the bulk records of phase 3's two samples are kept
+(tests/data/netstat-qemu-drops.json, read by tests/unit/test_netstat_eval.py).
 """
 
 from __future__ import annotations
@@ -34,7 +44,11 @@ PREFIX = "spk-net-"
 conn, images = own_fixtures(PREFIX)
 TAP = "spknet0"
 NAME = PREFIX + "drops"
-RATE = 400  # frames per second the test writes into the tap
+HOST, GUEST = "10.216.0.1", "10.216.0.2"
+PING_INTERVAL = 0.02  # the guest's pings: 50 a second of 1000 bytes
+RATE = 400  # frames per second the test writes into the stopped guest's tap
+GAP = 5  # seconds between the two runs of a phase
+KEYS = {"bytes": "bytes", "packets": "packets", "drops": "drop", "errors": "errs"}
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +56,27 @@ def tap() -> Iterator[str]:
     subprocess.run(["ip", "link", "del", TAP], capture_output=True, check=False)  # left by a killed run
     subprocess.run(["ip", "tuntap", "add", "dev", TAP, "mode", "tap"], check=True)
     try:
+        subprocess.run(["ip", "addr", "add", f"{HOST}/24", "dev", TAP], check=True)
         subprocess.run(["ip", "link", "set", TAP, "up"], check=True)
         yield TAP
     finally:
-        subprocess.run(["ip", "link", "del", TAP], check=True)
+        subprocess.run(["ip", "link", "del", TAP], check=True)  # its qdiscs go with it
 
 
 @pytest.fixture(scope="module")
 def guest(conn: libvirt.virConnect, images: Path, tap: str) -> libvirt.virDomain:
-    xml = rig.noos_domain_xml(NAME, rig.make_qcow2(images / "drops.qcow2"))
-    nics = (f"<interface type='ethernet'><target dev='{tap}' managed='no'/><model type='virtio'/>"
-            "<rom enabled='no'/></interface>"
-            "<interface type='user'><model type='virtio'/><rom enabled='no'/></interface>")
-    return conn.createXML(xml.replace("<controller type='usb'", nics + "<controller type='usb'"), 0)
+    kernel, initrd = rig.ensure_guest()
+    serial = images / "net.log"
+    xml = rig.linux_guest_xml(NAME, rig.make_qcow2(images / "net.qcow2"), kernel, initrd, "net", serial, tap=tap,
+                              extra_cmdline=f"spk.net.addr={GUEST}/24 spk.net.peer={HOST} "
+                                            f"spk.net.interval={PING_INTERVAL}")
+    # the user-mode NIC after the tap's, so that the tap's is the guest's eth0
+    user = "<interface type='user'><model type='virtio'/><rom enabled='no'/></interface>"
+    dom = conn.createXML(xml.replace("<controller type='usb'", user + "<controller type='usb'"), 0)
+    rig.wait_serial(serial, "SPK-NET-UP", 60)
+    # the first replies: the host has answered ARP and pings flow both ways
+    rig.wait_for(lambda: domifstat()[1]["rx_packets"] > 20, 30, 0.2, "the host's replies reaching the guest")
+    return dom
 
 
 def send_frames(stop: threading.Event) -> None:
@@ -90,42 +112,92 @@ def bulk(dom: libvirt.virDomain) -> dict[str, object]:
         ro.close()
 
 
-def test_drop_rate_matches_domifstat_and_user_nic_is_skipped(guest: libvirt.virDomain, tmp_path: Path) -> None:
+def qdisc_dropped() -> int:
+    out = subprocess.run(["tc", "-s", "qdisc", "show", "dev", TAP], capture_output=True, text=True, check=True).stdout
+    return sum(int(n) for n in re.findall(r"\(dropped (\d+),", out))
+
+
+class Phase:
+    """Two check runs GAP seconds apart (a fresh state directory), each followed by domifstat."""
+
+    def __init__(self, state: Path, dom: libvirt.virDomain, *judged: str) -> None:
+        self.args = ["-u", "qemu:///system", "-d", NAME, "--state-dir", str(state), "--min-interval", "1"]
+        state.mkdir()
+        self.first = run("check-kvm-netstat", *self.args)
+        self.t1, self.s1 = domifstat()
+        self.records = [bulk(dom)]
+        assert (self.first.returncode, self.first.stdout) == (
+            0, f"CheckKvmNetstat OK: {NAME}: first sample, rates on the next run; "
+               "1 interface without <target dev> not measured | interfaces=1;;;0\n"), self.first
+        time.sleep(GAP)
+        self.second = run("check-kvm-netstat", *self.args, *judged)
+        self.t2, self.s2 = domifstat()
+        self.records.append(bulk(dom))
+        self.seen = perfdata(self.second.stdout)
+
+    def check(self, metric: str) -> float:
+        return float(self.seen[f"{NAME}_{metric}_{TAP}"].split(";")[0])
+
+    def virsh(self, metric: str) -> float:
+        way, what, _ps = metric.split("_")
+        key = f"{way}_{KEYS[what]}"
+        return (self.s2[key] - self.s1[key]) / (self.t2 - self.t1)
+
+    def agrees(self, *metrics: str) -> None:
+        for metric in metrics:
+            assert self.check(metric) == pytest.approx(self.virsh(metric), rel=0.05), (metric, self.seen)
+
+
+def test_traffic_qdisc_and_stopped_guest_rates_match_domifstat(guest: libvirt.virDomain, tmp_path: Path) -> None:
+    everything = [f"{way}_{what}_ps" for way in ("rx", "tx") for what in KEYS]
+
+    traffic = Phase(tmp_path / "traffic", guest, "-m", "rx_packets_ps", "-w", "1000", "-c", "2000")
+    assert traffic.second.returncode == 0, traffic.second
+    assert traffic.second.stdout.startswith(f"CheckKvmNetstat OK: {NAME}: {TAP} rx_packets_ps "), traffic.second.stdout
+    traffic.agrees(*everything)
+    # the guest's pings and the host's replies: 50 a second, fewer when a busy host slows the TCG guest
+    for metric in ("rx_packets_ps", "tx_packets_ps"):
+        assert 0.5 / PING_INTERVAL < traffic.check(metric) < 1.1 / PING_INTERVAL, (metric, traffic.seen)
+    assert traffic.check("rx_bytes_ps") > 1000 * traffic.check("rx_packets_ps")
+    assert set(traffic.seen) == {"interfaces", *(f"{NAME}_{metric}_{TAP}" for metric in everything)}
+    assert traffic.seen["interfaces"] == "1;;;0"  # the user-mode NIC is not counted
+
+    # 10 kB/s into the tap: about 10 of the 50 replies a second reach the guest
+    subprocess.run(["tc", "qdisc", "add", "dev", TAP, "root", "tbf", "rate", "80kbit", "burst", "1600", "limit", "3000"],
+                   check=True)
+    time.sleep(0.5)
+    dropped, since = qdisc_dropped(), time.monotonic()
+    shaped = Phase(tmp_path / "tbf", guest, "-m", "rx_drops_ps", "-w", "0", "-c", "0", "-v")
+    dropped_ps = (qdisc_dropped() - dropped) / (time.monotonic() - since)
+    subprocess.run(["tc", "qdisc", "del", "dev", TAP, "root"], check=True)
+    assert shaped.second.returncode == 0, shaped.second  # what the qdisc drops is not a drop of the tap's
+    shaped.agrees(*everything)
+    assert shaped.check("rx_packets_ps") == pytest.approx(10, rel=0.3), shaped.seen
+    assert shaped.check("tx_packets_ps") > 0.5 / PING_INTERVAL, shaped.seen
+    assert dropped_ps == pytest.approx(shaped.check("tx_packets_ps") - shaped.check("rx_packets_ps"), rel=0.3)
+    assert (shaped.check("rx_drops_ps"), shaped.virsh("rx_drops_ps"), shaped.virsh("tx_drops_ps")) == (0, 0, 0)
+
+    guest.suspend()  # nothing reads the tap any more: once its queue is full each frame is dropped
     stop = threading.Event()
     sender = threading.Thread(target=send_frames, args=(stop,), daemon=True)
     sender.start()
     try:
-        # the tap's queue (1000 frames) fills first: from then on every frame is dropped
         rig.wait_for(lambda: domifstat()[1]["rx_drop"] > 0, 30, 0.5, "the first drops on the tap")
         time.sleep(0.5)
-        args = ["-u", "qemu:///system", "-d", NAME, "--state-dir", str(tmp_path)]
-        first = run("check-kvm-netstat", *args)
-        t1, s1 = domifstat()
-        recorded = [bulk(guest)]
-        assert (first.returncode, first.stdout) == (0, f"CheckKvmNetstat OK: {NAME}: first sample, rates on the next "
-                                                       "run; 1 interface without <target dev> not measured | interfaces=1;;;0\n")
-        time.sleep(4)
-        second = run("check-kvm-netstat", *args, "-m", "rx_drops_ps", "-w", "10", "-c", "100000", "-v",
-                     "--min-interval", "1")
-        t2, s2 = domifstat()
-        recorded.append(bulk(guest))
+        stopped = Phase(tmp_path / "stopped", guest, "-m", "rx_drops_ps", "-w", "10", "-c", "100", "-v")
+        time.sleep(1.5)
+        warned = run("check-kvm-netstat", *stopped.args, "-m", "rx_drops_ps", "-w", "10", "-c", "100000")
     finally:
         stop.set()
         sender.join()
-    record("netstat-qemu-drops.json", recorded)
-    assert second.returncode == 1, second
-    assert second.stdout.startswith(f"CheckKvmNetstat WARNING: {NAME}: {TAP} rx_drops_ps "), second.stdout
-    assert "; 1 interface without <target dev> not measured" in second.stdout.splitlines()[0]
-    seen = perfdata(second.stdout)
-    expected = (s2["rx_drop"] - s1["rx_drop"]) / (t2 - t1)
-    assert expected == pytest.approx(RATE, rel=0.1)  # every frame sent is dropped, as measured when this was written
-    measured = float(seen[f"{NAME}_rx_drops_ps_{TAP}"].split(";")[0])
-    assert measured == pytest.approx(expected, rel=0.05), (measured, expected)
-    stats: dict[str, object] = recorded[1]["stats"]  # type: ignore[assignment]
+    record("netstat-qemu-drops.json", stopped.records)
+    assert stopped.second.returncode == 2, stopped.second
+    assert stopped.second.stdout.startswith(f"CheckKvmNetstat CRITICAL: {NAME}: {TAP} rx_drops_ps "), stopped.second
+    assert "; 1 interface without <target dev> not measured" in stopped.second.stdout.splitlines()[0]
+    assert stopped.virsh("rx_drops_ps") == pytest.approx(RATE, rel=0.1)  # every frame sent is dropped
+    stopped.agrees("rx_drops_ps", "rx_packets_ps", "tx_packets_ps")
+    assert (stopped.check("rx_packets_ps"), stopped.check("tx_packets_ps")) == (0, 0)
+    assert warned.returncode == 1, warned
+    assert warned.stdout.startswith(f"CheckKvmNetstat WARNING: {NAME}: {TAP} rx_drops_ps "), warned.stdout
+    stats: dict[str, object] = stopped.records[1]["stats"]  # type: ignore[assignment]
     assert (stats["net.count"], "net.1.name" in stats) == (2, False)  # the user-mode NIC: counted, no name
-    for metric, key in (("rx_bytes_ps", "rx_bytes"), ("rx_packets_ps", "rx_packets"), ("tx_bytes_ps", "tx_bytes")):
-        value = float(seen[f"{NAME}_{metric}_{TAP}"].split(";")[0])
-        assert value == pytest.approx((s2[key] - s1[key]) / (t2 - t1), rel=0.05, abs=30), metric
-    assert set(seen) == {"interfaces", *(f"{NAME}_{way}_{what}_ps_{TAP}" for way in ("rx", "tx")
-                                         for what in ("bytes", "packets", "errors", "drops"))}
-    assert seen["interfaces"] == "1;;;0"  # the user-mode NIC is not counted

@@ -16,6 +16,12 @@
 #          /dev/vda, mount it at /mnt/data and fill it to spk.fs.fill= percent
 #          (default 95) so that the guest agent reports a nearly full file
 #          system; prints "SPK-AGENTFS-READY <used%>" (combine: agent,agentfs)
+#   net    bring eth0 (the first virtio NIC) up with spk.net.addr=ADDR/PREFIX and
+#          ping spk.net.peer=ADDR (the host's end of the tap) every
+#          spk.net.interval= seconds (default 0.05) with spk.net.size= bytes of
+#          payload (default 1000), forever; the guest's kernel also answers
+#          what the host sends (echo requests, ARP), so both directions carry
+#          traffic; prints "SPK-NET-UP eth0 ADDR" (or "SPK-NET-NONIC")
 #
 # Every mode prints "SPK-READY" once the modules are loaded; the guest never
 # powers off by itself. The build is cached: OUTDIR/stamp records the hash of
@@ -31,7 +37,7 @@ SELF=$(readlink -f "${BASH_SOURCE[0]}")
 
 # Insmod order (each module's own dependencies are added before it).
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-         virtio_blk virtio_balloon virtio_console)
+         virtio_blk virtio_balloon virtio_console virtio_net)
 
 for b in apt-get apt-cache dpkg-deb cpio gzip ldd sha256sum flock; do
     command -v "$b" >/dev/null || die "$b not found (run tests/rig/host-setup.sh)"
@@ -294,12 +300,37 @@ spk_agentfs() {
     echo "SPK-AGENTFS-READY $5"
 }
 
+spk_net() {
+    addr= peer= interval=0.05 size=1000
+    for arg in $(cat /proc/cmdline); do
+        case $arg in
+            spk.net.addr=*) addr=${arg#spk.net.addr=} ;;
+            spk.net.peer=*) peer=${arg#spk.net.peer=} ;;
+            spk.net.interval=*) interval=${arg#spk.net.interval=} ;;
+            spk.net.size=*) size=${arg#spk.net.size=} ;;
+        esac
+    done
+    if [ -z "$addr" ] || [ -z "$peer" ]; then echo "SPK-NET-NOADDR"; return; fi
+    i=0
+    while [ ! -d /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    if [ ! -d /sys/class/net/eth0 ]; then echo "SPK-NET-NONIC"; return; fi
+    ip link set lo up
+    ip addr add "$addr" dev eth0
+    ip link set eth0 up
+    echo "SPK-NET-UP eth0 $addr"
+    while :; do
+        ping -q -i "$interval" -s "$size" "$peer" >/dev/null 2>&1
+        sleep 1
+    done
+}
+
 for m in $(echo "$mode" | tr ',' ' '); do
     case $m in
         write) spk_write & ;;
         cpu) spk_cpu & ;;
         agent) spk_agent & ;;
         agentfs) spk_agentfs & ;;
+        net) spk_net & ;;
         idle) ;;
         *) echo "SPK-UNKNOWN-MODE $m" ;;
     esac

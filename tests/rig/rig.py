@@ -35,7 +35,7 @@ DEFAULT_GUEST_DIR = "/var/cache/sensu-plugins-kvm-rig/guest"
 DEFAULT_IMAGE_ROOT = "/var/lib/libvirt/images/spk-test"
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 READY_MARKER = "SPK-READY"
-MODES = ("write", "cpu", "idle", "agent", "agentfs")
+MODES = ("write", "cpu", "idle", "agent", "agentfs", "net")
 
 T = TypeVar("T")
 
@@ -265,14 +265,18 @@ def linux_guest_xml(
     agent_channel: bool = False,
     memory_mib: int = 128,
     extra_cmdline: str = "",
+    tap: str | None = None,
 ) -> str:
     """The tiny Linux guest from build-guest.sh, booted directly from kernel + initrd.
 
-    ``mode`` is ``write``, ``cpu``, ``idle`` or ``agent``, or several joined by commas
+    ``mode`` is ``write``, ``cpu``, ``idle``, ``agent``, ``agentfs`` or ``net``, or several joined by commas
     (``agent,write``); the guest prints ``SPK-READY`` to ``serial_log`` once its modules
     are loaded and never powers off by itself. ``error_policy`` goes on the disk's
     ``<driver>`` (``stop``, ``report``, ``ignore``, ``enospace``; None leaves it out).
     ``agent_channel`` adds the org.qemu.guest_agent.0 channel (the ``agent`` mode needs it).
+    ``tap`` adds a virtio NIC on ``<interface type='ethernet'>`` with that existing tap
+    (``managed='no'``: the caller makes it); the ``net`` mode brings it up as eth0 with
+    ``spk.net.addr=`` and pings ``spk.net.peer=`` (give both in ``extra_cmdline``).
     """
     _check_name(name)
     for part in mode.split(","):
@@ -288,6 +292,9 @@ def linux_guest_xml(
                + f"<serial type='file'><source path={log}/><target port='0'/></serial>"
                + f"<console type='file'><source path={log}/><target type='serial' port='0'/></console>"
                + channel)
+    if tap is not None:
+        devices += (f"<interface type='ethernet'><target dev={quoteattr(tap)} managed='no'/>"
+                    "<model type='virtio'/><rom enabled='no'/></interface>")
     return _domain_xml(name, memory_mib, os_boot, devices)
 
 

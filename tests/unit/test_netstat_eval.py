@@ -1,5 +1,5 @@
-"""check-kvm-netstat's evaluation, pure, on the bulk records of a real QEMU guest whose tap drops
-every frame sent into it (tests/data/netstat-qemu-drops.json, written by
+"""check-kvm-netstat's evaluation, pure, on the bulk records of a real QEMU guest (the tiny Linux
+guest, stopped) whose tap drops every frame sent into it (tests/data/netstat-qemu-drops.json, written by
 tests/hypervisor/test_netstat_qemu.py with SPK_RECORD_DIR set; its second NIC is user-mode, with
 no host device, so the bulk call gives net.count 2 and no net.1.name)."""
 
