@@ -79,7 +79,8 @@ RAN_OUT = "time ran out"  # a time budget (issue 15): what was read is judged, t
 FLOOR = "floor"
 
 CHECKS = ("check-kvm-domstate", "check-kvm-memory", "check-kvm-vcpu", "check-kvm-blkstat", "check-kvm-host",
-          "check-kvm-blkerror", "check-kvm-guest-agent", "check-kvm-snapshot-age", "check-kvm-backup-age")
+          "check-kvm-blkerror", "check-kvm-guest-agent", "check-kvm-snapshot-age", "check-kvm-backup-age",
+          "check-kvm-blockjob")
 METRICS = ("metrics-kvm", "metrics-kvm --format prometheus")
 COMMANDS = CHECKS + METRICS
 ONE_SHOT = "metrics-kvm --format prometheus"
@@ -231,7 +232,8 @@ def coverage_error(command: str, out: Outcome, fleet: Fleet, warm_up: bool = Fal
         for name in wanted:
             if counts.get(name) != fleet.snapshots.get(name, 0):
                 return f"{name}_snapshots={counts.get(name)}, it has {fleet.snapshots.get(name, 0)}"
-    item = {"check-kvm-vcpu": "_vcpu_usage=", "check-kvm-blkstat": "_allocation_vda="}.get(command)
+    item = {"check-kvm-vcpu": "_vcpu_usage=", "check-kvm-blkstat": "_allocation_vda=",
+            "check-kvm-blockjob": "_chain_depth_vda="}.get(command)
     if item is not None and not warm_up:
         seen = {n for found in re.findall(rf"(\S+?){item}", text) for n in fleet.pattern.findall(found)}
         if wanted - seen:
@@ -302,6 +304,8 @@ class Installation:
                 argv += ["--min-interval", "0.01"]
         elif command == "check-kvm-backup-age":
             argv += ["--backup-dir", str(fleet.backup_dir), "--state-dir", str(state_dir / "kvm-backup")]
+        elif command == "check-kvm-blockjob":
+            argv += ["--state-dir", str(state_dir), "--backup-state-dir", str(state_dir / "kvm-backup")]
         return argv
 
 
