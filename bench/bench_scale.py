@@ -81,7 +81,7 @@ FLOOR = "floor"
 CHECKS = ("check-kvm-domstate", "check-kvm-memory", "check-kvm-vcpu", "check-kvm-blkstat", "check-kvm-host",
           "check-kvm-blkerror", "check-kvm-guest-agent", "check-kvm-snapshot-age", "check-kvm-backup-age",
           "check-kvm-blockjob")
-METRICS = ("metrics-kvm", "metrics-kvm --format prometheus")
+METRICS = ("metrics-kvm", "metrics-kvm --format prometheus", "metrics-kvm --block-jobs")
 COMMANDS = CHECKS + METRICS
 ONE_SHOT = "metrics-kvm --format prometheus"
 EXPORTER = "exporter scrape"

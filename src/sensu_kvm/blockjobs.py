@@ -166,7 +166,9 @@ def read(record: virt.DomainRecord, with_jobs: bool, chain: bool) -> Found:
 def read_all(records: list[virt.DomainRecord], chain: bool) -> tuple[list[Any], bool, str]:
     """``read`` of every record (running, readable), on concurrent calls within the time budget
     (an item not read in time is virt.LATE), whether the driver has block jobs at all (asked
-    once, of the first disk found), and the phase's name (for the domains not read in time)."""
+    once, of the first disk found), and the phase's name (for the domains not read in time).
+    Without ``chain`` (metrics-kvm, which wants the jobs alone) a driver without block jobs costs
+    that one probe, not a call per domain."""
     with_jobs = True
     probe = next(((r, d) for r in records for d in (from_stats(r.stats, chain) or []) if d.path), None)
     if probe is None and records:  # no bulk block group (a driver that lacks it): the XML of the first
@@ -179,4 +181,6 @@ def read_all(records: list[virt.DomainRecord], chain: bool) -> tuple[list[Any], 
     if probe is not None:
         with_jobs = supported(probe[0].dom, probe[1].name)
     phase = f"reading the block jobs of {len(records)} domain{'s' if len(records) != 1 else ''}"
+    if not with_jobs and not chain:  # no jobs to read, and no chains asked for: nothing to call
+        return [Found() for _record in records], with_jobs, phase
     return virt.in_parallel(lambda r: read(r, with_jobs, chain), records, virt.concurrency(), phase), with_jobs, phase

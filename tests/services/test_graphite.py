@@ -22,7 +22,7 @@ from sensu_kvm.names import Names
 from tests import nodes
 from tests.conftest import node_uri, run
 from tests.services.carbon import Carbon
-from tests.services.conftest import QEMU_PREFIX
+from tests.services.conftest import JOB_PREFIX, QEMU_PREFIX
 
 NAMES = node_uri("names.xml")
 
@@ -121,4 +121,19 @@ def test_names_too_long_for_a_file_name_are_cut(carbon: Carbon, tmp_path: Path) 
     names = Names({name: nodes.domain_uuid(name) for name in domains})
     for name, state in domains.items():
         assert last(carbon, f"{scheme}.domain.{names.graphite(name)}.state") == state, name
+    assert carbon.log_problems() == []
+
+
+def test_block_jobs_of_a_real_qemu_guest_stored(carbon: Carbon, qemu_blockjob: str) -> None:
+    """metrics-kvm --block-jobs on a real ready active commit (tests/services/conftest.py)."""
+    scheme = "spk.jobs"
+    per_domain = stored(carbon, scheme, metrics("-u", "qemu:///system", "--block-jobs", "--match", f"^{JOB_PREFIX}",
+                                                "--scheme", scheme))
+    (node,) = per_domain
+    jobs = {"blockjob.vda." + f for f in ("type", "progress_current", "progress_end", "progress_ratio",
+                                          "bandwidth_bytes_per_second")}
+    assert jobs | {"block_jobs", "up"} <= per_domain[node]
+    assert last(carbon, f"{scheme}.domain.{node}.block_jobs") == 1
+    assert last(carbon, f"{scheme}.domain.{node}.blockjob.vda.progress_ratio") == 1.0
+    assert last(carbon, f"{scheme}.domain.{node}.blockjob.vda.type") == 4
     assert carbon.log_problems() == []

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tests import nodes
 from tests.conftest import node_uri, succeeds
+from tests.services.conftest import JOB_PREFIX
 from tests.services.influxdb import InfluxDB
 
 
@@ -121,3 +122,16 @@ def test_a_thousand_domains_no_shared_series(influxdb: InfluxDB, database: str, 
     assert_stored_whole(influxdb, database, runs)
     assert len(influxdb.series(database, "kvm_domain")) == len(domains)
     assert len(domain_rows(influxdb, database, "web 1 3")) == 1
+
+
+def test_block_jobs_of_a_real_qemu_guest_stored_whole(influxdb: InfluxDB, database: str, qemu_blockjob: str) -> None:
+    """metrics-kvm --block-jobs on a real ready active commit (tests/services/conftest.py), two runs."""
+    runs = [metrics("qemu:///system", "--block-jobs", "--match", f"^{JOB_PREFIX}") for _ in range(2)]
+    assert all("kvm_blockjob," in text for text in runs)
+    write_runs(influxdb, database, runs)
+    assert_stored_whole(influxdb, database, runs)
+    (series,) = influxdb.series(database, "kvm_blockjob")
+    assert "job_type=active-commit" in series and "device=vda" in series, series
+    results = influxdb.query('SELECT "type", "progress_ratio", "progress_end" FROM "kvm_blockjob"', database)
+    rows = results[0]["series"][0]["values"]
+    assert len(rows) == 2 and all(row[1] == 4 and row[2] == 1.0 and row[3] > 0 for row in rows), rows
