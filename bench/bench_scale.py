@@ -82,8 +82,8 @@ FLOOR = "floor"
 
 CHECKS = ("check-kvm-domstate", "check-kvm-memory", "check-kvm-vcpu", "check-kvm-blkstat", "check-kvm-netstat",
           "check-kvm-host", "check-kvm-blkerror", "check-kvm-guest-agent", "check-kvm-snapshot-age",
-          "check-kvm-backup-age", "check-kvm-pool")
-METRICS = ("metrics-kvm", "metrics-kvm --format prometheus")
+          "check-kvm-backup-age", "check-kvm-pool", "check-kvm-blockjob")
+METRICS = ("metrics-kvm", "metrics-kvm --format prometheus", "metrics-kvm --block-jobs")
 COMMANDS = CHECKS + METRICS
 ONE_SHOT = "metrics-kvm --format prometheus"
 EXPORTER = "exporter scrape"
@@ -268,7 +268,7 @@ def coverage_error(command: str, out: Outcome, fleet: Fleet, warm_up: bool = Fal
             if counts.get(name) != fleet.snapshots.get(name, 0):
                 return f"{name}_snapshots={counts.get(name)}, it has {fleet.snapshots.get(name, 0)}"
     item = {"check-kvm-vcpu": "_vcpu_usage=", "check-kvm-blkstat": "_allocation_vda=",
-            "check-kvm-netstat": "_rx_drops_ps_"}.get(command)
+            "check-kvm-netstat": "_rx_drops_ps_", "check-kvm-blockjob": "_chain_depth_vda="}.get(command)
     if item is not None and not warm_up:
         seen = {n for found in re.findall(rf"(\S+?){item}", text) for n in fleet.pattern.findall(found)}
         if wanted - seen:
@@ -339,6 +339,8 @@ class Installation:
                 argv += ["--min-interval", "0.01"]
         elif command == "check-kvm-backup-age":
             argv += ["--backup-dir", str(fleet.backup_dir), "--state-dir", str(state_dir / "kvm-backup")]
+        elif command == "check-kvm-blockjob":
+            argv += ["--state-dir", str(state_dir), "--backup-state-dir", str(state_dir / "kvm-backup")]
         return argv
 
 

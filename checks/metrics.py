@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any, NamedTuple
 
-from sensu_kvm import activity, domains, metrics, pools, virt
+from sensu_kvm import activity, blockjobs, domains, metrics, pools, virt
 from sensu_kvm.argtypes import listen_arg, metric_prefix_arg
 from sensu_kvm.errors import BadRequest, KvmError
 from sensu_kvm.names import Names, graphite_node
@@ -25,6 +25,7 @@ EXAMPLES = """\
   metrics-kvm --format prometheus              Prometheus text (Sensu Go output_metric_format prometheus_text)
   metrics-kvm --format json -d kvm1
   metrics-kvm --no-pools                       the domains and the host only, no storage pools
+  metrics-kvm --block-jobs --format influxdb   also each running domain's block jobs (a call per disk)
   metrics-kvm -u test:///default --fill        fill in per domain what the test driver's bulk call lacks
   metrics-kvm --listen 127.0.0.1:9177 -t 8     serve http://127.0.0.1:9177/metrics to a Prometheus that
                                                scrapes it (scrape_timeout above -t); SIGTERM ends it"""
@@ -41,6 +42,9 @@ domain. A domain or pool whose statistics fail still yields its 'up' metric, set
 error (InfluxDB and JSON). Formats: graphite
 (plaintext), influxdb (line protocol; each field of one type whatever its value: seconds floats,
 0.0 included, counts, bytes and states integers), prometheus (text exposition 0.0.4), json.
+--block-jobs adds the block jobs of the running domains (one call per disk: off by default):
+block_jobs per domain, and per job its type, progress (current, end, ratio) and bandwidth,
+tagged with the disk and the job's type.
 
 stdout holds data only. A run that cannot do its job (libvirtd unreachable, -t ran out, an
 internal error, --match/--exclude selecting no domain) exits 3 with the reason in one line on
@@ -84,7 +88,9 @@ def read(conn: Any, options: argparse.Namespace) -> Read:
     for n, reader in enumerate((virt.node_cpu_stats, virt.node_memory_stats)):
         with contextlib.suppress(KvmError):  # a driver without node statistics (the test driver)
             node[n] = reader(conn)
-    points = metrics.host_points(*node) + [p for r in chosen for p in metrics.domain_points(r.name, r.stats, r.error)]
+    jobs = read_jobs(chosen) if options.block_jobs else {}
+    points = metrics.host_points(*node) + [p for r in chosen
+                                           for p in metrics.domain_points(r.name, r.stats, r.error, jobs.get(r.uuid))]
     pool_points, pool_names, notes = read_pools(conn) if options.pools else ([], Names(), [])
     return Read(points + pool_points, names, missing, pool_names, notes)
 
@@ -103,6 +109,16 @@ def read_pools(conn: Any) -> tuple[list[metrics.Point], Names, list[str]]:
     read = pools.read_pools(every, lambda p: pools.read_pool(p, False, sizes=False), "reading the storage pools' sizes")
     return [metrics.pool_point(p.name, p.state, p.capacity, p.allocation, p.available, p.volume_count, p.error or None)
             for p in sorted(read, key=lambda p: p.name) if not p.gone], names, []  # undefined meanwhile: no pool
+
+
+def read_jobs(chosen: list[virt.DomainRecord]) -> dict[str, tuple[blockjobs.Job, ...]]:
+    """--block-jobs: the block jobs of each running domain read, by UUID (one blockJobInfo call per
+    disk; a driver without block jobs is asked once). A domain whose jobs could not be read, or
+    not in time, has none here: its point has no block_jobs field."""
+    running = [r for r in chosen if not r.error and domains.is_active(r)]
+    answers, _supported, _phase = blockjobs.read_all(running, chain=False)
+    return {r.uuid: found.jobs for r, found in zip(running, answers)
+            if found is not virt.LATE and not found.error}
 
 
 def render(options: argparse.Namespace, data: Read) -> Report:
@@ -188,6 +204,10 @@ def parser() -> CheckParser:
     p.add_argument("--no-pools", dest="pools", action="store_false",
                    help="leave out the storage pools (one call lists them, then two calls per active pool: "
                         "its info and its number of volumes, within -t)")
+    p.add_argument("--block-jobs", action="store_true",
+                   help="also read the block jobs of every running domain: one blockJobInfo call per disk (libvirt "
+                        "has no bulk call for them); adds block_jobs to each domain and a blockjob point per job "
+                        "(type, progress, bandwidth)")
     p.add_argument("--listen", type=listen_arg, metavar="ADDRESS",
                    help="stay running and serve the Prometheus text at http://ADDRESS/metrics, HOST:PORT or "
                         "[IPv6]:PORT (no default: choose one), from one read-only connection kept open and "

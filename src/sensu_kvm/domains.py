@@ -48,7 +48,7 @@ def choose(records: Sequence[DomainRecord], options: argparse.Namespace,
 
 
 def read(conn: Any, groups: Sequence[str], options: argparse.Namespace,
-         fill: bool = True) -> tuple[list[DomainRecord], list[str]]:
+         fill: bool = True, extra: int = 0) -> tuple[list[DomainRecord], list[str]]:
     """The records, with their statistics, of the domains that -d/--match/--exclude select, and
     the names given with -d that do not exist (as ``choose``).
 
@@ -57,7 +57,7 @@ def read(conn: Any, groups: Sequence[str], options: argparse.Namespace,
     domains alone (``-d web1`` on a host of 10,000 reads one domain, not 10,000).
     """
     if not (options.domain or options.match or options.exclude):
-        return choose(virt.gather(conn, groups, fill), options)
+        return choose(virt.gather(conn, groups, fill, extra=extra), options)
     activity.doing("listing the domains")
     try:
         doms = conn.listAllDomains(0)
@@ -65,7 +65,7 @@ def read(conn: Any, groups: Sequence[str], options: argparse.Namespace,
         raise virt.translate(err, "cannot list domains") from err
     names = Names((d.name(), d.UUIDString()) for d in doms)
     keep = set(select([d.name() for d in doms], options))
-    return choose(virt.gather(conn, groups, fill, [d for d in doms if d.name() in keep]), options, names)
+    return choose(virt.gather(conn, groups, fill, [d for d in doms if d.name() in keep], extra), options, names)
 
 
 def is_active(record: DomainRecord) -> bool:

@@ -105,12 +105,21 @@ POOL_FIELDS = (
     _f("available", "available_bytes", False, 1, INT, "bytes of the storage pool still free"),
     _f("volumes", "volumes", False, 1, INT, "volumes in the storage pool"),
 )
+BLOCKJOB_FIELDS = (
+    _f("type", "type", False, 1, INT, "block job type (1 pull, 2 copy, 3 commit, 4 active commit, 5 backup)"),
+    _f("cur", "progress_current", False, 1, INT, "block job progress: units done (bytes on QEMU)"),
+    _f("end", "progress_end", False, 1, INT, "block job progress: units to do (bytes on QEMU)"),
+    _f("ratio", "progress_ratio", False, 1, FLOAT, "block job progress: done / to do (1.0: done, or a mirror ready)"),
+    _f("bandwidth", "bandwidth_bytes_per_second", False, 1, INT, "block job bandwidth limit (0: none)"),
+)
+BLOCK_JOBS = Field("", "block_jobs", False, 1, INT, "block jobs running on the domain's disks (metrics-kvm --block-jobs)")
 UP = Field("", "up", False, 1, INT, "1 when the domain's statistics were read, 0 when they failed")
 POOL_UP = Field("", "up", False, 1, INT, "1 when the storage pool was read, 0 when it failed")
 ALL_FIELDS: dict[tuple[str, str], Field] = {
     (measurement, f.name): f
-    for measurement, fields in (("domain", (*DOMAIN_FIELDS, UP)), ("vcpu", VCPU_FIELDS), ("block", BLOCK_FIELDS),
-                                ("net", NET_FIELDS), ("host", HOST_FIELDS), ("pool", (*POOL_FIELDS, POOL_UP)))
+    for measurement, fields in (("domain", (*DOMAIN_FIELDS, UP, BLOCK_JOBS)), ("vcpu", VCPU_FIELDS),
+                                ("block", BLOCK_FIELDS), ("blockjob", BLOCKJOB_FIELDS), ("net", NET_FIELDS),
+                                ("host", HOST_FIELDS), ("pool", (*POOL_FIELDS, POOL_UP)))
     for f in fields
 }
 
@@ -139,11 +148,21 @@ def _fields(stats: Mapping[str, Any], prefix: str, fields: Iterable[Field]) -> d
     return out
 
 
-def domain_points(name: str, stats: Mapping[str, Any], error: str | None) -> list[Point]:
-    """The points of one domain; a domain whose statistics failed gives up=0 and the error."""
+def domain_points(name: str, stats: Mapping[str, Any], error: str | None,
+                  jobs: Sequence[Any] | None = None) -> list[Point]:
+    """The points of one domain; a domain whose statistics failed gives up=0 and the error.
+    ``jobs`` (sensu_kvm.blockjobs.Job, read with --block-jobs; None: not read) adds the count of
+    block jobs to the domain's point and a ``blockjob`` point per job."""
     tags = {"domain": name}
     main = Point("domain", dict(tags), {"up": 0 if error else 1, **_fields(stats, "", DOMAIN_FIELDS)}, error)
+    if jobs is not None:
+        main.fields["block_jobs"] = len(jobs)
     points = [main]
+    for job in jobs or ():
+        values = {"type": job.type, "cur": job.cur, "end": job.end,
+                  "ratio": job.cur / job.end if job.end > 0 else 0.0, "bandwidth": job.bandwidth}
+        points.append(Point("blockjob", {**tags, "device": job.disk, "job_type": job.word.replace(" ", "-")},
+                            _fields(values, "", BLOCKJOB_FIELDS)))
     for n in range(int(stats.get("vcpu.maximum", stats.get("vcpu.current", 0)) or 0)):
         values = _fields(stats, f"vcpu.{n}.", VCPU_FIELDS)
         if values:

@@ -293,6 +293,19 @@ COMMANDS: tuple[Command, ...] = (
                  Option("--overcommit-critical"), *RUN_OPTIONS),
     ),
     Command(
+        "check-kvm-blockjob", "sensu_kvm.checks.blockjob:main", Kind.CHECK,
+        "block jobs (copy, commit, pull, backup) stalled, too old or left by kvm-backup; backing chains too deep",
+        Access.READ_ONLY,
+        CheckDefinition(
+            go_options=f"--state-dir {AGENT_STATE_DIR}", interval=300,
+            go_note="Block jobs that make no progress between runs (WARNING), run longer than 6h (WARNING) / 24h\n"
+                    "(CRITICAL) or wait for a pivot nobody makes, and backing chains deeper than 3 (WARNING).",
+        ),
+        options=URI_OPTIONS + STATE_OPTIONS + RUN_OPTIONS + (
+            Option("--age-warning"), Option("--age-critical"), Option("--chain-warning"), Option("--chain-critical"),
+            Option("--backup-state-dir")),
+    ),
+    Command(
         "check-kvm-snapshot-age", "sensu_kvm.checks.snapshot_age:main", Kind.CHECK,
         "snapshots piling up: oldest age, count, and overlays that no snapshot knows about",
         Access.READ_ONLY,

@@ -9,6 +9,7 @@ A service that cannot be started is an error of the tests that need it, never a 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 
@@ -108,3 +109,38 @@ def qemu_named() -> Iterator[dict[str, bool]]:
             if running:
                 dom.create()
         yield dict(QEMU_NAMES)
+
+
+JOB_PREFIX = "spk-gj-"
+JOB_DOMAIN = f"{JOB_PREFIX}job \"1\""  # a name each format must escape
+
+
+@pytest.fixture(scope="session")
+def qemu_blockjob() -> Iterator[str]:
+    """A running no-OS QEMU guest (JOB_DOMAIN) with a real block job: an active commit of an empty
+    external overlay, ready at once and never pivoted, for metrics-kvm --block-jobs; aborted,
+    destroyed and undefined afterwards, its images removed."""
+    import libvirt  # noqa: PLC0415 (only this fixture and the rig need libvirt)
+
+    from tests.rig import rig  # noqa: PLC0415
+
+    with rig.own_domains(JOB_PREFIX) as conn, rig.images_of(conn, JOB_PREFIX) as images:
+        dom = conn.defineXML(rig.noos_domain_xml(JOB_DOMAIN, rig.make_qcow2(images / "gj.qcow2")))
+        dom.create()
+        snapshot = (f"<domainsnapshot><disks><disk name='vda' snapshot='external'><source file='{images}/gj-top.qcow2'/>"
+                    "</disk></disks></domainsnapshot>")
+        dom.snapshotCreateXML(snapshot, libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+                              | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA)
+        dom.blockCommit("vda", None, None, 0, libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE
+                        | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)
+
+        def ready() -> bool:
+            info = dom.blockJobInfo("vda", 0)
+            return bool(info) and info["cur"] == info["end"]
+
+        rig.wait_for(ready, timeout=10, what="the active commit to be ready")
+        try:
+            yield JOB_DOMAIN
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.blockJobAbort("vda", 0)

@@ -22,7 +22,7 @@ from sensu_kvm.names import Names
 from tests import nodes
 from tests.conftest import DATA, node_uri, run
 from tests.services.carbon import Carbon
-from tests.services.conftest import QEMU_PREFIX
+from tests.services.conftest import JOB_PREFIX, QEMU_PREFIX
 
 NAMES = node_uri("names.xml")
 POOL_NODE = DATA / "nodes" / "pool-metrics.xml"  # six storage pools whose names collide as path nodes
@@ -137,4 +137,19 @@ def test_storage_pools_one_series_per_pool_and_metric(carbon: Carbon) -> None:
         assert (last(carbon, f"{node}.volumes"), last(carbon, f"{node}.state")) == (volumes, 2), name
     assert last(carbon, f"{scheme}.pool.images.available_bytes") == 60 * 2**30
     assert len({names.graphite(name) for name in pools}) == len(pools)
+    assert carbon.log_problems() == []
+
+
+def test_block_jobs_of_a_real_qemu_guest_stored(carbon: Carbon, qemu_blockjob: str) -> None:
+    """metrics-kvm --block-jobs on a real ready active commit (tests/services/conftest.py)."""
+    scheme = "spk.jobs"
+    per_domain = stored(carbon, scheme, metrics("-u", "qemu:///system", "--block-jobs", "--match", f"^{JOB_PREFIX}",
+                                                "--scheme", scheme))
+    (node,) = per_domain
+    jobs = {"blockjob.vda." + f for f in ("type", "progress_current", "progress_end", "progress_ratio",
+                                          "bandwidth_bytes_per_second")}
+    assert jobs | {"block_jobs", "up"} <= per_domain[node]
+    assert last(carbon, f"{scheme}.domain.{node}.block_jobs") == 1
+    assert last(carbon, f"{scheme}.domain.{node}.blockjob.vda.progress_ratio") == 1.0
+    assert last(carbon, f"{scheme}.domain.{node}.blockjob.vda.type") == 4
     assert carbon.log_problems() == []

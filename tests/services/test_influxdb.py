@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tests import nodes
 from tests.conftest import DATA, node_uri, succeeds
+from tests.services.conftest import JOB_PREFIX
 from tests.services.influxdb import InfluxDB
 
 
@@ -143,3 +144,16 @@ def test_storage_pools_two_runs_stored_whole(influxdb: InfluxDB, database: str) 
     assert pool_rows(influxdb, database, "images") == [[2, 60 * 2**30]] * 2
     assert pool_rows(influxdb, database, "a.b") == [[1, 95 * 2**30]] * 2
     assert len(pool_rows(influxdb, database, 'say "hi"/ =1,2')) == 2  # a backslash before a space becomes /
+
+
+def test_block_jobs_of_a_real_qemu_guest_stored_whole(influxdb: InfluxDB, database: str, qemu_blockjob: str) -> None:
+    """metrics-kvm --block-jobs on a real ready active commit (tests/services/conftest.py), two runs."""
+    runs = [metrics("qemu:///system", "--block-jobs", "--match", f"^{JOB_PREFIX}") for _ in range(2)]
+    assert all("kvm_blockjob," in text for text in runs)
+    write_runs(influxdb, database, runs)
+    assert_stored_whole(influxdb, database, runs)
+    (series,) = influxdb.series(database, "kvm_blockjob")
+    assert "job_type=active-commit" in series and "device=vda" in series, series
+    results = influxdb.query('SELECT "type", "progress_ratio", "progress_end" FROM "kvm_blockjob"', database)
+    rows = results[0]["series"][0]["values"]
+    assert len(rows) == 2 and all(row[1] == 4 and row[2] == 1.0 and row[3] > 0 for row in rows), rows

@@ -19,7 +19,7 @@ import pytest
 
 from tests import nodes
 from tests.conftest import DATA, node_uri, run
-from tests.services.conftest import QEMU_PREFIX
+from tests.services.conftest import JOB_PREFIX, QEMU_PREFIX
 from tests.services.prometheus import Prometheus, promtool_check
 
 NAMES = node_uri("names.xml")
@@ -125,4 +125,20 @@ def test_storage_pools_scraped_and_queried_by_name(prometheus: Prometheus) -> No
         assert float(free["value"][1]) == 60 * 2**30
     finally:
         prometheus.expose("pools", "")
+    assert prometheus.log_problems() == []
+
+
+def test_block_jobs_of_a_real_qemu_guest_scraped_and_queried(prometheus: Prometheus, qemu_blockjob: str) -> None:
+    """metrics-kvm --block-jobs on a real ready active commit (tests/services/conftest.py)."""
+    text = exposition("-u", "qemu:///system", "--block-jobs", "--match", f"^{JOB_PREFIX}")
+    try:
+        scraped_whole(prometheus, "qemu", text)
+        assert list(series(prometheus, "qemu", "kvm_domain_block_jobs", qemu_blockjob).values()) == [1]
+        ratio = series(prometheus, "qemu", "kvm_blockjob_progress_ratio", qemu_blockjob)
+        assert len(ratio) == 1 and next(iter(ratio.values())) == 1.0
+        assert '"job_type": "active-commit"' in next(iter(ratio)) and '"device": "vda"' in next(iter(ratio))
+        kind = series(prometheus, "qemu", "kvm_blockjob_type", qemu_blockjob)
+        assert list(kind.values()) == [4]
+    finally:
+        prometheus.expose("qemu", "")
     assert prometheus.log_problems() == []

@@ -47,6 +47,7 @@ def runs(state: Path) -> list[tuple[str, ...]]:
         ("check-kvm-guest-agent", "-v", "-d", "p|q", "-d", "web 1", "-d", "a=b", "-d", "中文字"),
         ("check-kvm-guest-agent",),
         ("check-kvm-host", "-v", "--state-dir", str(state)),
+        ("check-kvm-blockjob", "-v", "--state-dir", str(state)),
     ]
 
 

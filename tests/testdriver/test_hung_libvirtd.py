@@ -28,6 +28,7 @@ MARGIN = 4.0  # process start-up and a loaded machine
 CHECK_ARGS: dict[str, list[str]] = {
     "check-kvm-backup-age": ["--backup-dir", "{tmp}"],
     "check-kvm-blkerror": [],
+    "check-kvm-blockjob": ["--state-dir", "{tmp}", "--backup-state-dir", "{tmp}"],
     "check-kvm-blkstat": ["--state-dir", "{tmp}"],
     "check-kvm-domstate": [],
     "check-kvm-guest-agent": [],

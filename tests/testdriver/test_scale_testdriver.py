@@ -113,6 +113,7 @@ ACTIVE = sum(1 for state in nodes.many(300).values() if state in (nodes.RUNNING,
 
 @pytest.mark.parametrize(("command", "phase"), [
     ("check-kvm-blkerror", f"reading disk errors of {ACTIVE} domains"),
+    ("check-kvm-blockjob", f"reading the block jobs of {ACTIVE} domains"),
     ("check-kvm-snapshot-age", "reading snapshots and disks of 300 domains"),
     ("check-kvm-vcpu", f"reading statistics of {ACTIVE} domains one by one (the driver's bulk call lacks them)"),
 ])
@@ -120,7 +121,7 @@ def test_a_slow_host_gets_a_partial_report_naming_the_phase(node: Path, fault_en
                                                            command: str, phase: str) -> None:
     """226 running domains at 0.1 s each on 5 calls need 4.5 s; -t 2 reads for 1.6 s of it."""
     env = {**fault_env, "SPK_FAULT": "slow-domain-calls:0.1"}
-    extra = ["--state-dir", str(tmp_path)] if command == "check-kvm-vcpu" else []
+    extra = ["--state-dir", str(tmp_path)] if command in ("check-kvm-vcpu", "check-kvm-blockjob") else []
     result = run(command, "-u", f"test://{node}", "-t", "2", "-v", *extra, env=env)
     assert "timed out after" not in result.stdout, result.stdout  # not the watchdog's one line
     assert "Traceback" not in result.stderr

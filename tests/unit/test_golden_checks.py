@@ -103,7 +103,7 @@ class Recording:
         monkeypatch.setattr(virt, "connect", lambda uri, readonly=True: self)
         monkeypatch.setattr(virt, "gather", self.gather)
 
-    def gather(self, _conn: Any, _groups: Any, fill: bool = True, doms: Any = None) -> list[virt.DomainRecord]:
+    def gather(self, _conn: Any, _groups: Any, fill: bool = True, doms: Any = None, extra: int = 0) -> list[virt.DomainRecord]:
         wanted = None if doms is None else {d.name() for d in doms}
         return [virt.DomainRecord(e["name"], e.get("uuid", e["name"]), dict(e["stats"])) for e in self.entries
                 if wanted is None or e["name"] in wanted]

@@ -18,7 +18,7 @@ from tests.conftest import DATA
 def test_every_field_has_a_type_and_seconds_are_floats() -> None:
     for (measurement, name), field in metrics.ALL_FIELDS.items():
         assert field.type in (metrics.INT, metrics.FLOAT), (measurement, name)
-        want = metrics.FLOAT if name.endswith("seconds") else metrics.INT
+        want = metrics.FLOAT if name.endswith(("seconds", "_ratio")) else metrics.INT  # Field: "and any ratio"
         assert field.type == want, (measurement, name)
 
 

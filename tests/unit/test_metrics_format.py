@@ -180,3 +180,33 @@ def test_pools_not_read_are_one_line_each_kind_on_stderr():
         "time ran out while reading the storage pools' sizes of 3 pools: 2 storage pools not read (up 0); raise -t "
         "or --concurrency", "1 storage pool not read (up 0): storage pool not found"]
     assert command.unread(pool_points()[:5]) == []
+
+
+def test_block_jobs_in_every_format():
+    """--block-jobs: a ready active commit (as QEMU reported it: tests/data/blockjob-qemu-chain.json)
+    on a domain with a hostile name, in the four formats, parsed back."""
+    from sensu_kvm.blockjobs import Job  # noqa: PLC0415
+
+    ready = json.loads((DATA / "blockjob-qemu-chain.json").read_text())["ready"]
+    job = Job("vda", ready["type"], ready["cur"], ready["end"], 4 * 2**20)
+    points = metrics.domain_points('web "1"', {"state.state": 1}, None, [job]) + \
+        metrics.domain_points("idle", {"state.state": 1}, None, [])
+    (influx,) = [parse_line(line) for line in metrics.influxdb(points, "kvm1", 1).splitlines()
+                 if line.startswith("kvm_blockjob")]
+    assert influx["tags"] == {"host": "kvm1", "domain": 'web "1"', "device": "vda", "job_type": "active-commit"}
+    assert influx["fields"] == {"type": 4, "progress_current": 8388608, "progress_end": 8388608,
+                                "progress_ratio": 1.0, "bandwidth_bytes_per_second": 4194304}
+    families = {f.name: f for f in text_string_to_metric_families(metrics.prometheus(points))}
+    (sample,) = families["kvm_blockjob_progress_ratio"].samples
+    assert (sample.labels, sample.value) == ({"domain": 'web "1"', "device": "vda", "job_type": "active-commit"}, 1.0)
+    assert {s.labels["domain"]: s.value for s in families["kvm_domain_block_jobs"].samples} == {'web "1"': 1, "idle": 0}
+    lines = metrics.graphite(points, "kvm", 1).splitlines()
+    assert "kvm.domain.web__1_.blockjob.vda.progress_current 8388608 1" in lines
+    assert "kvm.domain.idle.block_jobs 0 1" in lines
+    doc = json.loads(metrics.as_json(points, "kvm1", 1.0))
+    assert doc["points"][1] == {"measurement": "blockjob", "tags": {"domain": 'web "1"', "device": "vda",
+                                                                     "job_type": "active-commit"},
+                                "fields": {"type": 4, "progress_current": 8388608, "progress_end": 8388608,
+                                           "progress_ratio": 1.0, "bandwidth_bytes_per_second": 4194304}}
+    without = metrics.domain_points("idle", {"state.state": 1}, None)  # not asked: no field at all
+    assert "block_jobs" not in without[0].fields

@@ -308,7 +308,7 @@ def late_error(phase: str) -> str:
 
 
 def gather(conn: libvirt.virConnect, groups: Iterable[str], fill: bool = True,
-           doms: list[Any] | None = None) -> list[DomainRecord]:
+           doms: list[Any] | None = None, extra: int = 0) -> list[DomainRecord]:
     """Statistics for the given groups of every domain (or of ``doms``): bulk calls, per-domain
     fallback where the driver's bulk call lacks a group.
 
@@ -319,7 +319,9 @@ def gather(conn: libvirt.virConnect, groups: Iterable[str], fill: bool = True,
     the ``BUSY`` error instead of stalling the check. Calls not answered within the process's
     time budget (activity.left) leave their domains with a ``late_error``, and the phase is
     recorded (activity.ran_out). Without ``fill`` only the state is read per domain, and only
-    when the bulk call failed: what the driver's bulk call lacks stays missing.
+    when the bulk call failed: what the driver's bulk call lacks stays missing. ``extra`` adds
+    flags to the bulk calls (VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING: every image of each disk's
+    backing chain, for check-kvm-blockjob's chain depth).
     """
     wanted = sorted(dict.fromkeys(groups), key=lambda g: g != "state")  # state first: fallbacks need it
     flags = 0
@@ -330,16 +332,17 @@ def gather(conn: libvirt.virConnect, groups: Iterable[str], fill: bool = True,
     chunked = doms is not None or bool(MONITOR_GROUPS.intersection(wanted))
     records: list[DomainRecord]
     if not chunked:
-        records = [DomainRecord(dom.name(), dom.UUIDString(), dict(stats), None, dom) for dom, stats in _bulk(conn, flags)]
+        records = [DomainRecord(dom.name(), dom.UUIDString(), dict(stats), None, dom)
+                   for dom, stats in _bulk(conn, flags, extra)]
     else:
         if doms is None:
             try:
                 doms = conn.listAllDomains(0)
             except libvirt.libvirtError as err:
                 raise translate(err, "cannot list domains") from err
-        records = _chunked(conn, doms, flags, phase)
+        records = _chunked(conn, doms, flags, phase, extra)
     if NOWAIT and MONITOR_GROUPS.intersection(wanted) and conn.getType() == "QEMU":
-        _settle_busy(conn, [r for r in records if r.error is None and _busy(r.stats, wanted)], flags, wanted)
+        _settle_busy(conn, [r for r in records if r.error is None and _busy(r.stats, wanted)], flags, wanted, extra)
     filled = wanted if fill else [g for g in wanted if g == "state"]
     lacking = [r for r in records if r.error is None and _lacks(r, filled)]
     if lacking:
@@ -360,7 +363,8 @@ def gather(conn: libvirt.virConnect, groups: Iterable[str], fill: bool = True,
 BUSY_PAUSES = (0.05, 0.1, 0.2, 0.4)
 
 
-def _settle_busy(conn: libvirt.virConnect, busy: list[DomainRecord], flags: int, wanted: list[str]) -> None:
+def _settle_busy(conn: libvirt.virConnect, busy: list[DomainRecord], flags: int, wanted: list[str],
+                 extra: int = 0) -> None:
     """Ask the busy guests again after short pauses (within the time budget); those still busy
     then get the ``BUSY`` error, the others their fresh statistics."""
     if busy:
@@ -371,7 +375,7 @@ def _settle_busy(conn: libvirt.virConnect, busy: list[DomainRecord], flags: int,
         time.sleep(pause)
         try:
             answers = {dom.UUIDString(): dict(stats) for dom, stats in
-                       conn.domainListGetStats([raw(r.dom) for r in busy], flags, NOWAIT)}
+                       conn.domainListGetStats([raw(r.dom) for r in busy], flags, NOWAIT | extra)}
         except libvirt.libvirtError:
             break  # one of them is gone meanwhile: the busy ones stay busy
         for record in busy:
@@ -382,11 +386,11 @@ def _settle_busy(conn: libvirt.virConnect, busy: list[DomainRecord], flags: int,
         record.error = BUSY
 
 
-def _bulk(conn: libvirt.virConnect, flags: int) -> list[tuple[Any, dict[str, Any]]]:
+def _bulk(conn: libvirt.virConnect, flags: int, extra: int = 0) -> list[tuple[Any, dict[str, Any]]]:
     """One getAllDomainStats call; if it fails (an old driver, a domain gone meanwhile), every
     domain with no statistics, for the per-domain fallback."""
     try:
-        return list(conn.getAllDomainStats(flags, NOWAIT))
+        return list(conn.getAllDomainStats(flags, NOWAIT | extra))
     except libvirt.libvirtError:
         try:
             return [(dom, {}) for dom in conn.listAllDomains(0)]
@@ -394,7 +398,7 @@ def _bulk(conn: libvirt.virConnect, flags: int) -> list[tuple[Any, dict[str, Any
             raise translate(err, "cannot list domains") from err
 
 
-def _chunked(conn: libvirt.virConnect, doms: list[Any], flags: int, phase: str) -> list[DomainRecord]:
+def _chunked(conn: libvirt.virConnect, doms: list[Any], flags: int, phase: str, extra: int = 0) -> list[DomainRecord]:
     """domainListGetStats over chunks of ``doms``, the chunks asked for side by side."""
     if not doms:
         return []
@@ -404,7 +408,7 @@ def _chunked(conn: libvirt.virConnect, doms: list[Any], flags: int, phase: str) 
 
     def read(chunk: list[Any]) -> dict[str, dict[str, Any]]:
         try:
-            pairs = conn.domainListGetStats([raw(d) for d in chunk], flags, NOWAIT)
+            pairs = conn.domainListGetStats([raw(d) for d in chunk], flags, NOWAIT | extra)
         except libvirt.libvirtError:  # a domain of the chunk is gone: each one is read alone
             return {}
         return {dom.UUIDString(): dict(stats) for dom, stats in pairs}
