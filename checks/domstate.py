@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sensu_kvm import states, virt
 from sensu_kvm.contexts import Context
 from sensu_kvm.domains import read
+from sensu_kvm.durations import format_age
+from sensu_kvm.errors import CallTimeout
 from sensu_kvm.names import entity_name, visible
 from sensu_kvm.output import Finding, Report, Status, summarise, worst
 from sensu_kvm.plugin import CheckParser, build_parser, run_check
+from sensu_kvm.sizes import size_text
 
 NAME = "CheckKvmDomstate"
 
@@ -22,6 +25,10 @@ EXAMPLES = """\
   check-kvm-domstate --match '^web' --exclude test --expect-running
   check-kvm-domstate -c 2: -u qemu:///system  CRITICAL when fewer than 2 domains run
   check-kvm-domstate -u test:///default -v    libvirt's embedded test hypervisor, every domain
+  check-kvm-domstate -d kvm1                  while kvm1 is being saved (virsh save):
+      CheckKvmDomstate WARNING: kvm1 saving (62 % done, 48.3 MiB remaining, 12s elapsed)
+  check-kvm-domstate -v                       a host whose guest is in the switchover of a migration:
+      WARNING: kvm1 migrating (outgoing, 97 % done, 61.0 MiB remaining, 2m 5s elapsed)
   check-kvm-domstate --per-domain sensu --per-domain-occurrences 2 --per-domain-refresh 1800
                                               also one result per guest to the Sensu client socket"""
 
@@ -30,7 +37,18 @@ Judge the state of KVM domains. Running is OK. Paused is CRITICAL when an I/O er
 (each failing disk is named), else WARNING with the reason. Crashed is CRITICAL; shutting down and
 pmsuspended are WARNING. Shut off is CRITICAL when it crashed or failed, when the domain was named
 with -d, is marked autostart, or --expect-running is given; otherwise OK with the reason.
--w/-c judge the number of running domains. Perfdata: the number of domains in each state."""
+
+A domain whose state reason says it is migrating (paused for a migration, or in post-copy), being
+saved or dumped is WARNING and reads "kvm1 migrating (outgoing, 45 % done, 2.1 GiB remaining, 3m 2s
+elapsed)", "saving (...)" or "dumping (...)": the job details are read for these domains only (one
+call each, within the time budget; "job details not read in time" when it ran out). A post-copy
+migration that failed is CRITICAL ("migration failed in post-copy"). Not seen: a pre-copy live
+migration before its switchover, a live or memory-only core dump (libvirt leaves the state reason
+as it was, "running (booted)" say, or "paused (unknown)"), since reading every domain's job would
+cost one call per domain.
+
+-w/-c judge the number of running domains. Perfdata: the number of domains in each state, and of
+those migrating and those being saved or dumped ("migrating", "saving")."""
 
 
 class Observed(NamedTuple):
@@ -44,6 +62,8 @@ class Observed(NamedTuple):
     error: str | None = None
     text: str = ""  # the name in human text (names.text); empty: made from the name alone
     entity: str = ""  # the Sensu entity name, for --per-domain (names.entity)
+    job: Mapping[str, Any] | None = None  # jobStats() of a domain migrating, being saved or dumped
+    job_note: str = ""  # why there are no job details: not read in time, unreadable, ended meanwhile
 
     @property
     def shown(self) -> str:
@@ -55,6 +75,9 @@ def judge_domain(seen: Observed, *, named: bool, expect_running: bool) -> Findin
     if seen.state is None:
         return Finding(seen.name, Status.UNKNOWN, f"{seen.shown}: {seen.error or 'state unreadable'}")
     state, reason = seen.state, seen.reason
+    doing = states.job_of(state, reason)
+    if doing is not None:
+        return judge_job(seen, doing)
     text = f"{seen.shown} {states.state_name(state)} ({states.reason_name(state, reason)})"
     if state in (states.RUNNING, states.BLOCKED):
         return Finding(seen.name, Status.OK, text)
@@ -82,6 +105,42 @@ def judge_domain(seen: Observed, *, named: bool, expect_running: bool) -> Findin
     return Finding(seen.name, Status.UNKNOWN, text)
 
 
+def job_words(job: Mapping[str, Any]) -> list[str]:
+    """A job's direction and progress in words (pure): 'outgoing', '45 % done', '2.1 GiB
+    remaining', '3m 2s elapsed' (from 1 s on). The done share is that of the data (memory and disks) libvirt
+    counts in the job's total and has still to send, as `virsh domjobinfo` shows them; a job
+    without data figures (a memory-only dump) has its memory figures."""
+    words = []
+    direction = states.JOB_DIRECTIONS.get(job.get("operation", -1))
+    if direction:
+        words.append(direction)
+    total, remaining = job.get("data_total"), job.get("data_remaining")
+    if total is None and remaining is None:
+        total, remaining = job.get("memory_total"), job.get("memory_remaining")
+    if total and remaining is not None:
+        words.append(f"{int(max(0, min(100, (total - remaining) * 100 / total)))} % done")
+    if remaining is not None:
+        words.append(f"{size_text(remaining)} remaining")
+    if job.get("time_elapsed", 0) >= 1000:  # milliseconds
+        words.append(f"{format_age(job['time_elapsed'] / 1000)} elapsed")
+    return words
+
+
+def judge_job(seen: Observed, doing: str) -> Finding:
+    """The verdict on a domain whose state reason says it is migrating, being saved or dumped
+    (pure): WARNING, CRITICAL for a post-copy migration that failed, with the job's progress."""
+    key = (seen.state, seen.reason)
+    words = job_words(seen.job) if seen.job else []
+    if key in states.POSTCOPY:
+        words.insert(1 if words and words[0] in states.JOB_DIRECTIONS.values() else 0, "post-copy")
+    if seen.job_note:
+        words.append(seen.job_note)
+    failed = key in states.POSTCOPY_FAILED
+    head = "migration failed in post-copy" if failed else doing
+    text = f"{seen.shown} {head}" + (f" ({', '.join(words)})" if words else "")
+    return Finding(seen.name, Status.CRITICAL if failed else Status.WARNING, text)
+
+
 def evaluate(observed: Sequence[Observed], missing: Sequence[str], options: argparse.Namespace) -> Report:
     """All verdicts, the summary and the perfdata (pure)."""
     findings = [judge_domain(o, named=o.name in options.domain, expect_running=options.expect_running)._replace(
@@ -94,6 +153,9 @@ def evaluate(observed: Sequence[Observed], missing: Sequence[str], options: argp
                                                  options.critical, 0, total)(counts[states.RUNNING])
     measured.append(Context("unreadable", minimum=0, maximum=total)(sum(o.state is None for o in observed)))
     measured.append(Context("missing", minimum=0)(len(missing)))
+    doing = Counter(states.job_of(o.state, o.reason) for o in observed if o.state is not None)
+    measured.append(Context("migrating", minimum=0, maximum=total)(doing[states.MIGRATING]))
+    measured.append(Context("saving", minimum=0, maximum=total)(doing[states.SAVING] + doing[states.DUMPING]))
 
     count_status = running.status
     status, problems, details = summarise(findings, "domain", options.verbose)
@@ -111,8 +173,39 @@ def evaluate(observed: Sequence[Observed], missing: Sequence[str], options: argp
     return Report(status, summary, [m.perf() for m in measured], details, findings=findings)
 
 
+# jobStats() of a domain that stopped (a save that finished) or left (a migrated transient domain)
+JOB_GONE = (virt.VIR_ERR_OPERATION_INVALID, virt.VIR_ERR_NO_DOMAIN)
+
+
+def read_job(dom: Any) -> dict[str, Any] | tuple[int, int] | str:
+    """The job details of a domain whose state reason says a migration, a save or a dump is under
+    way: jobStats(), or, when the job ended between the state read and this one (a save that
+    finished: the domain is shut off, or gone), the state it is in now, or why neither could be
+    read (a note for the status line). Never raises: it runs in virt.in_parallel."""
+    try:
+        job = dict(dom.jobStats())
+    except virt.libvirtError as err:
+        if err.get_error_code() not in JOB_GONE:
+            return f"job details unreadable: {virt.reason(err)}"
+        job = {}
+    except CallTimeout as err:
+        return f"job details unreadable: {err}"
+    if job.get("type", states.JOB_NONE) != states.JOB_NONE:
+        return job
+    try:
+        state, reason = dom.state()
+    except (virt.libvirtError, CallTimeout):
+        return ENDED
+    return int(state), int(reason)
+
+
+ENDED = "the job ended meanwhile"
+LATE_JOB = "job details not read in time"
+
+
 def gather(options: argparse.Namespace) -> tuple[list[Observed], list[str]]:
-    """Read the states: one bulk call, then autostart and disk errors only where they matter.
+    """Read the states: one bulk call, then autostart, disk errors and job details only where
+    they matter.
 
     Returns the observations and the names given with -d that do not exist.
     """
@@ -133,6 +226,10 @@ def gather(options: argparse.Namespace) -> tuple[list[Observed], list[str]]:
 
         phase = f"reading disk errors of {len(stopped)} domains paused by an I/O error"
         found = dict(zip((r.name for r in stopped), virt.in_parallel(disk_errors, stopped, virt.concurrency(), phase)))
+        busy = [r for r in chosen if states.job_of(r.stats.get("state.state", -1), r.stats.get("state.reason", 0))]
+        jobs = dict(zip((r.name for r in busy), virt.in_parallel(
+            lambda r: read_job(r.dom), busy, virt.concurrency(),
+            f"reading the jobs of {len(busy)} domains migrating or being saved")))
         observed = []
         for record in chosen:
             errors: dict[str, int] | None = None
@@ -144,8 +241,18 @@ def gather(options: argparse.Namespace) -> tuple[list[Observed], list[str]]:
                 error = answer
             elif answer is not None:
                 errors = answer
-            observed.append(Observed(record.name, record.stats.get("state.state"), record.stats.get("state.reason", 0),
-                                     record.uuid in autostart, errors, error, record.text, record.entity))
+            seen = Observed(record.name, record.stats.get("state.state"), record.stats.get("state.reason", 0),
+                            record.uuid in autostart, errors, error, record.text, record.entity)
+            job = jobs.get(record.name)
+            if job is virt.LATE:
+                seen = seen._replace(job_note=LATE_JOB)
+            elif isinstance(job, str):
+                seen = seen._replace(job_note=job)
+            elif isinstance(job, tuple):  # the job ended: judged by the state the domain is in now
+                seen = seen._replace(state=job[0], reason=job[1], job_note=ENDED)
+            elif job is not None:
+                seen = seen._replace(job=job)
+            observed.append(seen)
         return observed, missing
     finally:
         conn.close()

@@ -31,6 +31,30 @@ PAUSED_IOERROR = 5
 SHUTOFF_CRASHED = 3
 SHUTOFF_FAILED = 6
 
+# The state reasons that say a migration, a save or a core dump of the domain is under way
+# (libvirt's virDomainPausedReason and virDomainRunningReason), and what the domain is doing:
+# check-kvm-domstate reads the job details of these domains only. Paused "migrating" is an
+# offline migration, the switchover of a live one, the domain of an incoming migration, or a
+# guest the user paused during its migration; a pre-copy live migration keeps the reason the
+# guest had before (running (booted), say) until its switchover, and a live or memory-only core
+# dump shows no reason of its own (docs/decisions.md, "Issue 16: migrations in check-kvm-domstate").
+MIGRATING, SAVING, DUMPING = "migrating", "saving", "dumping"
+JOB_REASONS: dict[tuple[int, int], str] = {
+    (PAUSED, 2): MIGRATING,  # VIR_DOMAIN_PAUSED_MIGRATION
+    (PAUSED, 3): SAVING,  # VIR_DOMAIN_PAUSED_SAVE
+    (PAUSED, 4): DUMPING,  # VIR_DOMAIN_PAUSED_DUMP
+    (PAUSED, 12): MIGRATING,  # VIR_DOMAIN_PAUSED_POSTCOPY
+    (PAUSED, 13): MIGRATING,  # VIR_DOMAIN_PAUSED_POSTCOPY_FAILED
+    (RUNNING, 10): MIGRATING,  # VIR_DOMAIN_RUNNING_POSTCOPY
+    (RUNNING, 11): MIGRATING,  # VIR_DOMAIN_RUNNING_POSTCOPY_FAILED (libvirt 8.5)
+}
+POSTCOPY = frozenset({(PAUSED, 12), (RUNNING, 10)})
+POSTCOPY_FAILED = frozenset({(PAUSED, 13), (RUNNING, 11)})
+
+# virDomainJobType and virDomainJobOperation (jobStats' "type" and "operation").
+JOB_NONE, JOB_BOUNDED, JOB_UNBOUNDED, JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED = range(6)
+JOB_DIRECTIONS = {4: "incoming", 5: "outgoing"}  # VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN, _OUT
+
 _REASONS: dict[int, tuple[str, ...]] = {
     RUNNING: ("unknown", "booted", "migrated", "restored", "from snapshot", "unpaused",
               "migration canceled", "save canceled", "event wakeup", "crashed", "post-copy",
@@ -56,6 +80,11 @@ def state_name(state: int) -> str:
 def reason_name(state: int, reason: int) -> str:
     names = _REASONS.get(state, ())
     return names[reason] if 0 <= reason < len(names) else f"reason {reason}"
+
+
+def job_of(state: int, reason: int) -> str | None:
+    """What the state reason says the domain is doing (MIGRATING, SAVING, DUMPING), or None."""
+    return JOB_REASONS.get((state, reason))
 
 
 def disk_error_name(code: int) -> str:

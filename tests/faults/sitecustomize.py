@@ -21,7 +21,7 @@ demand. SPK_FAULT names one or more, separated by ";":
                        snapshot, copy, commit, verify), so that a test's signal lands in that phase
   slow-snapshot        kvm-backup: a 1.5 s pause right after libvirt made the snapshot (a signal that
                        comes during the snapshot call is handled when the call returns: here)
-  slow-domain-calls:S  every per-domain read (diskErrors, XMLDesc, vcpus, listAllSnapshots) takes S
+  slow-domain-calls:S  every per-domain read (diskErrors, XMLDesc, vcpus, listAllSnapshots, jobStats) takes S
                        seconds longer (a libvirtd that serves each domain slowly: the time budget)
   slow-pool-calls:S    every storage pool's volume listing or count (listAllVolumes, numOfVolumes)
                        takes S seconds longer (check-kvm-pool's and metrics-kvm's time budget)
@@ -68,7 +68,7 @@ if faults:
 
                 return _slow
 
-            for method in ("diskErrors", "XMLDesc", "vcpus", "listAllSnapshots"):
+            for method in ("diskErrors", "XMLDesc", "vcpus", "listAllSnapshots", "jobStats"):
                 setattr(libvirt.virDomain, method, _slowed(getattr(libvirt.virDomain, method)))
         elif fault.startswith("slow-pool-calls:"):
             import time

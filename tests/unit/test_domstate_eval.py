@@ -20,7 +20,7 @@ def opts(*argv):
         (states.RUNNING, 1, Status.OK, "kvm1 running (booted)"),
         (states.BLOCKED, 0, Status.OK, "kvm1 blocked (unknown)"),
         (states.PAUSED, 1, Status.WARNING, "kvm1 paused (user)"),
-        (states.PAUSED, 2, Status.WARNING, "kvm1 paused (migrating)"),
+        (states.PAUSED, 2, Status.WARNING, "kvm1 migrating"),  # no job details: tests/unit/test_domstate_jobs.py
         (states.PAUSED, 9, Status.WARNING, "kvm1 paused (creating snapshot)"),
         (states.CRASHED, 1, Status.CRITICAL, "kvm1 crashed (panicked)"),
         (states.SHUTDOWN, 1, Status.WARNING, "kvm1 shutting down (user)"),

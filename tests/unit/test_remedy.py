@@ -196,13 +196,17 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 P, S = states.PAUSED, states.SHUTOFF
 # the first cell of each row of the README's table -> the (state, reason, autostart) it stands for
 ROWS: dict[str, list[tuple[int, int, bool]]] = {
-    "running (any reason), blocked": [(s, r, a) for s in (states.RUNNING, states.BLOCKED)
-                                      for r in range(len(states._REASONS[s])) for a in (False, True)],
+    "running (any other reason), blocked": [(s, r, a) for s in (states.RUNNING, states.BLOCKED)
+                                            for r in range(len(states._REASONS[s])) if (s, r) not in states.JOB_REASONS
+                                            for a in (False, True)],
+    "running (post-copy), paused (migrating, saving, dumping, post-copy)": [
+        (states.RUNNING, 10, False), (states.RUNNING, 10, True)] + [(P, r, False) for r in (2, 3, 4, 12)],
+    "running (post-copy failed), paused (post-copy failed)": [(states.RUNNING, 11, False), (states.RUNNING, 11, True),
+                                                              (P, 13, False)],
     "paused (unknown), paused (watchdog), paused (crashed), paused (api error)": [(P, r, False) for r in (0, 6, 10, 14)],
     "paused (I/O error)": [(P, 5, False), (P, 5, True)],
     "paused (user)": [(P, 1, False)],
-    "paused (migrating, saving, dumping, from snapshot, shutting down, creating snapshot, starting up, post-copy, "
-    "post-copy failed)": [(P, r, False) for r in (2, 3, 4, 7, 8, 9, 11, 12, 13)],
+    "paused (from snapshot, shutting down, creating snapshot, starting up)": [(P, r, False) for r in (7, 8, 9, 11)],
     "shutting down": [(states.SHUTDOWN, r, False) for r in (0, 1)],
     "shut off (crashed), shut off (failed)": [(S, r, a) for r in (3, 6) for a in (False, True)],
     "shut off (unknown), shut off (daemon), marked autostart: after a host reboot where autostart failed, or a "
