@@ -348,7 +348,8 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "metrics-kvm", "sensu_kvm.checks.metrics:main", Kind.METRICS,
-        "every domain and host statistic for Graphite, InfluxDB, Prometheus or JSON",
+        "every domain, host and storage pool statistic (and block jobs on request) for Graphite, InfluxDB, "
+        "Prometheus or JSON",
         Access.READ_ONLY,
         CheckDefinition(
             core_options="--scheme :::name:::.kvm", go_options="--format prometheus",
