@@ -10,8 +10,8 @@ from sensu_kvm.contexts import Context
 from sensu_kvm.devicerates import Metric
 from sensu_kvm.domains import Verdict
 from sensu_kvm.output import Report
-from sensu_kvm.plugin import CheckParser, build_parser, run_check
-from sensu_kvm.statefile import Rate, add_min_interval
+from sensu_kvm.plugin import CheckParser, run_check
+from sensu_kvm.statefile import Rate
 
 NAME = "CheckKvmBlkstat"
 
@@ -104,14 +104,9 @@ def check(options: argparse.Namespace) -> Report:
 
 
 def parser() -> CheckParser:
-    p = build_parser("check-kvm-blkstat", DESCRIPTION, EXAMPLES, thresholds="the metric chosen with -m", rates=True)
-    p.add_argument("-m", "--metric", choices=list(METRICS), default="allocation", metavar="NAME",
-                   help=f"what -w/-c judge: {', '.join(METRICS)} (default: allocation)")
-    p.add_argument("--device", action="append", default=[], metavar="DISK",
-                   help="only this disk (target name such as vda); repeat for more. A DISK that no running "
-                        "domain selected has is UNKNOWN (a typo is not 'no disks measured')")
-    add_min_interval(p)
-    return p
+    return devicerates.parser(KIND, "check-kvm-blkstat", DESCRIPTION, EXAMPLES, "allocation", "DISK",
+                              "only this disk (target name such as vda); repeat for more. A DISK that no running "
+                              "domain selected has is UNKNOWN (a typo is not 'no disks measured')")
 
 
 def main() -> None:

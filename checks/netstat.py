@@ -8,8 +8,8 @@ from typing import Any
 from sensu_kvm import devicerates, virt
 from sensu_kvm.devicerates import Metric
 from sensu_kvm.output import Report
-from sensu_kvm.plugin import CheckParser, build_parser, run_check
-from sensu_kvm.statefile import Rate, add_min_interval
+from sensu_kvm.plugin import CheckParser, run_check
+from sensu_kvm.statefile import Rate
 
 NAME = "CheckKvmNetstat"
 
@@ -81,14 +81,9 @@ def check(options: argparse.Namespace) -> Report:
 
 
 def parser() -> CheckParser:
-    p = build_parser("check-kvm-netstat", DESCRIPTION, EXAMPLES, thresholds="the metric chosen with -m", rates=True)
-    p.add_argument("-m", "--metric", choices=list(METRICS), default="rx_drops_ps", metavar="NAME",
-                   help=f"what -w/-c judge: {', '.join(METRICS)} (default: rx_drops_ps)")
-    p.add_argument("--interface", action="append", default=[], metavar="NAME",
-                   help="only this interface (host device, <target dev> such as vnet3); repeat for more. "
-                        "A NAME that no running domain selected has is UNKNOWN")
-    add_min_interval(p)
-    return p
+    return devicerates.parser(KIND, "check-kvm-netstat", DESCRIPTION, EXAMPLES, "rx_drops_ps", "NAME",
+                              "only this interface (host device, <target dev> such as vnet3); repeat for more. "
+                              "A NAME that no running domain selected has is UNKNOWN")
 
 
 def main() -> None:

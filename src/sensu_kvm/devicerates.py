@@ -16,8 +16,9 @@ from sensu_kvm import virt
 from sensu_kvm.contexts import Context
 from sensu_kvm.domains import Verdict, is_active, judge_each, report
 from sensu_kvm.output import Finding, Report, Status, worst
+from sensu_kvm.plugin import CheckParser, build_parser
 from sensu_kvm.ranges import Range
-from sensu_kvm.statefile import Rate, sample_domains
+from sensu_kvm.statefile import Rate, add_min_interval, sample_domains
 
 
 class Metric(NamedTuple):
@@ -148,3 +149,15 @@ def check(kind: Kind, options: argparse.Namespace) -> Report:
                     for device, _stats in kind.find(r) if not wanted or device in wanted)
         extra.append(Context(kind.counted, minimum=0)(count).perf())
     return report(verdicts, missing, options, ok_summary, extra)
+
+
+def parser(kind: Kind, prog: str, description: str, examples: str, default: str, metavar: str,
+           device_help: str) -> CheckParser:
+    """The options of a per-device rate check: -m (default ``default``), -w/-c on it, the
+    repeatable device option and --min-interval, with the rate options every rate check has."""
+    p = build_parser(prog, description, examples, thresholds="the metric chosen with -m", rates=True)
+    p.add_argument("-m", "--metric", choices=list(kind.metrics), default=default, metavar="NAME",
+                   help=f"what -w/-c judge: {', '.join(kind.metrics)} (default: {default})")
+    p.add_argument(kind.option, dest=kind.dest, action="append", default=[], metavar=metavar, help=device_help)
+    add_min_interval(p)
+    return p
