@@ -26,6 +26,7 @@ from sensu_kvm.pools import (  # noqa: F401 (Pool, the states and is_local are t
     read_pools,
 )
 from sensu_kvm.ranges import Range
+from sensu_kvm.sizes import size_text
 
 NAME = "CheckKvmPool"
 
@@ -71,14 +72,6 @@ def contexts(options: argparse.Namespace) -> tuple[Context, Context, Context, Co
             Context("available", "B", options.available_warning, options.available_critical, 0),
             Context("overcommit", "%", options.overcommit_warning, options.overcommit_critical, 0, digits=3),
             Context("volumes", "", minimum=0))
-
-
-def size_text(value: float) -> str:
-    """Bytes for a person: '5.0 GiB', '15.2 MiB', '0 B'."""
-    for unit, power in (("PiB", 50), ("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if value >= 2**power:
-            return f"{value / 2**power:.1f} {unit}"
-    return f"{value:.0f} B"
 
 
 def judge_pool(pool: Pool, shown: str, label: str, options: argparse.Namespace) -> tuple[Finding, list[Measurement]]:
