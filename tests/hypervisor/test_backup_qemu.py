@@ -120,7 +120,7 @@ def test_live_backup_of_a_writing_guest_restores_the_snapshot_image(conn, images
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, (out, err)
     summary = json.loads(out)["backups"][0]
-    assert summary["mode"] == "live" and summary["consistency"] == "crash-consistent"
+    assert summary["mode"] == "live" and summary["consistency"] == "crash-consistent (no guest agent answered)"
     # the guest is back on its own image, still running, no overlay left
     assert sources(writer) == {"vda": str(base)}
     assert sources(writer, libvirt.VIR_DOMAIN_XML_INACTIVE) == {"vda": str(base)}
@@ -160,7 +160,15 @@ def test_stop_and_suspend_modes(conn, images, dest, state):
 
     out = json.loads(ok("create", "spk-bak-modes", "--mode", "stop", "--force", "--shutdown-timeout", "1", "--dest",
                         str(dest), "--json", *state, *URI))
-    assert out["backups"][0]["mode"] == "stop" and out["backups"][0]["consistency"] == "shut down"
+    # destroyed after the timeout: crash-consistent, never "shut down", in the summary, the manifest and list
+    forced = "crash-consistent (forced off after 1s)"
+    assert out["backups"][0]["mode"] == "stop" and out["backups"][0]["consistency"] == forced
+    manifest = json.loads(subprocess.run(["tar", "-xOf", out["backups"][0]["archive"], "manifest.json"],
+                                         capture_output=True, text=True, check=True).stdout)
+    assert manifest["header"]["consistency"] == forced
+    listed = json.loads(ok("list", str(dest), "--json"))
+    assert [r["consistency"] for r in listed["backups"]] == [forced], listed
+    assert forced in ok("list", str(dest))
     assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING  # started again
     out = json.loads(ok("create", "spk-bak-modes", "--mode", "suspend", "--compress", "bzip2", "--dest", str(dest),
                         "--json", *state, *URI))
@@ -485,7 +493,7 @@ def test_live_backup_is_quiesced_when_the_agent_answers(conn, images, dest, stat
     out = json.loads(ok("create", "spk-bak-agent", "--dest", str(dest), "--json", *state, *URI))
     assert out["backups"][0]["consistency"] == "quiesced"
     out = json.loads(ok("create", "spk-bak-agent", "--dest", str(dest), "--no-quiesce", "--json", *state, *URI))
-    assert out["backups"][0]["consistency"] == "crash-consistent"
+    assert out["backups"][0]["consistency"] == "crash-consistent (--no-quiesce)"
     assert "quiesced" in ok("list", str(dest))
     dom.destroy()
 

@@ -119,16 +119,16 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
                          overlays={}, stopped=False, suspended=False, phase="start")
             if mode == "live":
                 quiesce = opts.quiesce == "auto" and agent_answers(dom, dom.XMLDesc(0))
+                unfrozen = "--no-quiesce" if opts.quiesce != "auto" else "no guest agent answered"
                 overlays = {d.target: {"overlay": overlay_path(d.source, started), "base": d.source} for d in copied}
                 for pair in overlays.values():
                     if os.path.exists(pair["overlay"]):
                         raise Refused(f"{name}: {pair['overlay']} exists already")
                 journal.save(overlays=overlays, phase="snapshot")
-                consistency = _snapshot(dom, disks, overlays, quiesce, log)
+                consistency = _snapshot(dom, disks, overlays, quiesce, log, unfrozen)
             elif mode == "stop":
                 journal.save(stopped=True, phase="stop", stop_deadline=time.time() + opts.shutdown_timeout)
-                _stop(dom, opts, journal, log)
-                consistency = "shut down"
+                consistency = _stop(dom, opts, journal, log)
             elif mode == "suspend":
                 journal.save(suspended=True, phase="suspend")
                 try:
@@ -226,8 +226,10 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
 
 
 def _snapshot(dom: Any, disks: list[Disk], overlays: dict[str, dict[str, str]], quiesce: bool,
-              log: Callable[[str], None]) -> str:
-    """External disk-only snapshot, no metadata, atomic; quiesced when the agent answers."""
+              log: Callable[[str], None], unfrozen: str) -> str:
+    """External disk-only snapshot, no metadata, atomic; quiesced when the agent answers. The
+    consistency it reached: ``quiesced``, or ``crash-consistent (WHY)`` (``unfrozen`` when no freeze
+    was asked for, or the agent's failure to freeze)."""
     parts = []
     for d in disks:
         if d.target in overlays:
@@ -245,18 +247,21 @@ def _snapshot(dom: Any, disks: list[Disk], overlays: dict[str, dict[str, str]], 
         except api.Error as err:
             log(f"{dom.name()}: the guest agent could not freeze the file systems ({' '.join(str(err).split())}); "
                 "the backup is crash-consistent")
+            unfrozen = "the guest agent could not freeze"
     try:
         dom.snapshotCreateXML(xml, flags)
     except api.Error as err:
         raise _fail(err, f"{dom.name()}: cannot create the temporary overlays") from err
-    return "crash-consistent"
+    return f"crash-consistent ({unfrozen})"
 
 
 def _attr(text: str) -> str:
     return text.replace("&", "&amp;").replace("'", "&apos;").replace("<", "&lt;")
 
 
-def _stop(dom: Any, opts: Options, journal: Journal, log: Callable[[str], None]) -> None:
+def _stop(dom: Any, opts: Options, journal: Journal, log: Callable[[str], None]) -> str:
+    """Shut the guest down (destroy it after the timeout with --force); the consistency that gives:
+    ``shut down`` when the guest shut itself down, else ``crash-consistent (forced off after Ns)``."""
     try:
         dom.shutdown()
     except api.Error as err:
@@ -275,8 +280,9 @@ def _stop(dom: Any, opts: Options, journal: Journal, log: Callable[[str], None])
             except api.Error as err:
                 if dom.isActive():
                     raise _fail(err, f"{dom.name()}: cannot destroy") from err
-            break
+            return f"crash-consistent (forced off after {opts.shutdown_timeout:g}s)"
         time.sleep(0.2)
+    return "shut down"
 
 
 def _undo(dom: Any, overlays: dict[str, dict[str, str]], journal: Journal, log: Callable[[str], None],

@@ -120,7 +120,9 @@ def parser() -> Parser:
                    help="for running domains: live (default) external disk-only snapshot, copy, blockcommit; stop: "
                         "shut down, copy, start again; suspend: pause, copy, resume")
     p.add_argument("--compress", choices=("zstd", "bzip2", "none"), default="zstd", help="default: zstd")
-    p.add_argument("--force", action="store_true", help="--mode stop: destroy a guest that does not shut down in time")
+    p.add_argument("--force", action="store_true",
+                   help="--mode stop: destroy a guest that does not shut down in time (the backup is then recorded "
+                        "as crash-consistent (forced off after Ns), not shut down)")
     p.add_argument("--shutdown-timeout", type=seconds_arg, default=120.0, metavar="SECONDS",
                    help="--mode stop: how long to wait for a graceful shutdown, up to 86400 (default: 120)")
     p.add_argument("--no-quiesce", action="store_true",
