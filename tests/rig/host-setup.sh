@@ -12,7 +12,7 @@
 set -euo pipefail
 
 PACKAGES=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
-          libvirt-dev pkg-config cpio)
+          libvirt-dev pkg-config cpio ovmf)  # ovmf: UEFI guests (NVRAM) of test_backup_beside
 URI=qemu:///system
 QEMU_CONF=/etc/libvirt/qemu.conf
 CONNECT_TIMEOUT=${SPK_RIG_CONNECT_TIMEOUT:-60}

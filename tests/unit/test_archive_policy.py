@@ -313,8 +313,6 @@ HOST = [
      "<channel type='unix'>", "/etc/x.sock"),
     ("<channel type='pipe'><source path='/tmp/p'/><target type='virtio' name='a'/></channel>", "<channel type='pipe'>",
      "/tmp/p"),
-    ("<serial type='file'><source path='/var/log/x.log'/><log file='/etc/shadow'/><target port='0'/></serial>",
-     "<serial type='file'>", "/var/log/x.log"),
     ("<console type='stdio'/>", "<console type='stdio'>", ""),
     ("<interface type='ethernet'><script path='/tmp/evil.sh'/></interface>", "<interface type='ethernet'>",
      "/tmp/evil.sh"),
@@ -369,6 +367,15 @@ def test_devices_that_use_the_host(device, what, path):
 def test_a_serial_log_file_is_a_log_reference():
     _root, refs = analysed(xml(devices="<serial type='file'><source path='/var/log/x.log'/><target port='0'/></serial>"))
     assert [(r.kind, r.path) for r in refs][1:] == [("log", "/var/log/x.log")]
+
+
+def test_a_log_element_is_a_log_reference_of_its_own():
+    # kept only when this host's definition has the very same device (check_host), like a file device
+    _root, refs = analysed(xml(devices="<serial type='file'><source path='/var/log/x.log'/><log file='/etc/shadow'/>"
+                                       "<target port='0'/></serial><serial type='pty'><log file='/var/log/y.log'/>"
+                                       "<target port='1'/></serial>"))
+    assert [(r.kind, r.path) for r in refs][1:] == [("log", "/var/log/x.log"), ("log", "/etc/shadow"),
+                                                    ("log", "/var/log/y.log")]
 
 
 @pytest.mark.parametrize(("top", "what", "kind", "path"), [
@@ -521,3 +528,25 @@ def test_verify_trusts_a_well_formed_archive_and_refuses_crafted_ones(tmp_path):
     two = crafted.craft(tmp_path / "two.tar", NAME, UUID, disks, text, {"vda": image(tmp_path), "vdb": image(tmp_path)})
     with pytest.raises(Corrupt, match=re.escape("disks/vdb.img that is not an image its header lists")):
         reader.verify(str(two), trust=True)
+
+
+def test_beside_gives_the_copy_files_sockets_and_ports_of_its_own():
+    root, _refs = analysed(xml(devices=(
+        "<serial type='file'><source path='/etc/passwd'/><log file='/etc/shadow'/><target port='0'/></serial>"
+        "<serial type='unix'><source mode='bind' path='/run/x.sock'/><target port='1'/></serial>"
+        "<console type='file'><source path='/etc/passwd'/><target type='serial' port='0'/></console>"
+        "<channel type='unix'><source mode='bind' path='/var/lib/x/agent'/>"
+        "<target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+        "<graphics type='vnc' port='5901' autoport='no' websocket='5701'><listen type='address' address='::1'/>"
+        "</graphics><interface type='network'><source network='default'/><target dev='web1-nic'/></interface>"
+        "<vsock model='virtio'><cid auto='no' address='7'/></vsock>")))
+    chosen = policy.beside(root, "copy", "/srv/images")
+    assert chosen == ["/srv/images/copy-serial0.log", "/srv/images/copy-serial0-log.log",
+                      "/srv/images/copy-serial1.sock"]
+    assert [d.find("source").get("path") for d in root.find("devices") if d.tag in policy.CHARDEV_TAGS] == [
+        "/srv/images/copy-serial0.log", "/srv/images/copy-serial1.sock", "/srv/images/copy-serial0.log", None]
+    graphics = root.find("devices/graphics")
+    assert graphics is not None and graphics.attrib == {"type": "vnc", "autoport": "yes"}
+    assert graphics.find("listen").get("address") == "::1"
+    assert root.find("devices/interface/target") is None  # libvirt names the tap device
+    assert [c.attrib for c in root.iterfind("devices/vsock/cid")] == [{"auto": "yes"}]

@@ -31,8 +31,9 @@ with ``os.path.realpath``; everything else the XML names on the host (:func:`ref
   ``<loader>``, ``<nvram template>``, an ACPI table, a ``<sysinfo>`` fw_cfg file): kept when it lies
   under an ``--allow-readonly`` path (after resolving symlinks), or when this host's own definition of
   the domain (same UUID) or the domain being replaced already uses that path;
-- a log file (a ``<serial|console|channel|parallel type='file'>``): kept only when this host's own
-  definition of the domain (or the one being replaced) has the very same device;
+- a log file (a ``<serial|console|channel|parallel type='file'>``, a ``<log file>`` of any of them):
+  kept only when this host's own definition of the domain (or the one being replaced) has the very
+  same device; with ``--name`` (:func:`beside`) every such file is replaced by one the restore chooses;
 - anything else (a writable disk that is not restored from the archive, a block, network or volume
   disk, ``<hostdev>``, ``<filesystem>``, ``<shmem>``, an interface with a script or of a type other
   than network, bridge, direct, user or ethernet, a character device on a file, socket, pipe, host
@@ -374,6 +375,66 @@ def sanitize(root: ET.Element, copied: Iterable[str]) -> ET.Element:
     return root
 
 
+def beside(root: ET.Element, new_name: str, folder: str) -> list[str]:
+    """Give a (sanitized) domain XML restored as ``new_name`` beside its original host state of its
+    own, in place (decision "Issue 17: restore beside the original"):
+
+    - every file a character device writes (a ``file`` device's output, every ``<log file>``) becomes
+      ``folder/NEW-<device><index>.log`` (``-log.log`` for the log of a ``file`` device), a listening
+      unix socket ``folder/NEW-<device><index>.sock``; a virtio channel's socket (the guest agent's)
+      loses its path, for libvirt to make its own; a console that mirrors serial 0 (target type
+      serial) gets serial 0's files, as libvirt itself makes it;
+    - VNC and SPICE get ``autoport='yes'`` and no fixed port, TLS port, websocket or socket;
+    - an interface loses its ``<target dev>`` (libvirt names the tap device), a vsock its fixed CID.
+
+    Returns the files chosen: the only paths a restored character device writes to. Whatever the
+    archive named there is dropped, never written to."""
+    chosen: list[str] = []
+    counts: dict[str, int] = {}
+    mirrored: dict[tuple[str, str], str] = {}  # serial 0's (element, attribute) -> its new path
+    for devices in root.findall("devices"):
+        for dev in devices:
+            if dev.tag in CHARDEV_TAGS:
+                index = counts.get(dev.tag, 0)
+                counts[dev.tag] = index + 1
+                target = dev.find("target")
+                mirror = (dev.tag == "console" and index == 0 and counts.get("serial", 0) > 0
+                          and (target is None or target.get("type", "serial") == "serial"))
+                stem = os.path.join(folder, f"{new_name}-{dev.tag}{index}")
+                kind = dev.get("type", "pty")
+                wanted: list[tuple[ET.Element, str, str]] = []  # (element, attribute, new path)
+                source = dev.find("source")
+                if kind == "file" and source is not None:
+                    wanted.append((source, "path", stem + ".log"))
+                elif kind == "unix" and source is not None and source.get("mode", "connect") == "bind":
+                    if dev.tag == "channel" and target is not None and target.get("type") == "virtio":
+                        source.attrib.pop("path", None)
+                    else:
+                        wanted.append((source, "path", stem + ".sock"))
+                for log in dev.findall("log"):
+                    if log.get("file"):
+                        wanted.append((log, "file", stem + ("-log.log" if kind == "file" else ".log")))
+                for el, attr, own in wanted:
+                    path = mirrored.get((el.tag, attr), own) if mirror else own
+                    el.set(attr, path)
+                    chosen.append(path)
+                    if dev.tag == "serial" and index == 0:
+                        mirrored[(el.tag, attr)] = path
+            elif dev.tag == "graphics" and dev.get("type") in GRAPHICS_TYPES:
+                for attr in ("port", "tlsPort", "websocket", "socket"):
+                    dev.attrib.pop(attr, None)
+                dev.set("autoport", "yes")
+                for listen in dev.findall("listen"):
+                    listen.attrib.pop("socket", None)
+            elif dev.tag == "interface":
+                for target in dev.findall("target"):
+                    dev.remove(target)
+            elif dev.tag == "vsock":
+                for cid in dev.findall("cid"):
+                    dev.remove(cid)
+                ET.SubElement(dev, "cid", {"auto": "yes"})
+    return list(dict.fromkeys(chosen))
+
 def _outside_metadata(root: ET.Element) -> Iterable[ET.Element]:
     for top in root:
         if top.tag not in SKIPPED:
@@ -492,13 +553,18 @@ def _device(dev: ET.Element, copied: set[str]) -> list[Ref]:
     paths = _paths(dev)
     if tag in CHARDEV_TAGS:
         kind = kind or "pty"
-        if kind in QUIET_CHARDEV and not paths:
-            return []
-        if kind == "unix" and not paths:  # a socket that libvirt names and manages itself
-            return []
+        logs = [log.get("file", "") for log in dev.findall("log") if log.get("file")]
+        rest = list(paths)
+        for log_file in logs:
+            rest.remove(log_file)
+        log_refs = [_ref("log", _tagged(dev, "<log> of "), dev, log_file) for log_file in logs]
+        if kind in QUIET_CHARDEV and not rest:
+            return log_refs
+        if kind == "unix" and not rest:  # a socket that libvirt names and manages itself
+            return log_refs
         source = dev.find("source")
-        if kind == "file" and source is not None and source.get("path") and paths == [source.get("path")]:
-            return [_ref("log", _tagged(dev), dev, source.get("path", ""))]
+        if kind == "file" and source is not None and source.get("path") and rest == [source.get("path")]:
+            return [_ref("log", _tagged(dev), dev, source.get("path", "")), *log_refs]
         return [_ref("host", _tagged(dev), dev)]
     if tag == "interface":
         takes_nic = any(s.get("mode") == "passthrough" for s in dev.findall("source"))  # the host's NIC, whole

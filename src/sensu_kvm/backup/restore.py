@@ -146,6 +146,8 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
                      [os.path.abspath(d) for d in allow_dirs], force)
     readonly_ok = [os.path.realpath(os.path.abspath(p)) for p in allow_readonly]
     paths = policy.place(restore_paths(header, image_dir, new_name), view.image_dirs)
+    # the logs and sockets of a copy go beside its first image (a folder the restore may write to)
+    chardev_dir = os.path.dirname(sorted(paths.values())[0]) if paths else (image_dir or "")
     folders: dict[str, int] = {}
     temps: dict[str, str] = {}
     checked: dict[str, Any] = {}
@@ -154,6 +156,12 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
         if hdr != header:  # the paths come from the header read first: it must be the one checked now
             raise Corrupt(f"{path}: the archive changed while it was read")
         root, refs = check_xml(hdr, xml)
+        if new_name:  # beside the original: host state of its own, in paths this restore chooses
+            chosen = policy.beside(root, new_name, chardev_dir)
+            refs = [r for r in policy.references(root, policy.copied_targets(hdr))
+                    if not (r.kind == "log" and r.path in chosen)]
+            for file in chosen:
+                _fresh(file, force)
         policy.check_host(refs, readonly_ok, view.vouched)
         checked["root"] = root
 
@@ -207,13 +215,33 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
             os.close(fd)
     try:
         if view.replaced is not None and new_name:
-            conn.lookupByName(view.replaced).undefine()
+            # its NVRAM goes too (plain undefine refuses a UEFI domain); the copy gets a fresh one
+            conn.lookupByName(view.replaced).undefineFlags(api.VIR_DOMAIN_UNDEFINE_NVRAM)
         dom = conn.defineXML(new_xml)
         if start:
             dom.create()
     except api.Error as err:
         raise _fail(err, f"{name}: images restored to {', '.join(paths.values())}, but the domain") from err
     return {"domain": name, "images": paths, "started": start, "from": header["domain"], "archive": path}
+
+
+def _fresh(path: str, force: bool) -> None:
+    """A log or socket file chosen for a copy (``policy.beside``) may be created there: nothing is
+    there yet, or (``--force``, replacing the copy) a regular file, never a symlink."""
+    if not os.path.isabs(path):  # no image to put them beside, and no --image-dir
+        raise BadRequest("--name: the copy's log files need a folder: give --image-dir")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise Refused(f"cannot look at {path}: {err.strerror}") from err
+    if stat.S_ISLNK(st.st_mode):
+        raise policy.Unsafe(f"{policy.show(path)} is a symlink: a restore never writes through one")
+    if not force:
+        raise BadRequest(f"{path} exists already (use --force to reuse it, or --image-dir)")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
+        raise policy.Unsafe(f"{policy.show(path)} exists and is not a regular file")
 
 
 def _head(path: str, dir_fd: int, size: int = 512) -> bytes:

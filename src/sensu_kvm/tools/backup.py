@@ -84,7 +84,16 @@ must be allowed: read-only files (CD-ROM, kernel, initrd, firmware) by --allow-r
 host's own definition of the domain (same UUID, or the domain replaced); log files only by that
 definition; host devices, sockets, scripts and the like only by the definition of the domain
 replaced. <seclabel>, <emulator> and the <nvram> path are never taken from an archive. A refusal
-is one line naming the element and the path, exit 2 (1 for a damaged archive), nothing written.""",
+is one line naming the element and the path, exit 2 (1 for a damaged archive), nothing written.
+
+--name NEW runs the copy beside the original: besides a new name, UUID, MACs and images
+NEW-<target>.<ext>, every file its serial, console, channel or parallel devices write (a file
+device, a <log file>) becomes NEW-<device><index>.log beside its first image (a listening unix
+socket NEW-<device><index>.sock), the guest agent's socket is libvirt's own, VNC/SPICE get
+autoport, interfaces lose a fixed tap name and a vsock its fixed CID; NVRAM is a fresh one from the
+firmware's template (the archive holds none), TPM state is blank (it is per UUID). Whatever paths
+the archive named there are dropped, never written to; such a file that exists already is reused
+only with --force, never through a symlink.""",
 }
 
 
@@ -155,7 +164,8 @@ def parser() -> Parser:
     p.add_argument("archive", type=path_arg, metavar="ARCHIVE")
     p.add_argument("--image-dir", type=path_arg, metavar="DIR", help="put the images here (default: their original folders)")
     p.add_argument("--name", type=domain_arg, metavar="NEW",
-                   help="a new name, UUID and MAC addresses: a copy beside the original")
+                   help="a copy beside the original: a new name, UUID, MAC addresses, log files, sockets, "
+                        "graphics port, NVRAM and TPM state (see below)")
     p.add_argument("--force", action="store_true", help="replace an existing (shut off) domain and its images")
     p.add_argument("--start", action="store_true", help="start the domain afterwards")
     p.add_argument("--allow-dir", type=path_arg, action="append", default=[], metavar="DIR",
