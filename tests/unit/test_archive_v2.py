@@ -196,6 +196,8 @@ def test_a_chain_restores_at_every_point_through_a_grow_and_a_shrink(tmp_path):
         chain = full_chain() if point == 0 else inc_chain(paths[-1], f"cp{point - 1}", f"cp{point}", point)
         paths.append(write(stamped(archives, 60 * point, "full" if point == 0 else "inc"), disks, chain, "zstd"))
     assert [link.path for link in reader.resolve_chain(str(paths[2]))] == [str(p) for p in paths]
+    verified = reader.verify_chain(str(paths[2]))
+    assert [(p, d) for p, _m, d in verified] == [(str(p), reader.file_sha256(str(p))) for p in paths]
     for point, path in enumerate(paths):
         out = tmp_path / f"point{point}"
         out.mkdir()
@@ -278,4 +280,44 @@ def test_a_crafted_v2_archive_is_refused_in_one_line_and_nothing_is_written(craf
     assert isinstance(caught.value, (BadRequest, policy.Unsafe))  # kvm-backup: exit 2, bad input
     assert listing(out) == []
     assert listing(path.parent.parent) == around
+    with pytest.raises(refused, match=says.replace("'", ".")):  # verify of the chain refuses it too
+        reader.verify_chain(str(path))
     assert not any(p.name == "evil.img" for p in tmp_path.parent.rglob("evil.img"))
+
+
+def plain_v2(level: str = "inc", **disk: Any) -> dict[str, Any]:
+    chain = full_chain() if level == "full" else catalog.chain_record(
+        level, "cp1", "cp0", f"{NAME}-20240502T020000Z.kvmbak.tar.zst", "a" * 64)
+    entry = {**Disk("vda", "qcow2", bytes(MIB), "full" if level == "full" else "inc").header(), **disk}
+    return {"format": catalog.FORMAT_V2, "domain": NAME, "uuid": UUID, "created": 1714615200, "disks": [entry],
+            "chain": chain}
+
+
+@pytest.mark.parametrize(("header", "says"), [
+    ({**plain_v2(), "chain": None}, "no chain object"),
+    ({**plain_v2(), "chain": {**plain_v2()["chain"], "level": "weekly"}}, "is not full, inc or diff"),
+    ({**plain_v2(), "chain": {**plain_v2()["chain"], "since": "../x"}}, "not a plain checkpoint name"),
+    ({**plain_v2(), "chain": {**plain_v2()["chain"], "since": None}}, "names no checkpoint it starts from"),
+    ({**plain_v2(), "chain": {**plain_v2()["chain"], "parent_sha256": "A" * 64}}, "is not a sha256"),
+    ({**plain_v2(), "chain": {**plain_v2()["chain"], "parent": ".hidden-20240502T020000Z.kvmbak.tar"}},
+     "is not the name of an archive"),
+    ({**plain_v2("full"), "chain": {**full_chain(), "parent": "x"}}, "names a parent"),
+    (plain_v2(stored="file"), "not raw-sparse"),
+    (plain_v2(virtual_size=True), "is not a size"),
+    (plain_v2(virtual_size=-1), "is not a size"),
+    (plain_v2(zeroed=[[0, 0]]), "is not [offset, length]"),
+    (plain_v2(zeroed=[[0, 1.5]]), "is not [offset, length]"),
+    (plain_v2(zeroed=[[BLK, BLK], [0, BLK]]), "out of order"),
+    (plain_v2(zeroed="all"), "not a list"),
+    (plain_v2(zeroed=[[0, 1]] * (catalog.MAX_ZEROED + 1)), "at most 100000"),
+])
+def test_v2_headers_that_are_refused(header, says):
+    policy.check_header(header)
+    with pytest.raises(policy.Unsafe, match=says.replace("[", r"\[").replace(".", r"\.")):
+        policy.check_v2(header)
+
+
+def test_a_plain_v2_header_passes():
+    for level in ("full", "inc", "diff"):
+        header = plain_v2(level, zeroed=[[0, BLK], [4 * BLK, BLK]])
+        assert policy.check_v2(header)["level"] == level

@@ -289,6 +289,9 @@ class ImageSink:
             raise KvmError(f"writing {self.path}: {err.strerror}") from err
 
     def close(self) -> None:
+        if self.parts is None or self.within or any(n for _o, n in self.parts[self.index:]):
+            os.close(self.fd)
+            raise Corrupt(f"{self.what}: less data than its sparse map says")
         try:
             for offset, length in self.zeroed:
                 punch(self.fd, offset, length)
@@ -335,9 +338,9 @@ class HeadSink(ImageSink):
     """Keeps the first ``size`` bytes of a sparse member's image in memory (holes as zeros), so that
     ``verify`` can look at an image's header without writing it anywhere."""
 
-    def __init__(self, name: str, realsize: int, size: int = 512) -> None:
+    def __init__(self, name: str, realsize: int, size: int = 512, **checks: Any) -> None:
         self.data = bytearray(min(size, realsize))
-        super().__init__(name, realsize)
+        super().__init__(name, realsize, **checks)
 
     def _open(self, path: str, dir_fd: int | None) -> int:
         return -1
@@ -527,6 +530,36 @@ def resolve_chain(path: str) -> list[Link]:
         current = os.path.join(os.path.dirname(current), chain["parent"])
     links.reverse()
     return links
+
+
+def verify_chain(path: str, progress: Progress | None = None) -> list[tuple[str, dict[str, Any], str]]:
+    """Every archive a kvm-backup/2 archive needs, full first, read whole without writing anything:
+    the links of ``resolve_chain``, each member's checksum, each sparse map against its disk's
+    virtual size and zeroed ranges, each manifest against its header; [(path, manifest, sha256)].
+    For ``verify`` of an incremental and for prune's "newest archive whose chain verifies"."""
+    found = []
+    for link in resolve_chain(path):
+        disks = {d["target"]: d for d in link.header.get("disks", []) if d.get("copied")}
+        seen: list[str] = []
+
+        def sink(member: Member, header: dict[str, Any], link: Link = link, disks: dict[str, Any] = disks,
+                 seen: list[str] = seen) -> HeadSink:
+            if header != link.header:
+                raise Corrupt(f"{link.path}: the archive changed while it was read")
+            target = policy.check_member(member.name, header, seen)
+            seen.append(member.name)
+            return HeadSink(member.name, _realsize(member), virtual_size=disks[target]["virtual_size"],
+                            zeroed=disks[target].get("zeroed", []), what=f"{os.path.basename(link.path)}: {target}")
+
+        manifest, _xml, digest = scan_archive(link.path, sink, progress, formats=(FORMAT_V2,))
+        if digest != link.sha256:
+            raise Corrupt(f"{link.path}: the archive changed while it was read")
+        try:
+            policy.check_manifest(link.header, manifest)
+        except policy.Unsafe as err:
+            raise policy.Unsafe(f"{os.path.basename(link.path)}: {err}") from err
+        found.append((link.path, manifest, digest))
+    return found
 
 
 def check_xml(header: dict[str, Any], xml: str) -> tuple[Any, list[policy.Ref]]:
