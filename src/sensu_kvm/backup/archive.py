@@ -47,6 +47,25 @@ def extents(fd: int, size: int) -> list[tuple[int, int]]:
     return found
 
 
+def extents_problem(parts: object, size: int) -> str:
+    """Why ``parts`` is not a list of (offset, length) in order, not overlapping, within ``size``
+    ("" when it is one). Zero-length entries are allowed (GNU tar ends a map with (size, 0))."""
+    if not isinstance(parts, list):
+        return "its extents are not a list"
+    end = 0
+    for part in parts:
+        if not isinstance(part, (tuple, list)) or len(part) != 2 \
+                or not all(type(v) is int and v >= 0 for v in part):
+            return f"an extent {part!r:.60} is not a pair of offsets"
+        offset, length = part
+        if offset < end:
+            return f"the extent at {offset} overlaps the one before it (or is out of order)"
+        if offset + length > size:
+            return f"the extent at {offset} of {length} bytes goes beyond the size {size}"
+        end = offset + length
+    return ""
+
+
 def sparse_map_block(parts: list[tuple[int, int]]) -> bytes:
     """The GNU pax 1.0 sparse map: count, then offset and length of each extent, padded to 512."""
     text = f"{len(parts)}\n" + "".join(f"{o}\n{n}\n" for o, n in parts)
@@ -66,6 +85,9 @@ def parse_sparse_map(data: bytes) -> tuple[list[tuple[int, int]], int]:
         raise Corrupt("a sparse map is truncated")
     used = len(b"\n".join(lines[:1 + 2 * count])) + 1
     return list(zip(values[0::2], values[1::2])), used + (-used % BLOCK)
+
+
+ReadAt = Callable[[memoryview, int], int]  # fill the view with the bytes at an offset; how many
 
 
 # --- tar headers -----------------------------------------------------------------------------------
@@ -193,39 +215,71 @@ class ArchiveWriter:
         return hashlib.sha256(data).hexdigest()
 
     def image(self, name: str, path: str, progress: Progress) -> dict[str, Any]:
-        """An image as a sparse member; size, data bytes and the payload's sha256."""
+        """An image file as a sparse member (its data extents from SEEK_DATA/SEEK_HOLE); size, data
+        bytes and the payload's sha256."""
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as err:
             raise KvmError(f"cannot read {path}: {err.strerror}") from err
         try:
             size = os.fstat(fd).st_size
-            parts = extents(fd, size)
-            head = sparse_map_block(parts)
-            data = sum(n for _o, n in parts)
-            pax = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": name,
-                   "GNU.sparse.realsize": str(size)}
-            folder, base = os.path.split(name)
-            self.write(tar_header(os.path.join(folder, "GNUSparseFile.0", base), len(head) + data, pax))
-            digest = hashlib.sha256(head)
-            self.write(head)
-            with Relay(self.write) as relay:  # read and hash here while the relay writes the previous chunk
-                for offset, length in parts:
-                    left = length
-                    pos = offset
-                    while left:
-                        view = relay.buffer()
-                        got = os.preadv(fd, [view[:min(left, CHUNK)]], pos)
-                        if got <= 0:
-                            raise KvmError(f"{path} shrank while it was copied")
-                        digest.update(view[:got])
-                        relay.send(view, got)
-                        pos += got
-                        left -= got
-                        progress.add(got)
-            self.write(pad(len(head) + data))
+
+            def read(view: memoryview, offset: int) -> int:
+                got = os.preadv(fd, [view], offset)
+                if got <= 0:
+                    raise KvmError(f"{path} shrank while it was copied")
+                return got
+
+            return self._sparse(name, size, extents(fd, size), read, progress)
         finally:
             os.close(fd)
+
+    def extents_member(self, name: str, realsize: int, parts: list[tuple[int, int]], read: ReadAt,
+                       progress: Progress | None = None) -> dict[str, Any]:
+        """A disk of ``realsize`` bytes (its guest-visible size) as a GNU sparse 1.0 member that holds
+        only ``parts``, (offset, length) sorted, not overlapping, within ``realsize``: the same member
+        ``image()`` writes, so ``tar -xf`` of a full backup gives the raw disk.
+
+        ``read(view, offset)`` fills ``view`` (at most CHUNK bytes) with the disk's bytes from
+        ``offset`` and returns how many it put there (at least 1; raise KvmError when it cannot):
+        for an NBD export ``data = h.pread(len(view), offset); view[:len(data)] = data``.
+
+        For a kvm-backup/2 incremental, ``parts`` are the changed data extents only; the ranges that
+        became zero are not parts but go into the header's ``zeroed`` list (a hole means unchanged).
+        Returns {"size", "data", "sha256"} for the manifest, as ``image()``."""
+        problem = extents_problem(parts, realsize)
+        if problem:
+            raise KvmError(f"{name}: {problem}")
+        parts = [(o, n) for o, n in parts if n]
+        if not parts or parts[-1][0] + parts[-1][1] < realsize:
+            parts.append((realsize, 0))  # a disk that ends in a hole: GNU tar sizes it from this last entry
+        return self._sparse(name, realsize, parts, read, progress or Progress(1, False))
+
+    def _sparse(self, name: str, size: int, parts: list[tuple[int, int]], read: ReadAt,
+                progress: Progress) -> dict[str, Any]:
+        head = sparse_map_block(parts)
+        data = sum(n for _o, n in parts)
+        pax = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": name,
+               "GNU.sparse.realsize": str(size)}
+        folder, base = os.path.split(name)
+        self.write(tar_header(os.path.join(folder, "GNUSparseFile.0", base), len(head) + data, pax))
+        digest = hashlib.sha256(head)
+        self.write(head)
+        with Relay(self.write) as relay:  # read and hash here while the relay writes the previous chunk
+            for offset, length in parts:
+                left = length
+                pos = offset
+                while left:
+                    view = relay.buffer()
+                    got = read(view[:min(left, CHUNK)], pos)
+                    if got <= 0 or got > min(left, CHUNK):
+                        raise KvmError(f"{name}: the reader returned {got} bytes at offset {pos}")
+                    digest.update(view[:got])
+                    relay.send(view, got)
+                    pos += got
+                    left -= got
+                    progress.add(got)
+        self.write(pad(len(head) + data))
         return {"size": size, "data": data, "sha256": digest.hexdigest()}
 
     def close(self, sync: bool = True) -> None:

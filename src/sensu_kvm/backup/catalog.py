@@ -13,7 +13,10 @@ from typing import Any, NamedTuple
 from sensu_kvm.atomic import write_atomic
 from sensu_kvm.errors import BadRequest
 
-FORMAT = "kvm-backup/1"
+FORMAT = "kvm-backup/1"  # what `kvm-backup create` writes today (the qcow2 or raw image file as the member)
+FORMAT_V2 = "kvm-backup/2"  # guest-visible raw disks, full or incremental (issue 17; docs/decisions.md)
+LEVELS = ("full", "inc", "diff")
+MAX_ZEROED = 100_000  # zeroed ranges per disk in a kvm-backup/2 header; past that the writer stores zeros as data
 HEADER = "kvm-backup.json"
 XML_MEMBER = "domain.xml"
 MANIFEST = "manifest.json"
@@ -24,6 +27,10 @@ CHUNK = 4 * MIB
 BLOCK = 512
 SUFFIX = {"zstd": ".tar.zst", "bzip2": ".tar.bz2", "none": ".tar"}
 NAME_RE = re.compile(r"^(?P<domain>.+)-(?P<stamp>\d{8}T\d{6}Z)\.kvmbak(?P<ext>\.tar(?:\.zst|\.bz2)?)$")
+# a kvm-backup/2 archive's name, inc and diff included; scan() keeps NAME_RE (fulls only) until prune
+# keeps the archives a kept one depends on (design section 10)
+CHAIN_NAME_RE = re.compile(
+    r"^(?P<domain>[^/]+)-(?P<stamp>\d{8}T\d{6}Z)(?:\.(?P<level>inc|diff))?\.kvmbak(?P<ext>\.tar(?:\.zst|\.bz2)?)$")
 
 
 # --- names and times -------------------------------------------------------------------------------
@@ -39,8 +46,19 @@ def parse_stamp(text: str) -> float:
     return float(calendar.timegm(time.strptime(text, "%Y%m%dT%H%M%SZ")))
 
 
-def archive_name(domain: str, when: float, compress: str) -> str:
-    return f"{domain}-{stamp(when)}.kvmbak{SUFFIX[compress]}"
+def archive_name(domain: str, when: float, compress: str, level: str = "full") -> str:
+    """``DOMAIN-STAMP.kvmbak.tar.zst`` for a full, ``DOMAIN-STAMP.inc.kvmbak.tar.zst`` (or ``.diff.``)."""
+    middle = "" if level == "full" else f".{level}"
+    return f"{domain}-{stamp(when)}{middle}.kvmbak{SUFFIX[compress]}"
+
+
+def chain_record(level: str, checkpoint: str | None, since: str | None = None, parent: str | None = None,
+                 parent_sha256: str | None = None, root: str | None = None, depth: int = 0) -> dict[str, Any]:
+    """The ``chain`` object of a kvm-backup/2 header: the archive's level, the checkpoint it made, the
+    checkpoint it starts from, its parent archive (a name in the same folder) and that file's sha256
+    (``reader.file_sha256``), the full the chain starts with and how many archives lie between."""
+    return {"level": level, "checkpoint": checkpoint, "since": since, "parent": parent,
+            "parent_sha256": parent_sha256, "root": root, "depth": depth}
 
 
 class Entry(NamedTuple):

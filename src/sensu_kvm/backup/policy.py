@@ -56,6 +56,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+from sensu_kvm.backup.archive import extents_problem
+from sensu_kvm.backup.catalog import CHAIN_NAME_RE, LEVELS, MAX_ZEROED
 from sensu_kvm.errors import KvmError
 from sensu_kvm.qcow2 import header_problem
 
@@ -230,6 +232,95 @@ def check_manifest(header: dict[str, Any], manifest: dict[str, Any]) -> None:
             if field in entry and entry[field] != disk.get(field):
                 raise Unsafe(f"{target}: the manifest's {field} {show(entry[field])} is not the header's "
                              f"{show(disk.get(field))}")
+
+
+# --- kvm-backup/2: the chain and the raw disks ------------------------------------------------------
+
+CHECKPOINT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,199}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_SIZE = 1 << 60
+
+
+def _int(value: object, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def check_v2(header: dict[str, Any]) -> dict[str, Any]:
+    """The ``chain`` object and the raw disks of a kvm-backup/2 header (after ``check_header``): the
+    chain, once plain; else Unsafe. A full names no parent; an inc or diff names its parent (a plain
+    archive name in the same folder), that file's sha256 and the checkpoint it starts from. Every
+    copied disk is stored ``raw-sparse``, of level full or inc (inc only in an inc or diff archive),
+    with a ``virtual_size`` and ``zeroed`` ranges in order, not overlapping, within that size."""
+    chain = header.get("chain")
+    if not isinstance(chain, dict):
+        raise Unsafe("the archive's header has no chain object")
+    level = chain.get("level")
+    if level not in LEVELS:
+        raise Unsafe(f"the archive's level {show(level)} is not full, inc or diff")
+    for field in ("checkpoint", "since"):
+        value = chain.get(field)
+        if value is not None and (not isinstance(value, str) or not CHECKPOINT_RE.match(value)):
+            raise Unsafe(f"the archive's chain {field} {show(value)} is not a plain checkpoint name")
+    if level == "full":
+        for field in ("since", "parent", "parent_sha256"):
+            if chain.get(field) is not None:
+                raise Unsafe(f"the archive is a full backup but its chain names a {field}")
+    else:
+        parent = chain.get("parent")
+        if not isinstance(parent, str) or not CHAIN_NAME_RE.match(parent) or parent.startswith(".") \
+                or not parent.isprintable() or os.path.basename(parent) != parent:
+            raise Unsafe(f"the archive's parent {show(parent)} is not the name of an archive in the same folder")
+        if not isinstance(chain.get("parent_sha256"), str) or not SHA256_RE.match(chain["parent_sha256"]):
+            raise Unsafe(f"the archive's parent sha256 {show(chain.get('parent_sha256'))} is not a sha256")
+        if chain.get("since") is None:
+            raise Unsafe(f"the archive is a {level} backup but its chain names no checkpoint it starts from")
+    if not _int(chain.get("depth", 0), 0, 1 << 20):
+        raise Unsafe(f"the archive's chain depth {show(chain.get('depth'))} is not a count")
+    for disk in header.get("disks", []):
+        if not disk.get("copied"):
+            continue
+        target = disk["target"]
+        if disk.get("stored") != "raw-sparse":
+            raise Unsafe(f"{target}: the disk is stored as {show(disk.get('stored'))}, not raw-sparse")
+        if disk.get("level") not in ("full", "inc") or (disk["level"] == "inc" and level == "full"):
+            raise Unsafe(f"{target}: the disk's level {show(disk.get('level'))} does not fit a {level} archive")
+        size = disk.get("virtual_size")
+        if not _int(size, 0, MAX_SIZE):
+            raise Unsafe(f"{target}: the virtual size {show(size)} is not a size")
+        zeroed = disk.get("zeroed", [])
+        if not isinstance(zeroed, list) or len(zeroed) > MAX_ZEROED:
+            raise Unsafe(f"{target}: the zeroed ranges are not a list of at most {MAX_ZEROED}")
+        end = 0
+        for item in zeroed:
+            if not isinstance(item, list) or len(item) != 2 or not _int(item[0], 0, MAX_SIZE) \
+                    or not _int(item[1], 1, MAX_SIZE):
+                raise Unsafe(f"{target}: a zeroed range {show(item)} is not [offset, length]")
+            if item[0] < end:
+                raise Unsafe(f"{target}: the zeroed range at {item[0]} overlaps the one before it (or is out of order)")
+            if item[0] + item[1] > size:
+                raise Unsafe(f"{target}: the zeroed range at {item[0]} of {item[1]} bytes goes beyond the virtual "
+                             f"size {size}")
+            end = item[0] + item[1]
+    return chain
+
+
+def check_extents(target: str, parts: list[tuple[int, int]], realsize: int, virtual_size: int | None = None,
+                  zeroed: list[list[int]] | None = None) -> None:
+    """A member's sparse map (from the archive): extents in order, not overlapping, within the
+    member's size, which is the disk's virtual size when the header gives one, and never over a
+    range the header says became zero; else Unsafe."""
+    if virtual_size is not None and realsize != virtual_size:
+        raise Unsafe(f"{target}: the member's size {realsize} is not the disk's virtual size {virtual_size}")
+    problem = extents_problem(parts, realsize)
+    if problem:
+        raise Unsafe(f"{target}: the sparse map is unsafe: {problem}")
+    ranges = iter(zeroed or [])
+    current = next(ranges, None)
+    for offset, length in parts:
+        while current is not None and current[0] + current[1] <= offset:
+            current = next(ranges, None)
+        if current is not None and length and current[0] < offset + length:
+            raise Unsafe(f"{target}: the data extent at {offset} overlaps the zeroed range at {current[0]}")
 
 
 image_problem = header_problem  # why a restored image is unsafe: it would have QEMU open another host file

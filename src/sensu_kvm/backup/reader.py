@@ -4,6 +4,7 @@ the scan that verifies an archive against its manifest and the policy."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ from typing import IO, Any, NamedTuple
 
 from sensu_kvm.backup import policy
 from sensu_kvm.backup.archive import parse_sparse_map, widen
-from sensu_kvm.backup.catalog import BLOCK, CHUNK, FORMAT, HEADER, MANIFEST, MIB, XML_MEMBER
+from sensu_kvm.backup.catalog import BLOCK, CHUNK, FORMAT, FORMAT_V2, HEADER, MANIFEST, MIB, XML_MEMBER
 from sensu_kvm.backup.disks import disks_of
 from sensu_kvm.backup.progress import Progress
 from sensu_kvm.errors import BadRequest, Corrupt, KvmError, Refused
@@ -205,8 +206,10 @@ def _json(data: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def read_header(path: str) -> dict[str, Any]:
-    """The header of an archive (its first member), without reading the rest."""
+def read_header(path: str, formats: tuple[str, ...] = (FORMAT,)) -> dict[str, Any]:
+    """The header of an archive (its first member), without reading the rest. Only kvm-backup/1
+    unless ``formats`` says more: the tool's verify, list and restore read kvm-backup/2 archives only
+    once they are wired to resolve_chain and restore.rebuild."""
     stream = Stream(path, hash_archive=False)
     try:
         member = next_member(stream)
@@ -215,18 +218,29 @@ def read_header(path: str) -> dict[str, Any]:
         header = _json(stream.exact(member.size, HEADER), HEADER)
     finally:
         stream.close()
-    if header.get("format") != FORMAT:
+    if header.get("format") not in formats:
         raise Corrupt(f"{path} is not a kvm-backup archive (format {header.get('format')!r})")
     return header
 
 
 class ImageSink:
     """Writes a sparse member's payload into a new image file (never an existing file, never through
-    a symlink; in the folder ``dir_fd`` when given): the map, then the data at its offsets."""
+    a symlink; in the folder ``dir_fd`` when given): the map, then the data at its offsets.
 
-    def __init__(self, path: str, realsize: int, dir_fd: int | None = None) -> None:
+    The sparse map is checked before a byte is written (policy.check_extents: in order, not
+    overlapping, within the member's size; with ``virtual_size`` that size must be it, and no data
+    extent may lie on a ``zeroed`` range). ``overlay``: write onto the existing file instead (a
+    kvm-backup/2 incremental onto the image rebuilt so far); ``close()`` then punches the ``zeroed``
+    ranges and cuts or extends the file to ``realsize``."""
+
+    def __init__(self, path: str, realsize: int, dir_fd: int | None = None, overlay: bool = False,
+                 virtual_size: int | None = None, zeroed: list[list[int]] | None = None, what: str = "") -> None:
         self.path = path
         self.realsize = realsize
+        self.overlay = overlay
+        self.virtual_size = virtual_size
+        self.zeroed = zeroed or []
+        self.what = what or policy.show(path)
         self.fd = self._open(path, dir_fd)
         self.head = b""
         self.parts: list[tuple[int, int]] | None = None
@@ -246,6 +260,7 @@ class ImageSink:
                 if len(self.head) < 64 * 1024:
                     return
                 raise
+            policy.check_extents(self.what, self.parts, self.realsize, self.virtual_size, self.zeroed)
             view = memoryview(self.head)[self.skip:]
             self.head = b""
         while len(view):
@@ -261,7 +276,7 @@ class ImageSink:
                 self.within = 0
 
     def _open(self, path: str, dir_fd: int | None) -> int:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        flags = os.O_WRONLY | os.O_NOFOLLOW | (0 if self.overlay else os.O_CREAT | os.O_EXCL)
         try:
             return os.open(os.path.basename(path) if dir_fd is not None else path, flags, 0o600, dir_fd=dir_fd)
         except OSError as err:
@@ -274,7 +289,12 @@ class ImageSink:
             raise KvmError(f"writing {self.path}: {err.strerror}") from err
 
     def close(self) -> None:
+        if self.parts is None or self.within or any(n for _o, n in self.parts[self.index:]):
+            os.close(self.fd)
+            raise Corrupt(f"{self.what}: less data than its sparse map says")
         try:
+            for offset, length in self.zeroed:
+                punch(self.fd, offset, length)
             os.ftruncate(self.fd, self.realsize)
             os.fsync(self.fd)
         except OSError as err:
@@ -283,13 +303,44 @@ class ImageSink:
             os.close(self.fd)
 
 
+_PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
+
+
+@functools.cache
+def _fallocate() -> Any:
+    """libc's fallocate(2) (Python's os has posix_fallocate only, which cannot punch)."""
+    import ctypes  # noqa: PLC0415
+
+    call = ctypes.CDLL(None, use_errno=True).fallocate
+    call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    call.restype = ctypes.c_int
+    return call
+
+
+def punch(fd: int, offset: int, length: int) -> None:
+    """Make ``length`` bytes at ``offset`` read as zeros, as a hole where the file system can
+    (fallocate PUNCH_HOLE), else by writing zeros. Never changes the file's size."""
+    size = os.fstat(fd).st_size
+    length = min(length, size - offset)
+    if length <= 0:
+        return
+    if _fallocate()(fd, _PUNCH, offset, length) == 0:
+        return
+    zeros = bytes(min(length, CHUNK))
+    while length:
+        step = min(length, len(zeros))
+        os.pwrite(fd, zeros[:step], offset)
+        offset += step
+        length -= step
+
+
 class HeadSink(ImageSink):
     """Keeps the first ``size`` bytes of a sparse member's image in memory (holes as zeros), so that
     ``verify`` can look at an image's header without writing it anywhere."""
 
-    def __init__(self, name: str, realsize: int, size: int = 512) -> None:
+    def __init__(self, name: str, realsize: int, size: int = 512, **checks: Any) -> None:
         self.data = bytearray(min(size, realsize))
-        super().__init__(name, realsize)
+        super().__init__(name, realsize, **checks)
 
     def _open(self, path: str, dir_fd: int | None) -> int:
         return -1
@@ -305,7 +356,8 @@ class HeadSink(ImageSink):
 
 def scan_archive(path: str, sinks: Callable[[Member, dict[str, Any]], Any] | None = None,
                  progress: Progress | None = None,
-                 on_xml: Callable[[dict[str, Any], str], object] | None = None) -> tuple[dict[str, Any], str, str]:
+                 on_xml: Callable[[dict[str, Any], str], object] | None = None,
+                 formats: tuple[str, ...] = (FORMAT,)) -> tuple[dict[str, Any], str, str]:
     """Read the whole archive and check every member against the manifest (nothing is written to
     disk unless ``sinks`` gives a sink for a member). (manifest, domain XML, archive sha256).
 
@@ -319,7 +371,7 @@ def scan_archive(path: str, sinks: Callable[[Member, dict[str, Any]], Any] | Non
             raise Corrupt(f"{path} is not a kvm-backup archive (no {HEADER} first)")
         header_raw = stream.exact(member.size + (-member.size % BLOCK), HEADER)[:member.size]
         header = _json(header_raw, HEADER)
-        if header.get("format") != FORMAT:
+        if header.get("format") not in formats:
             raise Corrupt(f"{path} is not a kvm-backup archive (format {header.get('format')!r})")
         seen: dict[str, str] = {}
         sizes: dict[str, int] = {}
@@ -415,6 +467,99 @@ def verify(path: str, progress: Progress | None = None, trust: bool = False) -> 
     except policy.Unsafe as err:
         raise Corrupt(f"{path}: refused: {err}") from err
     return manifest, digest
+
+
+# --- kvm-backup/2 chains ----------------------------------------------------------------------------
+
+
+class Link(NamedTuple):
+    """One archive of a chain: its path, its header (checked by policy.check_header and check_v2)
+    and the sha256 of the file as its child expects it."""
+
+    path: str
+    header: dict[str, Any]
+    sha256: str
+
+
+MAX_CHAIN = 1000  # archives in one chain: a full and at most 999 incrementals
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 of an archive file, as a child's ``chain.parent_sha256`` gives it."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+    except OSError as err:
+        raise BadRequest(f"cannot read {path}: {err.strerror}") from err
+    return digest.hexdigest()
+
+
+def resolve_chain(path: str) -> list[Link]:
+    """The chain a kvm-backup/2 archive needs, its full first and ``path`` last: each parent found by
+    name in the same folder, its header checked, its file's sha256 the one its child names; every
+    archive of the same domain (UUID). Reads headers and hashes files; writes nothing. A missing
+    parent is BadRequest, anything else that does not hold is policy.Unsafe (both exit 2)."""
+    links: list[Link] = []
+    current = path
+    expected: str | None = None
+    while True:
+        if not os.path.isfile(current):
+            child = os.path.basename(links[-1].path) if links else ""
+            raise BadRequest(f"{child}: its parent {current} is missing" if child else f"{current} is not a file")
+        header = read_header(current, (FORMAT_V2,))
+        try:
+            policy.check_header(header)
+            chain = policy.check_v2(header)
+        except policy.Unsafe as err:
+            raise policy.Unsafe(f"{os.path.basename(current)}: {err}") from err
+        digest = file_sha256(current)
+        if expected is not None and digest != expected:
+            raise policy.Unsafe(f"{os.path.basename(links[-1].path)}: its parent {os.path.basename(current)} is not "
+                                f"the archive it was made from (sha256 {digest[:16]}..., expected {expected[:16]}...)")
+        if links and str(header["uuid"]).lower() != str(links[0].header["uuid"]).lower():
+            raise policy.Unsafe(f"{os.path.basename(links[-1].path)}: its parent {os.path.basename(current)} is a "
+                                f"backup of another domain (UUID {policy.show(header['uuid'])})")
+        links.append(Link(current, header, digest))
+        if chain["level"] == "full":
+            break
+        if len(links) >= MAX_CHAIN:
+            raise policy.Unsafe(f"{os.path.basename(path)}: its chain is longer than {MAX_CHAIN} archives")
+        expected = chain["parent_sha256"]
+        current = os.path.join(os.path.dirname(current), chain["parent"])
+    links.reverse()
+    return links
+
+
+def verify_chain(path: str, progress: Progress | None = None) -> list[tuple[str, dict[str, Any], str]]:
+    """Every archive a kvm-backup/2 archive needs, full first, read whole without writing anything:
+    the links of ``resolve_chain``, each member's checksum, each sparse map against its disk's
+    virtual size and zeroed ranges, each manifest against its header; [(path, manifest, sha256)].
+    For ``verify`` of an incremental and for prune's "newest archive whose chain verifies"."""
+    found = []
+    for link in resolve_chain(path):
+        disks = {d["target"]: d for d in link.header.get("disks", []) if d.get("copied")}
+        seen: list[str] = []
+
+        def sink(member: Member, header: dict[str, Any], link: Link = link, disks: dict[str, Any] = disks,
+                 seen: list[str] = seen) -> HeadSink:
+            if header != link.header:
+                raise Corrupt(f"{link.path}: the archive changed while it was read")
+            target = policy.check_member(member.name, header, seen)
+            seen.append(member.name)
+            return HeadSink(member.name, _realsize(member), virtual_size=disks[target]["virtual_size"],
+                            zeroed=disks[target].get("zeroed", []), what=f"{os.path.basename(link.path)}: {target}")
+
+        manifest, _xml, digest = scan_archive(link.path, sink, progress, formats=(FORMAT_V2,))
+        if digest != link.sha256:
+            raise Corrupt(f"{link.path}: the archive changed while it was read")
+        try:
+            policy.check_manifest(link.header, manifest)
+        except policy.Unsafe as err:
+            raise policy.Unsafe(f"{os.path.basename(link.path)}: {err}") from err
+        found.append((link.path, manifest, digest))
+    return found
 
 
 def check_xml(header: dict[str, Any], xml: str) -> tuple[Any, list[policy.Ref]]:

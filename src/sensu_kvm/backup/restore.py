@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
+import subprocess
+import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from sensu_kvm.backup import policy
+from sensu_kvm.backup.catalog import FORMAT_V2
 from sensu_kvm.backup.disks import disks_of
 from sensu_kvm.backup.hostinfo import _fail
 from sensu_kvm.backup.progress import Progress
-from sensu_kvm.backup.reader import ImageSink, Member, _realsize, check_xml, data_total, read_header, scan_archive
+from sensu_kvm.backup.reader import (
+    ImageSink,
+    Link,
+    Member,
+    _realsize,
+    check_xml,
+    data_total,
+    read_header,
+    resolve_chain,
+    scan_archive,
+)
 from sensu_kvm.domxml import rewrite_xml
 from sensu_kvm.errors import BadRequest, Corrupt, KvmError, Refused
 from sensu_kvm.virt import api
@@ -249,4 +263,138 @@ def _head(path: str, dir_fd: int, size: int = 512) -> bytes:
     try:
         return os.pread(fd, size, 0)
     finally:
+        os.close(fd)
+
+
+# --- kvm-backup/2: rebuilding a disk from its chain ------------------------------------------------
+
+
+def _copied(header: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {d["target"]: d for d in header.get("disks", []) if isinstance(d, dict) and d.get("copied")}
+
+
+def chain_starts(chain: list[Link]) -> dict[str, int]:
+    """target -> the index in ``chain`` of the archive each disk of the last one is rebuilt from: the
+    newest one where the disk is a full copy (a raw disk, a disk added since, or the chain's full);
+    every archive after it must hold the disk as an incremental."""
+    starts = {}
+    for target in _copied(chain[-1].header):
+        for index in range(len(chain) - 1, -1, -1):
+            disk = _copied(chain[index].header).get(target)
+            if disk is None:
+                raise policy.Unsafe(f"{target}: {os.path.basename(chain[index + 1].path)} builds on "
+                                    f"{os.path.basename(chain[index].path)}, which does not hold the disk")
+            if disk["level"] == "full":
+                starts[target] = index
+                break
+    return starts
+
+
+def rebuild(chain: list[Link], workdir: str, progress: Progress | None = None) -> dict[str, str]:
+    """Rebuild every copied disk of the chain's last archive as of that backup, in ``workdir`` (a
+    private folder the caller made, on the file system of the images' destination, and removes):
+    target -> the finished image there (``TARGET.raw`` or ``TARGET.qcow2``, mode 0600).
+
+    Per disk: the full's member into a sparse raw file, then each incremental in order (its data
+    extents written over it, its ``zeroed`` ranges punched, the file cut or extended to that
+    archive's virtual size), then ``qemu-img convert`` to a standalone qcow2 when the disk was one.
+    Each archive is read whole and must match its manifest and the sha256 ``resolve_chain`` saw;
+    whatever is refused raises (policy.Unsafe, Corrupt) and leaves only files in ``workdir``.
+
+    ``chain`` is ``reader.resolve_chain(path)``. A caller (``kvm-backup restore``) checks the last
+    archive's domain XML and places the images (policy.place) as for kvm-backup/1, then moves the
+    files returned here into place."""
+    starts = chain_starts(chain)
+    wanted = _copied(chain[-1].header)
+    raws = {t: os.path.join(workdir, f"{t}.raw") for t in wanted}
+    for index, link in enumerate(chain):
+        active = {t for t, start in starts.items() if start <= index}
+        opened: dict[str, ImageSink] = {}
+
+        def sink(member: Member, hdr: dict[str, Any], link: Link = link, index: int = index,
+                 active: set[str] = active, opened: dict[str, ImageSink] = opened) -> ImageSink | None:
+            if hdr != link.header:
+                raise Corrupt(f"{link.path}: the archive changed while it was read")
+            target = policy.check_member(member.name, hdr, [policy.member_name(t) for t in opened])
+            if target not in active:
+                return None  # a disk the restored point no longer has: its checksum is still checked
+            disk = _copied(hdr)[target]
+            image = ImageSink(raws[target], _realsize(member), overlay=starts[target] < index,
+                              virtual_size=disk["virtual_size"], zeroed=disk.get("zeroed", []),
+                              what=f"{os.path.basename(link.path)}: {target}")
+            opened[target] = image
+            return image
+
+        manifest, _xml, digest = scan_archive(link.path, sink, progress, formats=(FORMAT_V2,))
+        if digest != link.sha256:
+            raise Corrupt(f"{link.path}: the archive changed while it was read")
+        try:
+            policy.check_manifest(link.header, manifest)
+        except policy.Unsafe as err:
+            raise policy.Unsafe(f"{os.path.basename(link.path)}: {err}") from err
+        if active - set(opened):
+            raise Corrupt(f"{link.path}: images missing from the archive: {sorted(active - set(opened))}")
+    return {t: convert_image(raws[t], disk["format"]) for t, disk in wanted.items()}
+
+
+def convert_image(raw: str, fmt: str) -> str:
+    """The rebuilt raw file as an image of ``fmt``: itself for raw, else a standalone qcow2 (no
+    backing file; zeros left out) beside it, the raw file removed. Mode 0600."""
+    if fmt == "raw":
+        return raw
+    out = os.path.splitext(raw)[0] + ".qcow2"
+    command = ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1", "-S", "64k", raw, out]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError as err:
+        raise Refused(f"cannot run qemu-img: {err.strerror}") from err
+    if done.returncode:
+        lines = done.stderr.strip().splitlines()
+        raise KvmError(f"qemu-img convert to {fmt}: {lines[-1] if lines else f'exit {done.returncode}'}")
+    os.chmod(out, 0o600)
+    os.unlink(raw)
+    return out
+
+
+def restore_files(path: str, folder: str, progress: Progress | None = None) -> dict[str, str]:
+    """The images of a kvm-backup/2 archive as of that backup, rebuilt from its chain into ``folder``
+    (no libvirt, no domain defined): target -> the new image, named as the disk's source was. An
+    image that exists there already is never replaced; when anything is refused or fails, nothing
+    is left in ``folder`` (the work happens in a private ``.kvm-restore-*`` folder inside it)."""
+    chain = resolve_chain(path)
+    header = chain[-1].header
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as err:
+        raise BadRequest(f"the folder {folder} cannot be used: {err.strerror}") from err
+    made: list[str] = []
+    workdir = ""
+    try:
+        dests = restore_paths(header, folder, None)
+        for target, dest in dests.items():
+            with contextlib.suppress(FileNotFoundError):
+                os.stat(os.path.basename(dest), dir_fd=fd, follow_symlinks=False)
+                raise BadRequest(f"{target}: {dest} exists already")
+        workdir = tempfile.mkdtemp(prefix=".kvm-restore-", dir=os.path.realpath(folder))
+        made_st, seen_st = os.stat(workdir), os.stat(os.path.basename(workdir), dir_fd=fd, follow_symlinks=False)
+        if (made_st.st_dev, made_st.st_ino) != (seen_st.st_dev, seen_st.st_ino):
+            raise Refused(f"the folder {folder} changed while it was used")
+        try:
+            files = rebuild(chain, workdir, progress)
+            for target, image in files.items():
+                name = os.path.basename(dests[target])
+                try:
+                    os.link(image, name, dst_dir_fd=fd, follow_symlinks=False)
+                except FileExistsError as err:
+                    raise BadRequest(f"{target}: {dests[target]} appeared meanwhile") from err
+                made.append(name)
+        except BaseException:
+            for name in made:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=fd)
+            raise
+        return dests
+    finally:
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
         os.close(fd)
