@@ -90,6 +90,12 @@ def guest(conn: libvirt.virConnect, images: Path) -> Iterator[tuple[libvirt.virD
     rig.cleanup(conn, PREFIX)
 
 
+@pytest.fixture(scope="module")
+def guest_boot() -> tuple[Path, Path]:
+    """The tiny Linux guest's kernel and initrd (built once, cached)."""
+    return rig.ensure_guest()
+
+
 def test_full_then_incremental(guest: tuple[libvirt.virDomain, Path], images: Path) -> None:
     dom, image = guest
     run = Run(dom, images, images)
@@ -188,3 +194,42 @@ def test_scratch_full(conn: libvirt.virConnect, images: Path) -> None:
             run.assert_gone()
         finally:
             rig.cleanup(conn, f"{PREFIX}tiny")  # before the file system is unmounted
+
+
+def test_scratch_full_pauses_a_writing_guest(conn: libvirt.virConnect, images: Path, guest_boot: tuple[Path, Path]) -> None:
+    """(d) with the guest itself writing: the failed write takes the disk's error_policy, so a
+    guest with error_policy='stop' pauses (I/O error) while the job and the export stay right;
+    once the job ends (its scratch gone) the guest resumes and writes on."""
+    kernel, initrd = guest_boot
+    image = rig.make_qcow2(images / "writer.qcow2", "64M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x41 0 64M", str(image)], check=True, capture_output=True)
+    log = images / "writer.log"
+    with rig.small_fs(images / "tiny-w", 16) as tiny:
+        dom = conn.defineXML(rig.linux_guest_xml(f"{PREFIX}writer", image, kernel, initrd, "write", log))
+        dom.create()
+        try:
+            rig.wait_serial(log, "SPK-WRITE-START", timeout=60)
+            run = Run(dom, images, tiny)
+            dom.suspend()  # an exact point in time: the writer stands still while it is taken
+            ref = reference(dom, image, images / "ref4.raw")
+            run.begin("spk-cp4")
+            dom.resume()
+            rig.wait_for(lambda: dom.state() == [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR],
+                         timeout=60, what="the writer paused by an I/O error")
+            assert backupjobs.running(dom)
+            assert dom.jobStats(0)["disk_temp_used"] <= 16 * MiB
+            with nbd.Export(run.socket, "vda") as export:
+                restored = images / "writer.raw"
+                with restored.open("wb") as f:
+                    f.truncate(export.size)
+                    export.copy(export.extents()[0], f.fileno())
+            assert restored.read_bytes() == ref
+            run.end()
+            run.assert_gone()
+            dom.resume()
+            wraps = rig.serial_text(log).count("SPK-WRITE-WRAP")
+            rig.wait_for(lambda: rig.serial_text(log).count("SPK-WRITE-WRAP") > wraps, timeout=60,
+                         what="the writer writing on after the job")
+            assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        finally:
+            rig.cleanup(conn, f"{PREFIX}writer")
