@@ -233,3 +233,49 @@ def test_scratch_full_pauses_a_writing_guest(conn: libvirt.virConnect, images: P
             assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
         finally:
             rig.cleanup(conn, f"{PREFIX}writer")
+
+
+def test_backing_chain_and_external_snapshot(conn: libvirt.virConnect, images: Path) -> None:
+    """A disk with a backing file is exported as the guest sees it (the chain's data), and a
+    checkpoint survives an external snapshot libvirt makes on top (libvirt 9.0 carries the
+    bitmaps into the new overlay): the incremental after it holds exactly the write made since."""
+    base = rig.make_qcow2(images / "base.qcow2", "64M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x51 0 4M", str(base)], check=True, capture_output=True)
+    top = images / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(top)], check=True)
+    dom = conn.defineXML(rig.noos_domain_xml(f"{PREFIX}chain", top))
+    dom.create()
+    try:
+        run = Run(dom, images, images)
+        write(dom, "write -P 0x52 8M 1M")
+        ref = reference(dom, top, images / "ref5.raw")
+        run.begin("spk-cp5")
+        with nbd.Export(run.socket, "vda") as export:
+            data, _ = export.extents()
+            assert data == [(0, 4 * MiB), (8 * MiB, 1 * MiB)]
+            restored = images / "chain.raw"
+            with restored.open("wb") as f:
+                f.truncate(export.size)
+                export.copy(data, f.fileno())
+        assert restored.read_bytes() == ref
+        run.end()
+        run.assert_gone()
+
+        snap = images / "top.snap1.qcow2"
+        dom.snapshotCreateXML(
+            f"<domainsnapshot><disks><disk name='vda' snapshot='external'><source file='{snap}'/></disk>"
+            "</disks></domainsnapshot>",
+            libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA)
+        write(dom, "write -P 0x53 20M 1M")
+        ref = reference(dom, snap, images / "ref6.raw")
+        run.begin("spk-cp6", since="spk-cp5")
+        with nbd.Export(run.socket, "vda", bitmap="backup-vda") as export:
+            data, zeroed = export.extents()
+            assert (data, zeroed) == ([(20 * MiB, 1 * MiB)], [])
+            with restored.open("r+b") as f:
+                export.copy(data, f.fileno())
+        assert restored.read_bytes() == ref
+        run.end()
+        run.assert_gone()
+    finally:
+        rig.cleanup(conn, f"{PREFIX}chain")
