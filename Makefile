@@ -6,6 +6,11 @@ URI ?= test:///default
 BIN := $(VENV)/bin
 # Debian packages the package itself needs (libvirt-python is built against libvirt-dev).
 DEB_BUILD := gcc pkg-config libvirt-dev python3-dev python3-venv
+# libnbd's Python binding (kvm-backup reads disks over NBD through libvirt's backup API) is only
+# Debian's python3-libnbd (PyPI has none): its two files are linked into the venv, nothing else of
+# the system's dist-packages (docs/decisions.md, issue 17). Same CPython ABI as the venv's 3.11.
+DEB_NBD := python3-libnbd
+NBD_DIST := /usr/lib/python3/dist-packages
 # Debian packages only the tests use: busybox (its sh runs the Sensu Go asset's wrappers) and
 # duktape (runs the polkit rule, as polkitd does).
 DEB_TEST := busybox duktape
@@ -28,7 +33,15 @@ $(VENV)/.deps: setup.cfg pyproject.toml
 	@$(BIN)/pip install -q '.[test]'
 	@touch $@
 
-$(VENV)/.installed: $(VENV)/.deps $(shell find src checks handlers -name '*.py' 2>/dev/null) README.md
+$(VENV)/.nbd: $(VENV)/.deps
+	@bash packaging/install-debs.sh $(DEB_NBD)
+	@mkdir -p $(VENV)/lib/debian-nbd
+	@ln -sf $(NBD_DIST)/nbd.py $(NBD_DIST)/libnbdmod.cpython-*.so $(VENV)/lib/debian-nbd/
+	@echo $(abspath $(VENV))/lib/debian-nbd > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/debian-nbd.pth"
+	@$(BIN)/python -c 'import nbd; nbd.NBD()' || { echo "python3-libnbd does not load in $(VENV) (another Python ABI?)" >&2; exit 1; }
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.deps $(VENV)/.nbd $(shell find src checks handlers -name '*.py' 2>/dev/null) README.md
 	@rm -rf build  # setuptools' build/lib would carry modules that were moved or removed into the wheel
 	@$(BIN)/pip install -q --no-deps --force-reinstall .
 	@$(BIN)/check-kvm-domstate --version >/dev/null

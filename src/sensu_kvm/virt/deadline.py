@@ -38,7 +38,7 @@ LOCAL_CALLS = frozenset({"name", "UUID", "UUIDString", "ID", "getName", "connect
 LONG_CALLS = frozenset({"create", "createWithFlags", "createWithFiles", "createXML", "snapshotCreateXML",
                         "revertToSnapshot", "delete", "save", "saveFlags", "managedSave", "restore",
                         "restoreFlags", "coreDump", "coreDumpWithFormat", "destroy", "destroyFlags",
-                        "shutdownFlags", "undefineFlags", "checkpointCreateXML"})
+                        "shutdownFlags", "undefineFlags", "checkpointCreateXML", "backupBegin"})
 
 _PREFIX = {"virConnect": "virConnect", "virDomain": "virDomain", "virDomainSnapshot": "virDomainSnapshot",
            "virDomainCheckpoint": "virDomainCheckpoint", "virStoragePool": "virStoragePool",
