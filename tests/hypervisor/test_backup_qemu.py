@@ -280,7 +280,17 @@ def test_a_destination_that_fills_up(conn, images, tmp_path, state):
         proc = started("create", "spk-bak-full", "--dest", str(small2), "--bwlimit", "8", "--compress", "none",
                        "--state-dir", str(state_dir))
         rig.wait_for(lambda: journal_phase(state_dir) == "copy", timeout=60, interval=0.02, what="the copy")
-        subprocess.run(["dd", "if=/dev/zero", f"of={small2}/filler", "bs=1M", "count=64"], capture_output=True)
+        # The backup is held, once its partial archive holds 1 MiB, while the filler takes all the
+        # room; it meets the full file system after the filler is done. Met while dd still ran, the
+        # space its partial archive freed went to dd, and then not even the failure marker fitted (a
+        # whole make test saw it); the space the partial frees is where the marker goes.
+        rig.wait_for(lambda: any(p.name.endswith(".partial") and p.stat().st_size >= 2**20 for p in small2.iterdir()),
+                     timeout=60, interval=0.02, what="1 MiB of the partial archive")
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            subprocess.run(["dd", "if=/dev/zero", f"of={small2}/filler", "bs=1M", "count=64"], capture_output=True)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
         _out, err = proc.communicate(timeout=60)
         assert proc.returncode == 1, err
         assert len(err.strip().splitlines()) == 1 and "No space left on device" in err
