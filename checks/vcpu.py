@@ -97,7 +97,7 @@ def judge_domain(record: virt.DomainRecord, rate: Rate, current: dict[str, Any],
 
 def check(options: argparse.Namespace) -> Report:
     chosen, missing, current, found = sample_domains(
-        options, "vcpu", ["state", "vcpu"], lambda records, now: {r.uuid: sample(r, now) for r in records}, KEYS)
+        options, "vcpu", ["state", "vcpu"], lambda records: {r.uuid: sample(r, r.when) for r in records}, KEYS)
     of = contexts(options)
     verdicts = judge_each(chosen, lambda r: judge_domain(r, found[r.uuid], current[r.uuid], options, of))
     usages = [m for v in verdicts for m in v.of("vcpu_usage")]

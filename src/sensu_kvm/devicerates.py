@@ -114,9 +114,9 @@ def unmatched(kind: Kind, records: list[virt.DomainRecord], wanted: list[str], s
             f"{'s' if len(running) > 1 else ''} selected ({listed})")
 
 
-def samples(kind: Kind, records: list[virt.DomainRecord], now: float) -> dict[str, dict[str, Any]]:
-    """The counters kept between runs, per domain UUID and device."""
-    return {f"{r.uuid}/{device}": {"t": now, **{k: stats[k] for k in kind.counters if k in stats}}
+def samples(kind: Kind, records: list[virt.DomainRecord]) -> dict[str, dict[str, Any]]:
+    """The counters kept between runs, per domain UUID and device, with when they were read."""
+    return {f"{r.uuid}/{device}": {"t": r.when, **{k: stats[k] for k in kind.counters if k in stats}}
             for r in records for device, stats in kind.find(r)}
 
 
@@ -125,7 +125,7 @@ def check(kind: Kind, options: argparse.Namespace) -> Report:
     if default and options.warning is None and options.critical is None:
         options.warning, options.critical = Range.parse(default[0]), Range.parse(default[1])
     chosen, missing, _current, found = sample_domains(
-        options, kind.check, ["state", kind.group], lambda records, now: samples(kind, records, now), list(kind.counters))
+        options, kind.check, ["state", kind.group], lambda records: samples(kind, records), list(kind.counters))
     mistaken = unmatched(kind, chosen, getattr(options, kind.dest))
     if mistaken:
         return Report(Status.CRITICAL if missing else Status.UNKNOWN,

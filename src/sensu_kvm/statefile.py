@@ -460,11 +460,11 @@ def add_min_interval(parser: argparse.ArgumentParser) -> None:
 
 
 def sample_domains(options: Any, check: str, groups: list[str],
-                   samples: Callable[[list[Any], float], dict[str, dict[str, Any]]], keys: list[str],
+                   samples: Callable[[list[Any]], dict[str, dict[str, Any]]], keys: list[str],
                    ) -> tuple[list[Any], list[str], dict[str, dict[str, Any]], dict[str, Rate]]:
     """What a rate check reads: the chosen domain records, the names given with -d that are
     missing, the current samples and each one's rates (``samples`` makes the samples from the
-    running domains' records and the time they were read)."""
+    running domains' records, each with the time its counters were read in ``when``)."""
     from sensu_kvm import virt  # noqa: PLC0415 (statefile itself has no need of libvirt)
     from sensu_kvm.domains import is_active, read  # noqa: PLC0415
 
@@ -477,7 +477,10 @@ def sample_domains(options: Any, check: str, groups: list[str],
         before = time.time()
         chosen, missing = read(conn, groups, options)
         when = (before + time.time()) / 2  # the counters were read somewhere during the calls
-        return samples([r for r in chosen if is_active(r) and not r.error], when)
+        running = [r for r in chosen if is_active(r) and not r.error]
+        for record in running:  # the middle of the call that read it, when gather knows it
+            record.when = record.when or when
+        return samples(running)
 
     try:
         state = StateFile(options.state_dir, check, virt.resolve_uri(options.uri))

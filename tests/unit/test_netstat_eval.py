@@ -17,12 +17,13 @@ from tests.conftest import DATA
 
 def records():
     first, second = json.loads((DATA / "netstat-qemu-drops.json").read_text())
-    return [(entry, DomainRecord(entry["name"], entry["uuid"], dict(entry["stats"]))) for entry in (first, second)]
+    return [(entry, DomainRecord(entry["name"], entry["uuid"], dict(entry["stats"]), when=entry["t"]))
+            for entry in (first, second)]
 
 
 def rates(a, b):
-    previous = devicerates.samples(netstat.KIND, [a[1]], a[0]["t"])
-    current = devicerates.samples(netstat.KIND, [b[1]], b[0]["t"])
+    previous = devicerates.samples(netstat.KIND, [a[1]])
+    current = devicerates.samples(netstat.KIND, [b[1]])
     return {key: compare(previous.get(key), sample, list(netstat.COUNTERS), floor=1.0)[0]
             for key, sample in current.items()}
 

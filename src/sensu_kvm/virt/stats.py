@@ -17,6 +17,7 @@ from sensu_kvm.virt.deadline import call_with_deadline, raw
 from sensu_kvm.virt.errors import reason, translate
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 # Per-domain fallbacks, for drivers whose bulk call lacks a group; each returns the bulk call's keys.
@@ -155,15 +156,20 @@ class DomainRecord:
     text, in perfdata labels and as a Sensu entity (without ``names``: mapped alone, no suffix).
     """
 
-    __slots__ = ("dom", "error", "name", "names", "stats", "uuid")
+    __slots__ = ("dom", "error", "name", "names", "stats", "uuid", "when")
 
-    def __init__(self, name: str, uuid: str, stats: dict[str, Any], error: str | None = None, dom: Any = None):
+    def __init__(self, name: str, uuid: str, stats: dict[str, Any], error: str | None = None, dom: Any = None,
+                 when: float | None = None):
         self.name = name
         self.uuid = uuid
         self.stats = stats
         self.error = error
         self.dom = dom
         self.names: Names | None = None
+        # When the counters were read: the middle of the call that answered them (None: not known).
+        # A rate divides by the time between two of these, so it must not include the listing, the
+        # other chunks or the pauses before a busy guest is asked again.
+        self.when = when
 
     @property
     def text(self) -> str:
@@ -284,6 +290,13 @@ def _complete(record: DomainRecord, groups: Iterable[str]) -> tuple[dict[str, An
     return found, None
 
 
+def _timed(func: Callable[..., R], *args: Any) -> tuple[R, float]:
+    """What ``func`` returns, and the middle of the time it took (when what it read was read)."""
+    before = time.time()
+    value = func(*args)
+    return value, (before + time.time()) / 2
+
+
 def _busy(stats: dict[str, Any], wanted: Iterable[str]) -> bool:
     """Whether QEMU answered a NOWAIT bulk call for this running domain without its job: then the
     balloon group has no ``balloon.rss`` and a disk with a source no ``capacity`` (measured on
@@ -332,8 +345,9 @@ def gather(conn: libvirt.virConnect, groups: Iterable[str], fill: bool = True,
     chunked = doms is not None or bool(MONITOR_GROUPS.intersection(wanted))
     records: list[DomainRecord]
     if not chunked:
-        records = [DomainRecord(dom.name(), dom.UUIDString(), dict(stats), None, dom)
-                   for dom, stats in _bulk(conn, flags, extra)]
+        answered, when = _timed(_bulk, conn, flags, extra)
+        records = [DomainRecord(dom.name(), dom.UUIDString(), dict(stats), None, dom, when if stats else None)
+                   for dom, stats in answered]
     else:
         if doms is None:
             try:
@@ -347,13 +361,13 @@ def gather(conn: libvirt.virConnect, groups: Iterable[str], fill: bool = True,
     lacking = [r for r in records if r.error is None and _lacks(r, filled)]
     if lacking:
         phase = f"reading statistics of {len(lacking)} domains one by one (the driver's bulk call lacks them)"
-        for record, answer in zip(lacking, in_parallel(lambda r: _complete(r, filled), lacking,
+        for record, answer in zip(lacking, in_parallel(lambda r: _timed(_complete, r, filled), lacking,
                                                         concurrency(), phase)):
             if answer is LATE:
                 record.error = late_error(phase)
             else:
-                record.stats.update(answer[0])
-                record.error = answer[1]
+                (found, record.error), record.when = answer
+                record.stats.update(found)
     return records
 
 
@@ -374,13 +388,13 @@ def _settle_busy(conn: libvirt.virConnect, busy: list[DomainRecord], flags: int,
             break
         time.sleep(pause)
         try:
-            answers = {dom.UUIDString(): dict(stats) for dom, stats in
-                       conn.domainListGetStats([raw(r.dom) for r in busy], flags, NOWAIT | extra)}
+            pairs, when = _timed(conn.domainListGetStats, [raw(r.dom) for r in busy], flags, NOWAIT | extra)
         except libvirt.libvirtError:
             break  # one of them is gone meanwhile: the busy ones stay busy
+        answers = {dom.UUIDString(): dict(stats) for dom, stats in pairs}
         for record in busy:
             if record.uuid in answers:
-                record.stats = answers[record.uuid]
+                record.stats, record.when = answers[record.uuid], when
         busy = [r for r in busy if _busy(r.stats, wanted)]
     for record in busy:
         record.error = BUSY
@@ -413,7 +427,8 @@ def _chunked(conn: libvirt.virConnect, doms: list[Any], flags: int, phase: str, 
             return {}
         return {dom.UUIDString(): dict(stats) for dom, stats in pairs}
 
-    answers = in_parallel(read, chunks, calls, phase) if len(chunks) > 1 else [read(chunks[0])]
+    answers = (in_parallel(lambda chunk: _timed(read, chunk), chunks, calls, phase) if len(chunks) > 1
+               else [_timed(read, chunks[0])])
     records = []
     for chunk, answer in zip(chunks, answers):
         for dom in chunk:
@@ -421,11 +436,10 @@ def _chunked(conn: libvirt.virConnect, doms: list[Any], flags: int, phase: str, 
             if answer is LATE:
                 records.append(DomainRecord(dom.name(), uuid, {}, late_error(phase), dom))
             else:
-                records.append(DomainRecord(dom.name(), uuid, answer.get(uuid, {}), None, dom))
+                stats, when = answer
+                records.append(DomainRecord(dom.name(), uuid, stats.get(uuid, {}), None, dom,
+                                            when if uuid in stats else None))
     return records
-
-
-R = TypeVar("R")
 
 
 def in_parallel(func: Callable[[T], R], items: list[T], threads: int, phase: str = "") -> list[Any]:
