@@ -60,6 +60,15 @@ def reference(dom: libvirt.virDomain, image: Path, out: Path) -> bytes:
     return out.read_bytes()
 
 
+def copy_whole(export: nbd.Export, out: Path, data: list[tuple[int, int]] | None = None) -> bytes:
+    """A raw file of the export's size holding the ``data`` ranges read over NBD (default: every
+    data extent) and holes elsewhere; its bytes."""
+    with out.open("wb") as f:
+        f.truncate(export.size)
+        export.copy(export.extents()[0] if data is None else data, f.fileno())
+    return out.read_bytes()
+
+
 class Run:
     def __init__(self, dom: libvirt.virDomain, folder: Path, scratch_dir: Path) -> None:
         self.dom = dom
@@ -114,10 +123,7 @@ def test_full_then_incremental(guest: tuple[libvirt.virDomain, Path], images: Pa
         assert zeroed == []
         write(dom, "write -P 0x99 4M 1M")  # after the point in time: the export still shows the old data
         restored = images / "full.raw"
-        with restored.open("wb") as f:
-            f.truncate(export.size)
-            export.copy(data, f.fileno())
-    assert restored.read_bytes() == ref1
+        assert copy_whole(export, restored, data) == ref1
     run.end()
     run.assert_gone()
     assert backupjobs.checkpoint_names(dom, "spk-") == ["spk-cp1"]
@@ -185,11 +191,7 @@ def test_scratch_full(conn: libvirt.virConnect, images: Path) -> None:
             after = reference(dom, image, images / "live3.raw")
             assert after[:40 * MiB] != b"\x32" * (40 * MiB)  # the guest's write failed
             with nbd.Export(run.socket, "vda") as export:
-                restored = images / "tiny.raw"
-                with restored.open("wb") as f:
-                    f.truncate(export.size)
-                    export.copy(export.extents()[0], f.fileno())
-            assert restored.read_bytes() == ref
+                assert copy_whole(export, images / "tiny.raw") == ref
             run.end()
             run.assert_gone()
         finally:
@@ -219,11 +221,7 @@ def test_scratch_full_pauses_a_writing_guest(conn: libvirt.virConnect, images: P
             assert backupjobs.running(dom)
             assert dom.jobStats(0)["disk_temp_used"] <= 16 * MiB
             with nbd.Export(run.socket, "vda") as export:
-                restored = images / "writer.raw"
-                with restored.open("wb") as f:
-                    f.truncate(export.size)
-                    export.copy(export.extents()[0], f.fileno())
-            assert restored.read_bytes() == ref
+                assert copy_whole(export, images / "writer.raw") == ref
             run.end()
             run.assert_gone()
             dom.resume()
@@ -254,10 +252,7 @@ def test_backing_chain_and_external_snapshot(conn: libvirt.virConnect, images: P
             data, _ = export.extents()
             assert data == [(0, 4 * MiB), (8 * MiB, 1 * MiB)]
             restored = images / "chain.raw"
-            with restored.open("wb") as f:
-                f.truncate(export.size)
-                export.copy(data, f.fileno())
-        assert restored.read_bytes() == ref
+            assert copy_whole(export, restored, data) == ref
         run.end()
         run.assert_gone()
 

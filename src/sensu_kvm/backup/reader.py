@@ -551,15 +551,23 @@ def verify_chain(path: str, progress: Progress | None = None) -> list[tuple[str,
             return HeadSink(member.name, _realsize(member), virtual_size=disks[target]["virtual_size"],
                             zeroed=disks[target].get("zeroed", []), what=f"{os.path.basename(link.path)}: {target}")
 
-        manifest, _xml, digest = scan_archive(link.path, sink, progress, formats=(FORMAT_V2,))
-        if digest != link.sha256:
-            raise Corrupt(f"{link.path}: the archive changed while it was read")
-        try:
-            policy.check_manifest(link.header, manifest)
-        except policy.Unsafe as err:
-            raise policy.Unsafe(f"{os.path.basename(link.path)}: {err}") from err
+        manifest, digest = scan_link(link, sink, progress)
         found.append((link.path, manifest, digest))
     return found
+
+
+def scan_link(link: Link, sink: Callable[[Member, dict[str, Any]], Any],
+              progress: Progress | None = None) -> tuple[dict[str, Any], str]:
+    """One link of a chain read whole through ``sink`` (as scan_archive), checked to be the
+    archive resolve_chain found (its sha256) and its manifest against its header; (manifest, sha256)."""
+    manifest, _xml, digest = scan_archive(link.path, sink, progress, formats=(FORMAT_V2,))
+    if digest != link.sha256:
+        raise Corrupt(f"{link.path}: the archive changed while it was read")
+    try:
+        policy.check_manifest(link.header, manifest)
+    except policy.Unsafe as err:
+        raise policy.Unsafe(f"{os.path.basename(link.path)}: {err}") from err
+    return manifest, digest
 
 
 def check_xml(header: dict[str, Any], xml: str) -> tuple[Any, list[policy.Ref]]:

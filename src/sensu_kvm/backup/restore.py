@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from sensu_kvm.backup import policy
-from sensu_kvm.backup.catalog import FORMAT_V2
 from sensu_kvm.backup.disks import disks_of
 from sensu_kvm.backup.hostinfo import _fail
 from sensu_kvm.backup.progress import Progress
@@ -27,6 +26,7 @@ from sensu_kvm.backup.reader import (
     read_header,
     resolve_chain,
     scan_archive,
+    scan_link,
 )
 from sensu_kvm.domxml import rewrite_xml
 from sensu_kvm.errors import BadRequest, Corrupt, KvmError, Refused
@@ -325,13 +325,7 @@ def rebuild(chain: list[Link], workdir: str, progress: Progress | None = None) -
             opened[target] = image
             return image
 
-        manifest, _xml, digest = scan_archive(link.path, sink, progress, formats=(FORMAT_V2,))
-        if digest != link.sha256:
-            raise Corrupt(f"{link.path}: the archive changed while it was read")
-        try:
-            policy.check_manifest(link.header, manifest)
-        except policy.Unsafe as err:
-            raise policy.Unsafe(f"{os.path.basename(link.path)}: {err}") from err
+        scan_link(link, sink, progress)
         if active - set(opened):
             raise Corrupt(f"{link.path}: images missing from the archive: {sorted(active - set(opened))}")
     return {t: convert_image(raws[t], disk["format"]) for t, disk in wanted.items()}
