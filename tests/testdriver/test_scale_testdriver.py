@@ -182,3 +182,64 @@ def test_the_concurrency_option_changes_nothing_but_the_calls(node: Path) -> Non
     outputs = {calls: run("check-kvm-blkerror", "-u", f"test://{node}", "-v", "--concurrency", calls).stdout
                for calls in ("1", "5", "17")}
     assert len(set(outputs.values())) == 1, outputs
+
+
+class Watched:
+    """A connection that notes the time window of each statistics call and the domains it answered
+    for; ``drop`` removes the vCPU statistics of one domain from every answer (a driver that lacks
+    them for it), so that the per-domain fallback completes that record."""
+
+    def __init__(self, conn: libvirt.virConnect, drop: str = "", pause: float = 0.05) -> None:
+        self.conn = conn
+        self.pause = pause
+        self.drop = drop
+        self.calls: list[tuple[float, float, set[str]]] = []
+        self.keys: dict[str, set[str]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+    def _watch(self, call: Any, *args: Any) -> list[Any]:
+        before = time.time()
+        time.sleep(self.pause)  # each call takes a while, so that their windows are told apart
+        pairs = [(d, {k: v for k, v in s.items() if not (d.UUIDString() == self.drop and k.startswith("vcpu."))})
+                 for d, s in call(*args)]
+        self.calls.append((before, time.time(), {d.UUIDString() for d, _s in pairs}))
+        self.keys.update((d.UUIDString(), set(s)) for d, s in pairs)
+        return pairs
+
+    def getAllDomainStats(self, *args: Any) -> list[Any]:
+        return self._watch(self.conn.getAllDomainStats, *args)
+
+    def domainListGetStats(self, *args: Any) -> list[Any]:
+        return self._watch(self.conn.domainListGetStats, *args)
+
+
+@pytest.mark.parametrize(("groups", "calls", "chunk"), [(["state"], 1, 100_000), (GROUPS, 3, 40), (GROUPS, 1, 100_000)])
+def test_each_record_is_timed_by_the_call_that_read_it(conn: libvirt.virConnect, monkeypatch: pytest.MonkeyPatch,
+                                                         groups: list[str], calls: int, chunk: int) -> None:
+    """Rates divide by the time between the reads of the counters: a record's ``when`` lies within
+    the call whose answer it holds, never at the start or end of the whole gather (issue 16), and a
+    record completed one by one (the driver's bulk answer lacked a group) is timed by that read."""
+    monkeypatch.setattr(stats, "CHUNK_MAX", chunk)
+    stats.set_concurrency(calls)
+    lacking = next(d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)
+                   if d.state()[0] == libvirt.VIR_DOMAIN_RUNNING)
+    watched = Watched(conn, lacking if "vcpu" in groups else "")
+    found = stats.gather(watched, groups)
+    assert len(found) == 300 and len(watched.calls) >= (1 if calls == 1 else 2)
+    last_call = max(end for _b, end, _u in watched.calls)
+    completed = 0
+    for record in found:
+        assert record.when is not None, record.name
+        if set(record.stats) - watched.keys[record.uuid]:  # completed one by one, after the bulk calls
+            assert record.when > last_call, record.name
+            completed += 1
+            continue
+        assert record.uuid != watched.drop or not watched.drop
+        windows = [(b, e) for b, e, uuids in watched.calls if record.uuid in uuids]
+        assert len(windows) == 1, record.name
+        # within the call's window, give or take the Python around it (a thread may wait a switch
+        # interval, 5 ms, for the GIL): each window is 50 ms wide, the whole read far longer
+        assert windows[0][0] - 0.01 <= record.when <= windows[0][1] + 0.01, record.name
+    assert completed >= (1 if "vcpu" in groups else 0)
