@@ -38,15 +38,15 @@ def qmp(dom: libvirt.virDomain, command: dict[str, Any]) -> Any:
     return json.loads(libvirt_qemu.qemuMonitorCommand(dom, json.dumps(command), 0))
 
 
-def write(dom: libvirt.virDomain, op: str) -> None:
-    qdev = qmp(dom, {"execute": "query-block"})["return"][0]["qdev"]
+def write(dom: libvirt.virDomain, op: str, disk: int = 0) -> None:
+    qdev = qmp(dom, {"execute": "query-block"})["return"][disk]["qdev"]
     out = hmp(dom, f'qemu-io -d {qdev} "{op}"')
     assert out.strip() == "", out
 
 
-def reference(dom: libvirt.virDomain, image: Path, out: Path) -> Path:
-    write(dom, "flush")
-    subprocess.run(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", str(image), str(out)], check=True)
+def reference(dom: libvirt.virDomain, image: Path, out: Path, disk: int = 0, fmt: str = "qcow2") -> Path:
+    write(dom, "flush", disk)
+    subprocess.run(["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", str(image), str(out)], check=True)
     return out
 
 
@@ -175,3 +175,83 @@ def test_full_of_a_writing_linux_guest(conn: libvirt.virConnect, images: Path) -
         assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
     finally:
         rig.cleanup(conn, f"{PREFIX}writer")
+
+
+def test_backing_file_disk(conn: libvirt.virConnect, images: Path) -> None:
+    """A clone of a template (top.qcow2 over base.qcow2) backs up through the API as the guest sees
+    it (the overlay engine refuses a backing chain), full then inc, each rebuilt equal."""
+    base = rig.make_qcow2(images / "template.qcow2", "64M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x61 0 4M", str(base)], check=True, capture_output=True)
+    top = images / "clone.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(top)], check=True)
+    dom = conn.defineXML(rig.noos_domain_xml(f"{PREFIX}clone", top))
+    dom.create()
+    try:
+        dest, state = images / "dest4", images / "state4"
+        dest.mkdir()
+        write(dom, "write -P 0x62 8M 1M")
+        ref = reference(dom, top, images / "ref-c0.raw")
+        first = backup(dest, state, dom, "--level", "auto")
+        assert first["level"] == "full" and first["disks"]["vda"]["data"] >= 5 * MiB  # the template's data too
+        assert same(rebuilt(first["archive"], images / "out-c0"), ref)
+        write(dom, "write -P 0x63 1M 1M")  # over the template's data
+        ref = reference(dom, top, images / "ref-c1.raw")
+        second = backup(dest, state, dom, "--level", "inc")
+        assert second["level"] == "inc" and second["disks"]["vda"]["data"] <= 2 * MiB
+        assert same(rebuilt(second["archive"], images / "out-c1"), ref)
+    finally:
+        rig.cleanup(conn, f"{PREFIX}clone")
+
+
+def test_raw_disk_copied_whole_in_an_inc(conn: libvirt.virConnect, images: Path) -> None:
+    """A raw second disk has no bitmap: the inc copies it whole and says so; both disks rebuild equal."""
+    qcow = rig.make_qcow2(images / "two-a.qcow2", "64M")
+    raw = images / "two-b.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(raw), "16M"], check=True)
+    xml = rig.noos_domain_xml(f"{PREFIX}two", qcow).replace(
+        "</disk>", f"</disk><disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{raw}'/>"
+        "<target dev='vdb' bus='virtio'/></disk>", 1)
+    dom = conn.defineXML(xml)
+    dom.create()
+    try:
+        dest, state = images / "dest5", images / "state5"
+        dest.mkdir()
+        write(dom, "write -P 0x71 0 2M", 1)
+        first = backup(dest, state, dom, "--level", "auto")
+        assert first["level"] == "full"
+        write(dom, "write -P 0x72 4M 1M", 0)
+        write(dom, "write -P 0x73 8M 1M", 1)
+        refs = {"vda": reference(dom, qcow, images / "ref-t-a.raw", 0),
+                "vdb": reference(dom, raw, images / "ref-t-b.raw", 1, "raw")}
+        done = subprocess.run([TOOL, "create", dom.name(), "--dest", str(dest), "--state-dir", str(state),
+                               "--engine", "api", "--level", "inc"], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        assert ", inc, " in done.stdout and "vdb copied whole (a raw disk has no dirty bitmap)" in done.stdout, done.stdout
+        archive = done.stdout.split(": ", 1)[1].split(" (", 1)[0]
+        out = images / "out-t"
+        out.mkdir()
+        files = restore.restore_files(archive, str(out))
+        assert set(files) == {"vda", "vdb"}
+        for target, path in files.items():
+            assert same(Path(path), refs[target]), target
+    finally:
+        rig.cleanup(conn, f"{PREFIX}two")
+
+
+def test_resize_gives_a_full_then_inc(guest: tuple[libvirt.virDomain, Path], images: Path) -> None:
+    dom, image = guest
+    dest, state = images / "dest6", images / "state6"
+    dest.mkdir()
+    first = backup(dest, state, dom, "--level", "auto")
+    assert first["level"] == "full"
+    dom.blockResize("vda", 96 * MiB, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+    write(dom, "write -P 0x81 80M 1M")
+    ref = reference(dom, image, images / "ref-r0.raw")
+    second = backup(dest, state, dom, "--level", "auto")
+    assert second["level"] == "full" and "vda was resized (67108864 -> 100663296 bytes)" in second["why_full"]
+    assert same(rebuilt(second["archive"], images / "out-r0"), ref)
+    write(dom, "write -P 0x82 90M 1M")
+    ref = reference(dom, image, images / "ref-r1.raw")
+    third = backup(dest, state, dom, "--level", "auto")
+    assert third["level"] == "inc"
+    assert same(rebuilt(third["archive"], images / "out-r1"), ref)
