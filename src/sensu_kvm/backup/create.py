@@ -10,20 +10,32 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from sensu_kvm.atomic import sync_dir
+from sensu_kvm.backup import pull
 from sensu_kvm.backup.archive import ArchiveWriter, header_json, manifest_json
 from sensu_kvm.backup.blockjobs import commit_back, commit_offline
-from sensu_kvm.backup.catalog import FORMAT, HEADER, MANIFEST, STATE_DIR, XML_MEMBER, archive_name, stamp
+from sensu_kvm.backup.catalog import (
+    FORMAT,
+    FORMAT_V2,
+    HEADER,
+    MANIFEST,
+    MAX_ZEROED,
+    STATE_DIR,
+    XML_MEMBER,
+    archive_name,
+    chain_record,
+    stamp,
+)
 from sensu_kvm.backup.disks import Disk, disks_of
 from sensu_kvm.backup.hostinfo import _fail, agent_answers
 from sensu_kvm.backup.journal import Journal, overlay_path
 from sensu_kvm.backup.progress import Progress
-from sensu_kvm.backup.reader import verify
+from sensu_kvm.backup.reader import scan_archive, verify
 from sensu_kvm.backup.recover import recover
 from sensu_kvm.backup.signals import shielded
 from sensu_kvm.errors import BadRequest, Interrupted, KvmError, NotUndone, Refused
 from sensu_kvm.qcow2 import backing_file, virtual_size
 from sensu_kvm.space import data_bytes, overlay_need, space_problems, statvfs_free
-from sensu_kvm.virt import api
+from sensu_kvm.virt import api, nbd
 from sensu_kvm.virt.versions import versions
 
 
@@ -39,6 +51,10 @@ class Options(NamedTuple):
     progress: bool = False
     quiesce: str = "auto"  # auto, never
     upload: Callable[[str, str], Any] | None = None  # (local archive, final name): sent while it is verified
+    engine: str = "overlay"  # auto, api, overlay (the v1 files path); stop/suspend/offline always take files
+    level: str = "full"  # full, inc, diff, auto: api engine only (a full when no usable chain, saying why)
+    max_chain: int = pull.MAX_CHAIN
+    scratch_dir: str | None = None  # the API's scratch files (default: beside each image)
 
 
 def plan_space(copied: list[Disk], live: bool, dest: str,
@@ -91,11 +107,14 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
         except api.Error as err:
             raise _fail(err, f"{name}: cannot read the domain") from err
         disks = disks_of(xml)
-        copied = check_disks(name, disks)
         running = state not in (api.VIR_DOMAIN_SHUTOFF, api.VIR_DOMAIN_CRASHED)
         mode = (opts.mode or "live") if running else "offline"
-        if mode == "live" and state == api.VIR_DOMAIN_PAUSED:
-            mode = "live"
+        engine, why_engine = choose_engine(opts, conn, dom, mode)
+        if why_engine:
+            log(f"{name}: {why_engine}")
+        if engine == "api":
+            return _create_api(conn, dom, opts, log, journal, xml, disks, started, clock)
+        copied = check_disks(name, disks)
         if not os.path.isdir(opts.dest):
             raise BadRequest(f"the destination {opts.dest} does not exist or is not a folder")
         if not os.access(opts.dest, os.W_OK | os.X_OK):
@@ -218,9 +237,252 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
                 "consistency": consistency, "created": int(started),
                 "disks": {f["target"]: {"size": f["size"], "data": f["data"]} for f in files if "target" in f},
                 "skipped": {d.target: d.why for d in disks if not d.copy},
-                "seconds": round(time.monotonic() - clock, 3), "verify_seconds": round(time.monotonic() - copied_at, 3)}
+                "seconds": round(time.monotonic() - clock, 3), "verify_seconds": round(time.monotonic() - copied_at, 3),
+                "engine": engine, "level": "full",
+                "why_full": f"the {engine} engine writes full backups only" if opts.level != "full" else "",
+                "checkpoint": None, "parent": None, "whole": {}}
     finally:
         journal.release()
+
+
+def choose_engine(opts: Options, conn: Any, dom: Any, mode: str) -> tuple[str, str]:
+    """(engine, what to tell): ``api`` (libvirt's backup API, kvm-backup/2), ``overlay`` (overlay +
+    copy + commit, kvm-backup/1) or ``files`` (stop, suspend, shut off: the image files, kvm-backup/1).
+    --engine auto takes api for a live backup when ``pull.unusable`` says nothing; an explicit
+    --engine api that cannot be used is Refused (one line: why)."""
+    if mode != "live":
+        said = f"--engine {opts.engine} applies to live backups; a {mode} backup copies the image files" \
+            if opts.engine == "api" else ""
+        return "files", said
+    if opts.engine == "overlay":
+        return "overlay", ""
+    why = pull.unusable(conn, dom)
+    if not why:
+        return "api", ""
+    if opts.engine == "api":
+        raise Refused(f"{dom.name()}: the backup API cannot be used: {why}")
+    return "overlay", f"the backup API cannot be used ({why}): overlay engine"
+
+
+def _disks_now(dom: Any, disks: list[Disk]) -> list[pull.DiskNow]:
+    found = []
+    for d in disks:
+        if not d.copy:
+            continue
+        try:
+            capacity = int(dom.blockInfo(d.target, 0)[0])
+        except api.Error as err:
+            raise _fail(err, f"{dom.name()}: {d.target}: cannot read its size") from err
+        found.append(pull.DiskNow(d.target, d.source, d.format, capacity))
+    return found
+
+
+def _create_api(conn: Any, dom: Any, opts: Options, log: Callable[[str], None], journal: Journal, xml: str,
+                disks: list[Disk], started: float, clock: float) -> dict[str, Any]:
+    """A live backup through libvirt's backup API (pull mode, kvm-backup/2): plan the level, begin the
+    job (frozen around backupBegin when the agent answers), read each disk's extents then its data
+    over NBD into the archive, end the job, verify, publish, then save the chain record and delete
+    the checkpoints it no longer needs. The journal has each step before it is done."""
+    name, uuid = dom.name(), dom.UUIDString()
+    now = _disks_now(dom, disks)
+    targets = [d.target for d in now]
+    if len(set(targets)) != len(targets):
+        raise Refused(f"{name}: two disks share a target name")
+    if not now:
+        raise Refused(f"{name}: no disk to copy")
+    if not os.path.isdir(opts.dest):
+        raise BadRequest(f"the destination {opts.dest} does not exist or is not a folder")
+    if not os.access(opts.dest, os.W_OK | os.X_OK):
+        raise BadRequest(f"the destination {opts.dest} is not writable")
+    if opts.scratch_dir is not None and not os.path.isdir(opts.scratch_dir):
+        raise BadRequest(f"the scratch folder {opts.scratch_dir} does not exist or is not a folder")
+    run = pull.names(uuid, started, {d.target: d.source for d in now}, opts.scratch_dir)
+    needs = [(opts.dest, sum(data_bytes(d.source) for d in now), "archive")]
+    needs += [(os.path.dirname(run.scratch[d.target]), overlay_need(d.virtual_size), "scratch files") for d in now]
+    problems = space_problems(needs, statvfs_free)
+    if problems:
+        raise Refused(f"{name}: " + "; ".join(problems))
+    for path in run.scratch.values():
+        if os.path.exists(path):
+            raise Refused(f"{name}: {path} exists already")
+    record = pull.load_record(opts.state_dir, uuid)
+    p = pull.plan(dom, now, record, opts.dest, opts.level, opts.max_chain)
+    if p.why_full and opts.level != "full":
+        log(f"{name}: a full backup instead of {opts.level}: {p.why_full}")
+    skip = [d.target for d in disks if not d.copy and d.device == "disk" and d.source]
+    named = started
+    final = os.path.join(opts.dest, archive_name(name, named, opts.compress, p.level))
+    while os.path.exists(final):
+        named += 1
+        final = os.path.join(opts.dest, archive_name(name, named, opts.compress, p.level))
+    partial = os.path.join(opts.dest, "." + os.path.basename(final) + ".partial")
+    writer: ArchiveWriter | None = None
+    files: list[dict[str, Any]] = []
+    began = False
+    try:
+        journal.save(domain=name, uuid=uuid, pid=os.getpid(), started=started, mode="live", engine="api",
+                     partial=partial, overlays={}, stopped=False, suspended=False, phase="start")
+        quiesce = opts.quiesce == "auto" and agent_answers(dom, dom.XMLDesc(0))
+        unfrozen = "--no-quiesce" if opts.quiesce != "auto" else "no guest agent answered"
+        journal.save(phase="begin", socket=run.socket, socket_dir=run.socket_dir, scratch=run.scratch,
+                     checkpoint=run.checkpoint, frozen=False)
+        frozen = False
+        try:
+            if quiesce:
+                journal.save(frozen=True)
+                why = pull.freeze(dom, log)
+                frozen = not why
+                unfrozen = why or unfrozen
+            try:
+                pull.begin(dom, run, now, skip, p)
+            except KvmError as err:
+                if p.level == "full":
+                    raise
+                words = " ".join(str(err).split())
+                p = pull.full(f"libvirt could not begin the {p.level} ({words})")
+                log(f"{name}: a full backup instead of {opts.level}: {p.why_full}")
+                final = os.path.join(opts.dest, archive_name(name, named, opts.compress, "full"))
+                partial = os.path.join(opts.dest, "." + os.path.basename(final) + ".partial")
+                journal.save(partial=partial)
+                pull.begin(dom, run, now, skip, p)
+        finally:
+            if quiesce:
+                pull.thaw(dom)
+                journal.save(frozen=False)
+        began = True
+        consistency = "quiesced" if frozen else f"crash-consistent ({unfrozen})"
+        journal.save(phase="copy")
+        exports: dict[str, nbd.Export] = {}
+        extents: dict[str, tuple[list[tuple[int, int]], list[tuple[int, int]]]] = {}
+        try:
+            for d in now:
+                bitmap = f"backup-{d.target}" if d.target in p.bitmaps else None
+                exports[d.target] = nbd.Export(run.socket, d.target, bitmap)
+                data, zeroed = exports[d.target].extents()
+                if len(zeroed) > MAX_ZEROED:  # stored as data: zstd makes the zeros nearly free
+                    data, zeroed = sorted(data + zeroed), []
+                extents[d.target] = (data, zeroed)
+            levels = {d.target: ("inc" if d.target in p.bitmaps else "full") for d in now}
+            whole = {t: pull.why_whole(next(d for d in now if d.target == t)) for t in p.whole}
+            by_target = {d.target: d for d in now}
+            header = {"format": FORMAT_V2, "domain": name, "uuid": uuid, "created": int(started),
+                      "created_text": time.strftime("%Y-%m-%d %H:%M:%S +0000", time.gmtime(started)),
+                      "mode": "live", "consistency": consistency, "host": os.uname().nodename,
+                      "versions": versions(conn),
+                      "chain": chain_record(p.level, run.checkpoint, p.since, p.parent, p.parent_sha256,
+                                            p.root or os.path.basename(final), p.depth),
+                      "disks": [{"target": d.target, "device": d.device, "source": d.source, "format": d.format,
+                                 "copied": d.copy,
+                                 **({"member": f"disks/{d.target}.img", "stored": "raw-sparse",
+                                     "level": levels[d.target], "virtual_size": by_target[d.target].virtual_size,
+                                     "zeroed": [list(z) for z in extents[d.target][1]]} if d.copy else {}),
+                                 **({"why": d.why} if d.why else {})} for d in disks]}
+            writer = ArchiveWriter(partial, opts.compress)
+            writer.member(HEADER, header_json(header), started)
+            xraw = xml.encode()
+            files.append({"member": XML_MEMBER, "size": len(xraw), "stored": len(xraw),
+                          "sha256": writer.member(XML_MEMBER, xraw, started)})
+            progress = Progress(sum(n for data, _z in extents.values() for _o, n in data), opts.progress, opts.bwlimit)
+            for d in now:
+                progress.label = f"{name} {d.target}"
+                export = exports[d.target]
+
+                def read(view: memoryview, offset: int, export: nbd.Export = export) -> int:
+                    got = export.read(len(view), offset)
+                    view[:len(got)] = got
+                    return len(got)
+
+                member = f"disks/{d.target}.img"
+                info = writer.extents_member(member, export.size, extents[d.target][0], read, progress)
+                files.append({"member": member, "target": d.target, "source": d.source, "format": d.format,
+                              "size": info["size"], "data": info["data"], "sha256": info["sha256"]})
+            progress.finish()
+            writer.member(MANIFEST, manifest_json(header, files), started)
+            writer.close(sync=opts.upload is None)
+            writer = None
+        finally:
+            for export in exports.values():
+                export.close()
+        with shielded():  # the guest must not keep a scratch growing while we verify
+            pull.end(dom, pull.marks(journal.data))
+            pull.remove_files(journal.data)
+            journal.save(phase="ended")
+    except BaseException:
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.abort()
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        with shielded(raise_pending=False):
+            if journal.data.get("frozen"):
+                pull.thaw(dom)
+            with contextlib.suppress(KvmError):
+                pull.end(dom, pull.marks(journal.data))
+            pull.remove_files(journal.data)
+            if began or run.checkpoint in _checkpoints(dom):
+                with contextlib.suppress(KvmError):
+                    pull.delete_checkpoint(dom, run.checkpoint)
+        journal.remove()
+        raise
+    copied_at = time.monotonic()
+    upload: dict[str, Any] = {}
+    try:
+        journal.save(phase="verify", final=final)
+        sender = None
+        if opts.upload is not None:
+            def send() -> None:
+                try:
+                    upload["result"] = opts.upload(partial, os.path.basename(final))  # type: ignore[misc]
+                except BaseException as err:
+                    upload["error"] = err
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+        _manifest, _xml, digest = scan_archive(partial, formats=(FORMAT_V2,))
+        if sender is not None:
+            sender.join()
+            if "error" in upload:
+                raise upload["error"]
+        journal.save(phase="publish")
+        try:
+            os.link(partial, final)
+            os.unlink(partial)
+        except OSError as err:
+            raise KvmError(f"cannot publish {final}: {err.strerror}") from err
+        sync_dir(opts.dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        with shielded(raise_pending=False), contextlib.suppress(KvmError):
+            pull.delete_checkpoint(dom, run.checkpoint)
+        journal.remove()
+        raise
+    st = os.stat(final)
+    base = os.path.basename(final)
+    root = p.root or base
+    root_sha = digest if p.level == "full" else str((record.get(os.path.realpath(opts.dest)) or {})
+                                                     .get("root_sha256") or "")
+    root_cp = p.root_checkpoint or run.checkpoint
+    entry = pull.link(base, digest, st.st_size, st.st_mtime, p.level, run.checkpoint, root, root_sha, root_cp,
+                      p.depth, now, levels)
+    with shielded():
+        journal.save(phase="published", record=entry, dest=opts.dest)
+        pull.save_record(opts.state_dir, uuid, opts.dest, entry)
+        pull.prune_checkpoints(dom, {run.checkpoint, root_cp}, log)
+        journal.remove()
+    return {"domain": name, "uuid": uuid, "archive": final, "upload": upload.get("result"), "size": st.st_size,
+            "sha256": digest, "mode": "live", "consistency": consistency, "created": int(started),
+            "disks": {f["target"]: {"size": f["size"], "data": f["data"]} for f in files if "target" in f},
+            "skipped": {d.target: d.why for d in disks if not d.copy},
+            "seconds": round(time.monotonic() - clock, 3), "verify_seconds": round(time.monotonic() - copied_at, 3),
+            "engine": "api", "level": p.level, "why_full": p.why_full, "checkpoint": run.checkpoint,
+            "parent": p.parent, "whole": whole}
+
+
+def _checkpoints(dom: Any) -> list[str]:
+    try:
+        return pull.checkpoint_names(dom)
+    except KvmError:
+        return []
 
 
 

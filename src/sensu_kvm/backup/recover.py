@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from sensu_kvm.backup import pull
 from sensu_kvm.backup.blockjobs import commit_back, commit_offline
 from sensu_kvm.backup.catalog import OVERLAY_TAG
 from sensu_kvm.backup.hostinfo import _fail, holders, live_chains
@@ -118,6 +119,8 @@ def recover(conn: Any, journal: Journal, log: Callable[[str], None], wait: float
     dom = _lookup_uuid(conn, data.get("uuid") or journal.uuid, name)
     remaining = dict(data.get("overlays") or {})
     try:
+        if data.get("engine") == "api":
+            done += _recover_api(dom, journal, name, wait)
         if dom is not None:
             settle(dom, data, log, wait)
         for target, pair in sorted(remaining.items()):
@@ -163,6 +166,52 @@ def recover(conn: Any, journal: Journal, log: Callable[[str], None], wait: float
             done.append(f"{name}: removed the temporary name {partial} of the published archive {final}" if published
                         else f"{name}: removed the unfinished archive {partial}")
     journal.remove()
+    return done
+
+
+def _recover_api(dom: Any, journal: Journal, name: str, wait: float) -> list[str]:
+    """A killed run of the api engine: the guest thawed, our backup job ended (one that names our
+    socket or scratch files; another job is left alone), its scratch files and socket folder removed,
+    the checkpoint it made deleted unless its archive was published (then its chain record saved and
+    the checkpoints it no longer needs deleted). Before ``settle``: a pull job never ends by itself."""
+    data = journal.data
+    done: list[str] = []
+    if dom is not None and dom.isActive():
+        if data.get("frozen"):
+            pull.thaw(dom)
+            done.append(f"{name}: thawed the guest's file systems (a killed backup had frozen them)")
+            journal.save(frozen=False)
+        deadline = time.monotonic() + wait
+        quiet_since = None
+        while True:  # a killed backupBegin may still be starting the job: end it once it is there
+            ended = pull.end(dom, pull.marks(data))
+            if ended:
+                done.append(f"{name}: ended the backup job a killed backup left")
+                quiet_since = None
+            if ended is False:
+                raise Refused(f"{name}: a backup job that is not ours runs on it; left alone: run kvm-backup recover "
+                              f"{name} again once it has ended")
+            now = time.monotonic()
+            quiet_since = quiet_since or now
+            if now - quiet_since >= SETTLE:
+                break
+            if now > deadline:
+                raise Refused(f"{name}: its backup job did not end after {wait:g}s; run kvm-backup recover {name} again")
+            time.sleep(0.1)
+    for path in pull.remove_files(data):
+        done.append(f"{name}: removed {path}")
+    checkpoint = data.get("checkpoint")
+    if dom is not None and data.get("phase") == "published" and isinstance(data.get("record"), dict):
+        entry = data["record"]
+        pull.save_record(journal.folder, journal.uuid, data.get("dest") or "", entry)
+        done.append(f"{name}: saved the chain record of the published {entry.get('archive')}")
+        for old in pull.prune_checkpoints(dom, {entry.get("checkpoint"), entry.get("root_checkpoint")}, lambda _l: None):
+            done.append(f"{name}: deleted the checkpoint {old} (no longer needed)")
+    elif dom is not None and checkpoint and checkpoint in pull.checkpoint_names(dom) \
+            and not (data.get("final") and os.path.exists(data["final"])):  # published: a later run prunes it
+        pull.delete_checkpoint(dom, checkpoint)
+        done.append(f"{name}: deleted the checkpoint {checkpoint} of the killed backup")
+    journal.save(scratch={}, socket_dir="")
     return done
 
 

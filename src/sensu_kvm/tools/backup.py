@@ -44,7 +44,12 @@ EXAMPLES = {
   kvm-backup create db1 --mode stop --force --shutdown-timeout 300 --dest /srv/backup
   kvm-backup create web1 --mode suspend --compress bzip2 --dest /srv/backup
   kvm-backup create --all --dest backup@vault:/srv/backup --rsh 'ssh -i /root/.ssh/backup'
-  kvm-backup create --all --dest /srv/backup --bwlimit 100 --json     (cron: quiet, JSON summary)""",
+  kvm-backup create --all --dest /srv/backup --bwlimit 100 --json     (cron: quiet, JSON summary)
+  kvm-backup create web1 --engine api --dest /srv/backup   live through libvirt's backup API (kvm-backup/2 full)
+  kvm-backup create web1 --engine api --level auto --dest /srv/backup   inc when a usable chain exists, else full
+  kvm-backup create web1 --engine api --level inc --max-chain 14 --dest /srv/backup
+  kvm-backup create web1 --engine api --level diff --dest /srv/backup   changes since the chain's full
+  kvm-backup create web1 --engine api --scratch-dir /var/lib/kvm-scratch --dest /srv/backup""",
     "verify": """\
   kvm-backup verify /srv/backup/web1-20240501T020000Z.kvmbak.tar.zst
   kvm-backup verify /srv/backup/*.kvmbak.tar.zst --json""",
@@ -141,6 +146,21 @@ def parser() -> Parser:
     p.add_argument("--commit-bwlimit", type=number_arg(MAX_MIB_S, "MiB/s"), metavar="MIB/S",
                    help="live: limit the commit job (a guest writing faster than this keeps it from finishing; "
                         "above 0, at most 1048576)")
+    p.add_argument("--engine", choices=("auto", "api", "overlay"), default="overlay",
+                   help="live backups: api = libvirt's backup API read over NBD (kvm-backup/2, full/inc/diff); "
+                        "overlay = overlay + copy + commit (kvm-backup/1); auto = api where usable (libnbd, "
+                        "libvirt/QEMU backup support), else overlay. Default: overlay. Stop, suspend and shut off "
+                        "backups always copy the image files (kvm-backup/1)")
+    p.add_argument("--level", choices=("full", "inc", "diff", "auto"), default="full",
+                   help="api engine: inc = changes since the last backup to this --dest, diff = since the chain's "
+                        "full, auto = inc when a usable chain exists; without one a full is done and the summary "
+                        "says why (never a failure). Default: full")
+    p.add_argument("--max-chain", type=count_arg, default=create.pull.MAX_CHAIN, metavar="N",
+                   help="a full instead of an inc once the chain holds N archives (default: %(default)s)")
+    p.add_argument("--scratch-dir", type=path_arg, metavar="DIR",
+                   help="api engine: the folder of QEMU's scratch files (default: beside each image). It must "
+                        "exist and have existed when the domain started: QEMU runs in its own mount namespace "
+                        "and does not see a file system mounted after its start")
     p.add_argument("--work-dir", type=path_arg, metavar="DIR",
                    help="remote --dest: where the archive is built and verified before rsync "
                         f"(default: {catalog.STATE_DIR}/staging)")
@@ -262,7 +282,8 @@ def cmd_create(o: argparse.Namespace) -> int:
                               shutdown_timeout=o.shutdown_timeout, bwlimit=(o.bwlimit or 0) * catalog.MIB,
                               commit_bwlimit=int((o.commit_bwlimit or 0) * catalog.MIB),
                               progress=sys.stderr.isatty() and not o.json,
-                              quiesce="never" if o.no_quiesce else "auto")
+                              quiesce="never" if o.no_quiesce else "auto", engine=o.engine, level=o.level,
+                              max_chain=max(1, o.max_chain), scratch_dir=o.scratch_dir)
         if remote:
             host, folder = remote
             opts = opts._replace(upload=lambda path, name: remote_copy.upload(path, name, o.rsh, host, folder, log,
@@ -296,8 +317,13 @@ def cmd_create(o: argparse.Namespace) -> int:
                     results.append(result)
                     if not o.json:
                         skipped = "".join(f"; {t} not copied ({why})" for t, why in result["skipped"].items())
+                        level = result.get("level", "full")
+                        if result.get("why_full") and o.level != "full":
+                            level += f" instead of {o.level}: {result['why_full']}"
+                        whole = "".join(f"; {t} copied whole ({why})" for t, why in (result.get("whole") or {}).items())
                         say(f"{name}: {result['archive']} ({size_text(result['size'])}, {result['mode']}, "
-                            f"{result['consistency']}, {result['seconds']:.1f}s){skipped}")
+                            f"{result['engine']}, {level}, {result['consistency']}, {result['seconds']:.1f}s)"
+                            f"{skipped}{whole}")
                 except NotUndone as err:  # says itself what is left, and where
                     catalog.write_marker(marker_dir, name, str(err), time.time())
                     results.append({"domain": name, "ok": False, "error": str(err)})
