@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -161,3 +162,68 @@ def test_the_age_check_counts_an_inc_as_the_newest_backup(tmp_path):
                  "-w", "1h", "-c", "2h", "-u", "test:///default")
     assert result.returncode == 0, result.stdout
     assert "test: newest backup" in result.stdout and "(2 kept)" in result.stdout and "test_size=77B" in result.stdout
+
+
+# --- restore ----------------------------------------------------------------------------------------
+
+URI = ["-u", "test:///default"]
+
+
+def test_restore_of_each_point_gives_its_images_back(chain, tmp_path):
+    for index, point in enumerate(chain):
+        out = tmp_path / f"point{index}"
+        out.mkdir()
+        new = ["--name", f"copy{index}"] if index == 2 else []
+        result = run("kvm-backup", *URI, "restore", str(point.path), "--image-dir", str(out), "--json", *new)
+        assert result.returncode == 0, result.stderr
+        done = json.loads(result.stdout)
+        prefix = f"copy{index}" if new else chains.NAME
+        assert done["images"] == {"vda": str(out / f"{prefix}-vda.qcow2"), "vdb": str(out / f"{prefix}-vdb.raw")}
+        assert done["format"] == catalog.FORMAT_V2 and done["chain"][-1] == str(point.path)
+        assert chains.as_raw(done["images"]["vda"], "qcow2", tmp_path) == point.images["vda"], point.level
+        assert Path(done["images"]["vdb"]).read_bytes() == point.images["vdb"], point.level
+        info = subprocess.run(["qemu-img", "info", "--output=json", done["images"]["vda"]], capture_output=True,
+                              text=True, check=True).stdout
+        assert '"format": "qcow2"' in info and "backing-filename" not in info
+        assert names(out) == sorted([f"{prefix}-vda.qcow2", f"{prefix}-vdb.raw"])  # no work folder left
+        assert all(p.stat().st_mode & 0o777 == 0o600 for p in out.iterdir())
+    text = run("kvm-backup", *URI, "restore", str(chain[1].path), "--image-dir", str(tmp_path / "point0"))
+    assert text.returncode == 2 and "exists already" in text.stderr  # as v1: never over an image
+
+
+def test_restore_refuses_what_v1_refuses_in_the_last_archive_and_leaves_nothing(chain, tmp_path):
+    folder = chain[0].path.parent
+    out = tmp_path / "out"
+    out.mkdir()
+    evil = "<serial type='file'><source path='/etc/cron.d/spk-ch-evil'/><target port='0'/></serial>"
+    vda = chains.Disk("vda", "qcow2", chain[1].images["vda"], "inc", old=chain[0].images["vda"])
+    vdb = chains.Disk("vdb", "raw", chain[1].images["vdb"])
+    bad = chains.write(chains.stamped(folder, 90, "inc"), [vda, vdb],
+                       chains.inc_chain(chain[0].path, "cp0", "cp9", 1), "zstd", devices=evil)
+    before = names(folder)
+    line = refuses("kvm-backup", 2, *URI, "restore", str(bad), "--image-dir", str(out))
+    assert "/etc/cron.d/spk-ch-evil" in line
+    assert names(out) == [] and names(folder) == before and not Path("/etc/cron.d/spk-ch-evil").exists()
+    # images only where v1 puts them: not into the archive's folders when this host does not vouch for them
+    line = refuses("kvm-backup", 2, *URI, "restore", str(chain[2].path))  # no --image-dir: the archive's folders
+    assert "/var/lib/libvirt/images" in line and names(folder) == before
+    assert not Path(f"/var/lib/libvirt/images/{chains.NAME}-vda.qcow2").exists()
+
+
+def test_a_restore_that_fails_while_rebuilding_leaves_nothing(chain, tmp_path):
+    folder = chain[0].path.parent
+    out = tmp_path / "out"
+    out.mkdir()
+    # an inc whose sparse map goes beyond its disk: refused by the rebuild, after the full was written
+    vda = chains.Disk("vda", "qcow2", chain[0].images["vda"], "inc", parts=[(0, chains.BLK), (8 * chains.MIB,
+                                                                                             chains.BLK)],
+                      zeroed=[])
+    vdb = chains.Disk("vdb", "raw", chain[0].images["vdb"])
+    bad = chains.write(chains.stamped(folder, 30, "inc"), [vda, vdb], chains.inc_chain(chain[0].path, "cp0", "cpx", 1),
+                       "zstd", strict=False)
+    line = refuses("kvm-backup", 2, *URI, "restore", str(bad), "--image-dir", str(out))
+    assert bad.name in line and "goes beyond the size" in line
+    assert names(out) == []  # the work folder is gone too
+    chains.flip_byte(chain[1].path)
+    line = refuses("kvm-backup", 1, *URI, "restore", str(chain[2].path), "--image-dir", str(out))
+    assert chain[1].path.name in line and names(out) == []

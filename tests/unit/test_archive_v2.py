@@ -40,7 +40,7 @@ def test_gnu_tar_extracts_a_v2_full_as_the_raw_disk(tmp_path):
     assert (out / "disks" / "vda.img").read_bytes() == content
     assert (out / "disks" / "vda.img").stat().st_blocks * 512 < 1 * MIB  # its holes stay holes
     with pytest.raises(Corrupt, match="format 'kvm-backup/2'"):
-        reader.read_header(str(path))  # the tool's restore, verify and list are not wired to v2 yet
+        reader.read_header(str(path))  # kvm-backup/1 only unless the caller says both
 
 
 def test_the_writer_refuses_extents_it_cannot_store(tmp_path):

@@ -223,6 +223,24 @@ def read_header(path: str, formats: tuple[str, ...] = (FORMAT,)) -> dict[str, An
     return header
 
 
+def read_xml(path: str) -> str:
+    """The domain XML of a kvm-backup/2 archive (its second member), read from the start of the file
+    without the rest: restore checks it before anything is written, and ``scan_archive`` then confirms
+    it against the manifest (the caller compares what it reads there with this)."""
+    stream = Stream(path, hash_archive=False)
+    try:
+        member = next_member(stream)
+        if member is None or member.name != HEADER or member.size > 4 * MIB:
+            raise Corrupt(f"{path} is not a kvm-backup archive (no {HEADER} first)")
+        stream.exact(member.size + (-member.size % BLOCK), HEADER)
+        member = next_member(stream)
+        if member is None or member.name != XML_MEMBER or member.size > 4 * MIB:
+            raise Corrupt(f"{path}: {XML_MEMBER} does not follow the header")
+        return stream.exact(member.size, XML_MEMBER).decode("utf-8", "replace")
+    finally:
+        stream.close()
+
+
 class ImageSink:
     """Writes a sparse member's payload into a new image file (never an existing file, never through
     a symlink; in the folder ``dir_fd`` when given): the map, then the data at its offsets.

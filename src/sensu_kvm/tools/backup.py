@@ -58,7 +58,9 @@ EXAMPLES = {
   kvm-backup restore ARCHIVE --force                        replace web1 (shut off) and its images
   kvm-backup restore ARCHIVE --name web1-copy --start       beside the original: new name, UUID, MACs
   kvm-backup restore ARCHIVE --name web1-test --image-dir /srv/scratch
-  kvm-backup restore ARCHIVE --allow-dir /srv/images --allow-readonly /srv/iso/debian-12.iso""",
+  kvm-backup restore ARCHIVE --allow-dir /srv/images --allow-readonly /srv/iso/debian-12.iso
+  kvm-backup restore /srv/backup/web1-20240503T020000Z.inc.kvmbak.tar.zst --name web1-may3
+                                           web1 as of that incremental, rebuilt from its chain""",
     "prune": """\
   kvm-backup prune /srv/backup --keep-last 3
   kvm-backup prune /srv/backup --keep-daily 7 --keep-weekly 4 --dry-run
@@ -110,7 +112,14 @@ socket NEW-<device><index>.sock), the guest agent's socket is libvirt's own, VNC
 autoport, interfaces lose a fixed tap name and a vsock its fixed CID; NVRAM is a fresh one from the
 firmware's template (the archive holds none), TPM state is blank (it is per UUID). Whatever paths
 the archive named there are dropped, never written to; such a file that exists already is reused
-only with --force, never through a symlink.""",
+only with --force, never through a symlink.
+
+A kvm-backup/2 archive (a full, an inc or a diff) restores the point in time it was made: the same
+checks, on that archive's own domain XML, then its chain (back to the full, each parent by name in
+the same folder with the sha256 its child names) is rebuilt in a private .kvm-restore-* folder
+beside the first image (every image must then go to one file system), each qcow2 disk converted back
+to a standalone qcow2 (no backing file), raw disks raw, and moved into place as above; the work
+folder is removed whatever happens.""",
 }
 
 
@@ -451,7 +460,7 @@ def cmd_list(o: argparse.Namespace) -> int:
 def cmd_restore(o: argparse.Namespace) -> int:
     if not os.path.isfile(o.archive):
         raise BadRequest(f"{o.archive} does not exist or is not a file")
-    reader.read_header(o.archive)  # a foreign archive: refused before connecting
+    reader.read_header(o.archive, (catalog.FORMAT, catalog.FORMAT_V2))  # a foreign archive: refused before connecting
     ro = virt.connect(o.uri, readonly=True)  # what this host allows is read through a read-only connection
     try:
         conn = virt.connect(o.uri, readonly=False)
