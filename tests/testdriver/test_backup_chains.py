@@ -227,3 +227,13 @@ def test_a_restore_that_fails_while_rebuilding_leaves_nothing(chain, tmp_path):
     chains.flip_byte(chain[1].path)
     line = refuses("kvm-backup", 1, *URI, "restore", str(chain[2].path), "--image-dir", str(out))
     assert chain[1].path.name in line and names(out) == []
+
+
+def test_restore_of_a_chain_without_a_copied_disk_defines_the_domain(tmp_path):
+    folder = tmp_path / "archives"
+    folder.mkdir()
+    full = chains.write(chains.stamped(folder, 0), [], chains.full_chain("cp0"), "zstd")
+    inc = chains.write(chains.stamped(folder, 60, "inc"), [], chains.inc_chain(full, "cp0", "cp1", 1), "zstd")
+    result = run("kvm-backup", *URI, "restore", str(inc), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["images"] == {} and names(folder) == sorted([full.name, inc.name])

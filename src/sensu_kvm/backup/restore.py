@@ -293,10 +293,8 @@ def _write_v2(chain: list[Link], paths: dict[str, str], folders: dict[str, int],
     if len(devices) > 1:
         raise BadRequest("a kvm-backup/2 restore puts every image on one file system (the images' folders "
                          f"{', '.join(sorted(folders))} are on several): use --image-dir")
-    first = sorted(folders)[0] if folders else ""
-    if not first:
-        raise Corrupt(f"{last.path}: the archive holds no image")
-    workdir = tempfile.mkdtemp(prefix=".kvm-restore-", dir=first)
+    # no copied disk: nothing is written, the chain is still read whole (every checksum)
+    workdir = tempfile.mkdtemp(prefix=".kvm-restore-", dir=sorted(folders)[0]) if folders else ""
     try:
         def confirm(hdr: dict[str, Any], xml: str) -> None:
             if hdr != last.header or xml != early:
@@ -306,7 +304,8 @@ def _write_v2(chain: list[Link], paths: dict[str, str], folders: dict[str, int],
         for target in paths:
             move(target, files[target], None)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _fresh(path: str, force: bool) -> None:
