@@ -74,14 +74,15 @@ class Disk:
 
 
 def write(path: Path, disks: list[Disk], chain: dict[str, Any], compress: str = "none",
-          header_changes: dict[str, Any] | None = None, strict: bool = True, devices: str = "") -> Path:
+          header_changes: dict[str, Any] | None = None, strict: bool = True, devices: str = "",
+          xml: str | None = None) -> Path:
     """A kvm-backup/2 archive as kvm-backup create will write it; ``strict=False`` writes the
     sparse maps as given (a crafted archive: the writer's own check of the extents is skipped);
-    ``devices`` more XML in the domain's <devices> (a crafted domain XML)."""
+    ``devices`` more XML in the domain's <devices> (a crafted domain XML), ``xml`` another domain XML."""
     header = {"format": catalog.FORMAT_V2, "domain": NAME, "uuid": UUID, "created": int(time.time()),
               "mode": "live", "engine": "backup-api-pull", "consistency": "crash-consistent",
               "disks": [d.header() for d in disks], "chain": chain, **(header_changes or {})}
-    xml = crafted.domain_xml(NAME, UUID, "".join(crafted.disk_xml(d.target, d.source, d.fmt) for d in disks),
+    xml = xml or crafted.domain_xml(NAME, UUID, "".join(crafted.disk_xml(d.target, d.source, d.fmt) for d in disks),
                              devices)
     writer = archive.ArchiveWriter(str(path), compress)
     writer.member(catalog.HEADER, archive.header_json(header))
