@@ -27,8 +27,8 @@ CHUNK = 4 * MIB
 BLOCK = 512
 SUFFIX = {"zstd": ".tar.zst", "bzip2": ".tar.bz2", "none": ".tar"}
 NAME_RE = re.compile(r"^(?P<domain>.+)-(?P<stamp>\d{8}T\d{6}Z)\.kvmbak(?P<ext>\.tar(?:\.zst|\.bz2)?)$")
-# a kvm-backup/2 archive's name, inc and diff included; scan() keeps NAME_RE (fulls only) until prune
-# keeps the archives a kept one depends on (design section 10)
+# any archive's name, a kvm-backup/2 inc and diff included (what scan() sees; prune keeps the archives a
+# kept one depends on)
 CHAIN_NAME_RE = re.compile(
     r"^(?P<domain>[^/]+)-(?P<stamp>\d{8}T\d{6}Z)(?:\.(?P<level>inc|diff))?\.kvmbak(?P<ext>\.tar(?:\.zst|\.bz2)?)$")
 
@@ -68,17 +68,20 @@ class Entry(NamedTuple):
     domain: str
     created: float
     size: int
+    level: str = "full"  # full (every kvm-backup/1 archive), inc or diff: from the name
 
 
 def scan(folder: str) -> list[Entry]:
-    """Published archives in ``folder`` (temporary files, markers and foreign files are ignored)."""
+    """Published archives in ``folder``, every level (temporary files, markers and foreign files are
+    ignored). An inc or diff is a backup of its own (a point a restore gives back), so the age check
+    counts it; prune keeps what it depends on."""
     found = []
     try:
         names = os.listdir(folder)
     except OSError as err:
         raise BadRequest(f"cannot read {folder}: {err.strerror}") from err
     for name in names:
-        match = NAME_RE.match(name)
+        match = CHAIN_NAME_RE.match(name)
         if not match or name.startswith("."):
             continue
         path = os.path.join(folder, name)
@@ -87,7 +90,7 @@ def scan(folder: str) -> list[Entry]:
             created = parse_stamp(match.group("stamp"))
         except (OSError, ValueError):
             continue
-        found.append(Entry(path, match.group("domain"), created, size))
+        found.append(Entry(path, match.group("domain"), created, size, match.group("level") or "full"))
     found.sort(key=lambda e: (e.domain, e.created))
     return found
 

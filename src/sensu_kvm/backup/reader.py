@@ -223,6 +223,24 @@ def read_header(path: str, formats: tuple[str, ...] = (FORMAT,)) -> dict[str, An
     return header
 
 
+def read_xml(path: str) -> str:
+    """The domain XML of a kvm-backup/2 archive (its second member), read from the start of the file
+    without the rest: restore checks it before anything is written, and ``scan_archive`` then confirms
+    it against the manifest (the caller compares what it reads there with this)."""
+    stream = Stream(path, hash_archive=False)
+    try:
+        member = next_member(stream)
+        if member is None or member.name != HEADER or member.size > 4 * MIB:
+            raise Corrupt(f"{path} is not a kvm-backup archive (no {HEADER} first)")
+        stream.exact(member.size + (-member.size % BLOCK), HEADER)
+        member = next_member(stream)
+        if member is None or member.name != XML_MEMBER or member.size > 4 * MIB:
+            raise Corrupt(f"{path}: {XML_MEMBER} does not follow the header")
+        return stream.exact(member.size, XML_MEMBER).decode("utf-8", "replace")
+    finally:
+        stream.close()
+
+
 class ImageSink:
     """Writes a sparse member's payload into a new image file (never an existing file, never through
     a symlink; in the folder ``dir_fd`` when given): the map, then the data at its offsets.
@@ -508,7 +526,10 @@ def resolve_chain(path: str) -> list[Link]:
         if not os.path.isfile(current):
             child = os.path.basename(links[-1].path) if links else ""
             raise BadRequest(f"{child}: its parent {current} is missing" if child else f"{current} is not a file")
-        header = read_header(current, (FORMAT_V2,))
+        try:
+            header = read_header(current, (FORMAT_V2,))
+        except Corrupt as err:  # a chain's error names the archive that is bad
+            raise Corrupt(f"{os.path.basename(current)}: {err}" if current not in str(err) else str(err)) from err
         try:
             policy.check_header(header)
             chain = policy.check_v2(header)
@@ -532,7 +553,9 @@ def resolve_chain(path: str) -> list[Link]:
     return links
 
 
-def verify_chain(path: str, progress: Progress | None = None) -> list[tuple[str, dict[str, Any], str]]:
+def verify_chain(path: str, progress: Progress | None = None,
+                 on_xml: Callable[[dict[str, Any], str], object] | None = None,
+                 ) -> list[tuple[str, dict[str, Any], str]]:
     """Every archive a kvm-backup/2 archive needs, full first, read whole without writing anything:
     the links of ``resolve_chain``, each member's checksum, each sparse map against its disk's
     virtual size and zeroed ranges, each manifest against its header; [(path, manifest, sha256)].
@@ -551,16 +574,69 @@ def verify_chain(path: str, progress: Progress | None = None) -> list[tuple[str,
             return HeadSink(member.name, _realsize(member), virtual_size=disks[target]["virtual_size"],
                             zeroed=disks[target].get("zeroed", []), what=f"{os.path.basename(link.path)}: {target}")
 
-        manifest, digest = scan_link(link, sink, progress)
+        manifest, digest = scan_link(link, sink, progress, on_xml)
         found.append((link.path, manifest, digest))
     return found
 
 
+class Verified(NamedTuple):
+    """What ``verify_any`` found: the archive's header and manifest, its file's sha256, and the
+    archives it was checked with (itself alone for kvm-backup/1 and a full, else its chain, full first)."""
+
+    header: dict[str, Any]
+    manifest: dict[str, Any]
+    sha256: str
+    chain: list[str]
+
+
+def verify_any(path: str, progress: Progress | None = None) -> Verified:
+    """``verify`` of an archive of either format, as the tool's verify, list --verify and prune use
+    it: a kvm-backup/1 archive with every rule of ``verify(trust=True)``; a kvm-backup/2 archive with
+    its whole chain (``verify_chain``), every link's domain XML held to the structural rules
+    (``check_xml``). A bad link is named; a refusal by the rules and a missing parent are Corrupt
+    (exit 1: the backup cannot be restored), an archive that cannot be read at all BadRequest."""
+    header = read_header(path, (FORMAT, FORMAT_V2))
+    if header.get("format") == FORMAT:
+        manifest, digest = verify(path, progress, trust=True)
+        return Verified(header, manifest, digest, [path])
+
+    def on_xml(hdr: dict[str, Any], xml: str) -> None:
+        check_xml(hdr, xml)
+
+    try:
+        found = verify_chain(path, progress, on_xml)
+    except policy.Unsafe as err:
+        raise Corrupt(f"refused: {err}") from err
+    except BadRequest as err:  # the archive was read: a parent missing or unreadable breaks its chain
+        raise Corrupt(f"its chain is broken: {err}") from err
+    _last, manifest, digest = found[-1]
+    return Verified(header, manifest, digest, [p for p, _m, _d in found])
+
+
+def chain_total(path: str) -> int:
+    """The bytes of image data ``verify_any`` of ``path`` reads (for progress; 0 when unknown)."""
+    try:
+        header = read_header(path, (FORMAT, FORMAT_V2))
+        if header.get("format") == FORMAT:
+            return data_total(header)
+        return sum(data_total(link.header) for link in resolve_chain(path))
+    except KvmError:
+        return 0
+
+
 def scan_link(link: Link, sink: Callable[[Member, dict[str, Any]], Any],
-              progress: Progress | None = None) -> tuple[dict[str, Any], str]:
+              progress: Progress | None = None,
+              on_xml: Callable[[dict[str, Any], str], object] | None = None) -> tuple[dict[str, Any], str]:
     """One link of a chain read whole through ``sink`` (as scan_archive), checked to be the
-    archive resolve_chain found (its sha256) and its manifest against its header; (manifest, sha256)."""
-    manifest, _xml, digest = scan_archive(link.path, sink, progress, formats=(FORMAT_V2,))
+    archive resolve_chain found (its sha256) and its manifest against its header; (manifest, sha256).
+    Whatever is wrong with it names the link (a chain's error must say which archive is bad)."""
+    name = os.path.basename(link.path)
+    try:
+        manifest, _xml, digest = scan_archive(link.path, sink, progress, on_xml, formats=(FORMAT_V2,))
+    except KvmError as err:
+        if name in str(err):
+            raise
+        raise type(err)(f"{name}: {err}") from err
     if digest != link.sha256:
         raise Corrupt(f"{link.path}: the archive changed while it was read")
     try:

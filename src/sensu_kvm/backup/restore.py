@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from sensu_kvm.backup import policy
+from sensu_kvm.backup.catalog import FORMAT, FORMAT_V2
 from sensu_kvm.backup.disks import disks_of
 from sensu_kvm.backup.hostinfo import _fail
 from sensu_kvm.backup.progress import Progress
@@ -24,6 +25,7 @@ from sensu_kvm.backup.reader import (
     check_xml,
     data_total,
     read_header,
+    read_xml,
     resolve_chain,
     scan_archive,
     scan_link,
@@ -144,9 +146,21 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
             ro: Any = None) -> dict[str, Any]:
     """Check an archive against the archive policy (policy.py) and this host (``ro``: a read-only connection), then
     write its images under temporary names while checking every checksum; only when all is well,
-    move them into place, define the domain (and start it)."""
-    header = read_header(path)
-    policy.check_header(header)
+    move them into place, define the domain (and start it).
+
+    kvm-backup/1 and kvm-backup/2 share every check (the header, --name, the host's view, where the
+    images go, the domain XML against this host) and differ only in the writing: a kvm-backup/1
+    archive's members are written beside their destinations (``_write_v1``); a kvm-backup/2 archive
+    (a full, or an inc/diff: the point in time it was made) is rebuilt from its chain in a private
+    work folder on the destination's file system and converted back to qcow2 where the disk was one
+    (``_write_v2``). The host checks always run on the restored archive's own XML (the chain's last)."""
+    header = read_header(path, (FORMAT, FORMAT_V2))
+    chain: list[Link] | None = None
+    if header.get("format") == FORMAT_V2:
+        chain = resolve_chain(path)  # every header checked, every parent's sha256
+        header = chain[-1].header
+    else:
+        policy.check_header(header)
     if new_name is not None and policy.name_problem(new_name):
         raise BadRequest(f"--name {policy.show(new_name)} {policy.name_problem(new_name)}")
     name = new_name or header["domain"]
@@ -163,7 +177,6 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
     # the logs and sockets of a copy go beside its first image (a folder the restore may write to)
     chardev_dir = os.path.dirname(sorted(paths.values())[0]) if paths else (image_dir or "")
     folders: dict[str, int] = {}
-    temps: dict[str, str] = {}
     checked: dict[str, Any] = {}
 
     def on_xml(hdr: dict[str, Any], xml: str) -> None:
@@ -178,15 +191,27 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
                 _fresh(file, force)
         policy.check_host(refs, readonly_ok, view.vouched)
         checked["root"] = root
+        checked["xml"] = xml
 
-    def sink(member: Member, hdr: dict[str, Any]) -> ImageSink:
-        target = policy.check_member(member.name, hdr, [policy.member_name(t) for t in temps])
+    def move(target: str, source: str, src_fd: int | None) -> None:
+        """One finished image into place, as --force and the folder allow (the new XML is made
+        before the first one moves: a failure there leaves nothing in place)."""
+        if "new_xml" not in checked:
+            checked["new_xml"] = rewrite_xml(ET.tostring(checked["root"], encoding="unicode"), paths, new_name)
         dest = paths[target]
-        tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.{os.getpid()}.kvm-restore-partial")
-        image = ImageSink(tmp, _realsize(member), folders[os.path.dirname(dest)])
-        temps[target] = tmp
-        return image
+        fd = folders[os.path.dirname(dest)]
+        src = os.path.basename(source) if src_fd is not None else source
+        try:
+            if _destination(target, dest, fd, force, view.overwritable):
+                os.replace(src, os.path.basename(dest), src_dir_fd=src_fd, dst_dir_fd=fd)
+            else:  # a link never replaces a file that appeared meanwhile
+                os.link(src, os.path.basename(dest), src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False)
+                os.unlink(src, dir_fd=src_fd)
+        except OSError as err:
+            raise KvmError(f"{target}: cannot move the image into place at {dest}: {err.strerror}") from err
 
+    shown = Progress(sum(data_total(link.header) for link in chain) if chain else data_total(header), progress) \
+        if progress else None
     try:
         for target, dest in paths.items():
             folder = os.path.dirname(dest)
@@ -196,34 +221,12 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
                 except OSError as err:
                     raise BadRequest(f"{target}: the folder {folder} does not exist (use --image-dir)") from err
             _destination(target, dest, folders[folder], force, view.overwritable)
-        try:
-            manifest, _xml, _digest = scan_archive(path, sink, Progress(data_total(header), progress) if progress
-                                                   else None, on_xml)
-            policy.check_manifest(header, manifest)
-            if set(temps) != set(paths):
-                raise Corrupt(f"{path}: images missing from the archive: {sorted(set(paths) - set(temps))}")
-            for target, tmp in temps.items():
-                problem = policy.image_problem(_head(tmp, folders[os.path.dirname(tmp)]))
-                if problem:
-                    raise policy.Unsafe(f"{target}: the image {problem}")
-            new_xml = rewrite_xml(ET.tostring(checked["root"], encoding="unicode"), paths, new_name)
-            for target, tmp in temps.items():
-                dest = paths[target]
-                fd = folders[os.path.dirname(dest)]
-                try:
-                    if _destination(target, dest, fd, force, view.overwritable):
-                        os.replace(os.path.basename(tmp), os.path.basename(dest), src_dir_fd=fd, dst_dir_fd=fd)
-                    else:  # a link never replaces a file that appeared meanwhile
-                        os.link(os.path.basename(tmp), os.path.basename(dest), src_dir_fd=fd, dst_dir_fd=fd,
-                                follow_symlinks=False)
-                        os.unlink(os.path.basename(tmp), dir_fd=fd)
-                except OSError as err:
-                    raise KvmError(f"{target}: cannot move the image into place at {dest}: {err.strerror}") from err
-        except BaseException:
-            for tmp in temps.values():
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.basename(tmp), dir_fd=folders[os.path.dirname(tmp)])
-            raise
+        if chain is None:
+            _write_v1(path, header, paths, folders, on_xml, move, shown)
+        else:
+            _write_v2(chain, paths, folders, on_xml, move, shown)
+        new_xml = checked.get("new_xml") or rewrite_xml(ET.tostring(checked["root"], encoding="unicode"), paths,
+                                                         new_name)
     finally:
         for fd in folders.values():
             os.close(fd)
@@ -236,7 +239,73 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
             dom.create()
     except api.Error as err:
         raise _fail(err, f"{name}: images restored to {', '.join(paths.values())}, but the domain") from err
-    return {"domain": name, "images": paths, "started": start, "from": header["domain"], "archive": path}
+    return {"domain": name, "images": paths, "started": start, "from": header["domain"], "archive": path,
+            "format": header["format"], "chain": [link.path for link in chain] if chain else [path]}
+
+
+Move = Callable[[str, str, "int | None"], None]
+
+
+def _write_v1(path: str, header: dict[str, Any], paths: dict[str, str], folders: dict[str, int],
+              on_xml: Callable[[dict[str, Any], str], None], move: Move, progress: Progress | None) -> None:
+    """kvm-backup/1: each member into a temporary file beside its destination while every checksum
+    is checked (the XML checked before the first image), then moved into place; on any failure the
+    temporaries are removed."""
+    temps: dict[str, str] = {}
+
+    def sink(member: Member, hdr: dict[str, Any]) -> ImageSink:
+        target = policy.check_member(member.name, hdr, [policy.member_name(t) for t in temps])
+        dest = paths[target]
+        tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.{os.getpid()}.kvm-restore-partial")
+        image = ImageSink(tmp, _realsize(member), folders[os.path.dirname(dest)])
+        temps[target] = tmp
+        return image
+
+    try:
+        manifest, _xml, _digest = scan_archive(path, sink, progress, on_xml)
+        policy.check_manifest(header, manifest)
+        if set(temps) != set(paths):
+            raise Corrupt(f"{path}: images missing from the archive: {sorted(set(paths) - set(temps))}")
+        for target, tmp in temps.items():
+            problem = policy.image_problem(_head(tmp, folders[os.path.dirname(tmp)]))
+            if problem:
+                raise policy.Unsafe(f"{target}: the image {problem}")
+        for target, tmp in temps.items():
+            move(target, tmp, folders[os.path.dirname(tmp)])
+    except BaseException:
+        for tmp in temps.values():
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.basename(tmp), dir_fd=folders[os.path.dirname(tmp)])
+        raise
+
+
+def _write_v2(chain: list[Link], paths: dict[str, str], folders: dict[str, int],
+              on_xml: Callable[[dict[str, Any], str], None], move: Move, progress: Progress | None) -> None:
+    """kvm-backup/2: the last archive's domain XML checked first (read from the start of the file,
+    then confirmed to be the one its manifest vouches for while the chain is read), the disks
+    rebuilt in a private ``.kvm-restore-*`` folder beside the first destination (the same file
+    system: every destination must be on it, so that each image is renamed into place, never
+    copied), then moved into place; the work folder is always removed."""
+    last = chain[-1]
+    early = read_xml(last.path)
+    on_xml(last.header, early)
+    devices = {os.fstat(fd).st_dev for fd in folders.values()}
+    if len(devices) > 1:
+        raise BadRequest("a kvm-backup/2 restore puts every image on one file system (the images' folders "
+                         f"{', '.join(sorted(folders))} are on several): use --image-dir")
+    # no copied disk: nothing is written, the chain is still read whole (every checksum)
+    workdir = tempfile.mkdtemp(prefix=".kvm-restore-", dir=sorted(folders)[0]) if folders else ""
+    try:
+        def confirm(hdr: dict[str, Any], xml: str) -> None:
+            if hdr != last.header or xml != early:
+                raise Corrupt(f"{last.path}: the archive changed while it was read")
+
+        files = rebuild(chain, workdir, progress, confirm)
+        for target in paths:
+            move(target, files[target], None)
+    finally:
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _fresh(path: str, force: bool) -> None:
@@ -290,7 +359,8 @@ def chain_starts(chain: list[Link]) -> dict[str, int]:
     return starts
 
 
-def rebuild(chain: list[Link], workdir: str, progress: Progress | None = None) -> dict[str, str]:
+def rebuild(chain: list[Link], workdir: str, progress: Progress | None = None,
+            on_xml: Callable[[dict[str, Any], str], object] | None = None) -> dict[str, str]:
     """Rebuild every copied disk of the chain's last archive as of that backup, in ``workdir`` (a
     private folder the caller made, on the file system of the images' destination, and removes):
     target -> the finished image there (``TARGET.raw`` or ``TARGET.qcow2``, mode 0600).
@@ -303,7 +373,7 @@ def rebuild(chain: list[Link], workdir: str, progress: Progress | None = None) -
 
     ``chain`` is ``reader.resolve_chain(path)``. A caller (``kvm-backup restore``) checks the last
     archive's domain XML and places the images (policy.place) as for kvm-backup/1, then moves the
-    files returned here into place."""
+    files returned here into place; ``on_xml`` is called with the last archive's XML as it is read."""
     starts = chain_starts(chain)
     wanted = _copied(chain[-1].header)
     raws = {t: os.path.join(workdir, f"{t}.raw") for t in wanted}
@@ -325,7 +395,7 @@ def rebuild(chain: list[Link], workdir: str, progress: Progress | None = None) -
             opened[target] = image
             return image
 
-        scan_link(link, sink, progress)
+        scan_link(link, sink, progress, on_xml if index == len(chain) - 1 else None)
         if active - set(opened):
             raise Corrupt(f"{link.path}: images missing from the archive: {sorted(active - set(opened))}")
     return {t: convert_image(raws[t], disk["format"]) for t, disk in wanted.items()}

@@ -52,6 +52,7 @@ EXAMPLES = {
   kvm-backup create web1 --engine api --scratch-dir /var/lib/kvm-scratch --dest /srv/backup""",
     "verify": """\
   kvm-backup verify /srv/backup/web1-20240501T020000Z.kvmbak.tar.zst
+  kvm-backup verify /srv/backup/web1-20240503T020000Z.inc.kvmbak.tar.zst   the inc and its chain to the full
   kvm-backup verify /srv/backup/*.kvmbak.tar.zst --json""",
     "list": """\
   kvm-backup list /srv/backup
@@ -62,10 +63,13 @@ EXAMPLES = {
   kvm-backup restore ARCHIVE --force                        replace web1 (shut off) and its images
   kvm-backup restore ARCHIVE --name web1-copy --start       beside the original: new name, UUID, MACs
   kvm-backup restore ARCHIVE --name web1-test --image-dir /srv/scratch
-  kvm-backup restore ARCHIVE --allow-dir /srv/images --allow-readonly /srv/iso/debian-12.iso""",
+  kvm-backup restore ARCHIVE --allow-dir /srv/images --allow-readonly /srv/iso/debian-12.iso
+  kvm-backup restore /srv/backup/web1-20240503T020000Z.inc.kvmbak.tar.zst --name web1-may3
+                                           web1 as of that incremental, rebuilt from its chain""",
     "prune": """\
   kvm-backup prune /srv/backup --keep-last 3
-  kvm-backup prune /srv/backup --keep-daily 7 --keep-weekly 4 --dry-run""",
+  kvm-backup prune /srv/backup --keep-daily 7 --keep-weekly 4 --dry-run
+  kvm-backup prune /srv/backup --keep-last 1 --dry-run   newest an inc: keeps it, its full and the incs between""",
     "recover": """\
   kvm-backup recover web1           commit back an overlay a killed run left, start/resume the guest
   kvm-backup recover web1 --wait 300   wait longer for libvirt to finish what the killed run started
@@ -74,7 +78,22 @@ EXAMPLES = {
 
 
 NOTES = {
+    "prune": """\
+Every archive counts as a backup, a kvm-backup/2 inc or diff too. Keeping an archive keeps every
+archive it builds on (its parents back to the full), whatever the policy says of them. An inc or diff
+whose chain is broken (a parent missing or unreadable) is no backup: the policy does not count it,
+it is named on stderr and goes like anything beyond the policy. The newest kept archive of each
+domain must verify, with its chain, before anything older of that domain is deleted. --dry-run
+lists every archive with what would be done and why.""",
+    "list": """\
+Level is full, inc or diff (kvm-backup/2), Parent the archive an inc or diff builds on; JSON also
+gives root, the full its chain starts with. An inc or diff whose parent is not in the folder shows
+as FAILED (its chain is broken). --verify reads each archive whole, an inc or diff with its chain.""",
     "verify": """\
+An inc or diff (kvm-backup/2) is verified with its whole chain back to the full: each parent must be
+in the same folder with the sha256 its child names, and every archive is read whole; a failure names
+the archive of the chain that is bad (a missing parent too: exit 1).
+
 Besides every sha256, verify refuses (as damaged, exit 1) an archive that no restore would accept:
 paths with '..', relative or not in normal form, member names that are not disks/<target>.img of the
 header's disks, a domain.xml whose name, UUID or disks differ from the header, a <backingStore> or
@@ -98,7 +117,14 @@ socket NEW-<device><index>.sock), the guest agent's socket is libvirt's own, VNC
 autoport, interfaces lose a fixed tap name and a vsock its fixed CID; NVRAM is a fresh one from the
 firmware's template (the archive holds none), TPM state is blank (it is per UUID). Whatever paths
 the archive named there are dropped, never written to; such a file that exists already is reused
-only with --force, never through a symlink.""",
+only with --force, never through a symlink.
+
+A kvm-backup/2 archive (a full, an inc or a diff) restores the point in time it was made: the same
+checks, on that archive's own domain XML, then its chain (back to the full, each parent by name in
+the same folder with the sha256 its child names) is rebuilt in a private .kvm-restore-* folder
+beside the first image (every image must then go to one file system), each qcow2 disk converted back
+to a standalone qcow2 (no backing file), raw disks raw, and moved into place as above; the work
+folder is removed whatever happens.""",
 }
 
 
@@ -370,15 +396,18 @@ def cmd_verify(o: argparse.Namespace) -> int:
     show = sys.stderr.isatty() and not o.json
     for path in o.archives:
         try:
-            header = reader.read_header(path)
-            manifest, digest = reader.verify(path, progress.Progress(reader.data_total(header), show) if show else None,
-                                             trust=True)
-            files = manifest.get("files", [])
+            found = reader.verify_any(path, progress.Progress(reader.chain_total(path), show) if show else None)
+            header = found.header
+            files = found.manifest.get("files", [])
+            level = (header.get("chain") or {}).get("level", "full")
             report.append({"archive": path, "ok": True, "domain": header["domain"], "files": len(files),
-                           "sha256": digest})
+                           "sha256": found.sha256, "format": header["format"], "level": level,
+                           "chain": found.chain})
             if not o.json:
-                say(f"{path}: OK ({header['domain']}, {when(header['created'])}, {len(files)} files, every sha256 "
-                    "matches)")
+                links = f", its chain of {len(found.chain)} archives back to the full too" if len(found.chain) > 1 \
+                    else ""
+                say(f"{path}: OK ({header['domain']}, {when(header['created'])}, {level}, {len(files)} files, every "
+                    f"sha256 matches{links})")
         except KvmError as err:
             failed += 1
             bad_input += isinstance(err, BadRequest)
@@ -391,6 +420,24 @@ def cmd_verify(o: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _roots(rows: list[dict[str, Any]]) -> None:
+    """Each row's ``root`` (the full its chain starts with), following the parents' names among the
+    rows; a chain whose parent is not there is marked FAILED (no restore can rebuild it)."""
+    by_name = {os.path.basename(r["archive"]): r for r in rows}
+    for row in rows:
+        current, seen = row, set()
+        while current.get("parent") and current["archive"] not in seen:
+            seen.add(current["archive"])
+            parent = by_name.get(current["parent"])
+            if parent is None:
+                if not str(row["verified"]).startswith("FAILED"):
+                    row["verified"] = f"FAILED: its chain is broken ({current['parent']} is missing)"
+                current = {}
+                break
+            current = parent
+        row["root"] = os.path.basename(current["archive"]) if current.get("level") == "full" else None
+
+
 def cmd_list(o: argparse.Namespace) -> int:
     if not os.path.isdir(o.folder):
         raise BadRequest(f"{o.folder} does not exist or is not a folder")
@@ -400,17 +447,21 @@ def cmd_list(o: argparse.Namespace) -> int:
     rows = []
     for entry in entries:
         row: dict[str, Any] = {"archive": entry.path, "domain": entry.domain, "created": int(entry.created),
-                               "age_seconds": int(now - entry.created), "size": entry.size}
+                               "age_seconds": int(now - entry.created), "size": entry.size, "level": entry.level,
+                               "parent": None, "root": None}
         try:
-            header = reader.read_header(entry.path)
+            header = reader.read_header(entry.path, (catalog.FORMAT, catalog.FORMAT_V2))
+            raw = header.get("chain")
+            chain: dict[str, Any] = raw if isinstance(raw, dict) else {}
             row.update(mode=header.get("mode"), consistency=header.get("consistency"),
-                       verified="at creation")
+                       verified="at creation", level=chain.get("level", "full"), parent=chain.get("parent"))
             if o.verify:
-                reader.verify(entry.path, trust=True)
-                row["verified"] = "yes, now"
+                reader.verify_any(entry.path)
+                row["verified"] = "yes, now" if row["level"] == "full" else "yes, now (with its chain)"
         except KvmError as err:
             row.update(mode="?", consistency="?", verified=f"FAILED: {err}")
         rows.append(row)
+    _roots(rows)
     failed = sum(1 for r in rows if str(r["verified"]).startswith("FAILED"))
     if o.json:
         say(json.dumps({"backups": rows, "failures": markers}, indent=1))
@@ -418,10 +469,12 @@ def cmd_list(o: argparse.Namespace) -> int:
     if not rows:
         say(f"no backups in {o.folder}")
     else:
-        lines = [["Domain", "Created", "Age", "Size", "Mode", "Consistency", "Verified", "Archive"]]
+        lines = [["Domain", "Created", "Age", "Size", "Level", "Mode", "Consistency", "Verified", "Archive",
+                  "Parent"]]
         for r in rows:
             lines.append([r["domain"], when(r["created"]), format_age(r["age_seconds"]), size_text(r["size"]),
-                          str(r["mode"]), str(r["consistency"]), str(r["verified"]), os.path.basename(r["archive"])])
+                          str(r["level"]), str(r["mode"]), str(r["consistency"]), str(r["verified"]),
+                          os.path.basename(r["archive"]), r["parent"] or "-"])
         for line in table(lines):
             say(line)
     for domain, marker in sorted(markers.items()):
@@ -433,7 +486,7 @@ def cmd_list(o: argparse.Namespace) -> int:
 def cmd_restore(o: argparse.Namespace) -> int:
     if not os.path.isfile(o.archive):
         raise BadRequest(f"{o.archive} does not exist or is not a file")
-    reader.read_header(o.archive)  # a foreign archive: refused before connecting
+    reader.read_header(o.archive, (catalog.FORMAT, catalog.FORMAT_V2))  # a foreign archive: refused before connecting
     ro = virt.connect(o.uri, readonly=True)  # what this host allows is read through a read-only connection
     try:
         conn = virt.connect(o.uri, readonly=False)
@@ -463,8 +516,11 @@ def cmd_prune(o: argparse.Namespace) -> int:
         say(json.dumps(report, indent=1))
     else:
         for item in report:
-            if item["action"] in ("would delete", "deleted"):
-                say(f"{item['action']} {item['archive']}")
+            if o.dry_run:  # the whole plan: what stays for a chain shows too
+                say(f"{item['action']} {item['archive']} ({item['why']})")
+            elif item["action"] == "deleted":
+                say(f"deleted {item['archive']}" + (f" (its chain is broken: {item['broken']})"
+                                                    if item["broken"] else ""))
         if not any(r["action"] != "keep" for r in report):
             say("nothing to prune")
     return EXIT_FAILED if any(r["action"] == "failed" for r in report) else EXIT_OK
