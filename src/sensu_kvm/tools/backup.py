@@ -538,9 +538,10 @@ def cmd_recover(o: argparse.Namespace) -> int:
     done: list[str] = []
     failed: list[str] = []
     try:
+        # the copies killed test restores left, first: they are no domains to recover
+        done += testrestore.clean_leftovers(conn, o.state_dir, log)
         doms = domains_for(conn, o.domains, o.all)
         with signals.interruptible():
-            done += testrestore.clean_leftovers(conn, o.state_dir, log)  # copies killed test restores left
             if o.all:
                 lines, problems = recover.recover_all(conn, o.state_dir, log, wait=o.wait)
                 done += lines
