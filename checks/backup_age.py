@@ -7,8 +7,8 @@ import time
 
 from sensu_kvm import virt
 from sensu_kvm.argtypes import duration_range, state_dir_arg
-from sensu_kvm.backup import catalog
-from sensu_kvm.contexts import Context
+from sensu_kvm.backup import catalog, tested
+from sensu_kvm.contexts import Context, Measurement
 from sensu_kvm.domains import Verdict, judge_each, read, report
 from sensu_kvm.durations import format_age
 from sensu_kvm.errors import BadRequest
@@ -20,7 +20,8 @@ NAME = "CheckKvmBackupAge"
 EXAMPLES = """\
   check-kvm-backup-age --backup-dir /srv/backup               WARNING after 26h, CRITICAL after 50h
   check-kvm-backup-age --backup-dir /srv/backup -w 8d -c 15d  weekly backups
-  check-kvm-backup-age --backup-dir /srv/backup --match '^web' --exclude test"""
+  check-kvm-backup-age --backup-dir /srv/backup --match '^web' --exclude test
+  check-kvm-backup-age --backup-dir /srv/backup --require-tested 8d --require-tested-critical 15d"""
 
 DESCRIPTION = """\
 Per domain: the age of its newest published backup in --backup-dir (archives of kvm-backup, which
@@ -29,7 +30,13 @@ default WARNING after 26h, CRITICAL after 50h). No backup at all, or a failure m
 kvm-backup run) newer than the newest backup: CRITICAL. Backups sent to a remote destination count
 through the receipt, and failures through the marker, that kvm-backup keeps in --state-dir. Perfdata
 per domain: age in seconds and size in bytes of the newest backup. Reads file names and sizes only:
-no archive is opened."""
+no archive is opened.
+
+--require-tested DURATION (and --require-tested-critical DURATION) also judges the test restores
+that `kvm-backup test-restore` recorded beside the archives (ARCHIVE.tested.json): WARNING
+(CRITICAL) when no kept backup of the domain passed a test restore within DURATION, or when the
+latest test restore of any of them failed or was refused (CRITICAL only with
+--require-tested-critical). Perfdata: tested_age, the seconds since the last passed test."""
 
 
 def contexts(options: argparse.Namespace) -> tuple[Context, Context]:
@@ -58,7 +65,41 @@ def judge_domain(record: virt.DomainRecord, entries: list[catalog.Entry], failur
     if failed_after and failure is not None:
         statuses.append(Status.CRITICAL)
         text += f"; a later backup failed {format_age(now - failure['time'])} ago: {failure['error']}"
-    return Verdict(Finding(name, worst(statuses), text), [age, size_of(newest.size, record.label)])
+    measured = [age, size_of(newest.size, record.label)]
+    if getattr(options, "require_tested", None) is not None or getattr(options, "require_tested_critical", None) \
+            is not None:
+        status, note, tested_age = judge_tested(entries, now, options, record.label)
+        statuses.append(status)
+        text += note
+        if tested_age is not None:
+            measured.append(tested_age)
+    return Verdict(Finding(name, worst(statuses), text), measured)
+
+
+def judge_tested(entries: list[catalog.Entry], now: float, options: argparse.Namespace,
+                 label: str) -> tuple[Status, str, Measurement | None]:
+    """(status, text to add, tested_age measurement or None) from the test-restore records beside a
+    domain's archives (pure but for reading those small files)."""
+    records = [r for r in (tested.read(e.path) for e in entries) if r is not None]
+    missing = Status.CRITICAL if options.require_tested_critical is not None else Status.WARNING
+    latest = max(records, key=lambda r: r.when) if records else None
+    passed = [r for r in records if r.result == "passed"]
+    statuses = []
+    text = ""
+    measurement: Measurement | None = None
+    if passed:
+        last = max(passed, key=lambda r: r.when)
+        context = Context("tested_age", "s", options.require_tested, options.require_tested_critical, 0, digits=0)
+        measurement = context(max(0.0, now - last.when), label)
+        statuses.append(measurement.status)
+        text += f"; last test restore passed {format_age(measurement.value)} ago"
+    else:
+        statuses.append(missing)
+        text += "; no backup passed a test restore"
+    if latest is not None and latest.result != "passed":
+        statuses.append(missing)
+        text += f"; the latest test restore {latest.result} {format_age(now - latest.when)} ago: {latest.message}"
+    return worst(statuses), text, measurement
 
 
 def check(options: argparse.Namespace) -> Report:
@@ -100,6 +141,12 @@ def parser() -> CheckParser:
                    help="WARNING when the newest backup is older (default: 26h)")
     p.add_argument("-c", "--critical", type=duration_range, default=duration_range("50h"), metavar="DURATION",
                    help="CRITICAL when the newest backup is older (default: 50h)")
+    p.add_argument("--require-tested", type=duration_range, metavar="DURATION",
+                   help="WARNING when no backup passed kvm-backup test-restore within DURATION, or the latest test "
+                        "restore failed")
+    p.add_argument("--require-tested-critical", type=duration_range, metavar="DURATION",
+                   help="CRITICAL when no backup passed kvm-backup test-restore within DURATION (a failed latest "
+                        "test restore is then CRITICAL too)")
     return p
 
 

@@ -344,7 +344,9 @@ COMMANDS: tuple[Command, ...] = (
                     "kvm-backup run failed since. Reads the backup folder's file names only (read-only libvirt).",
         ),
         # --state-dir here is kvm-backup's state folder, not the samples of the rate checks
-        options=URI_OPTIONS + THRESHOLDS + RUN_OPTIONS + (Option("--backup-dir"), Option("--state-dir")),
+        options=URI_OPTIONS + THRESHOLDS + RUN_OPTIONS + (Option("--backup-dir"), Option("--state-dir"),
+                                                            Option("--require-tested"),
+                                                            Option("--require-tested-critical")),
     ),
     Command(
         "metrics-kvm", "sensu_kvm.checks.metrics:main", Kind.METRICS,

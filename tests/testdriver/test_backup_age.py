@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from sensu_kvm.backup import archive as archives
-from sensu_kvm.backup import catalog
+from sensu_kvm.backup import catalog, tested
 from tests.conftest import run
 
 URI = ["-u", "test:///default"]
@@ -110,3 +110,46 @@ def test_list_verify_and_prune_as_processes(tmp_path):
     assert len(left) == 3 and any(n.startswith("db-") for n in left)
     assert run("kvm-backup", "prune", str(tmp_path)).returncode == 2
     assert run("kvm-backup", "list", str(tmp_path / "missing")).returncode == 2
+
+
+def write_tested(path: Path, result: str, age: float, message: str = "") -> None:
+    tested.write(str(path), tested.Record(path.name, "0" * 64, result, "agent" if result == "passed" else "", 12.5,
+                                          time.time() - age, message, "host1", "0.1.0"))
+
+
+def test_require_tested(tmp_path):
+    newest = archive(tmp_path, "test", 600)
+    result = check(tmp_path, "--require-tested", "8d")
+    assert result.returncode == 1, result.stdout
+    assert "test: newest backup 10m old (1 kept); no backup passed a test restore" in result.stdout
+    assert "tested_age" not in result.stdout
+    assert check(tmp_path, "--require-tested", "8d", "--require-tested-critical", "15d").returncode == 2
+    # a passed test of an older kept archive counts (weekly tests of daily backups)
+    older = archive(tmp_path, "test", 3 * 86400)
+    write_tested(older, "passed", 2 * 86400)
+    result = check(tmp_path, "--require-tested", "8d", "--require-tested-critical", "15d")
+    assert result.returncode == 0, result.stdout
+    assert "last test restore passed 2d" in result.stdout
+    assert re.search(r"test_tested_age=1728\d\ds;691200;1296000;0", result.stdout), result.stdout
+    # too old: WARNING, then CRITICAL
+    assert check(tmp_path, "--require-tested", "1d").returncode == 1
+    assert check(tmp_path, "--require-tested", "1d", "--require-tested-critical", "36h").returncode == 2
+    # the latest test failed: WARNING (CRITICAL with --require-tested-critical), even with an older pass
+    write_tested(newest, "failed", 60, "the guest agent did not answer guest-ping within 120s")
+    result = check(tmp_path, "--require-tested", "8d")
+    assert result.returncode == 1
+    assert "the latest test restore failed 1m ago: the guest agent did not answer" in result.stdout
+    assert check(tmp_path, "--require-tested", "8d", "--require-tested-critical", "15d").returncode == 2
+    write_tested(newest, "refused", 30, "verify: sha256 mismatch")
+    assert "the latest test restore refused" in check(tmp_path, "--require-tested", "8d").stdout
+    # a record that is not one (foreign, damaged, another archive's) counts as no test
+    (tmp_path / (newest.name + ".tested.json")).write_text("{not json")
+    assert "last test restore passed" in check(tmp_path, "--require-tested", "8d").stdout
+    # without the option the records are not read
+    assert check(tmp_path).returncode == 0
+
+
+def test_require_tested_bad_value(tmp_path):
+    result = check(tmp_path, "--require-tested", "weekly")
+    assert result.returncode == 3 and "invalid duration" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -3,12 +3,13 @@ verified archive of a domain."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from sensu_kvm.backup import reader
+from sensu_kvm.backup import reader, tested
 from sensu_kvm.backup.catalog import FORMAT, FORMAT_V2, Entry, scan
 from sensu_kvm.errors import BadRequest, Corrupt, KvmError
 
@@ -138,6 +139,8 @@ def prune(folder: str, keep_last: int, keep_daily: int, keep_weekly: int, dry_ru
         try:
             os.unlink(entry.path)
             item["action"] = "deleted"
+            with contextlib.suppress(OSError):  # its test-restore record goes with it
+                os.unlink(tested.record_path(entry.path))
         except OSError as err:
             item["action"] = "failed"
             log(f"cannot delete {entry.path}: {err.strerror}")

@@ -143,7 +143,7 @@ def _destination(target: str, dest: str, dir_fd: int, force: bool, overwritable:
 
 def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, force: bool, start: bool,
             progress: bool = False, allow_dirs: tuple[str, ...] = (), allow_readonly: tuple[str, ...] = (),
-            ro: Any = None) -> dict[str, Any]:
+            ro: Any = None, edit: Callable[[ET.Element, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Check an archive against the archive policy (policy.py) and this host (``ro``: a read-only connection), then
     write its images under temporary names while checking every checksum; only when all is well,
     move them into place, define the domain (and start it).
@@ -153,7 +153,11 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
     archive's members are written beside their destinations (``_write_v1``); a kvm-backup/2 archive
     (a full, or an inc/diff: the point in time it was made) is rebuilt from its chain in a private
     work folder on the destination's file system and converted back to qcow2 where the disk was one
-    (``_write_v2``). The host checks always run on the restored archive's own XML (the chain's last)."""
+    (``_write_v2``). The host checks always run on the restored archive's own XML (the chain's last).
+
+    ``edit(root, header)`` changes the checked domain XML in place (after ``policy.beside``, before
+    the host rules are checked, which then apply to what it left): ``kvm-backup test-restore``
+    removes the network and every shared host file there."""
     header = read_header(path, (FORMAT, FORMAT_V2))
     chain: list[Link] | None = None
     if header.get("format") == FORMAT_V2:
@@ -183,12 +187,17 @@ def restore(conn: Any, path: str, image_dir: str | None, new_name: str | None, f
         if hdr != header:  # the paths come from the header read first: it must be the one checked now
             raise Corrupt(f"{path}: the archive changed while it was read")
         root, refs = check_xml(hdr, xml)
+        chosen: list[str] = []
         if new_name:  # beside the original: host state of its own, in paths this restore chooses
             chosen = policy.beside(root, new_name, chardev_dir)
             refs = [r for r in policy.references(root, policy.copied_targets(hdr))
                     if not (r.kind == "log" and r.path in chosen)]
             for file in chosen:
                 _fresh(file, force)
+        if edit is not None:
+            edit(root, hdr)
+            refs = [r for r in policy.references(root, policy.copied_targets(hdr))
+                    if not (r.kind == "log" and r.path in chosen)]
         policy.check_host(refs, readonly_ok, view.vouched)
         checked["root"] = root
         checked["xml"] = xml

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -15,7 +16,20 @@ from typing import Any
 
 from sensu_kvm import __version__, space, virt
 from sensu_kvm.argtypes import count_arg, domain_arg, number_arg, path_arg, seconds_arg, text_arg
-from sensu_kvm.backup import catalog, create, disks, policy, progress, prune, reader, recover, restore, signals
+from sensu_kvm.backup import (
+    catalog,
+    create,
+    disks,
+    policy,
+    progress,
+    prune,
+    reader,
+    recover,
+    restore,
+    signals,
+    tested,
+    testrestore,
+)
 from sensu_kvm.backup import remote as remote_copy
 from sensu_kvm.durations import format_age
 from sensu_kvm.errors import BadRequest, Interrupted, KvmError, NotUndone, Refused
@@ -36,6 +50,7 @@ EXAMPLES = {
   kvm-backup list /srv/backup
   kvm-backup verify /srv/backup/web1-20240501T020000Z.kvmbak.tar.zst
   kvm-backup restore /srv/backup/web1-20240501T020000Z.kvmbak.tar.zst --name web1-copy --start
+  kvm-backup test-restore /srv/backup/web1-20240501T020000Z.kvmbak.tar.zst
   kvm-backup prune /srv/backup --keep-last 3 --keep-daily 7 --keep-weekly 4
   kvm-backup recover web1""",
     "create": """\
@@ -66,6 +81,11 @@ EXAMPLES = {
   kvm-backup restore ARCHIVE --allow-dir /srv/images --allow-readonly /srv/iso/debian-12.iso
   kvm-backup restore /srv/backup/web1-20240503T020000Z.inc.kvmbak.tar.zst --name web1-may3
                                            web1 as of that incremental, rebuilt from its chain""",
+    "test-restore": """\
+  kvm-backup test-restore /srv/backup/web1-20240501T020000Z.kvmbak.tar.zst   agent ping, else 30 s alive
+  kvm-backup test-restore ARCHIVE --sign disk --alive 60 --work-dir /srv/scratch
+  kvm-backup test-restore ARCHIVE --sign console --console-regex 'login:' --boot-timeout 300
+  kvm-backup test-restore ARCHIVE --allow-readonly /srv/kernels --json""",
     "prune": """\
   kvm-backup prune /srv/backup --keep-last 3
   kvm-backup prune /srv/backup --keep-daily 7 --keep-weekly 4 --dry-run
@@ -125,6 +145,20 @@ the same folder with the sha256 its child names) is rebuilt in a private .kvm-re
 beside the first image (every image must then go to one file system), each qcow2 disk converted back
 to a standalone qcow2 (no backing file), raw disks raw, and moved into place as above; the work
 folder is removed whatever happens.""",
+    "test-restore": """\
+Verifies the archive (every sha256 and structural rule; a damaged one is refused, nothing defined),
+restores it as ktr-<domain>-<hex> into --work-dir the way restore --name does (its own UUID, MACs,
+logs, NVRAM, TPM), without any network interface, shared folder, host/USB device, shared memory or
+disk not held in the archive (CD-ROMs too), starts it and waits for a sign of life (--sign):
+  agent    the guest agent answers guest-ping within --boot-timeout
+  disk     the copy stays running for --alive seconds, its disks readable (blockStats and a read of
+           the first sector) and not paused on an I/O error
+  console  a line matching --console-regex appears in its serial log within --boot-timeout
+  auto     agent when the domain has a guest agent channel, else disk (default)
+Then the copy is destroyed, undefined (with its NVRAM) and its files deleted, always; a journal in
+STATE-DIR/test-restore lets the next test-restore or recover remove what a killed run left. The
+result (passed, failed, refused) goes to ARCHIVE.tested.json, shown by list and judged by
+check-kvm-backup-age --require-tested. Exit 0 passed, 1 failed, 2 refused or bad options.""",
 }
 
 
@@ -220,6 +254,23 @@ def parser() -> Parser:
                    help="the domain may read this host file, or files under this folder: a CD-ROM image, a "
                         "kernel, firmware (repeatable)")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
+
+    p = sub("test-restore", "restore an archive under a temporary name, isolated, boot it, look for a sign of life, "
+            "remove it; record the result beside the archive", cmd_test_restore)
+    p.add_argument("archive", type=path_arg, metavar="ARCHIVE")
+    p.add_argument("--sign", choices=testrestore.SIGNS, default="auto",
+                   help="the sign of life: auto (default), agent, disk or console (see below)")
+    p.add_argument("--boot-timeout", type=seconds_arg, default=120.0, metavar="SECONDS",
+                   help="agent, console: how long to wait for the sign (default: 120)")
+    p.add_argument("--alive", type=seconds_arg, default=30.0, metavar="SECONDS",
+                   help="disk: how long the copy must stay running with readable disks (default: 30)")
+    p.add_argument("--console-regex", type=text_arg, metavar="REGEX",
+                   help="console: the pattern the serial log must show (needed with --sign console)")
+    p.add_argument("--work-dir", type=path_arg, metavar="DIR",
+                   help=f"where the copy's images and logs go (default: STATE-DIR/test, {catalog.STATE_DIR}/test)")
+    p.add_argument("--allow-readonly", type=path_arg, action="append", default=[], metavar="PATH",
+                   help="the copy may read this host file or folder: a kernel, firmware (repeatable)")
+    p.add_argument("--json", action="store_true", help="the record as JSON on stdout")
 
     p = sub("prune", "delete old archives beyond a policy; never the newest verified one of a domain", cmd_prune,
             libvirt=False)
@@ -455,11 +506,14 @@ def cmd_list(o: argparse.Namespace) -> int:
             chain: dict[str, Any] = raw if isinstance(raw, dict) else {}
             row.update(mode=header.get("mode"), consistency=header.get("consistency"),
                        verified="at creation", level=chain.get("level", "full"), parent=chain.get("parent"))
+            record = tested.read(entry.path)
+            row["tested"] = tested.summary(record)
+            row["tested_at"] = int(record.when) if record else None
             if o.verify:
                 reader.verify_any(entry.path)
                 row["verified"] = "yes, now" if row["level"] == "full" else "yes, now (with its chain)"
         except KvmError as err:
-            row.update(mode="?", consistency="?", verified=f"FAILED: {err}")
+            row.update(mode="?", consistency="?", verified=f"FAILED: {err}", tested="?", tested_at=None)
         rows.append(row)
     _roots(rows)
     failed = sum(1 for r in rows if str(r["verified"]).startswith("FAILED"))
@@ -469,11 +523,11 @@ def cmd_list(o: argparse.Namespace) -> int:
     if not rows:
         say(f"no backups in {o.folder}")
     else:
-        lines = [["Domain", "Created", "Age", "Size", "Level", "Mode", "Consistency", "Verified", "Archive",
+        lines = [["Domain", "Created", "Age", "Size", "Level", "Mode", "Consistency", "Verified", "Tested", "Archive",
                   "Parent"]]
         for r in rows:
             lines.append([r["domain"], when(r["created"]), format_age(r["age_seconds"]), size_text(r["size"]),
-                          str(r["level"]), str(r["mode"]), str(r["consistency"]), str(r["verified"]),
+                          str(r["level"]), str(r["mode"]), str(r["consistency"]), str(r["verified"]), str(r["tested"]),
                           os.path.basename(r["archive"]), r["parent"] or "-"])
         for line in table(lines):
             say(line)
@@ -510,6 +564,40 @@ def cmd_restore(o: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_test_restore(o: argparse.Namespace) -> int:
+    if not os.path.isfile(o.archive):
+        raise BadRequest(f"{o.archive} does not exist or is not a file")
+    if o.sign == "console":
+        if not o.console_regex:
+            raise BadRequest("--sign console needs --console-regex")
+        try:
+            re.compile(o.console_regex)
+        except re.error as err:
+            raise BadRequest(f"--console-regex {o.console_regex!r}: {err}") from err
+    opts = testrestore.Options(work_dir=o.work_dir or os.path.join(o.state_dir, "test"), state_dir=o.state_dir,
+                               sign=o.sign, boot_timeout=o.boot_timeout, alive=o.alive,
+                               console_regex=o.console_regex, allow_readonly=tuple(o.allow_readonly))
+    ro = virt.connect(o.uri, readonly=True)
+    try:
+        conn = virt.connect(o.uri, readonly=False)
+        try:
+            with signals.interruptible():
+                record = testrestore.test_restore(conn, ro, o.archive, opts, log)
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+    finally:
+        with contextlib.suppress(Exception):
+            ro.close()
+    if o.json:
+        say(json.dumps(record._asdict(), indent=1))
+    elif record.result == "passed":
+        say(f"{o.archive}: test restore passed ({record.sign}: {record.message}; {record.seconds:.1f}s)")
+    else:
+        log(f"{o.archive}: test restore {record.result}: {record.message}")
+    return {"passed": EXIT_OK, "failed": EXIT_FAILED}.get(record.result, EXIT_BAD_INPUT)
+
+
 def cmd_prune(o: argparse.Namespace) -> int:
     report = prune.prune(o.folder, o.keep_last, o.keep_daily, o.keep_weekly, o.dry_run, log)
     if o.json:
@@ -531,6 +619,8 @@ def cmd_recover(o: argparse.Namespace) -> int:
     done: list[str] = []
     failed: list[str] = []
     try:
+        # the copies killed test restores left, first: they are no domains to recover
+        done += testrestore.clean_leftovers(conn, o.state_dir, log)
         doms = domains_for(conn, o.domains, o.all)
         with signals.interruptible():
             if o.all:
