@@ -164,3 +164,15 @@ def test_killed_run_is_cleaned_by_recover(conn, images, guest, archives):
     assert "removed what a killed test-restore left" in result.stdout and name in result.stdout
     assert copies(conn) == [] and work_files(images) == []
     assert list((images / "state" / "test-restore").iterdir()) == []
+
+
+def test_console_and_disk_signs(conn, images, guest, archives):
+    result = test_restore(archives["good"], images, guest, "--sign", "console", "--console-regex", rig.READY_MARKER)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    out = json.loads(result.stdout)
+    assert out["sign"] == "console" and f"matched '{rig.READY_MARKER}'" in out["message"], out
+    result = test_restore(archives["good"], images, guest, "--sign", "disk", "--alive", "3")
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    out = json.loads(result.stdout)
+    assert out["sign"] == "disk" and out["message"] == "ran 3s with vda readable", out
+    assert copies(conn) == [] and work_files(images) == []

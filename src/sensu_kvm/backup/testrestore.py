@@ -151,8 +151,14 @@ def _running(dom: Any) -> str:
             api.VIR_DOMAIN_PAUSED: "paused"}.get(state, f"in state {state}")
 
 
-def _disks(xml: str) -> list[str]:
-    return [t.get("dev", "") for t in ET.fromstring(xml).iterfind("devices/disk/target") if t.get("dev")]
+def _disks(xml: str) -> list[tuple[str, str]]:
+    """(target, format) of every disk."""
+    found = []
+    for disk in ET.fromstring(xml).iterfind("devices/disk"):
+        target, driver = disk.find("target"), disk.find("driver")
+        if target is not None and target.get("dev"):
+            found.append((target.get("dev", ""), driver.get("type", "raw") if driver is not None else "raw"))
+    return found
 
 
 def _serial_log(xml: str) -> str | None:
@@ -205,14 +211,17 @@ def wait_sign(dom: Any, sign: str, opts: Options, sleep: Callable[[float], None]
         problem = _running(dom)
         if problem:
             return False, f"the copy is {problem} after {time.monotonic() - start:.1f}s"
-        for target in targets:
+        for target, fmt in targets:
             try:
                 dom.blockStats(target)
-                dom.blockPeek(target, 0, 512, 0)
+                if fmt == "raw":  # libvirt peeks into raw disks only; QEMU reads a qcow2's header for blockInfo
+                    dom.blockPeek(target, 0, 512, 0)
+                else:
+                    dom.blockInfo(target, 0)
             except api.Error as err:
                 return False, f"{target} is not readable: {err.get_error_message()}"
         if time.monotonic() - start >= opts.alive:
-            return True, f"ran {opts.alive:g}s with {', '.join(targets) or 'no disk'} readable"
+            return True, f"ran {opts.alive:g}s with {', '.join(t for t, _ in targets) or 'no disk'} readable"
         sleep(1)
 
 

@@ -151,8 +151,8 @@ restores it as ktr-<domain>-<hex> into --work-dir the way restore --name does (i
 logs, NVRAM, TPM), without any network interface, shared folder, host/USB device, shared memory or
 disk not held in the archive (CD-ROMs too), starts it and waits for a sign of life (--sign):
   agent    the guest agent answers guest-ping within --boot-timeout
-  disk     the copy stays running for --alive seconds, its disks readable (blockStats and a read of
-           the first sector) and not paused on an I/O error
+  disk     the copy stays running for --alive seconds, its disks readable (blockStats, and a read of
+           the first sector of a raw disk, blockInfo of a qcow2) and not paused on an I/O error
   console  a line matching --console-regex appears in its serial log within --boot-timeout
   auto     agent when the domain has a guest agent channel, else disk (default)
 Then the copy is destroyed, undefined (with its NVRAM) and its files deleted, always; a journal in
