@@ -112,6 +112,15 @@ def test_chain_full_inc_inc_diff(guest: tuple[libvirt.virDomain, Path], images: 
         assert same(rebuilt(result["archive"], images / f"out{i}"), ref), result["archive"]
     # only the checkpoints the record needs are left: the newest and the full's
     assert pull.checkpoint_names(dom) == sorted({results[3]["checkpoint"], results[0]["checkpoint"]})
+    # the tool's own readers take what create wrote: verify follows each chain, list shows the levels
+    for result in results[2:]:
+        done = subprocess.run([TOOL, "verify", result["archive"], "--json"], capture_output=True, text=True,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+    done = subprocess.run([TOOL, "list", str(dest), "--json"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    listed = {os.path.basename(b["archive"]): (b["level"], b["parent"]) for b in json.loads(done.stdout)["backups"]}
+    assert listed == {os.path.basename(r["archive"]): (r["level"], r["parent"]) for r in results}
 
 
 def test_bitmap_removed_gives_a_full(guest: tuple[libvirt.virDomain, Path], images: Path) -> None:

@@ -302,19 +302,25 @@ def _create_api(conn: Any, dom: Any, opts: Options, log: Callable[[str], None], 
     problems = space_problems(needs, statvfs_free)
     if problems:
         raise Refused(f"{name}: " + "; ".join(problems))
-    for path in run.scratch.values():
-        if os.path.exists(path):
-            raise Refused(f"{name}: {path} exists already")
     record = pull.load_record(opts.state_dir, uuid)
     p = pull.plan(dom, now, record, opts.dest, opts.level, opts.max_chain)
     if p.why_full and opts.level != "full":
         log(f"{name}: a full backup instead of {opts.level}: {p.why_full}")
     skip = [d.target for d in disks if not d.copy and d.device == "disk" and d.source]
+    # two runs within a second: never replace an archive nor reuse a checkpoint's name (libvirt
+    # refuses "domain moment ... already exists"), whichever level the run ends up at
+    taken = set(pull.checkpoint_names(dom))
     named = started
-    final = os.path.join(opts.dest, archive_name(name, named, opts.compress, p.level))
-    while os.path.exists(final):
-        named += 1
+    while True:
         final = os.path.join(opts.dest, archive_name(name, named, opts.compress, p.level))
+        run = pull.names(uuid, named, {d.target: d.source for d in now}, opts.scratch_dir)
+        if not (os.path.exists(final) or run.checkpoint in taken
+                or os.path.exists(os.path.join(opts.dest, archive_name(name, named, opts.compress, "full")))):
+            break
+        named += 1
+    for path in run.scratch.values():
+        if os.path.exists(path):
+            raise Refused(f"{name}: {path} exists already")
     partial = os.path.join(opts.dest, "." + os.path.basename(final) + ".partial")
     writer: ArchiveWriter | None = None
     files: list[dict[str, Any]] = []
