@@ -223,7 +223,7 @@ class StateFile:
                 if prefix is None or not entry.name.endswith(".tmp"):
                     continue
                 pid = entry.name[len(prefix):-len(".tmp")]
-                if pid.isdigit() and int(pid) != mine and not _alive(int(pid)):
+                if pid.isdigit() and int(pid) != mine and not pid_alive(int(pid)):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
 
@@ -248,7 +248,8 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} in a state file")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (someone else's too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -201,38 +201,14 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
             journal.remove()  # undone: nothing left for a later run
             raise
         copied_at = time.monotonic()
-        upload: dict[str, Any] = {}
-        sender = None
         try:
-            journal.save(phase="verify", final=final)
-            if opts.upload is not None:  # send while verifying; published there only once verified here
-                def send() -> None:
-                    try:
-                        upload["result"] = opts.upload(partial, os.path.basename(final))  # type: ignore[misc]
-                    except BaseException as err:
-                        upload["error"] = err
-                sender = threading.Thread(target=send, daemon=True)
-                sender.start()
-            _manifest, digest = verify(partial)
-            if sender is not None:
-                sender.join()
-                if "error" in upload:
-                    raise upload["error"]
-            journal.save(phase="publish")
-            try:
-                os.link(partial, final)  # fails rather than replace an archive of the same name
-                os.unlink(partial)
-            except OSError as err:
-                raise KvmError(f"cannot publish {final}: {err.strerror}") from err
-            sync_dir(opts.dest)
+            uploaded, digest = _verify_publish(opts, journal, partial, final, lambda path: verify(path)[1])
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(partial)
             journal.remove()
             raise
         journal.remove()
         size = os.stat(final).st_size
-        return {"domain": name, "uuid": uuid, "archive": final, "upload": upload.get("result"), "size": size,
+        return {"domain": name, "uuid": uuid, "archive": final, "upload": uploaded, "size": size,
                 "sha256": digest, "mode": mode,
                 "consistency": consistency, "created": int(started),
                 "disks": {f["target"]: {"size": f["size"], "data": f["data"]} for f in files if "target" in f},
@@ -243,6 +219,45 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
                 "checkpoint": None, "parent": None, "whole": {}}
     finally:
         journal.release()
+
+
+def _verify_publish(opts: Options, journal: Journal, partial: str, final: str,
+                    check: Callable[[str], str]) -> tuple[Any, str]:
+    """Verify the written archive with ``check`` (its sha256), sending it meanwhile when the
+    destination is remote (published there only once verified here), then publish it as ``final``
+    (a link: never over an archive of the same name). The upload's result and the sha256; on any
+    failure the partial archive is removed before raising (the caller undoes the rest)."""
+    upload: dict[str, Any] = {}
+    try:
+        journal.save(phase="verify", final=final)
+        sender = None
+        if opts.upload is not None:
+            send_to = opts.upload
+
+            def send() -> None:
+                try:
+                    upload["result"] = send_to(partial, os.path.basename(final))
+                except BaseException as err:
+                    upload["error"] = err
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+        digest = check(partial)
+        if sender is not None:
+            sender.join()
+            if "error" in upload:
+                raise upload["error"]
+        journal.save(phase="publish")
+        try:
+            os.link(partial, final)  # fails rather than replace an archive of the same name
+            os.unlink(partial)
+        except OSError as err:
+            raise KvmError(f"cannot publish {final}: {err.strerror}") from err
+        sync_dir(opts.dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    return upload.get("result"), digest
 
 
 def choose_engine(opts: Options, conn: Any, dom: Any, mode: str) -> tuple[str, str]:
@@ -431,33 +446,11 @@ def _create_api(conn: Any, dom: Any, opts: Options, log: Callable[[str], None], 
         journal.remove()
         raise
     copied_at = time.monotonic()
-    upload: dict[str, Any] = {}
     try:
-        journal.save(phase="verify", final=final)
-        sender = None
-        if opts.upload is not None:
-            def send() -> None:
-                try:
-                    upload["result"] = opts.upload(partial, os.path.basename(final))  # type: ignore[misc]
-                except BaseException as err:
-                    upload["error"] = err
-            sender = threading.Thread(target=send, daemon=True)
-            sender.start()
-        _manifest, _xml, digest = scan_archive(partial, formats=(FORMAT_V2,))
-        if sender is not None:
-            sender.join()
-            if "error" in upload:
-                raise upload["error"]
-        journal.save(phase="publish")
-        try:
-            os.link(partial, final)
-            os.unlink(partial)
-        except OSError as err:
-            raise KvmError(f"cannot publish {final}: {err.strerror}") from err
-        sync_dir(opts.dest)
+        # the new archive alone: its parent's sha256 is in the record, checked when the chain is read
+        uploaded, digest = _verify_publish(opts, journal, partial, final,
+                                           lambda path: scan_archive(path, formats=(FORMAT_V2,))[2])
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
         with shielded(raise_pending=False), contextlib.suppress(KvmError):
             pull.delete_checkpoint(dom, run.checkpoint)
         journal.remove()
@@ -475,7 +468,7 @@ def _create_api(conn: Any, dom: Any, opts: Options, log: Callable[[str], None], 
         pull.save_record(opts.state_dir, uuid, opts.dest, entry)
         pull.prune_checkpoints(dom, {run.checkpoint, root_cp}, log)
         journal.remove()
-    return {"domain": name, "uuid": uuid, "archive": final, "upload": upload.get("result"), "size": st.st_size,
+    return {"domain": name, "uuid": uuid, "archive": final, "upload": uploaded, "size": st.st_size,
             "sha256": digest, "mode": "live", "consistency": consistency, "created": int(started),
             "disks": {f["target"]: {"size": f["size"], "data": f["data"]} for f in files if "target" in f},
             "skipped": {d.target: d.why for d in disks if not d.copy},

@@ -26,6 +26,7 @@ from sensu_kvm.atomic import write_atomic
 from sensu_kvm.backup import reader, restore, tested
 from sensu_kvm.errors import BadRequest, Corrupt, KvmError
 from sensu_kvm.guestinfo import AGENT_CHANNEL
+from sensu_kvm.statefile import pid_alive
 from sensu_kvm.virt import api
 
 PREFIX = "ktr-"
@@ -68,16 +69,6 @@ def isolate(root: ET.Element, header: dict[str, Any]) -> None:
 
 def journal_dir(state_dir: str) -> str:
     return os.path.join(state_dir, "test-restore")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_copy(conn: Any, name: str, work_dir: str) -> list[str]:
@@ -124,7 +115,7 @@ def clean_leftovers(conn: Any, state_dir: str, log: Callable[[str], None]) -> li
         except (OSError, ValueError, KeyError, TypeError):
             log(f"{path}: not a test-restore journal; left alone")
             continue
-        if _alive(pid) and pid != os.getpid():
+        if pid_alive(pid) and pid != os.getpid():
             continue
         try:
             done = remove_copy(conn, name, work_dir)

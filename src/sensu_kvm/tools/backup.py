@@ -12,7 +12,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from sensu_kvm import __version__, space, virt
 from sensu_kvm.argtypes import count_arg, domain_arg, number_arg, path_arg, seconds_arg, text_arg
@@ -37,6 +37,7 @@ from sensu_kvm.snapshots import operations
 from sensu_kvm.tools import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Parser, common_options, run_tool, settle
 
 PROG = "kvm-backup"
+T = TypeVar("T")
 
 MAX_MIB_S = 1048576.0  # 1 TiB/s: a bandwidth limit beyond it is a typo, and would overflow libvirt's counter
 
@@ -537,24 +538,30 @@ def cmd_list(o: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def cmd_restore(o: argparse.Namespace) -> int:
-    if not os.path.isfile(o.archive):
-        raise BadRequest(f"{o.archive} does not exist or is not a file")
-    reader.read_header(o.archive, (catalog.FORMAT, catalog.FORMAT_V2))  # a foreign archive: refused before connecting
-    ro = virt.connect(o.uri, readonly=True)  # what this host allows is read through a read-only connection
+def _restoring(uri: str, work: Callable[[Any, Any], T]) -> T:
+    """``work(conn, ro)`` with a read-write connection and a read-only one (what this host allows is
+    read through the read-only one), interruptible by SIGINT/SIGTERM/SIGHUP; both closed after."""
+    ro = virt.connect(uri, readonly=True)
     try:
-        conn = virt.connect(o.uri, readonly=False)
+        conn = virt.connect(uri, readonly=False)
         try:
             with signals.interruptible():
-                result = restore.restore(conn, o.archive, o.image_dir, o.name, o.force, o.start,
-                                        sys.stderr.isatty() and not o.json, tuple(o.allow_dir),
-                                        tuple(o.allow_readonly), ro)
+                return work(conn, ro)
         finally:
             with contextlib.suppress(Exception):
                 conn.close()
     finally:
         with contextlib.suppress(Exception):
             ro.close()
+
+
+def cmd_restore(o: argparse.Namespace) -> int:
+    if not os.path.isfile(o.archive):
+        raise BadRequest(f"{o.archive} does not exist or is not a file")
+    reader.read_header(o.archive, (catalog.FORMAT, catalog.FORMAT_V2))  # a foreign archive: refused before connecting
+    result = _restoring(o.uri, lambda conn, ro: restore.restore(
+        conn, o.archive, o.image_dir, o.name, o.force, o.start, sys.stderr.isatty() and not o.json,
+        tuple(o.allow_dir), tuple(o.allow_readonly), ro))
     if o.json:
         say(json.dumps(result, indent=1))
     else:
@@ -577,18 +584,7 @@ def cmd_test_restore(o: argparse.Namespace) -> int:
     opts = testrestore.Options(work_dir=o.work_dir or os.path.join(o.state_dir, "test"), state_dir=o.state_dir,
                                sign=o.sign, boot_timeout=o.boot_timeout, alive=o.alive,
                                console_regex=o.console_regex, allow_readonly=tuple(o.allow_readonly))
-    ro = virt.connect(o.uri, readonly=True)
-    try:
-        conn = virt.connect(o.uri, readonly=False)
-        try:
-            with signals.interruptible():
-                record = testrestore.test_restore(conn, ro, o.archive, opts, log)
-        finally:
-            with contextlib.suppress(Exception):
-                conn.close()
-    finally:
-        with contextlib.suppress(Exception):
-            ro.close()
+    record = _restoring(o.uri, lambda conn, ro: testrestore.test_restore(conn, ro, o.archive, opts, log))
     if o.json:
         say(json.dumps(record._asdict(), indent=1))
     elif record.result == "passed":
