@@ -78,6 +78,9 @@ def test_chunked_calls_give_what_one_call_gives(conn: libvirt.virConnect, monkey
 def test_a_selection_reads_only_the_chosen_domains(conn: libvirt.virConnect, monkeypatch: pytest.MonkeyPatch) -> None:
     every = records(conn, GROUPS, 5, 500, monkeypatch)
     volatile = volatile_keys(every, records(conn, GROUPS, 5, 500, monkeypatch))
+    # a counter that happened to read the same twice may still move before the third read (seen once
+    # in a whole make test on a loaded machine): every counter is volatile here
+    volatile |= {k for _n, _u, s, _e in every for k in s if COUNTERS.match(k)}
     chosen = conn.listAllDomains(0)[10:13]
     names = {d.name() for d in chosen}
     assert stable(records(conn, GROUPS, 5, 2, monkeypatch, chosen), volatile) == stable(
