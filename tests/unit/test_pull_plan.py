@@ -56,6 +56,8 @@ def test_diff_starts_from_the_full(tmp_path: Path) -> None:
     ("resized", "vda was resized (67108864 -> 134217728 bytes)"),
     ("too long", "the chain has 30 archives (--max-chain 30)"),
     ("unreadable", "the chain record is unreadable"),
+    ("parent outside", "the chain record names '../etc/g-20261202T100000Z.inc.kvmbak.tar.zst', not an archive"),
+    ("root hidden", "the chain record names '.g-20261201T100000Z.kvmbak.tar.zst', not an archive"),
 ])
 def test_fallbacks_to_full(tmp_path: Path, change: str, why: str) -> None:
     dest = tmp_path / "dest"
@@ -78,6 +80,13 @@ def test_fallbacks_to_full(tmp_path: Path, change: str, why: str) -> None:
         disks = [DISKS[0]._replace(virtual_size=128 << 20)]
     elif change == "unreadable":
         del entry["depth"]
+    elif change == "parent outside":  # a state file edited to point anywhere: never followed
+        outside = tmp_path / "etc"
+        outside.mkdir()
+        (outside / "g-20261202T100000Z.inc.kvmbak.tar.zst").write_bytes(b"x" * 10)
+        entry["archive"] = "../etc/g-20261202T100000Z.inc.kvmbak.tar.zst"
+    elif change == "root hidden":
+        entry["root"] = ".g-20261201T100000Z.kvmbak.tar.zst"
     p = pull.plan(None, disks, record, str(dest), "auto", checkpoints=checkpoints)
     assert p.level == "full"
     assert why in p.why_full, p.why_full

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from sensu_kvm.atomic import write_atomic
-from sensu_kvm.backup.catalog import stamp
+from sensu_kvm.backup.catalog import CHAIN_NAME_RE, stamp
 from sensu_kvm.errors import KvmError
 from sensu_kvm.virt import api, backupjobs, nbd
 
@@ -160,6 +160,9 @@ def plan(dom: Any, disks: list[DiskNow], record: dict[str, Any], dest: str, leve
         root_cp = str(entry["root_checkpoint"])
     except (KeyError, TypeError, ValueError):
         return full("the chain record is unreadable")
+    for name in (parent, root):  # a state file is not trusted: only a plain archive name of this folder
+        if os.path.basename(name) != name or name.startswith(".") or not CHAIN_NAME_RE.match(name):
+            return full(f"the chain record names {name!r}, not an archive in {dest}")
     try:
         st = os.stat(path)
     except OSError:
