@@ -58,7 +58,7 @@ test: setup
 	$(BIN)/mypy src checks handlers tests
 	@bash tests/rig/host-setup.sh
 	@bash tests/services/setup.sh
-	@status=0; $(BIN)/pytest -q -ra $(TIERS) || status=$$?; bash tests/rig/host-teardown.sh; exit $$status
+	@status=0; $(BIN)/pytest -q -ra --durations=40 $(TIERS) || status=$$?; bash tests/rig/host-teardown.sh; exit $$status
 
 unit: setup
 	$(BIN)/pytest -q tests/unit

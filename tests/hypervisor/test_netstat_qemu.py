@@ -79,17 +79,23 @@ def guest(conn: libvirt.virConnect, images: Path, tap: str) -> libvirt.virDomain
     return dom
 
 
-def send_frames(stop: threading.Event) -> None:
-    """Broadcast frames of 1000 bytes into the tap at RATE a second (a refused send is a drop too)."""
+def send_frames(stop: threading.Event, sent: list[float]) -> None:
+    """Broadcast frames of 1000 bytes into the tap at RATE a second; the time of each one the kernel
+    took goes into ``sent``.
+
+    A busy host (a whole make test: two cores, TCG guests) can starve this thread below RATE (262/s
+    once), so the drops are compared with what was really sent in the window, not with RATE.
+    """
     frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + bytes(986)
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
         s.bind((TAP, 0))
-        start, sent = time.monotonic(), 0
+        start, tried = time.monotonic(), 0
         while not stop.is_set():
-            with contextlib.suppress(OSError):  # ENOBUFS: the tap's queue is full
+            with contextlib.suppress(OSError):  # ENOBUFS: refused before the tap, not one of its drops
                 s.send(frame)
-            sent += 1
-            time.sleep(max(0.0, start + sent / RATE - time.monotonic()))
+                sent.append(time.time())
+            tried += 1
+            time.sleep(max(0.0, start + tried / RATE - time.monotonic()))
 
 
 def domifstat() -> tuple[float, dict[str, int]]:
@@ -178,8 +184,8 @@ def test_traffic_qdisc_and_stopped_guest_rates_match_domifstat(guest: libvirt.vi
     assert (shaped.check("rx_drops_ps"), shaped.virsh("rx_drops_ps"), shaped.virsh("tx_drops_ps")) == (0, 0, 0)
 
     guest.suspend()  # nothing reads the tap any more: once its queue is full each frame is dropped
-    stop = threading.Event()
-    sender = threading.Thread(target=send_frames, args=(stop,), daemon=True)
+    stop, sent = threading.Event(), list[float]()
+    sender = threading.Thread(target=send_frames, args=(stop, sent), daemon=True)
     sender.start()
     try:
         rig.wait_for(lambda: domifstat()[1]["rx_drop"] > 0, 30, 0.5, "the first drops on the tap")
@@ -194,7 +200,9 @@ def test_traffic_qdisc_and_stopped_guest_rates_match_domifstat(guest: libvirt.vi
     assert stopped.second.returncode == 2, stopped.second
     assert stopped.second.stdout.startswith(f"CheckKvmNetstat CRITICAL: {NAME}: {TAP} rx_drops_ps "), stopped.second
     assert "; 1 interface without <target dev> not measured" in stopped.second.stdout.splitlines()[0]
-    assert stopped.virsh("rx_drops_ps") == pytest.approx(RATE, rel=0.1)  # every frame sent is dropped
+    sent_ps = sum(stopped.t1 <= t < stopped.t2 for t in sent) / (stopped.t2 - stopped.t1)
+    assert sent_ps > 100, sent_ps  # enough for the CRITICAL (-c 100) even on a starved host
+    assert stopped.virsh("rx_drops_ps") == pytest.approx(sent_ps, rel=0.1)  # every frame sent is dropped
     stopped.agrees("rx_drops_ps", "rx_packets_ps", "tx_packets_ps")
     assert (stopped.check("rx_packets_ps"), stopped.check("tx_packets_ps")) == (0, 0)
     assert warned.returncode == 1, warned
