@@ -436,7 +436,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "kvm-backup", "sensu_kvm.tools.backup:main", Kind.TOOL,
         "backups: live (external snapshot, copy, blockcommit), stop or suspend; verify, list, restore, prune, "
-        "recover; rsync to a remote host",
+        "recover; streamed to a remote host over ssh",
         Access.READ_WRITE_TO_ACT,
     ),
 )

@@ -300,8 +300,8 @@ def linux_guest_xml(
 
 def start_sshd(keys: Path) -> tuple[subprocess.Popen[bytes], str]:
     """An sshd on a free loopback port, with its own host key and a generated client key, as a
-    "remote host" for rsync over ssh: the process (terminate it afterwards) and the ``ssh``
-    command line (rsync --rsh) that reaches it as root."""
+    "remote host" for kvm-backup over ssh: the process (terminate it afterwards) and the ``ssh``
+    command line (kvm-backup --rsh) that reaches it as root."""
     keys.mkdir()
     for key in ("host", "client"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / key)], check=True)

@@ -11,7 +11,7 @@ for pkg in rabbitmq-server redis-server nagios4-core icinga2 influxdb prometheus
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || fresh=yes
 done
 bash "$here/../../packaging/install-debs.sh" rabbitmq-server redis-server nagios4-core icinga2 influxdb influxdb-client \
-  openssh-server openssh-client rsync zstd bzip2 graphite-carbon python3-whisper prometheus
+  openssh-server openssh-client zstd bzip2 graphite-carbon python3-whisper prometheus
 # Without systemd the packages' scripts may still start daemons (or leave RabbitMQ's epmd behind)
 # while they install: stop what the installation itself started, never a service already in use.
 if [ "$fresh" = yes ]; then

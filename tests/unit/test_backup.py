@@ -17,7 +17,7 @@ import pytest
 
 from sensu_kvm import domxml, space
 from sensu_kvm.backup import archive as archives
-from sensu_kvm.backup import catalog, disks, progress, prune, reader, remote, restore
+from sensu_kvm.backup import catalog, dest, disks, progress, prune, reader, restore
 from sensu_kvm.checks.backup_age import duration_range, judge_domain
 from sensu_kvm.errors import BadRequest, Corrupt
 from sensu_kvm.output import Status
@@ -251,10 +251,10 @@ def test_space_problems_per_file_system():
 
 
 def test_split_remote():
-    assert remote.split_remote("/srv/backup") is None
-    assert remote.split_remote("./a:b") is None
-    assert remote.split_remote("backup@vault:/srv/backup") == ("backup@vault", "/srv/backup")
-    assert remote.split_remote("vault:") == ("vault", ".")
+    assert dest.split_remote("/srv/backup") is None
+    assert dest.split_remote("./a:b") is None
+    assert dest.split_remote("backup@vault:/srv/backup") == ("backup@vault", "/srv/backup")
+    assert dest.split_remote("vault:") == ("vault", ".")
 
 
 def options(**kw):

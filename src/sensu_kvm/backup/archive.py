@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from sensu_kvm.backup.catalog import BLOCK, CHUNK, MIB
+from sensu_kvm.backup.dest import LocalFile, Output
 from sensu_kvm.backup.progress import Progress
 from sensu_kvm.errors import Corrupt, KvmError, Refused
 
@@ -174,32 +175,41 @@ class Relay:
 
 
 class ArchiveWriter:
-    """A tar stream into a compressor into ``path`` (created 0600, never overwritten)."""
+    """A tar stream into a compressor into an output (``dest.Output``: a local partial archive, or
+    the stream to a remote one); a path is a new local file there (0600, never over a file)."""
 
-    def __init__(self, path: str, compress: str) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    def __init__(self, out: Output | str, compress: str) -> None:
+        if isinstance(out, str):
+            out = LocalFile(out)
+        self.out = out
+        self.path = out.where
         self.proc: subprocess.Popen[bytes] | None = None
         command = compressor(compress)
         if command:
             try:
-                self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=self.fd, stderr=subprocess.PIPE)
+                self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out.fd, stderr=subprocess.PIPE)
             except OSError as err:
-                os.close(self.fd)
+                out.abort()
                 raise Refused(f"cannot run {command[0]}: {err.strerror}") from err
             assert self.proc.stdin is not None
             widen(self.proc.stdin)
             self.sink: IO[bytes] = self.proc.stdin
         else:
-            self.sink = os.fdopen(os.dup(self.fd), "wb", buffering=CHUNK)
+            self.sink = os.fdopen(os.dup(out.fd), "wb", buffering=CHUNK)
 
     def write(self, data: bytes | memoryview) -> None:
         try:
             self.sink.write(data)
         except BrokenPipeError as err:
-            raise KvmError(f"writing {self.path}: {self._why()}") from err
+            raise self._failure(self._why()) from err
         except OSError as err:
-            raise KvmError(f"writing {self.path}: {err.strerror}") from err
+            raise self._failure(err.strerror or str(err)) from err
+
+    def _failure(self, why: str) -> KvmError:
+        """The output's own failure when it has one (a cut it could not resume shows up here as a
+        broken pipe of the compressor), else ``why``."""
+        failure = getattr(self.out, "failure", None)
+        return failure if isinstance(failure, KvmError) else KvmError(f"writing {self.path}: {why}")
 
     def _why(self) -> str:
         if self.proc is not None:
@@ -283,24 +293,18 @@ class ArchiveWriter:
         return {"size": size, "data": data, "sha256": digest.hexdigest()}
 
     def close(self, sync: bool = True) -> None:
-        """End the tar stream and wait for the compressor; the file is synced to disk unless it is
-        only a staging copy for a remote destination (there the remote copy is synced)."""
+        """End the tar stream, wait for the compressor, then for the output (a local file is synced
+        to disk unless ``sync`` is False; a remote one is synced there when it is published)."""
         try:
             self.write(b"\0" * (2 * BLOCK))
             self.sink.close()
         except OSError as err:
-            raise KvmError(f"writing {self.path}: {err.strerror}") from err
+            raise self._failure(err.strerror or str(err)) from err
         if self.proc is not None:
             self.proc.wait()
             if self.proc.returncode:
-                raise KvmError(f"writing {self.path}: {self._why()}")
-        try:
-            if sync:
-                os.fsync(self.fd)
-        except OSError as err:
-            raise KvmError(f"writing {self.path}: {err.strerror}") from err
-        finally:
-            os.close(self.fd)
+                raise self._failure(self._why())
+        self.out.done(sync)
 
     def abort(self) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -309,10 +313,7 @@ class ArchiveWriter:
             with contextlib.suppress(OSError):
                 self.proc.kill()
             self.proc.wait()
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+        self.out.abort()
 
 
 def header_json(header: dict[str, Any]) -> bytes:

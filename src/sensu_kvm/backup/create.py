@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from sensu_kvm.atomic import sync_dir
 from sensu_kvm.backup import pull
 from sensu_kvm.backup.archive import ArchiveWriter, header_json, manifest_json
 from sensu_kvm.backup.blockjobs import commit_back, commit_offline
@@ -25,12 +23,14 @@ from sensu_kvm.backup.catalog import (
     chain_record,
     stamp,
 )
+from sensu_kvm.backup.dest import Destination, LocalFolder, Output, partial_name, split_remote
 from sensu_kvm.backup.disks import Disk, disks_of
 from sensu_kvm.backup.hostinfo import _fail, agent_answers
 from sensu_kvm.backup.journal import Journal, overlay_path
 from sensu_kvm.backup.progress import Progress
 from sensu_kvm.backup.reader import scan_archive, verify
 from sensu_kvm.backup.recover import recover
+from sensu_kvm.backup.remote import RemoteFolder
 from sensu_kvm.backup.signals import shielded
 from sensu_kvm.errors import BadRequest, Interrupted, KvmError, NotUndone, Refused
 from sensu_kvm.qcow2 import backing_file, virtual_size
@@ -41,7 +41,7 @@ from sensu_kvm.virt.versions import versions
 
 class Options(NamedTuple):
     mode: str | None  # live, stop, suspend; None: live for running domains
-    dest: str  # local folder the archive is written to (the staging folder for remote ones)
+    dest: str  # a local folder, or HOST:DIR: the archive is streamed there over ssh as it is built
     compress: str = "zstd"
     state_dir: str = STATE_DIR
     force: bool = False
@@ -50,16 +50,38 @@ class Options(NamedTuple):
     commit_bwlimit: int = 0  # bytes/s for the commit job, 0: none
     progress: bool = False
     quiesce: str = "auto"  # auto, never
-    upload: Callable[[str, str], Any] | None = None  # (local archive, final name): sent while it is verified
+    rsh: str = "ssh -o BatchMode=yes"  # HOST:DIR destinations: the ssh command (remote.multiplexed)
     engine: str = "overlay"  # auto, api, overlay (the v1 files path); stop/suspend/offline always take files
     level: str = "full"  # full, inc, diff, auto: api engine only (a full when no usable chain, saying why)
     max_chain: int = pull.MAX_CHAIN
     scratch_dir: str | None = None  # the API's scratch files (default: beside each image)
 
 
-def plan_space(copied: list[Disk], live: bool, dest: str,
+def destination(opts: Options, log: Callable[[str], None]) -> Destination:
+    """Where ``opts.dest`` names: a local folder (it must exist and be writable), or a remote one."""
+    remote = split_remote(opts.dest)
+    if remote is None:
+        return LocalFolder(opts.dest)
+    return RemoteFolder(opts.rsh, remote[0], remote[1], log)
+
+
+def free_name(place: Destination, domain: str, when: float, compress: str, levels: tuple[str, ...],
+              also: Callable[[float], bool] = lambda _when: False) -> float:
+    """The run's time stamp, moved on until no archive of ``levels`` of that stamp (nor its partial
+    archive) is in the destination and ``also(stamp)`` is False: two runs within a second never
+    write over one another."""
+    taken = place.names()
+    while any(n in taken or partial_name(n) in taken for n in (archive_name(domain, when, compress, lv) for lv in levels)) \
+            or also(when):
+        when += 1
+    return when
+
+
+def plan_space(copied: list[Disk], live: bool, dest: str | None,
                free_of: Callable[[str], tuple[int, int]] = statvfs_free) -> list[str]:
-    needs = [(dest, sum(data_bytes(d.source) for d in copied), "archive")]
+    """What is short of space for a backup of ``copied``: the archive in ``dest`` (a local folder;
+    None for a remote one, checked there), the overlays beside the images of a live backup."""
+    needs = [(dest, sum(data_bytes(d.source) for d in copied), "archive")] if dest is not None else []
     if live:
         needs += [(os.path.dirname(d.source), overlay_need(virtual_size(d.source)), "overlays") for d in copied]
     return space_problems(needs, free_of)
@@ -115,22 +137,16 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
         if engine == "api":
             return _create_api(conn, dom, opts, log, journal, xml, disks, started, clock)
         copied = check_disks(name, disks)
-        if not os.path.isdir(opts.dest):
-            raise BadRequest(f"the destination {opts.dest} does not exist or is not a folder")
-        if not os.access(opts.dest, os.W_OK | os.X_OK):
-            raise BadRequest(f"the destination {opts.dest} is not writable")
-        problems = plan_space(copied, mode == "live", opts.dest)
+        place = destination(opts, log)
+        problems = plan_space(copied, mode == "live", place.local)
         if problems:
             raise Refused(f"{name}: " + "; ".join(problems))
-        named = started
-        final = os.path.join(opts.dest, archive_name(name, named, opts.compress))
-        while os.path.exists(final):  # two backups within a second: never replace an archive
-            named += 1
-            final = os.path.join(opts.dest, archive_name(name, named, opts.compress))
-        partial = os.path.join(opts.dest, "." + os.path.basename(final) + ".partial")
+        base = archive_name(name, free_name(place, name, started, opts.compress, ("full",)), opts.compress)
+        partial = place.where(partial_name(base))
         consistency = "shut off" if mode == "offline" else "crash-consistent"
         overlays: dict[str, dict[str, str]] = {}
         writer: ArchiveWriter | None = None
+        out: Output | None = None
         files: list[dict[str, Any]] = []
         undone = False
         try:
@@ -163,7 +179,8 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
                                  "copied": d.copy, **({"member": f"disks/{d.target}.img"} if d.copy else {}),
                                  **({"why": d.why} if d.why else {})} for d in disks]}
             journal.save(phase="copy")
-            writer = ArchiveWriter(partial, opts.compress)
+            out = place.output(base)
+            writer = ArchiveWriter(out, opts.compress)
             hraw = header_json(header)
             writer.member(HEADER, hraw, started)
             xraw = xml.encode()
@@ -180,7 +197,7 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
             progress.finish()
             mraw = manifest_json(header, files)
             writer.member(MANIFEST, mraw, started)
-            writer.close(sync=opts.upload is None)
+            writer.close()
             writer = None
             with shielded():  # a signal here waits for the guest to be back on its images
                 _undo(dom, overlays, journal, log, opts.commit_bwlimit)
@@ -189,8 +206,8 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
             if writer is not None:
                 with contextlib.suppress(Exception):
                     writer.abort()
-            with contextlib.suppress(OSError):
-                os.unlink(partial)
+            elif out is not None:  # written whole, then the undo failed: never published
+                out.abort()
             if not undone:
                 try:
                     with shielded(raise_pending=False):
@@ -202,13 +219,13 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
             raise
         copied_at = time.monotonic()
         try:
-            uploaded, digest = _verify_publish(opts, journal, partial, final, lambda path: verify(path)[1])
+            final, digest = _verify_publish(place, journal, out, base, lambda path: verify(path)[1])
         except BaseException:
             journal.remove()
             raise
         journal.remove()
-        size = os.stat(final).st_size
-        return {"domain": name, "uuid": uuid, "archive": final, "upload": uploaded, "size": size,
+        size = _size(place, base)
+        return {"domain": name, "uuid": uuid, "archive": final, "size": size,
                 "sha256": digest, "mode": mode,
                 "consistency": consistency, "created": int(started),
                 "disks": {f["target"]: {"size": f["size"], "data": f["data"]} for f in files if "target" in f},
@@ -221,43 +238,20 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
         journal.release()
 
 
-def _verify_publish(opts: Options, journal: Journal, partial: str, final: str,
-                    check: Callable[[str], str]) -> tuple[Any, str]:
-    """Verify the written archive with ``check`` (its sha256), sending it meanwhile when the
-    destination is remote (published there only once verified here), then publish it as ``final``
-    (a link: never over an archive of the same name). The upload's result and the sha256; on any
-    failure the partial archive is removed before raising (the caller undoes the rest)."""
-    upload: dict[str, Any] = {}
-    try:
-        journal.save(phase="verify", final=final)
-        sender = None
-        if opts.upload is not None:
-            send_to = opts.upload
+def _verify_publish(place: Destination, journal: Journal, out: Output, name: str,
+                    check: Callable[[str], str]) -> tuple[str, str]:
+    """Check the written archive and publish it as ``name`` (never over an archive of that name):
+    a local one is read back whole by ``check`` (its sha256), a remote one is synced there and its
+    sha256 compared with what was sent. (where it is, its sha256); on any failure the partial
+    archive is gone before this raises (the caller undoes the rest)."""
+    journal.save(phase="verify", final=place.where(name))
+    journal.save(phase="publish")
+    return place.publish(out, name, check)
 
-            def send() -> None:
-                try:
-                    upload["result"] = send_to(partial, os.path.basename(final))
-                except BaseException as err:
-                    upload["error"] = err
-            sender = threading.Thread(target=send, daemon=True)
-            sender.start()
-        digest = check(partial)
-        if sender is not None:
-            sender.join()
-            if "error" in upload:
-                raise upload["error"]
-        journal.save(phase="publish")
-        try:
-            os.link(partial, final)  # fails rather than replace an archive of the same name
-            os.unlink(partial)
-        except OSError as err:
-            raise KvmError(f"cannot publish {final}: {err.strerror}") from err
-        sync_dir(opts.dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
-    return upload.get("result"), digest
+
+def _size(place: Destination, name: str) -> int:
+    found = place.stat(name)
+    return found[0] if found else 0
 
 
 def choose_engine(opts: Options, conn: Any, dom: Any, mode: str) -> tuple[str, str]:
@@ -305,39 +299,34 @@ def _create_api(conn: Any, dom: Any, opts: Options, log: Callable[[str], None], 
         raise Refused(f"{name}: two disks share a target name")
     if not now:
         raise Refused(f"{name}: no disk to copy")
-    if not os.path.isdir(opts.dest):
-        raise BadRequest(f"the destination {opts.dest} does not exist or is not a folder")
-    if not os.access(opts.dest, os.W_OK | os.X_OK):
-        raise BadRequest(f"the destination {opts.dest} is not writable")
+    place = destination(opts, log)
     if opts.scratch_dir is not None and not os.path.isdir(opts.scratch_dir):
         raise BadRequest(f"the scratch folder {opts.scratch_dir} does not exist or is not a folder")
     run = pull.names(uuid, started, {d.target: d.source for d in now}, opts.scratch_dir)
-    needs = [(opts.dest, sum(data_bytes(d.source) for d in now), "archive")]
+    needs = [(place.local, sum(data_bytes(d.source) for d in now), "archive")] if place.local else []
     needs += [(os.path.dirname(run.scratch[d.target]), overlay_need(d.virtual_size), "scratch files") for d in now]
     problems = space_problems(needs, statvfs_free)
     if problems:
         raise Refused(f"{name}: " + "; ".join(problems))
     record = pull.load_record(opts.state_dir, uuid)
-    p = pull.plan(dom, now, record, opts.dest, opts.level, opts.max_chain)
+    p = pull.plan(dom, now, record, place, opts.level, opts.max_chain)
     if p.why_full and opts.level != "full":
         log(f"{name}: a full backup instead of {opts.level}: {p.why_full}")
     skip = [d.target for d in disks if not d.copy and d.device == "disk" and d.source]
     # two runs within a second: never replace an archive nor reuse a checkpoint's name (libvirt
     # refuses "domain moment ... already exists"), whichever level the run ends up at
     taken = set(pull.checkpoint_names(dom))
-    named = started
-    while True:
-        final = os.path.join(opts.dest, archive_name(name, named, opts.compress, p.level))
-        run = pull.names(uuid, named, {d.target: d.source for d in now}, opts.scratch_dir)
-        if not (os.path.exists(final) or run.checkpoint in taken
-                or os.path.exists(os.path.join(opts.dest, archive_name(name, named, opts.compress, "full")))):
-            break
-        named += 1
+    sources = {d.target: d.source for d in now}
+    named = free_name(place, name, started, opts.compress, tuple(dict.fromkeys((p.level, "full"))),
+                      lambda when: pull.names(uuid, when, sources, opts.scratch_dir).checkpoint in taken)
+    base = archive_name(name, named, opts.compress, p.level)
+    run = pull.names(uuid, named, sources, opts.scratch_dir)
     for path in run.scratch.values():
         if os.path.exists(path):
             raise Refused(f"{name}: {path} exists already")
-    partial = os.path.join(opts.dest, "." + os.path.basename(final) + ".partial")
+    partial = place.where(partial_name(base))
     writer: ArchiveWriter | None = None
+    out: Output | None = None
     files: list[dict[str, Any]] = []
     began = False
     try:
@@ -362,8 +351,8 @@ def _create_api(conn: Any, dom: Any, opts: Options, log: Callable[[str], None], 
                 words = " ".join(str(err).split())
                 p = pull.full(f"libvirt could not begin the {p.level} ({words})")
                 log(f"{name}: a full backup instead of {opts.level}: {p.why_full}")
-                final = os.path.join(opts.dest, archive_name(name, named, opts.compress, "full"))
-                partial = os.path.join(opts.dest, "." + os.path.basename(final) + ".partial")
+                base = archive_name(name, named, opts.compress, "full")
+                partial = place.where(partial_name(base))
                 journal.save(partial=partial)
                 pull.begin(dom, run, now, skip, p)
         finally:
@@ -391,14 +380,15 @@ def _create_api(conn: Any, dom: Any, opts: Options, log: Callable[[str], None], 
                       "mode": "live", "consistency": consistency, "host": os.uname().nodename,
                       "versions": versions(conn),
                       "chain": chain_record(p.level, run.checkpoint, p.since, p.parent, p.parent_sha256,
-                                            p.root or os.path.basename(final), p.depth),
+                                            p.root or base, p.depth),
                       "disks": [{"target": d.target, "device": d.device, "source": d.source, "format": d.format,
                                  "copied": d.copy,
                                  **({"member": f"disks/{d.target}.img", "stored": "raw-sparse",
                                      "level": levels[d.target], "virtual_size": by_target[d.target].virtual_size,
                                      "zeroed": [list(z) for z in extents[d.target][1]]} if d.copy else {}),
                                  **({"why": d.why} if d.why else {})} for d in disks]}
-            writer = ArchiveWriter(partial, opts.compress)
+            out = place.output(base)
+            writer = ArchiveWriter(out, opts.compress)
             writer.member(HEADER, header_json(header), started)
             xraw = xml.encode()
             files.append({"member": XML_MEMBER, "size": len(xraw), "stored": len(xraw),
@@ -419,7 +409,7 @@ def _create_api(conn: Any, dom: Any, opts: Options, log: Callable[[str], None], 
                               "size": info["size"], "data": info["data"], "sha256": info["sha256"]})
             progress.finish()
             writer.member(MANIFEST, manifest_json(header, files), started)
-            writer.close(sync=opts.upload is None)
+            writer.close()
             writer = None
         finally:
             for export in exports.values():
@@ -432,8 +422,8 @@ def _create_api(conn: Any, dom: Any, opts: Options, log: Callable[[str], None], 
         if writer is not None:
             with contextlib.suppress(Exception):
                 writer.abort()
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
+        elif out is not None:  # written whole, then ending the job failed: never published
+            out.abort()
         with shielded(raise_pending=False):
             if journal.data.get("frozen"):
                 pull.thaw(dom)
@@ -448,27 +438,26 @@ def _create_api(conn: Any, dom: Any, opts: Options, log: Callable[[str], None], 
     copied_at = time.monotonic()
     try:
         # the new archive alone: its parent's sha256 is in the record, checked when the chain is read
-        uploaded, digest = _verify_publish(opts, journal, partial, final,
+        final, digest = _verify_publish(place, journal, out, base,
                                            lambda path: scan_archive(path, formats=(FORMAT_V2,))[2])
     except BaseException:
         with shielded(raise_pending=False), contextlib.suppress(KvmError):
             pull.delete_checkpoint(dom, run.checkpoint)
         journal.remove()
         raise
-    st = os.stat(final)
-    base = os.path.basename(final)
+    size, mtime = place.stat(base) or (0, 0.0)
     root = p.root or base
-    root_sha = digest if p.level == "full" else str((record.get(os.path.realpath(opts.dest)) or {})
+    root_sha = digest if p.level == "full" else str((record.get(place.key) or {})
                                                      .get("root_sha256") or "")
     root_cp = p.root_checkpoint or run.checkpoint
-    entry = pull.link(base, digest, st.st_size, st.st_mtime, p.level, run.checkpoint, root, root_sha, root_cp,
+    entry = pull.link(base, digest, size, mtime, p.level, run.checkpoint, root, root_sha, root_cp,
                       p.depth, now, levels)
     with shielded():
-        journal.save(phase="published", record=entry, dest=opts.dest)
-        pull.save_record(opts.state_dir, uuid, opts.dest, entry)
+        journal.save(phase="published", record=entry, dest=place.key)
+        pull.save_record(opts.state_dir, uuid, place.key, entry)
         pull.prune_checkpoints(dom, {run.checkpoint, root_cp}, log)
         journal.remove()
-    return {"domain": name, "uuid": uuid, "archive": final, "upload": uploaded, "size": st.st_size,
+    return {"domain": name, "uuid": uuid, "archive": final, "size": size,
             "sha256": digest, "mode": "live", "consistency": consistency, "created": int(started),
             "disks": {f["target"]: {"size": f["size"], "data": f["data"]} for f in files if "target" in f},
             "skipped": {d.target: d.why for d in disks if not d.copy},

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from sensu_kvm.atomic import write_atomic
 from sensu_kvm.backup.catalog import CHAIN_NAME_RE, stamp
+from sensu_kvm.backup.dest import Destination, LocalFolder, dest_key
 from sensu_kvm.errors import KvmError
 from sensu_kvm.virt import api, backupjobs, nbd
 
@@ -88,9 +89,10 @@ def load_record(state_dir: str, uuid: str) -> dict[str, Any]:
 
 
 def save_record(state_dir: str, uuid: str, dest: str, entry: dict[str, Any]) -> None:
-    """Store ``entry`` as the chain of ``dest`` (atomic; the other destinations kept)."""
+    """Store ``entry`` as the chain of ``dest`` (a folder, HOST:DIR or a ``dest_key``; atomic; the
+    other destinations kept)."""
     dests = load_record(state_dir, uuid)
-    dests[os.path.realpath(dest)] = entry
+    dests[dest_key(dest)] = entry
     write_atomic(record_path(state_dir, uuid), json.dumps({"uuid": uuid, "dests": dests}, indent=1, sort_keys=True))
 
 
@@ -134,7 +136,7 @@ def full(why: str = "") -> Plan:
     return Plan("full", why, None, None, None, None, None, 0, (), ())
 
 
-def plan(dom: Any, disks: list[DiskNow], record: dict[str, Any], dest: str, level: str,
+def plan(dom: Any, disks: list[DiskNow], record: dict[str, Any], dest: str | Destination, level: str,
          max_chain: int = MAX_CHAIN, checkpoints: list[str] | None = None) -> Plan:
     """The level this run does (``level``: full, inc, diff, auto = inc when a usable chain exists)
     and why it falls back to a full: no record, a record of another destination, the parent archive
@@ -143,14 +145,14 @@ def plan(dom: Any, disks: list[DiskNow], record: dict[str, Any], dest: str, leve
     read from ``dom`` when not given."""
     if level == "full":
         return full()
-    entry = record.get(os.path.realpath(dest))
+    place = LocalFolder(dest) if isinstance(dest, str) else dest
+    entry = record.get(place.key)
     if not isinstance(entry, dict):
         if record:
             return full(f"the last chain of this domain is in another destination ({sorted(record)[0]})")
         return full("no earlier backup of this domain through the backup API (no chain record)")
     try:
         parent = str(entry["archive"])
-        path = os.path.join(dest, parent)
         depth = int(entry["depth"])
         since = str(entry["root_checkpoint"] if level == "diff" else entry["checkpoint"])
         known = entry["disks"]
@@ -162,16 +164,15 @@ def plan(dom: Any, disks: list[DiskNow], record: dict[str, Any], dest: str, leve
         return full("the chain record is unreadable")
     for name in (parent, root):  # a state file is not trusted: only a plain archive name of this folder
         if os.path.basename(name) != name or name.startswith(".") or not CHAIN_NAME_RE.match(name):
-            return full(f"the chain record names {name!r}, not an archive in {dest}")
-    try:
-        st = os.stat(path)
-    except OSError:
+            return full(f"the chain record names {name!r}, not an archive in {place.shown}")
+    found = place.stat(parent)
+    if found is None:
         return full(f"the parent archive {parent} is missing")
-    if st.st_size != size or st.st_mtime != mtime:
+    if found != (size, mtime):
         return full(f"the parent archive {parent} changed since it was written (size or time)")
     if level == "diff":
-        parent, path = root, os.path.join(dest, root)
-        if not os.path.isfile(path):
+        parent = root
+        if place.stat(root) is None:
             return full(f"the chain's full {root} is missing")
         sha = str(entry.get("root_sha256") or "")
         if not sha:

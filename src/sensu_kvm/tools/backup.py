@@ -15,10 +15,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sensu_kvm import __version__, space, virt
-from sensu_kvm.argtypes import count_arg, domain_arg, number_arg, path_arg, seconds_arg, text_arg
+from sensu_kvm.argtypes import count_arg, domain_arg, number_arg, path_arg, seconds_arg, shown, text_arg
 from sensu_kvm.backup import (
     catalog,
     create,
+    dest,
     disks,
     policy,
     progress,
@@ -60,6 +61,8 @@ EXAMPLES = {
   kvm-backup create db1 --mode stop --force --shutdown-timeout 300 --dest /srv/backup
   kvm-backup create web1 --mode suspend --compress bzip2 --dest /srv/backup
   kvm-backup create --all --dest backup@vault:/srv/backup --rsh 'ssh -i /root/.ssh/backup'
+                                           streamed over ssh: nothing staged on this host
+  kvm-backup create --all --dest /srv/backup --ionice idle   reads only when no one else needs the disk
   kvm-backup create --all --dest /srv/backup --bwlimit 100 --json     (cron: quiet, JSON summary)
   kvm-backup create web1 --engine api --dest /srv/backup   live through libvirt's backup API (kvm-backup/2 full)
   kvm-backup create web1 --engine api --level auto --dest /srv/backup   inc when a usable chain exists, else full
@@ -171,7 +174,8 @@ def _epilog(name: str) -> str:
 def parser() -> Parser:
     top = Parser(prog=PROG, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
                  description="Back up libvirt domains into verified archives (inactive XML, every disk image, a "
-                             "manifest with sha256 sums), locally or over rsync+ssh; verify, list, restore, prune.",
+                             "manifest with sha256 sums), locally or streamed to a remote host over ssh; verify, list, "
+                             "restore, prune.",
                  epilog=_epilog(""))
     top.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     common = common_options(top, catalog.STATE_DIR, "journals of running backups, for recovery")
@@ -190,7 +194,9 @@ def parser() -> Parser:
     p.add_argument("domains", type=domain_arg, nargs="*", metavar="DOMAIN")
     p.add_argument("--all", action="store_true", help="every domain of the connection")
     p.add_argument("--dest", type=path_arg, required=True, metavar="DIR|HOST:DIR",
-                   help="a local folder, or HOST:DIR (user@host:dir) reached with rsync over ssh")
+                   help="a local folder, or HOST:DIR (user@host:dir): the archive is streamed there over ssh as "
+                        "it is built (no copy on this host), a cut connection resumed, and published there once "
+                        "its sha256 matches")
     p.add_argument("--mode", choices=("live", "stop", "suspend"),
                    help="for running domains: live (default) external disk-only snapshot, copy, blockcommit; stop: "
                         "shut down, copy, start again; suspend: pause, copy, resume")
@@ -203,7 +209,8 @@ def parser() -> Parser:
     p.add_argument("--no-quiesce", action="store_true",
                    help="live: do not ask the guest agent to freeze file systems (crash-consistent)")
     p.add_argument("--bwlimit", type=number_arg(MAX_MIB_S, "MiB/s"), metavar="MIB/S",
-                   help="limit the copy to this many MiB/s (above 0, at most 1048576)")
+                   help="limit the reading of the disks to this many MiB/s, for both engines (above 0, at most "
+                        "1048576): the archive, and a remote stream, are never faster")
     p.add_argument("--commit-bwlimit", type=number_arg(MAX_MIB_S, "MiB/s"), metavar="MIB/S",
                    help="live: limit the commit job (a guest writing faster than this keeps it from finishing; "
                         "above 0, at most 1048576)")
@@ -222,11 +229,12 @@ def parser() -> Parser:
                    help="api engine: the folder of QEMU's scratch files (default: beside each image). It must "
                         "exist and have existed when the domain started: QEMU runs in its own mount namespace "
                         "and does not see a file system mounted after its start")
-    p.add_argument("--work-dir", type=path_arg, metavar="DIR",
-                   help="remote --dest: where the archive is built and verified before rsync "
-                        f"(default: {catalog.STATE_DIR}/staging)")
     p.add_argument("--rsh", type=text_arg, default="ssh -o BatchMode=yes", metavar="COMMAND",
                    help="remote --dest: the ssh command (default: 'ssh -o BatchMode=yes')")
+    p.add_argument("--ionice", type=ionice_arg, default=("best-effort", 7), metavar="CLASS[:LEVEL]",
+                   help="I/O priority of the backup's own reads (image files; the backup API's reads are "
+                        "QEMU's, use --bwlimit): idle, best-effort[:0-7] or none (leave it). Default: "
+                        "best-effort:7, the lowest of the class the guests are in")
     p.add_argument("--json", action="store_true", help="a JSON summary on stdout")
 
     p = sub("verify", "check every checksum of archives, without extracting to disk", cmd_verify, libvirt=False)
@@ -334,17 +342,39 @@ def domains_for(conn: Any, names: list[str], every: bool) -> list[Any]:
 # --- subcommands -----------------------------------------------------------------------------------
 
 
+IONICE_CLASSES = ("idle", "best-effort", "none")
+
+
+def ionice_arg(text: str) -> tuple[str, int]:
+    """idle, best-effort[:LEVEL] (0 highest to 7 lowest) or none, as (class, level)."""
+    kind, colon, level = text.partition(":")
+    if kind not in IONICE_CLASSES or (colon and (kind != "best-effort" or level not in tuple("01234567"))):
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not idle, best-effort[:0-7] or none")
+    return kind, int(level) if level else 4 if kind == "best-effort" else 0
+
+
+def set_ionice(choice: tuple[str, int]) -> None:
+    """The I/O priority of this process (the threads and programs it starts later inherit it)."""
+    import psutil  # noqa: PLC0415
+
+    kind, level = choice
+    if kind == "none":
+        return
+    try:
+        if kind == "idle":
+            psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
+        else:
+            psutil.Process().ionice(psutil.IOPRIO_CLASS_BE, level)
+    except (OSError, psutil.Error) as err:
+        log(f"cannot set the I/O priority {kind}: {err}; going on without")
+
+
 def cmd_create(o: argparse.Namespace) -> int:
-    remote = remote_copy.split_remote(o.dest)
-    local = (o.work_dir or os.path.join(o.state_dir, "staging")) if remote else o.dest
-    if remote:
-        try:
-            os.makedirs(local, mode=0o700, exist_ok=True)
-        except OSError as err:
-            raise BadRequest(f"cannot create the work folder {local}: {err.strerror}") from err
-    elif not os.path.isdir(o.dest):
+    set_ionice(o.ionice)
+    remote = dest.split_remote(o.dest)
+    if remote is None and not os.path.isdir(o.dest):
         raise BadRequest(f"the destination {o.dest} does not exist or is not a folder")
-    elif not os.access(o.dest, os.W_OK | os.X_OK):
+    if remote is None and not os.access(o.dest, os.W_OK | os.X_OK):
         raise BadRequest(f"the destination {o.dest} is not writable")
     marker_dir = o.state_dir if remote else o.dest
     control = None
@@ -356,16 +386,12 @@ def cmd_create(o: argparse.Namespace) -> int:
         if remote:
             o.rsh, control = remote_copy.multiplexed(o.rsh)
             remote_copy.remote_free(o.rsh, remote[0], remote[1])  # reachable, exists, writable: else exit 2
-        opts = create.Options(mode=o.mode, dest=local, compress=o.compress, state_dir=o.state_dir, force=o.force,
+        opts = create.Options(mode=o.mode, dest=o.dest, compress=o.compress, state_dir=o.state_dir, force=o.force,
                               shutdown_timeout=o.shutdown_timeout, bwlimit=(o.bwlimit or 0) * catalog.MIB,
                               commit_bwlimit=int((o.commit_bwlimit or 0) * catalog.MIB),
                               progress=sys.stderr.isatty() and not o.json,
                               quiesce="never" if o.no_quiesce else "auto", engine=o.engine, level=o.level,
-                              max_chain=max(1, o.max_chain), scratch_dir=o.scratch_dir)
-        if remote:
-            host, folder = remote
-            opts = opts._replace(upload=lambda path, name: remote_copy.upload(path, name, o.rsh, host, folder, log,
-                                                                         opts.progress))
+                              max_chain=max(1, o.max_chain), scratch_dir=o.scratch_dir, rsh=o.rsh)
         with signals.interruptible():
             # what killed runs left, first (a domain that cannot be recovered fails below, with its marker)
             recovered, unrecovered = recover.recover_all(conn, o.state_dir, log)
@@ -375,6 +401,8 @@ def cmd_create(o: argparse.Namespace) -> int:
                 name = dom.name()
                 try:
                     if remote:
+                        # what killed runs of this domain left there (this run holds its journal lock)
+                        remote_copy.remote_cleanup(o.rsh, remote[0], remote[1], name)
                         need = sum(space.data_bytes(d.source) for d in disks.disks_of(dom.XMLDesc(0)) if d.copy)
                         free = remote_copy.remote_free(o.rsh, remote[0], remote[1])
                         if free < need:
@@ -382,14 +410,7 @@ def cmd_create(o: argparse.Namespace) -> int:
                                                  f"up to {-(-need // catalog.MIB)} MiB needed")
                     result = create.create(conn, dom, opts, log)
                     if remote:
-                        try:
-                            tmp, final = result.pop("upload")
-                            result["archive"] = remote_copy.publish(o.rsh, remote[0], tmp, final, result["sha256"])
-                            catalog.write_receipt(o.state_dir, name, result["archive"], result["created"],
-                                                 result["size"])
-                        finally:
-                            with contextlib.suppress(OSError):
-                                os.unlink(os.path.join(local, os.path.basename(final)))
+                        catalog.write_receipt(o.state_dir, name, result["archive"], result["created"], result["size"])
                     catalog.clear_marker(marker_dir, name)
                     result["ok"] = True
                     results.append(result)
