@@ -115,3 +115,12 @@ def test_one_free_space_rule_for_overlays():
     free = {"/a": (1, space.RESERVE + need - 1)}
     assert space.space_problems([("/a", need, "overlays")], free.__getitem__)
     assert not space.space_problems([("/a", need, "overlays")], {"/a": (1, space.RESERVE + need)}.__getitem__)
+
+
+@pytest.mark.parametrize("text", ["", "web1", "a&b<c>d", "it's", 'say "hi"', "both ' and \"", "tab\there\nline\rcr",
+                                  "&amp; already", "\u00e9\u4e2d|=", "'\"&<>\t"])
+def test_xml_escaping_is_the_standard_librarys(text: str) -> None:
+    from xml.sax.saxutils import escape, quoteattr  # noqa: PLC0415 (the reference only)
+
+    assert domxml.xml_escape(text) == escape(text)
+    assert domxml.xml_quoteattr(text) == quoteattr(text)

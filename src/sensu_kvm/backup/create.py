@@ -244,9 +244,13 @@ def _verify_publish(place: Destination, journal: Journal, out: Output, name: str
     a local one is read back whole by ``check`` (its sha256), a remote one is synced there and its
     sha256 compared with what was sent. (where it is, its sha256); on any failure the partial
     archive is gone before this raises (the caller undoes the rest)."""
-    journal.save(phase="verify", final=place.where(name))
-    journal.save(phase="publish")
-    return place.publish(out, name, check)
+    try:
+        journal.save(phase="verify", final=place.where(name))
+        journal.save(phase="publish")
+        return place.publish(out, name, check)
+    except BaseException:  # a signal, too, between the steps
+        out.abort()
+        raise
 
 
 def _size(place: Destination, name: str) -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from typing import NamedTuple
-from xml.sax.saxutils import escape, quoteattr
 
 from sensu_kvm import activity, domxml, virt
+from sensu_kvm.domxml import xml_escape, xml_quoteattr
 from sensu_kvm.errors import BadRequest, KvmError, LibvirtFailure, NotFound, Refused
 from sensu_kvm.qcow2 import image_snapshots, read_image
 from sensu_kvm.snapshots.policy import (
@@ -130,9 +130,9 @@ def plan_create(dom: api.Domain, snaps: list[Snapshot], req: CreateRequest, now:
         raise BadRequest(f"--diskspec names no disk of {dom.name()}: {', '.join(unknown)} (disks: {', '.join(disks)})")
     flags = api.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC if req.atomic else 0
     overlays: list[Overlay] = []
-    body = f"<name>{escape(name)}</name>"
+    body = f"<name>{xml_escape(name)}</name>"
     if req.description:
-        body += f"<description>{escape(req.description)}</description>"
+        body += f"<description>{xml_escape(req.description)}</description>"
     if req.disk_only:
         flags |= api.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
         if req.quiesce:
@@ -146,7 +146,7 @@ def plan_create(dom: api.Domain, snaps: list[Snapshot], req: CreateRequest, now:
                 raise BadRequest(f"{target}: the overlay {path} already exists")
             size = read_image(image).virtual_size or 0
             overlays.append(Overlay(target, image, path, size))
-            parts.append(f"<disk name={quoteattr(target)} snapshot='external'><source file={quoteattr(path)}/></disk>")
+            parts.append(f"<disk name={xml_quoteattr(target)} snapshot='external'><source file={xml_quoteattr(path)}/></disk>")
         body += "<disks>" + "".join(parts) + "</disks>"
         problems = space_problems(overlay_needs(overlays), free_of)
         if problems:

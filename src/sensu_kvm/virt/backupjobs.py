@@ -16,9 +16,9 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
 
 from sensu_kvm import virt
+from sensu_kvm.domxml import xml_escape, xml_quoteattr
 from sensu_kvm.errors import LibvirtFailure
 from sensu_kvm.virt import api
 
@@ -35,14 +35,14 @@ def backup_xml(socket: str, scratch: Mapping[str, str], since: str | None = None
     full = set(full)
     lines = ["<domainbackup mode='pull'>"]
     if since is not None:
-        lines.append(f"  <incremental>{escape(since)}</incremental>")
-    lines.append(f"  <server transport='unix' socket={quoteattr(socket)}/>")
+        lines.append(f"  <incremental>{xml_escape(since)}</incremental>")
+    lines.append(f"  <server transport='unix' socket={xml_quoteattr(socket)}/>")
     lines.append("  <disks>")
     for target, path in scratch.items():
         mode = " backupmode='full'" if since is not None and target in full else ""
-        lines.append(f"    <disk name={quoteattr(target)} backup='yes' type='file'{mode}>"
-                     f"<scratch file={quoteattr(path)}/></disk>")
-    lines.extend(f"    <disk name={quoteattr(target)} backup='no'/>" for target in skip)
+        lines.append(f"    <disk name={xml_quoteattr(target)} backup='yes' type='file'{mode}>"
+                     f"<scratch file={xml_quoteattr(path)}/></disk>")
+    lines.extend(f"    <disk name={xml_quoteattr(target)} backup='no'/>" for target in skip)
     lines.append("  </disks>")
     lines.append("</domainbackup>")
     return "\n".join(lines) + "\n"
@@ -51,12 +51,12 @@ def backup_xml(socket: str, scratch: Mapping[str, str], since: str | None = None
 def checkpoint_xml(name: str, bitmaps: Iterable[str], others: Iterable[str] = (), description: str = "") -> str:
     """The ``<domaincheckpoint>`` named ``name``: a bitmap on each target of ``bitmaps`` (qcow2
     disks), none on ``others`` (raw disks, CD-ROMs: libvirt refuses a checkpoint of a raw disk)."""
-    lines = ["<domaincheckpoint>", f"  <name>{escape(name)}</name>"]
+    lines = ["<domaincheckpoint>", f"  <name>{xml_escape(name)}</name>"]
     if description:
-        lines.append(f"  <description>{escape(description)}</description>")
+        lines.append(f"  <description>{xml_escape(description)}</description>")
     lines.append("  <disks>")
-    lines.extend(f"    <disk name={quoteattr(t)} checkpoint='bitmap'/>" for t in bitmaps)
-    lines.extend(f"    <disk name={quoteattr(t)} checkpoint='no'/>" for t in others)
+    lines.extend(f"    <disk name={xml_quoteattr(t)} checkpoint='bitmap'/>" for t in bitmaps)
+    lines.extend(f"    <disk name={xml_quoteattr(t)} checkpoint='no'/>" for t in others)
     lines.append("  </disks>")
     lines.append("</domaincheckpoint>")
     return "\n".join(lines) + "\n"
@@ -144,7 +144,7 @@ def abort_leftover(dom: Any, marks: Iterable[str], timeout: float = 60) -> bool 
     xml = current_xml(dom)
     if xml is None:
         return None
-    if not any(quoteattr(mark)[1:-1] in xml for mark in marks if mark):
+    if not any(xml_quoteattr(mark)[1:-1] in xml for mark in marks if mark):
         return False
     abort(dom)
     if not wait_no_job(dom, timeout):
