@@ -1,7 +1,8 @@
 """kvm-backup create --dest HOST:DIR on real QEMU, to a real sshd on loopback (tests/rig/rig.py
 start_sshd): the archive is streamed while it is built, nothing is staged on the source, a full
 then an incremental through the backup API, a connection cut mid-stream and resumed, a cut that
-cannot be resumed, and a run killed mid-stream whose remote partial the next run removes.
+cannot be resumed, SIGTERM, SIGINT and SIGHUP mid-stream, and a run killed mid-stream whose remote
+partial the next run removes.
 
 The guest is a no-OS one whose disk holds 24 MiB of random data (it does not compress: the
 archive is about 24 MiB), and the state folder of every run is a 4 MiB file system: a staging
@@ -199,4 +200,23 @@ def test_a_run_killed_mid_stream_leaves_a_partial_the_next_run_removes(
     assert [p.name for p in remote.iterdir()] == [partial[0].name]
     result, stderr = create(remote, sshd, state)
     assert os.listdir(remote) == [os.path.basename(result["archive"])], stderr  # the partial is gone
+    nothing_left(dom, state)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_mid_stream_removes_what_was_sent(guest: tuple[libvirt.virDomain, Path], sshd: str, state: Path,
+                                                   tmp_path: Path, sig: signal.Signals) -> None:
+    dom, _image = guest
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    proc = subprocess.Popen([TOOL, "create", NAME, "--dest", f"root@127.0.0.1:{remote}", "--engine", "api",
+                             "--bwlimit", "4", "--rsh", sshd, "--state-dir", str(state), "-u", rig.URI],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rig.wait_for(lambda: [p for p in remote.glob(".*.partial") if p.stat().st_size > MiB], 60, 0.1, "the first MiB")
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert err.splitlines() == [f"kvm-backup: {NAME}: interrupted by {sig.name}; the domain is back on its own images"]
+    assert out == "" and os.listdir(remote) == []
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
     nothing_left(dom, state)
