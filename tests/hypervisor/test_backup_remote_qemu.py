@@ -105,6 +105,20 @@ def nothing_left(dom: libvirt.virDomain, state: Path) -> None:
     assert not [p for p in state.rglob("*") if "partial" in p.name or "kvmbak" in p.name]
 
 
+def slow_run(remote: Path, rsh: str, state: Path) -> tuple[subprocess.Popen[str], list[Path]]:
+    """A run at 4 MiB/s (its own session), and its partial archive there once 1 MiB arrived."""
+    proc = subprocess.Popen([TOOL, "create", NAME, "--dest", f"root@127.0.0.1:{remote}", "--engine", "api",
+                             "--bwlimit", "4", "--rsh", rsh, "--state-dir", str(state), "-u", rig.URI],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        return proc, rig.wait_for(lambda: [p for p in remote.glob(".*.partial") if p.stat().st_size > MiB], 60,
+                                  0.1, "the first MiB there")
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+
+
 def flaky(tmp_path: Path, rsh: str, remote: Path, gone: bool = False) -> str:
     script = tmp_path / "flaky-ssh"
     script.write_text(FLAKY_SSH.format(flag=tmp_path / "cut", rsh=rsh, remote=remote, seen=tmp_path / "seen",
@@ -187,15 +201,9 @@ def test_a_run_killed_mid_stream_leaves_a_partial_the_next_run_removes(
     dom, _image = guest
     remote = tmp_path / "remote"
     remote.mkdir()
-    proc = subprocess.Popen([TOOL, "create", NAME, "--dest", f"root@127.0.0.1:{remote}", "--engine", "api",
-                             "--bwlimit", "4", "--rsh", sshd, "--state-dir", str(state), "-u", rig.URI],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        partial = rig.wait_for(lambda: [p for p in remote.glob(".*.partial") if p.stat().st_size > MiB], 60,
-                               0.1, "the first MiB there")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc, partial = slow_run(remote, sshd, state)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
     time.sleep(0.5)  # the receiver there ends on the cut stdin
     assert [p.name for p in remote.iterdir()] == [partial[0].name]
     result, stderr = create(remote, sshd, state)
@@ -209,10 +217,7 @@ def test_a_signal_mid_stream_removes_what_was_sent(guest: tuple[libvirt.virDomai
     dom, _image = guest
     remote = tmp_path / "remote"
     remote.mkdir()
-    proc = subprocess.Popen([TOOL, "create", NAME, "--dest", f"root@127.0.0.1:{remote}", "--engine", "api",
-                             "--bwlimit", "4", "--rsh", sshd, "--state-dir", str(state), "-u", rig.URI],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    rig.wait_for(lambda: [p for p in remote.glob(".*.partial") if p.stat().st_size > MiB], 60, 0.1, "the first MiB")
+    proc, _partial = slow_run(remote, sshd, state)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, (out, err)
