@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from sensu_kvm.backup import pull
+from sensu_kvm.backup import pull, scratchwatch
 from sensu_kvm.backup.archive import ArchiveWriter, header_json, manifest_json
 from sensu_kvm.backup.blockjobs import commit_back, commit_offline
 from sensu_kvm.backup.catalog import (
@@ -368,6 +368,7 @@ def _create_api(conn: Any, dom: Any, opts: Options, log: Callable[[str], None], 
         journal.save(phase="copy")
         exports: dict[str, nbd.Export] = {}
         extents: dict[str, tuple[list[tuple[int, int]], list[tuple[int, int]]]] = {}
+        watch = scratchwatch.Watch(dom, run.scratch).start()  # ends the job before a scratch fills up
         try:
             for d in now:
                 bitmap = f"backup-{d.target}" if d.target in p.bitmaps else None
@@ -418,6 +419,7 @@ def _create_api(conn: Any, dom: Any, opts: Options, log: Callable[[str], None], 
         finally:
             for export in exports.values():
                 export.close()
+            watch.stop()  # raises ScratchFull when the watch ended the job
         with shielded():  # the guest must not keep a scratch growing while we verify
             pull.end(dom, pull.marks(journal.data))
             pull.remove_files(journal.data)

@@ -228,7 +228,9 @@ def parser() -> Parser:
     p.add_argument("--scratch-dir", type=path_arg, metavar="DIR",
                    help="api engine: the folder of QEMU's scratch files (default: beside each image). It must "
                         "exist and have existed when the domain started: QEMU runs in its own mount namespace "
-                        "and does not see a file system mounted after its start")
+                        "and does not see a file system mounted after its start. The run watches its free space "
+                        "while the job runs and ends the job (failing the run, nothing left) when less than "
+                        "max(64 MiB, 2%%, 1 s of the guest's writes) is free, before QEMU would fail a guest write")
     p.add_argument("--rsh", type=text_arg, default="ssh -o BatchMode=yes", metavar="COMMAND",
                    help="remote --dest: the ssh command (default: 'ssh -o BatchMode=yes')")
     p.add_argument("--ionice", type=ionice_arg, default=("best-effort", 7), metavar="CLASS[:LEVEL]",
