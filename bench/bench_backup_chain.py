@@ -268,6 +268,9 @@ class Bench:
             raise Failed(f"kvm-backup create --level {level}: no JSON summary of one backup ({err})") from err
         if not result.get("ok", True):
             raise Failed(f"kvm-backup create --level {level}: not ok: {result}")
+        data = sum(int(d.get("data") or 0) for d in (result.get("disks") or {}).values())
+        if result.get("level") == "inc" and data < WRITE:  # HMP qemu-io says nothing when a write fails
+            raise Failed(f"kvm-backup create --level inc read {data} bytes: the 64 MiB written did not reach vda")
         published = folder_bytes(seen, before=before)
         if not published:
             raise Failed(f"kvm-backup create --level {level}: nothing was published in {seen}")
@@ -346,10 +349,10 @@ def report(rounds: list[dict[str, Run]]) -> list[str]:
             else ""
 
     lines = [f"{len(rounds)} rounds; medians (min); 'vs (a)', 'vs (b)': the median of the ratios within each round",
-             f"{'run':<40}{'time (min)':>16}{'archive':>12}{'vs (a)':>9}{'vs (b)':>9}  level"]
+             f"{'run':<44}{'time (min)':>16}{'archive':>12}{'vs (a)':>9}{'vs (b)':>9}  level"]
     for label in ROWS:
         cell = f"{med(label):.2f}s ({min(times(label)):.2f}s)"
-        lines.append(f"{label:<40}{cell:>16}{size(label):>8.0f} MiB"
+        lines.append(f"{label:<44}{cell:>16}{size(label):>8.0f} MiB"
                      f"{paired(label, FLOOR):>8.2f}x{paired(label, TRANSPORT):>8.2f}x  {incs(label)}")
     lines.append("")
     lines.append("archive sizes (median)          kvm-backup local  kvm-backup remote  virtnbdbackup  virtnbdbackup -z")
