@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -361,10 +362,10 @@ def report(rounds: list[dict[str, Run]]) -> list[str]:
     lines.append(f"{'inc after 64 MiB written':<32}{size(KVM_INC_LOCAL):>12.1f} MiB{size(KVM_INC_REMOTE):>15.1f} MiB"
                  f"{size(VNB_INC):>11.1f} MiB{size(VNBZ_INC):>14.1f} MiB")
     lines.append(f"(floor (a) {size(FLOOR):.0f} MiB, transport floor (b) {size(TRANSPORT):.0f} MiB)")
-    why = sorted({r[label].why_full for r in rounds for label in (KVM_INC_LOCAL, KVM_INC_REMOTE)
-                  if r[label].level != "inc"})
-    for text in why:
-        lines.append(f"note: a kvm-backup --level inc run did a full: {text or '(no reason given)'}")
+    for label in (KVM_INC_LOCAL, KVM_INC_REMOTE):
+        fulls = [r[label].why_full for r in rounds if r[label].level != "inc"]
+        for text in sorted(set(re.sub(r"\S+\.kvmbak\S*", "ARCHIVE", t) or "(no reason given)" for t in fulls)):
+            lines.append(f"note: {label}: {len(fulls)} of {len(rounds)} runs did a full: {text}")
     lines.append("")
 
     def target(text: str, figure: str, met: bool) -> None:
