@@ -71,7 +71,8 @@ bench: setup
 	@bash tests/rig/host-setup.sh
 	@bash tests/services/setup.sh
 	@status=0; $(BIN)/python bench/bench_domstate.py && $(BIN)/python bench/bench_resources.py \
-	  && $(BIN)/python bench/bench_backup.py && $(BIN)/python bench/bench_scale.py --runs 3 --guests 20,50 \
+	  && $(BIN)/python bench/bench_backup.py && $(BIN)/python bench/bench_backup_chain.py \
+	  && $(BIN)/python bench/bench_scale.py --runs 3 --guests 20,50 \
 	  || status=$$?; \
 	  bash tests/rig/host-teardown.sh; exit $$status
 

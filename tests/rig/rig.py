@@ -298,17 +298,18 @@ def linux_guest_xml(
     return _domain_xml(name, memory_mib, os_boot, devices)
 
 
-def start_sshd(keys: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """An sshd on a free loopback port, with its own host key and a generated client key, as a
-    "remote host" for kvm-backup over ssh: the process (terminate it afterwards) and the ``ssh``
-    command line (kvm-backup --rsh) that reaches it as root."""
+def start_sshd(keys: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """An sshd on a free loopback port (or ``port``: a suite given a range of ports), with its own
+    host key and a generated client key, as a "remote host" for kvm-backup over ssh: the process
+    (terminate it afterwards) and the ``ssh`` command line (kvm-backup --rsh) that reaches it as root."""
     keys.mkdir()
     for key in ("host", "client"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / key)], check=True)
     (keys / "authorized").write_text((keys / "client.pub").read_text())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
     config = keys / "sshd_config"
     config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
                       f"AuthorizedKeysFile {keys / 'authorized'}\nPidFile {keys / 'pid'}\nStrictModes no\n"
