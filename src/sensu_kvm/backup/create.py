@@ -51,7 +51,7 @@ class Options(NamedTuple):
     progress: bool = False
     quiesce: str = "auto"  # auto, never
     rsh: str = "ssh -o BatchMode=yes"  # HOST:DIR destinations: the ssh command (remote.multiplexed)
-    engine: str = "overlay"  # auto, api, overlay (the v1 files path); stop/suspend/offline always take files
+    engine: str = "auto"  # auto (api where usable, else overlay), api, overlay; stop/suspend/offline always take files
     level: str = "full"  # full, inc, diff, auto: api engine only (a full when no usable chain, saying why)
     max_chain: int = pull.MAX_CHAIN
     scratch_dir: str | None = None  # the API's scratch files (default: beside each image)
@@ -274,7 +274,7 @@ def choose_engine(opts: Options, conn: Any, dom: Any, mode: str) -> tuple[str, s
         return "api", ""
     if opts.engine == "api":
         raise Refused(f"{dom.name()}: the backup API cannot be used: {why}")
-    return "overlay", f"the backup API cannot be used ({why}): overlay engine"
+    return "overlay", f"overlay engine: the backup API cannot be used: {why}"
 
 
 def _disks_now(dom: Any, disks: list[Disk]) -> list[pull.DiskNow]:
