@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -71,4 +72,29 @@ def test_auto_is_the_default_and_falls_back_to_overlay_saying_why(conn, images, 
     assert ", overlay, full instead of auto: the overlay engine writes full backups only, " in out, out
     assert [header(a)["format"] for a in archives(tmp_path / "overlay")] == ["kvm-backup/1"] * 2
     assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    dom.destroy()
+
+
+def test_a_qcow2_v2_disk_takes_overlay_saying_why(conn, images, tmp_path):
+    """A qcow2 v2 (compat=0.10) image cannot store the checkpoint's dirty bitmap: auto backs it up
+    through the overlay engine, as before auto was the default, saying so, rather than fail."""
+    disk = images / "spk-au-v2.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", str(disk), "32M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 4M", str(disk)], check=True, capture_output=True)
+    dom = conn.defineXML(rig.noos_domain_xml("spk-au-v2", disk))
+    dom.create()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    result = run("kvm-backup", "create", "spk-au-v2", "--dest", str(dest), "--state-dir", str(tmp_path / "state"),
+                 "--compress", "none", *URI, timeout=180)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert result.stderr.splitlines() == [
+        f"kvm-backup: spk-au-v2: overlay engine: the backup API cannot be used: vda: {disk} is a qcow2 v2 image "
+        "(compat=0.10), which cannot hold a dirty bitmap (qemu-img amend -o compat=1.1 upgrades it, the guest shut "
+        "off)"], result.stderr
+    assert ", live, overlay, full, " in result.stdout, result.stdout
+    (archive,) = archives(dest)
+    assert header(archive)["format"] == "kvm-backup/1"
+    assert sources(dom) == {"vda": str(disk)} and left_over(dom, images, dest) == []
+    assert dom.listAllCheckpoints() == []
     dom.destroy()

@@ -1,15 +1,19 @@
 """Which engine `kvm-backup create` takes (create.choose_engine, pull.unusable), without libvirt: the
 default is auto, auto takes the backup API where it can be used and otherwise the overlay engine,
-saying why in one line; an explicit --engine is obeyed or refused."""
+saying why in one line (a qcow2 v2 disk too: it cannot hold a bitmap); an explicit --engine is obeyed or
+refused."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
 
 from sensu_kvm.backup import create, pull
+from sensu_kvm.backup.disks import Disk
 from sensu_kvm.errors import Refused
 from sensu_kvm.tools import backup, settle
 
@@ -118,3 +122,23 @@ def test_other_modes_copy_the_files_and_only_an_asked_api_is_told(libnbd: None, 
         assert create.choose_engine(opts(engine), Conn(CAPS_YES), Dom(), mode) == ("files", "")
     engine, said = create.choose_engine(opts("api"), Conn(CAPS_YES), Dom(), mode)
     assert engine == "files" and said.startswith(f"--engine api applies to live backups; a {mode} backup")
+
+
+def qcow2_image(path: Path, compat: str) -> str:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"compat={compat}", str(path), "1M"], check=True)
+    return str(path)
+
+
+def test_a_qcow2_v2_disk_takes_overlay_under_auto_and_is_refused_by_api(libnbd: None, tmp_path: Path) -> None:
+    v3 = Disk("vda", "disk", "file", qcow2_image(tmp_path / "v3.qcow2", "1.1"), "qcow2", True, "")
+    v2 = Disk("vdb", "disk", "file", qcow2_image(tmp_path / "v2.qcow2", "0.10"), "qcow2", True, "")
+    raw = Disk("vdc", "disk", "file", str(tmp_path / "v2.qcow2"), "raw", True, "")  # not read as qcow2
+    cdrom = v2._replace(target="sda", device="cdrom", copy=False, why="a cdrom")
+    assert create.choose_engine(opts(), Conn(CAPS_YES), Dom(), "live", [v3, raw, cdrom]) == ("api", "")
+    why = (f"vdb: {v2.source} is a qcow2 v2 image (compat=0.10), which cannot hold a dirty bitmap (qemu-img amend "
+           "-o compat=1.1 upgrades it, the guest shut off)")
+    assert create.choose_engine(opts(), Conn(CAPS_YES), Dom(), "live", [v3, v2]) == (
+        "overlay", f"overlay engine: the backup API cannot be used: {why}")
+    with pytest.raises(Refused, match=r"^web1: the backup API cannot be used: vdb: .* is a qcow2 v2 image"):
+        create.choose_engine(opts("api"), Conn(CAPS_YES), Dom(), "live", [v3, v2])
+    assert create.choose_engine(opts("overlay"), Conn(CAPS_YES), Dom(), "live", [v2]) == ("overlay", "")
