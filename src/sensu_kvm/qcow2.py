@@ -42,6 +42,16 @@ def is_qcow2(path: str) -> bool:
         return False
 
 
+def version(path: str) -> int:
+    """The qcow2 header's version (2: compat=0.10, 3: compat=1.1); 0 for raw or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return 0
+    return int.from_bytes(head[4:8], "big") if head[:4] == MAGIC and len(head) == 8 else 0
+
+
 def virtual_size(path: str) -> int:
     """The guest-visible size: the qcow2 header's, or a raw file's size; 0 when unreadable."""
     try:

@@ -21,6 +21,8 @@ demand. SPK_FAULT names one or more, separated by ";":
                        snapshot, copy, commit, verify), so that a test's signal lands in that phase
   slow-snapshot        kvm-backup: a 1.5 s pause right after libvirt made the snapshot (a signal that
                        comes during the snapshot call is handled when the call returns: here)
+  no-backup-api        libvirt's domain capabilities say <backup supported='no'/> (a libvirt or QEMU
+                       without the backup API, which this host has: kvm-backup's auto engine falls back)
   slow-domain-calls:S  every per-domain read (diskErrors, XMLDesc, vcpus, listAllSnapshots, jobStats) takes S
                        seconds longer (a libvirtd that serves each domain slowly: the time budget)
   slow-pool-calls:S    every storage pool's volume listing or count (listAllVolumes, numOfVolumes)
@@ -165,6 +167,13 @@ if faults:
                 return result
 
             libvirt.virDomain.snapshotCreateXML = _snapshot
+        elif fault == "no-backup-api":
+            real_caps = libvirt.virConnect.getDomainCapabilities
+
+            def _caps(conn, *args, _real=real_caps, **kwargs):
+                return _real(conn, *args, **kwargs).replace("<backup supported='yes'/>", "<backup supported='no'/>")
+
+            libvirt.virConnect.getDomainCapabilities = _caps
         elif fault == "log-domain-calls":
             log_path = os.environ["SPK_CALL_LOG"]
 

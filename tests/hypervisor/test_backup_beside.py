@@ -78,6 +78,7 @@ def test_restore_beside_the_running_original_shares_no_file_socket_or_port(conn,
     out = json.loads(succeeds("kvm-backup", "create", "spk-bes-orig", "--dest", str(dest), "--state-dir",
                               str(tmp_path / "state"), "--json", *URI))
     archive = out["backups"][0]["archive"]
+    assert out["backups"][0]["engine"] == "api"  # the default engine here: the copy is rebuilt from kvm-backup/2
     # the reproduction: failed with "Cannot open log file '...': Device or resource busy"
     succeeds("kvm-backup", "restore", archive, "--name", "spk-bes-copy", "--start", *URI)
     copy = conn.lookupByName("spk-bes-copy")

@@ -2,7 +2,8 @@
 installed command: kill -9 at seeded random and event-triggered points of live, stop and suspend runs,
 with `kvm-backup recover` raced against whatever libvirt is still finishing; SIGTERM, SIGINT and SIGHUP
 in every phase; internal errors after the snapshot (faults from tests/faults); an undo that fails too.
-After each, the guest must run on its own image with nothing left behind. Domains are spk-bkf-*."""
+After each, the guest must run on its own image with nothing left behind. Every live run says --engine
+overlay (the default, auto, takes the backup API on the rig). Domains are spk-bkf-*."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from tests.rig import rig
 PREFIX = "spk-bkf-"
 URI = ["-u", rig.URI]
 TAG = "kvm-backup-overlay"
+OVERLAY = ("--engine", "overlay")  # every live run here is of the overlay engine (the default is auto: api here)
 
 
 conn, images = own_fixtures(PREFIX)
@@ -171,7 +173,8 @@ def test_kill_9_at_random_points_of_live_runs_then_recover_races_libvirt(conn, i
     for number, (label, event, delay, race) in enumerate(kill_points()):
         what = f"kill point {number} ({label})"
         extra = ["--commit-bwlimit", "1"] if event == "commit" else ["--bwlimit", "24"]
-        proc = launch("create", "spk-bkf-writer", "--dest", str(dest), "--compress", "none", *extra, *state)
+        proc = launch("create", "spk-bkf-writer", "--dest", str(dest), "--compress", "none", *OVERLAY, *extra,
+                      *state)
         qemu = int(Path(f"/run/libvirt/qemu/{dom.name()}.pid").read_text())
         if event in ("overlay", "stall"):
             wait_overlay(proc, base)
@@ -181,7 +184,7 @@ def test_kill_9_at_random_points_of_live_runs_then_recover_races_libvirt(conn, i
             wait_phase(proc, state_dir, event)
         seen = len(commits)
         # the racer: recover, or at every sixth point the next create (which recovers first)
-        racing = (["create", "spk-bkf-writer", "--dest", str(dest), "--compress", "none"] if number % 6 == 5
+        racing = (["create", "spk-bkf-writer", "--dest", str(dest), "--compress", "none", *OVERLAY] if number % 6 == 5
                   else ["recover", "spk-bkf-writer"])
         if event.startswith("stall"):
             os.kill(proc.pid, signal.SIGKILL)
@@ -210,15 +213,15 @@ def test_kill_9_at_random_points_of_live_runs_then_recover_races_libvirt(conn, i
             assert ("committed back" in result.stdout) == ("vda" in commits[seen:]), (what, result.stdout,
                                                                                       commits[seen:])
         if number % 4 == 3:
-            result = run("kvm-backup", "create", "spk-bkf-writer", "--dest", str(dest), "--compress", "none", *state,
-                         *URI, timeout=120)
+            result = run("kvm-backup", "create", "spk-bkf-writer", "--dest", str(dest), "--compress", "none", *OVERLAY,
+                         *state, *URI, timeout=120)
             assert result.returncode == 0, (what, result.stdout, result.stderr)
             assert_back_on_its_image(dom, base, dest, state_dir, f"{what}, then a create")
     assert killed >= len(kill_points()) - 3, killed  # nearly every point was hit in flight
     writes = rig.serial_text(serial).count("SPK-WRITE ")
     rig.wait_for(lambda: rig.serial_text(serial).count("SPK-WRITE ") > writes, timeout=60,
                  what="the guest to keep writing")
-    result = run("kvm-backup", "create", "spk-bkf-writer", "--dest", str(dest), *state, *URI, timeout=120)
+    result = run("kvm-backup", "create", "spk-bkf-writer", "--dest", str(dest), *OVERLAY, *state, *URI, timeout=120)
     assert result.returncode == 0, (result.stdout, result.stderr)
     newest = archives(dest)[-1]
     assert run("kvm-backup", "verify", str(newest)).returncode == 0
@@ -274,7 +277,7 @@ def test_signals_in_every_phase_undo_everything(conn, images, writer, tmp_path):
             state_dir = tmp_path / f"state-{phase}-{sig.name}"
             dest = tmp_path / f"dest-{phase}-{sig.name}"
             dest.mkdir()
-            proc = launch("create", dom.name(), "--dest", str(dest), "--state-dir", str(state_dir), *extra,
+            proc = launch("create", dom.name(), "--dest", str(dest), "--state-dir", str(state_dir), *OVERLAY, *extra,
                           fault=fault)
             if phase == "snapshot":
                 wait_overlay(proc, base)
@@ -302,8 +305,8 @@ def test_an_internal_error_after_the_snapshot_is_undone_and_marked(conn, images,
     state_dir = tmp_path / "state"
     dest = tmp_path / "dest"
     dest.mkdir()
-    result = run("kvm-backup", "create", "spk-bkf-writer", "--dest", str(dest), "--state-dir", str(state_dir), *URI,
-                 env={"PYTHONPATH": str(FAULTS), "SPK_FAULT": fault}, timeout=120)
+    result = run("kvm-backup", "create", "spk-bkf-writer", "--dest", str(dest), "--state-dir", str(state_dir),
+                 *OVERLAY, *URI, env={"PYTHONPATH": str(FAULTS), "SPK_FAULT": fault}, timeout=120)
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert result.stderr.strip().splitlines() == [
         f"kvm-backup: spk-bkf-writer: backup failed: internal error: RuntimeError: injected fault: "
@@ -331,8 +334,8 @@ def test_an_undo_that_fails_keeps_the_overlay_in_the_journal_and_says_so(conn, i
     gone.wait()
     stale = state_dir / f"{dom.UUIDString()}.journal.json.{gone.pid}.tmp"
     stale.write_text("{")
-    result = run("kvm-backup", "create", "spk-bkf-stuck", "--dest", str(dest), "--state-dir", str(state_dir), *URI,
-                 env={"PYTHONPATH": str(FAULTS), "SPK_FAULT": "commit-refused"}, timeout=120)
+    result = run("kvm-backup", "create", "spk-bkf-stuck", "--dest", str(dest), "--state-dir", str(state_dir),
+                 *OVERLAY, *URI, env={"PYTHONPATH": str(FAULTS), "SPK_FAULT": "commit-refused"}, timeout=120)
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert not stale.exists()
     lines = result.stderr.strip().splitlines()

@@ -1,7 +1,9 @@
 """kvm-backup against real libvirtd + QEMU (TCG), through the installed command: live backups of the tiny
 Linux guest while it writes, restored beside the original and compared with the base image as it was at
 the snapshot; stop and suspend; two disks and a CD-ROM; kill -9 in the copy and in the commit; a full
-destination; a flipped byte; a remote destination on a terminal; bad input. Domains are spk-bak-*."""
+destination; a flipped byte; a remote destination on a terminal; bad input. The live tests of the overlay
+engine's mechanics say --engine overlay; progress, SIGTERM and quiesce run under the default engine (auto:
+the backup API on the rig). Domains are spk-bak-*."""
 
 from __future__ import annotations
 
@@ -19,10 +21,12 @@ import pytest
 
 from tests.conftest import BIN, refuses, run, succeeds
 from tests.hypervisor.conftest import own_fixtures
+from tests.hypervisor.test_backup_chain_kill import left_over
 from tests.rig import rig
 
 PREFIX = "spk-bak-"
 URI = ["-u", rig.URI]
+OVERLAY = ("--engine", "overlay")  # the tests of the overlay engine's mechanics (the default is auto: api here)
 
 
 def kb(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -112,7 +116,7 @@ def journal_phase(state_dir: Path) -> str:
 def test_live_backup_of_a_writing_guest_restores_the_snapshot_image(conn, images, writer, dest, state, tmp_path):
     base = Path(sources(writer)["vda"])
     frozen = tmp_path / "base-at-snapshot.qcow2"
-    proc = started("create", "spk-bak-writer", "--dest", str(dest), "--bwlimit", "8", "--json", *state)
+    proc = started("create", "spk-bak-writer", "--dest", str(dest), "--bwlimit", "8", "--json", *OVERLAY, *state)
     # while the guest writes to the overlay, the base is read-only: copy it as it is at the snapshot
     rig.wait_for(lambda: sources(writer)["vda"] != str(base), timeout=30, interval=0.02, what="the overlay")
     subprocess.run(["cp", "--sparse=always", str(base), str(frozen)], check=True)
@@ -203,7 +207,7 @@ def test_two_disks_raw_and_qcow2_and_a_cdrom(conn, images, dest, state):
         "<target dev='sda' bus='sata'/><readonly/></disk></devices>")
     dom = conn.defineXML(xml)
     dom.create()
-    out = ok("create", "spk-bak-two", "--dest", str(dest), *state, *URI)
+    out = ok("create", "spk-bak-two", "--dest", str(dest), *OVERLAY, *state, *URI)
     assert "sda not copied (a cdrom)" in out
     assert sources(dom) == {"vda": str(qcow), "vdb": str(raw), "sda": str(iso)}
     archive = archives(dest)[0]
@@ -231,7 +235,8 @@ def test_kill_9_in_the_copy_then_the_next_run_recovers(conn, images, dest, tmp_p
     dom = noos(conn, images, "spk-bak-kill", fill_mib=24)
     base = sources(dom)["vda"]
     state_dir = tmp_path / "state"
-    proc = started("create", "spk-bak-kill", "--dest", str(dest), "--bwlimit", "4", "--state-dir", str(state_dir))
+    proc = started("create", "spk-bak-kill", "--dest", str(dest), "--bwlimit", "4", "--state-dir", str(state_dir),
+                   *OVERLAY)
     _kill_when(proc, state_dir, "copy")
     time.sleep(0.5)
     assert sources(dom)["vda"] != base  # killed on the overlay
@@ -241,7 +246,7 @@ def test_kill_9_in_the_copy_then_the_next_run_recovers(conn, images, dest, tmp_p
     assert sources(dom) == {"vda": base}
     assert os.listdir(dest) == []
     assert not [p for p in Path(base).parent.iterdir() if "kvm-backup-overlay" in p.name and "kill" in p.name]
-    ok("create", "spk-bak-kill", "--dest", str(dest), "--state-dir", str(state_dir), *URI)
+    ok("create", "spk-bak-kill", "--dest", str(dest), "--state-dir", str(state_dir), *OVERLAY, *URI)
     assert len(archives(dest)) == 1 and sources(dom) == {"vda": base}
 
 
@@ -250,12 +255,12 @@ def test_kill_9_in_the_commit_then_the_next_run_recovers(conn, images, writer, d
     state_dir = tmp_path / "state"
     # a commit limited to 1 MiB/s while the guest writes faster never gets ready: kill -9 it there
     proc = started("create", "spk-bak-writer", "--dest", str(dest), "--commit-bwlimit", "1",
-                   "--state-dir", str(state_dir))
+                   "--state-dir", str(state_dir), *OVERLAY)
     _kill_when(proc, state_dir, "commit")
     time.sleep(0.3)
     assert sources(writer)["vda"] != base
     assert archives(dest) == []
-    result = kb("create", "spk-bak-writer", "--dest", str(dest), "--state-dir", str(state_dir), *URI)
+    result = kb("create", "spk-bak-writer", "--dest", str(dest), "--state-dir", str(state_dir), *OVERLAY, *URI)
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "committed back" in result.stderr and "unfinished archive" in result.stderr
     assert sources(writer) == {"vda": base}
@@ -270,7 +275,7 @@ def test_a_destination_that_fills_up(conn, images, tmp_path, state):
     subprocess.run(["qemu-io", "-U", "-f", "qcow2", "-c", "write -s /dev/urandom 0 1M", base], capture_output=True)
     small = tmp_path / "small"
     with rig.small_fs(small, 8):
-        line = refused(1, "create", "spk-bak-full", "--dest", str(small), *state, *URI)
+        line = refused(1, "create", "spk-bak-full", "--dest", str(small), *OVERLAY, *state, *URI)
         assert "not enough free space" in line
         assert os.listdir(small) == [".kvm-backup-failed.spk-bak-full.json"]
         assert sources(dom) == {"vda": base}
@@ -278,7 +283,7 @@ def test_a_destination_that_fills_up(conn, images, tmp_path, state):
     state_dir = tmp_path / "state2"
     with rig.small_fs(tmp_path / "small2", 64) as small2:
         proc = started("create", "spk-bak-full", "--dest", str(small2), "--bwlimit", "8", "--compress", "none",
-                       "--state-dir", str(state_dir))
+                       "--state-dir", str(state_dir), *OVERLAY)
         rig.wait_for(lambda: journal_phase(state_dir) == "copy", timeout=60, interval=0.02, what="the copy")
         # The backup is held, once its partial archive holds 1 MiB, while the filler takes all the
         # room; it meets the full file system after the filler is done. Met while dd still ran, the
@@ -385,6 +390,7 @@ def test_progress_on_a_terminal_status_on_stdout(conn, images, tmp_path, state):
         assert code == 0, terminal
         assert re.search(r"spk-bak-tty vda: [\d,]+ of [\d,]+ MiB, [\d.,]+ MiB/s, ETA \d+s", terminal), terminal
         assert out.startswith("spk-bak-tty: root@127.0.0.1:") and out.count("\n") == 1, out  # status only
+        assert ", live, api, full, " in out, out
         # not on a terminal (cron): nothing on stderr
         result = kb("create", "spk-bak-tty", "--dest", f"root@127.0.0.1:{remote}", "--rsh", rsh, *state, *URI)
         assert result.returncode == 0 and result.stderr == "", result.stderr
@@ -406,6 +412,9 @@ def test_sigterm_in_the_copy_undoes_everything(conn, images, dest, tmp_path):
     assert sources(dom) == {"vda": base}
     assert os.listdir(dest) == [".kvm-backup-failed.spk-bak-term.json"]
     assert list(state_dir.glob("*.journal.json")) == []
+    # the default engine here is api: its job ended, its scratch file and checkpoint gone
+    assert left_over(dom, images, dest) == []
+    assert [c.getName() for c in dom.listAllCheckpoints()] == []
     age = run("check-kvm-backup-age", "--backup-dir", str(dest), "-d", "spk-bak-term", *URI)
     assert age.returncode == 2 and "SIGTERM" in age.stdout
     dom.destroy()
@@ -428,7 +437,7 @@ def test_live_backup_is_quiesced_when_the_agent_answers(conn, images, dest, stat
 
     rig.wait_for(pong, timeout=90, interval=0.5, what="the guest agent")
     out = json.loads(ok("create", "spk-bak-agent", "--dest", str(dest), "--json", *state, *URI))
-    assert out["backups"][0]["consistency"] == "quiesced"
+    assert out["backups"][0]["consistency"] == "quiesced" and out["backups"][0]["engine"] == "api"
     out = json.loads(ok("create", "spk-bak-agent", "--dest", str(dest), "--no-quiesce", "--json", *state, *URI))
     assert out["backups"][0]["consistency"] == "crash-consistent (--no-quiesce)"
     assert "quiesced" in ok("list", str(dest))
@@ -439,7 +448,8 @@ def test_kill_9_then_the_guest_shut_down_on_the_overlay(conn, images, dest, tmp_
     dom = noos(conn, images, "spk-bak-off", fill_mib=24)
     base = sources(dom)["vda"]
     state_dir = tmp_path / "state"
-    proc = started("create", "spk-bak-off", "--dest", str(dest), "--bwlimit", "4", "--state-dir", str(state_dir))
+    proc = started("create", "spk-bak-off", "--dest", str(dest), "--bwlimit", "4", "--state-dir", str(state_dir),
+                   *OVERLAY)
     _kill_when(proc, state_dir, "copy")
     overlay = sources(dom)["vda"]
     assert overlay != base

@@ -51,7 +51,7 @@ class Options(NamedTuple):
     progress: bool = False
     quiesce: str = "auto"  # auto, never
     rsh: str = "ssh -o BatchMode=yes"  # HOST:DIR destinations: the ssh command (remote.multiplexed)
-    engine: str = "overlay"  # auto, api, overlay (the v1 files path); stop/suspend/offline always take files
+    engine: str = "auto"  # auto (api where usable, else overlay), api, overlay; stop/suspend/offline always take files
     level: str = "full"  # full, inc, diff, auto: api engine only (a full when no usable chain, saying why)
     max_chain: int = pull.MAX_CHAIN
     scratch_dir: str | None = None  # the API's scratch files (default: beside each image)
@@ -131,7 +131,7 @@ def create(conn: Any, dom: Any, opts: Options, log: Callable[[str], None]) -> di
         disks = disks_of(xml)
         running = state not in (api.VIR_DOMAIN_SHUTOFF, api.VIR_DOMAIN_CRASHED)
         mode = (opts.mode or "live") if running else "offline"
-        engine, why_engine = choose_engine(opts, conn, dom, mode)
+        engine, why_engine = choose_engine(opts, conn, dom, mode, disks)
         if why_engine:
             log(f"{name}: {why_engine}")
         if engine == "api":
@@ -258,23 +258,23 @@ def _size(place: Destination, name: str) -> int:
     return found[0] if found else 0
 
 
-def choose_engine(opts: Options, conn: Any, dom: Any, mode: str) -> tuple[str, str]:
+def choose_engine(opts: Options, conn: Any, dom: Any, mode: str, disks: list[Disk] | None = None) -> tuple[str, str]:
     """(engine, what to tell): ``api`` (libvirt's backup API, kvm-backup/2), ``overlay`` (overlay +
     copy + commit, kvm-backup/1) or ``files`` (stop, suspend, shut off: the image files, kvm-backup/1).
-    --engine auto takes api for a live backup when ``pull.unusable`` says nothing; an explicit
-    --engine api that cannot be used is Refused (one line: why)."""
+    --engine auto takes api for a live backup when ``pull.unusable`` and ``pull.unusable_disks`` (of
+    ``disks``) say nothing; an explicit --engine api that cannot be used is Refused (one line: why)."""
     if mode != "live":
         said = f"--engine {opts.engine} applies to live backups; a {mode} backup copies the image files" \
             if opts.engine == "api" else ""
         return "files", said
     if opts.engine == "overlay":
         return "overlay", ""
-    why = pull.unusable(conn, dom)
+    why = pull.unusable(conn, dom) or pull.unusable_disks(disks or [])
     if not why:
         return "api", ""
     if opts.engine == "api":
         raise Refused(f"{dom.name()}: the backup API cannot be used: {why}")
-    return "overlay", f"the backup API cannot be used ({why}): overlay engine"
+    return "overlay", f"overlay engine: the backup API cannot be used: {why}"
 
 
 def _disks_now(dom: Any, disks: list[Disk]) -> list[pull.DiskNow]:

@@ -12,9 +12,11 @@ import shutil
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+from sensu_kvm import qcow2
 from sensu_kvm.atomic import write_atomic
 from sensu_kvm.backup.catalog import CHAIN_NAME_RE, stamp
 from sensu_kvm.backup.dest import Destination, LocalFolder, dest_key
+from sensu_kvm.backup.disks import Disk
 from sensu_kvm.errors import KvmError
 from sensu_kvm.virt import api, backupjobs, nbd
 
@@ -37,9 +39,23 @@ def unusable(conn: Any, dom: Any) -> str:
             return "the domain is not running"
         caps = str(conn.getDomainCapabilities(None, None, None, None, 0))
     except api.Error as err:
-        return f"libvirt cannot say whether it can ({' '.join(str(err).split())})"
+        words = " ".join(str(err).split())
+        if err.get_error_code() == api.VIR_ERR_NO_SUPPORT:  # the test driver: no domain capabilities, no backups
+            return f"this libvirt driver cannot report backup support ({words})"
+        return f"libvirt cannot say whether it can ({words})"
     if "<backup supported='yes'/>" not in caps:
         return "this libvirt/QEMU has no incremental backup support (domain capabilities: no <backup supported='yes'/>)"
+    return ""
+
+
+def unusable_disks(disks: Iterable[Disk]) -> str:
+    """'' when every disk to copy can take a checkpoint's bitmap, else why not (one line): a qcow2 v2
+    image cannot store a dirty bitmap (QEMU: "Cannot store dirty bitmaps in qcow2 v2 files"), so
+    libvirt would refuse the checkpoint and the backup."""
+    for d in disks:
+        if d.copy and d.format == "qcow2" and qcow2.version(d.source) == 2:
+            return (f"{d.target}: {d.source} is a qcow2 v2 image (compat=0.10), which cannot hold a dirty bitmap "
+                    "(qemu-img amend -o compat=1.1 upgrades it, the guest shut off)")
     return ""
 
 

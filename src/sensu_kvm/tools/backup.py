@@ -56,7 +56,8 @@ EXAMPLES = {
   kvm-backup prune /srv/backup --keep-last 3 --keep-daily 7 --keep-weekly 4
   kvm-backup recover web1""",
     "create": """\
-  kvm-backup create web1 --dest /srv/backup                 live if running: overlay, copy, commit back
+  kvm-backup create web1 --dest /srv/backup                 live if running: the backup API, else overlay
+  kvm-backup create web1 --engine overlay --dest /srv/backup   live: overlay, copy, commit back (kvm-backup/1)
   kvm-backup create web1 db1 --mode stop --dest /srv/backup  shut down, copy, start again
   kvm-backup create db1 --mode stop --force --shutdown-timeout 300 --dest /srv/backup
   kvm-backup create web1 --mode suspend --compress bzip2 --dest /srv/backup
@@ -198,8 +199,8 @@ def parser() -> Parser:
                         "it is built (no copy on this host), a cut connection resumed, and published there once "
                         "its sha256 matches")
     p.add_argument("--mode", choices=("live", "stop", "suspend"),
-                   help="for running domains: live (default) external disk-only snapshot, copy, blockcommit; stop: "
-                        "shut down, copy, start again; suspend: pause, copy, resume")
+                   help="for running domains: live (default) through --engine (the backup API, or an overlay, "
+                        "copy, blockcommit); stop: shut down, copy, start again; suspend: pause, copy, resume")
     p.add_argument("--compress", choices=("zstd", "bzip2", "none"), default="zstd", help="default: zstd")
     p.add_argument("--force", action="store_true",
                    help="--mode stop: destroy a guest that does not shut down in time (the backup is then recorded "
@@ -212,13 +213,13 @@ def parser() -> Parser:
                    help="limit the reading of the disks to this many MiB/s, for both engines (above 0, at most "
                         "1048576): the archive, and a remote stream, are never faster")
     p.add_argument("--commit-bwlimit", type=number_arg(MAX_MIB_S, "MiB/s"), metavar="MIB/S",
-                   help="live: limit the commit job (a guest writing faster than this keeps it from finishing; "
-                        "above 0, at most 1048576)")
-    p.add_argument("--engine", choices=("auto", "api", "overlay"), default="overlay",
+                   help="overlay engine: limit the commit job (a guest writing faster than this keeps it from "
+                        "finishing; above 0, at most 1048576)")
+    p.add_argument("--engine", choices=("auto", "api", "overlay"), default="auto",
                    help="live backups: api = libvirt's backup API read over NBD (kvm-backup/2, full/inc/diff); "
                         "overlay = overlay + copy + commit (kvm-backup/1); auto = api where usable (libnbd, "
-                        "libvirt/QEMU backup support), else overlay. Default: overlay. Stop, suspend and shut off "
-                        "backups always copy the image files (kvm-backup/1)")
+                        "libvirt/QEMU backup support), else overlay, saying why on stderr. Default: auto. Stop, "
+                        "suspend and shut off backups always copy the image files (kvm-backup/1)")
     p.add_argument("--level", choices=("full", "inc", "diff", "auto"), default="full",
                    help="api engine: inc = changes since the last backup to this --dest, diff = since the chain's "
                         "full, auto = inc when a usable chain exists; without one a full is done and the summary "
