@@ -91,6 +91,7 @@ class RemoteStream:
         self.kept_bytes = 0
         self.total = 0  # bytes the stream has been given
         self.cuts = 0
+        self.stopped = False  # abort(): a cut from now on is ours, never resumed
         q = shlex.quote(path)
         # first created on its own (set -C: the shell refuses a file that exists, never over another
         # run's partial), so that every connection after it, the first too, may be resumed
@@ -130,6 +131,11 @@ class RemoteStream:
                 return
             self._resume()
 
+    def abort(self) -> None:
+        """End the stream for good (the run is failing or interrupted)."""
+        self.stopped = True
+        self.kill()
+
     def kill(self) -> None:
         with contextlib.suppress(OSError):
             self.proc.kill()
@@ -150,6 +156,8 @@ class RemoteStream:
         """A new connection that sends the rest from what reached the file there."""
         while True:
             self.kill()
+            if self.stopped:
+                raise KvmError(f"sending to {self.host}: stopped")
             why = self._why()
             self.cuts += 1
             if self.cuts > self.tries:
@@ -233,7 +241,7 @@ class RemoteFile:
 
     def abort(self) -> None:
         self._close_fd()
-        self.stream.kill()
+        self.stream.abort()
         self._thread.join(timeout=30)
         with contextlib.suppress(KvmError):
             _ssh(self.rsh, self.host, f"rm -f -- {shlex.quote(self.path)}", 60)
