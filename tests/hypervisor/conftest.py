@@ -91,3 +91,39 @@ def record(name: str, payload: object) -> None:
     folder = os.environ.get("SPK_RECORD_DIR")
     if folder:
         Path(folder, name).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+
+
+def restore_copies(conn: libvirt.virConnect, prefix: str) -> list[str]:
+    """The domains kvm-backup test-restore made whose name starts with ``prefix`` (ktr-...)."""
+    return sorted(d.name() for d in conn.listAllDomains(0) if d.name().startswith(prefix))
+
+
+def remove_restore_copies(conn: libvirt.virConnect, prefix: str) -> None:
+    """Whatever a failing test left of its test-restore copies (they are not named like its domains)."""
+    for name in restore_copies(conn, prefix):
+        dom = conn.lookupByName(name)
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+
+
+def no_copies_left_fixture(prefix: str) -> Any:
+    """A module fixture that removes, after the module, what its tests left of test-restore copies
+    named ``prefix``* (a failing test's)."""
+    @pytest.fixture(scope="module")
+    def no_copies_left(conn: libvirt.virConnect) -> Iterator[None]:
+        yield
+        remove_restore_copies(conn, prefix)
+    return no_copies_left
+
+
+def api_backup(dom: libvirt.virDomain, dest: Path, state: Path, *args: str) -> dict[str, Any]:
+    """kvm-backup create --engine api --compress none of ``dom``, which must succeed; its summary."""
+    from tests.conftest import run  # noqa: PLC0415
+
+    done = run("kvm-backup", "create", dom.name(), "--dest", str(dest), "--state-dir", str(state), "--engine", "api",
+               "--compress", "none", "--json", *args, "-u", rig.URI, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (result,) = json.loads(done.stdout)["backups"]
+    assert result["ok"] and result["engine"] == "api", result
+    return dict(result)

@@ -22,7 +22,7 @@ import libvirt_qemu  # type: ignore[import-untyped]
 from sensu_kvm.backup import restore
 from sensu_kvm.backup.catalog import HEADER, MANIFEST
 from tests.conftest import run
-from tests.hypervisor.conftest import own_fixtures
+from tests.hypervisor.conftest import api_backup, own_fixtures
 from tests.rig import rig
 
 PREFIX = "spk-q7-qz-"
@@ -68,13 +68,7 @@ def members(archive: str) -> dict[str, Any]:
         return {name: json.load(tar.extractfile(name)) for name in (HEADER, MANIFEST)}  # type: ignore[arg-type]
 
 
-def create(dom: libvirt.virDomain, dest: Path, state: Path, *args: str) -> dict[str, Any]:
-    done = run("kvm-backup", "create", dom.name(), "--dest", str(dest), "--state-dir", str(state), "--engine", "api",
-               "--compress", "none", "--json", *args, *URI, timeout=300)
-    assert done.returncode == 0, done.stderr
-    (result,) = json.loads(done.stdout)["backups"]
-    assert result["ok"] and result["engine"] == "api", result
-    return dict(result)
+create = api_backup
 
 
 def test_api_backup_is_quiesced_and_thawed(conn: libvirt.virConnect, images: Path) -> None:

@@ -11,14 +11,13 @@ import signal
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
 import pytest
 
 from tests.conftest import BIN, run
-from tests.hypervisor.conftest import own_fixtures
+from tests.hypervisor.conftest import no_copies_left_fixture, own_fixtures, restore_copies
 from tests.rig import rig
 
 PREFIX = "spk-tr-"
@@ -29,18 +28,10 @@ conn, images = own_fixtures(PREFIX)
 
 
 def copies(conn: libvirt.virConnect) -> list[str]:
-    return sorted(d.name() for d in conn.listAllDomains(0) if d.name().startswith(COPIES))
+    return restore_copies(conn, COPIES)
 
 
-@pytest.fixture(scope="module")
-def no_copies_left(conn: libvirt.virConnect) -> Iterator[None]:
-    """Whatever a failing test leaves of its copies goes (they are not named spk-tr-*)."""
-    yield
-    for name in copies(conn):
-        dom = conn.lookupByName(name)
-        if dom.isActive():
-            dom.destroy()
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+no_copies_left = no_copies_left_fixture(COPIES)  # they are not named spk-tr-*
 
 
 @pytest.fixture(scope="module")

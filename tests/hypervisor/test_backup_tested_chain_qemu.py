@@ -10,15 +10,12 @@ import json
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import libvirt
-import pytest
 
 from tests.conftest import run
-from tests.hypervisor.conftest import own_fixtures
+from tests.hypervisor.conftest import api_backup, no_copies_left_fixture, own_fixtures, restore_copies
 from tests.rig import rig
 
 PREFIX = "spk-q7-tr-"
@@ -27,27 +24,8 @@ URI = ["-u", rig.URI]
 conn, images = own_fixtures(PREFIX)
 
 
-def copies(conn: libvirt.virConnect) -> list[str]:
-    return sorted(d.name() for d in conn.listAllDomains(0) if d.name().startswith(COPIES))
-
-
-@pytest.fixture(scope="module")
-def no_copies_left(conn: libvirt.virConnect) -> Iterator[None]:
-    yield
-    for name in copies(conn):
-        dom = conn.lookupByName(name)
-        if dom.isActive():
-            dom.destroy()
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-
-
-def create(dom: libvirt.virDomain, dest: Path, state: Path, *args: str) -> dict[str, Any]:
-    done = run("kvm-backup", "create", dom.name(), "--dest", str(dest), "--state-dir", str(state), "--engine", "api",
-               "--compress", "none", "--json", *args, *URI, timeout=300)
-    assert done.returncode == 0, done.stderr
-    (result,) = json.loads(done.stdout)["backups"]
-    assert result["ok"] and result["engine"] == "api", result
-    return dict(result)
+no_copies_left = no_copies_left_fixture(COPIES)
+create = api_backup
 
 
 def test_restore(archive: str, images: Path, kernel: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -89,7 +67,7 @@ def test_restore_of_an_inc_rebuilds_the_chain_and_a_bad_parent_is_named(conn: li
     print(f"\ntest-restore of the inc (full + inc rebuilt, booted, agent ping): {seconds:.1f}s; {out['message']}")
     saved = json.loads(Path(inc["archive"] + ".tested.json").read_text())
     assert saved == out and len(saved["sha256"]) == 64 and saved["sha256"] == inc["sha256"]
-    assert copies(conn) == [] and not any((images / "work").iterdir())
+    assert restore_copies(conn, COPIES) == [] and not any((images / "work").iterdir())
     check = run("check-kvm-backup-age", "--backup-dir", str(dest), "--state-dir", str(state), "-d", name,
                 "--require-tested", "1d", *URI)
     assert check.returncode == 0, (check.stdout, check.stderr)
@@ -112,7 +90,7 @@ def test_restore_of_an_inc_rebuilds_the_chain_and_a_bad_parent_is_named(conn: li
     assert out["result"] == "refused" and out["message"].startswith("verify:"), out
     assert Path(full["archive"]).name in out["message"], out
     assert json.loads(Path(inc["archive"] + ".tested.json").read_text())["result"] == "refused"
-    assert sorted(d.name() for d in conn.listAllDomains(0)) == defined and copies(conn) == []
+    assert sorted(d.name() for d in conn.listAllDomains(0)) == defined and restore_copies(conn, COPIES) == []
     assert not any((images / "work").iterdir())
     check = run("check-kvm-backup-age", "--backup-dir", str(dest), "--state-dir", str(state), "-d", name,
                 "--require-tested", "1d", *URI)
